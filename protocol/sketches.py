@@ -1,0 +1,119 @@
+"""Mergeable data sketches: the wire form of a device's data delta.
+
+A feature sketch is a histogram over the reference bin edges from the model manifest
+(plus underflow, overflow and NaN counts) and running moments (count, mean and the sum
+of squared deviations, merged with Chan et al.'s parallel formula). Sketches of the
+same feature over the same edges merge exactly: ``merge(a, b)`` equals the sketch of
+the two windows' rows together (moments to float rounding), so the hub can combine
+devices and windows in any order. Raw rows never leave the device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from protocol.errors import Malformed
+from protocol.schema import check_range
+
+MAX_BINS = 1024
+
+
+def _check_counts(counts: tuple[int, ...], *extra: int) -> None:
+    if len(counts) > MAX_BINS:
+        raise Malformed(f"more than {MAX_BINS} bins")
+    for c in (*counts, *extra):
+        check_range(c, "count", 0)
+
+
+@dataclass(frozen=True)
+class FeatureSketch:
+    """One input feature over one window."""
+
+    name: str
+    counts: tuple[int, ...]
+    underflow: int = 0
+    overflow: int = 0
+    nan: int = 0
+    n: int = 0
+    mean: float = 0.0
+    m2: float = 0.0
+    min: float | None = None
+    max: float | None = None
+
+    def __post_init__(self) -> None:
+        _check_counts(self.counts, self.underflow, self.overflow, self.nan, self.n)
+        check_range(self.m2, "m2", 0.0)
+        if len(self.name) > 128:
+            raise Malformed("feature name longer than 128")
+
+    @property
+    def variance(self) -> float:
+        return self.m2 / self.n if self.n else 0.0
+
+    def merge(self, other: FeatureSketch) -> FeatureSketch:
+        """The sketch of both windows together.
+
+        Raises:
+            Malformed: different features or bin counts.
+        """
+        if other.name != self.name or len(other.counts) != len(self.counts):
+            raise Malformed(f"cannot merge sketches of {self.name!r} and {other.name!r}")
+        n = self.n + other.n
+        if n == 0:
+            mean, m2 = 0.0, 0.0
+        else:
+            delta = other.mean - self.mean
+            mean = self.mean + delta * other.n / n
+            m2 = self.m2 + other.m2 + delta * delta * self.n * other.n / n
+        return FeatureSketch(
+            name=self.name,
+            counts=tuple(a + b for a, b in zip(self.counts, other.counts, strict=True)),
+            underflow=self.underflow + other.underflow,
+            overflow=self.overflow + other.overflow,
+            nan=self.nan + other.nan,
+            n=n,
+            mean=mean,
+            m2=max(m2, 0.0),
+            min=_pick(min, self.min, other.min),
+            max=_pick(max, self.max, other.max),
+        )
+
+
+def _pick(fn: Callable[[float, float], float], a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return fn(a, b)
+
+
+@dataclass(frozen=True)
+class PredictionSketch:
+    """Predicted class counts (classification) or counts over reference bins (regression)."""
+
+    kind: Literal["classes", "bins"]
+    counts: tuple[int, ...]
+    underflow: int = 0
+    overflow: int = 0
+    nan: int = 0
+
+    def __post_init__(self) -> None:
+        _check_counts(self.counts, self.underflow, self.overflow, self.nan)
+
+    def merge(self, other: PredictionSketch) -> PredictionSketch:
+        """Both windows' predictions together.
+
+        Raises:
+            Malformed: different kinds or bin counts.
+        """
+        if other.kind != self.kind or len(other.counts) != len(self.counts):
+            raise Malformed("cannot merge prediction sketches of different shapes")
+        return replace(
+            self,
+            counts=tuple(a + b for a, b in zip(self.counts, other.counts, strict=True)),
+            underflow=self.underflow + other.underflow,
+            overflow=self.overflow + other.overflow,
+            nan=self.nan + other.nan,
+        )
