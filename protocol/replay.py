@@ -49,7 +49,12 @@ class SeqWindow:
         return "duplicate" if self.mask >> (self.high - seq) & 1 else "new"
 
     def accept(self, seq: int) -> SeqWindow:
-        """The window after accepting ``seq`` (call :meth:`check` first)."""
+        """The window after accepting ``seq`` (a duplicate leaves it as it was).
+
+        Raises:
+            Replayed: ``seq`` is below the window.
+        """
+        self.check(seq)
         if seq > self.high:
             shift = seq - self.high
             mask = ((self.mask << shift) | 1) & _FULL if shift < WIDTH else 1

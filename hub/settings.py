@@ -1,0 +1,59 @@
+"""The hub's settings: one frozen dataclass, loaded once at the edge (CLI) and passed in.
+
+Units are in the names. Defaults suit the one-machine tier; every field can be set from
+the command line or ``EDGEFLEET_HUB_*`` environment variables by the CLI.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from protocol.frame import Limits
+from protocol.replay import Freshness
+
+
+@dataclass(frozen=True)
+class HubSettings:
+    data_dir: Path
+    broker_url: str = "mqtt://127.0.0.1:1883"
+    topic_prefix: str = "ef"
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    client_id: str = "edgefleet-hub"
+
+    # ingest
+    limits: Limits = Limits()
+    freshness: Freshness = Freshness()
+    ingest_batch_max: int = 500  # frames per transaction
+    ingest_batch_wait_ms: int = 20  # how long a batch may wait to fill
+    ingest_queue_max: int = 50_000  # frames buffered before the hub sheds load
+    audit_rejections_per_device_per_min: int = 30  # beyond this, rejections are only counted
+    audit_rejections_keep: int = 100_000  # newest rejected rows kept in the audit log
+
+    # fleet state
+    offline_after_s: float = 120.0  # no frame for this long: offline
+    stuck_after_s: float = 900.0  # desired != reported for this long: stuck
+    reconcile_interval_s: float = 15.0
+    nudge_every_s: float = 60.0  # re-publish desired / nudge a lagging device at most this often
+
+    # trust
+    heartbeat_interval_s: float = 60.0
+    heartbeat_expiry_s: float = 600.0
+    assignment_expiry_s: float = 7 * 24 * 3600.0
+    release_expiry_s: float = 90 * 24 * 3600.0
+
+    # delivery
+    chunk_bytes: int = 96 * 1024  # fits a 256 KiB frame with room for the header
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "hub.db"
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.data_dir / "keys"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.data_dir / "artifacts"

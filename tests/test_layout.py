@@ -1,0 +1,56 @@
+"""The dependency rules of the layout, checked on every run (they drift when nothing checks).
+
+protocol/ is pure: no I/O, clocks or randomness, and no imports of agent/hub/simulator.
+agent/ and hub/ meet only through protocol/.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+IMPURE = {
+    "agent", "hub", "simulator", "paho", "sqlite_utils", "sqlite3", "fastapi", "uvicorn",
+    "socket", "apscheduler", "onnxruntime", "os", "pathlib", "shutil", "time", "random",
+    "secrets", "subprocess", "threading", "asyncio", "httpx", "tempfile",
+}  # fmt: skip
+
+
+def imported_roots(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    roots = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            roots.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+def calls_open(path: Path) -> bool:
+    tree = ast.parse(path.read_text())
+    return any(
+        isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "open"
+        for n in ast.walk(tree)
+    )
+
+
+def modules(package: str) -> list[Path]:
+    return sorted((ROOT / package).rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", modules("protocol"), ids=lambda p: p.name)
+def test_protocol_module_is_pure(path: Path) -> None:
+    assert not imported_roots(path) & IMPURE, f"{path.name} imports I/O or a sibling package"
+    assert not calls_open(path), f"{path.name} opens files"
+
+
+@pytest.mark.parametrize(
+    ("package", "forbidden"), [("agent", "hub"), ("hub", "agent")], ids=["agent", "hub"]
+)
+def test_agent_and_hub_never_import_each_other(package: str, forbidden: str) -> None:
+    offenders = [p.name for p in modules(package) if forbidden in imported_roots(p)]
+    assert not offenders, f"{package}/ modules importing {forbidden}/: {offenders}"
