@@ -35,7 +35,7 @@ format: $(VENV)/.installed-dev
 
 bench: $(VENV)/.installed-dev
 	@mkdir -p bench/results
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench; status=$$?; $(BIN)/python -m pytest -m slow -q || status=1; exit $$status
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

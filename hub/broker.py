@@ -1,0 +1,305 @@
+"""The embedded MQTT broker of the one-machine tier (``hub serve --embedded-broker``, the demo).
+
+:class:`EmbeddedBroker` runs an amqtt 0.12 broker in a thread of its own with its own
+asyncio loop, so synchronous code (paho clients, FastAPI under uvicorn in another thread)
+can use it as if it were a separate process::
+
+    with EmbeddedBroker(port=0) as broker:      # port 0: pick a free port
+        hub_settings = HubSettings(data_dir, broker_url=broker.url)
+
+What it does not do: TLS, passwords or topic ACLs. Anyone who can reach the port may
+connect anonymously, which is why it binds to loopback by default; deployments that need
+authentication or ACLs run Mosquitto (the "one site" tier). Frames are signed end to end,
+so a broker, embedded or not, is never trusted with integrity.
+
+How amqtt 0.12.1 is driven, and why:
+
+- We own the listening socket (amqtt sees an ``external`` listener and is handed each
+  connection), because amqtt 0.12.1 has no message size option and no public way to learn
+  the port it bound. Every read amqtt asks of a connection goes through a small reader that
+  closes the connection when one read exceeds ``max_message_bytes``; that read is in
+  practice a PUBLISH payload, so the cap behaves like Mosquitto's ``max_packet_size``
+  (the sender is disconnected, nothing is forwarded).
+- Each :meth:`~EmbeddedBroker.start` builds a fresh amqtt ``Broker`` on a fresh loop and
+  binds the *same* port as before (``SO_REUSEADDR``), so a stop/start pair looks like a
+  broker outage to clients, who reconnect by themselves. Retained messages and sessions do
+  not survive a restart, as with ``persistence false`` in Mosquitto.
+- Persistent sessions are broken in amqtt 0.12.1 (see ARCHITECTURE.md); edgefleet uses
+  clean sessions only, so this class does not try to fix them.
+- amqtt logs every connection at INFO; its loggers are set to WARNING unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import threading
+from types import TracebackType
+from typing import Any, Self
+
+from amqtt.adapters import StreamWriterAdapter
+from amqtt.broker import Broker
+
+from protocol.errors import EdgefleetError
+
+logger = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 1024 * 1024  # a 256 KiB frame with a lot of room to spare
+_LISTENER = "default"
+_AMQTT_LOGGERS = ("amqtt", "transitions")  # transitions: amqtt's state machines
+_CLOSE_GRACE_S = 1.0  # after amqtt's shutdown, connections still open are aborted
+
+
+class BrokerError(EdgefleetError):
+    """The embedded broker could not start or stop (port taken, amqtt failure, timeout)."""
+
+    reason = "broker"
+
+
+class _CappedReader:
+    """amqtt's reader interface over an asyncio stream, refusing oversize reads.
+
+    amqtt reads a PUBLISH payload in one ``read(n)`` of its declared length, before
+    allocating it. Refusing that read (returning nothing, then end-of-stream for good) makes
+    amqtt treat the connection as closed, so a client cannot make the broker buffer more
+    than ``max_bytes`` per packet. Duck-typed: amqtt calls only ``read`` and ``feed_eof``.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, max_bytes: int) -> None:
+        self._reader = reader
+        self._max_bytes = max_bytes
+        self._refused = False
+
+    async def read(self, n: int = -1) -> bytes:
+        if self._refused:
+            return b""
+        if n < 0 or n > self._max_bytes:
+            self._refused = True
+            logger.warning("closing a client that sent %d bytes (cap %d)", n, self._max_bytes)
+            return b""
+        return await self._reader.readexactly(n)
+
+    def feed_eof(self) -> None:
+        self._reader.feed_eof()
+
+
+class EmbeddedBroker:
+    """An amqtt broker on ``host:port`` in a background thread; start/stop from any thread.
+
+    Args:
+        host: IP address to bind; loopback unless devices on other machines must connect.
+        port: TCP port; 0 picks a free one at the first start and keeps it for restarts.
+        max_message_bytes: largest PUBLISH payload accepted; a larger one disconnects
+            its sender.
+        start_timeout_s: how long :meth:`start` and :meth:`stop` may take.
+        amqtt_log_level: level for amqtt's own loggers (its INFO is one line per
+            connection).
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+        start_timeout_s: float = 10.0,
+        amqtt_log_level: int = logging.WARNING,
+    ) -> None:
+        self._host = host
+        self._port = port
+        self._max_message_bytes = max_message_bytes
+        self._timeout_s = start_timeout_s
+        self._amqtt_log_level = amqtt_log_level
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._failure: BaseException | None = None
+
+    @property
+    def host(self) -> str:
+        return self._host
+
+    @property
+    def port(self) -> int:
+        """The bound port: the real one once started, even if 0 was asked for."""
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """``mqtt://host:port``, the form ``HubSettings.broker_url`` and the agent take."""
+        return f"mqtt://{self._host}:{self._port}"
+
+    @property
+    def running(self) -> bool:
+        """True between a successful :meth:`start` and the next :meth:`stop`."""
+        return self._thread is not None
+
+    def start(self) -> None:
+        """Start serving; returns once the listener accepts connections. No-op if running.
+
+        Raises:
+            BrokerError: the port cannot be bound, amqtt failed to start, or it did not
+                come up within ``start_timeout_s``.
+        """
+        with self._lock:
+            if self._thread is not None:
+                return
+            self._quiet_amqtt()
+            if not _is_loopback(self._host):
+                logger.warning("embedded broker on %s accepts anonymous clients", self._host)
+            self._ready.clear()
+            thread = threading.Thread(target=self._run, name="edgefleet-broker", daemon=True)
+            thread.start()
+            if not self._ready.wait(self._timeout_s):
+                self._request_stop()
+                thread.join(self._timeout_s)
+                raise BrokerError(f"embedded broker did not start within {self._timeout_s}s")
+            if self._failure is not None:
+                thread.join(self._timeout_s)
+                raise BrokerError(
+                    f"embedded broker failed to start on {self._host}:{self._port}: {self._failure}"
+                ) from self._failure
+            self._thread = thread
+            logger.info("embedded broker listening on %s", self.url)
+
+    def stop(self) -> None:
+        """Disconnect every client, close the listener and end the thread. Idempotent.
+
+        Raises:
+            BrokerError: the broker thread did not end within ``start_timeout_s``.
+        """
+        with self._lock:
+            thread, self._thread = self._thread, None
+            if thread is None:
+                return
+            self._request_stop()
+            thread.join(self._timeout_s)
+            if thread.is_alive():
+                raise BrokerError(f"embedded broker did not stop within {self._timeout_s}s")
+            logger.info("embedded broker on %s stopped", self.url)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"EmbeddedBroker({self.url}, {state})"
+
+    def _quiet_amqtt(self) -> None:
+        for name in _AMQTT_LOGGERS:
+            logging.getLogger(name).setLevel(self._amqtt_log_level)
+
+    def _request_stop(self) -> None:
+        loop, stopping = self._loop, self._stopping
+        if loop is not None and stopping is not None:
+            with contextlib.suppress(RuntimeError):  # the loop already closed
+                loop.call_soon_threadsafe(stopping.set)
+
+    def _run(self) -> None:
+        self._failure = None
+        try:
+            asyncio.run(self._serve())
+        except BaseException as e:  # reported to start(), or logged if it came later
+            if self._ready.is_set():
+                logger.exception("embedded broker on %s crashed", self.url)
+            else:
+                self._failure = e
+        finally:
+            self._loop = self._stopping = None
+            self._ready.set()
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        clients: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}
+        broker = Broker(self._config(), loop=self._loop)
+        await broker.start()
+        try:
+            server = await asyncio.start_server(
+                lambda r, w: self._connected(broker, clients, r, w),
+                self._host,
+                self._port,
+                reuse_address=True,
+            )
+        except BaseException:
+            await broker.shutdown()
+            raise
+        self._port = server.sockets[0].getsockname()[1]
+        self._ready.set()
+        await self._stopping.wait()
+        server.close()
+        await broker.shutdown()
+        await self._close_clients(clients)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(server.wait_closed(), self._timeout_s)
+
+    async def _connected(
+        self,
+        broker: Broker,
+        clients: dict[asyncio.Task[Any], asyncio.StreamWriter],
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        task = asyncio.current_task()
+        assert task is not None  # always true: asyncio.start_server runs us in a task
+        clients[task] = writer
+        try:
+            await broker.external_connected(
+                _CappedReader(reader, self._max_message_bytes),
+                StreamWriterAdapter(writer),
+                _LISTENER,
+            )
+        finally:
+            # Not ``await writer.wait_closed()``: amqtt may cancel that shared future
+            # while closing the same writer, which would end this task as cancelled.
+            writer.close()
+            del clients[task]
+
+    async def _close_clients(self, clients: dict[asyncio.Task[Any], asyncio.StreamWriter]) -> None:
+        """Let each connection's task end after amqtt's shutdown, aborting laggards.
+
+        Waiting here, rather than leaving the tasks to ``asyncio.run``'s final cancel,
+        ends every connection without a cancelled-task traceback (Python 3.11 logs one).
+        """
+        if not clients:
+            return
+        _, lagging = await asyncio.wait(list(clients), timeout=_CLOSE_GRACE_S)
+        for task in lagging:
+            clients[task].transport.abort()
+        if lagging:
+            await asyncio.wait(lagging, timeout=self._timeout_s)
+
+    def _config(self) -> dict[str, Any]:
+        return {
+            "listeners": {
+                _LISTENER: {"type": "external", "bind": f"{self._host}:{self._port}"},
+            },
+            "plugins": {
+                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
+            },
+        }
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: cannot tell without resolving it
+        return False
+
+
+__all__ = ["MAX_MESSAGE_BYTES", "BrokerError", "EmbeddedBroker"]
