@@ -42,7 +42,7 @@ from typing import Any, Self
 from amqtt.adapters import StreamWriterAdapter
 from amqtt.broker import Broker
 
-from protocol.errors import EdgefleetError
+from hub.errors import HubError
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ _AMQTT_LOGGERS = ("amqtt", "transitions")  # transitions: amqtt's state machines
 _CLOSE_GRACE_S = 1.0  # after amqtt's shutdown, connections still open are aborted
 
 
-class BrokerError(EdgefleetError):
+class BrokerError(HubError):
     """The embedded broker could not start or stop (port taken, amqtt failure, timeout)."""
 
     reason = "broker"

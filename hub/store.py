@@ -10,7 +10,7 @@ serialised by a re-entrant lock. :meth:`Store.atomic` holds the lock for a whole
 transaction, so a batch of ingested frames, its replay-window updates and its audit rows
 commit together or not at all.
 
-Raises :class:`StoreError` (an ``EdgefleetError``) for integrity violations the caller
+Raises :class:`StoreError` (a ``HubError``) for integrity violations the caller
 can act on; anything else from SQLite is a bug or a broken disk and propagates.
 """
 
@@ -26,13 +26,13 @@ from typing import Any, ClassVar
 from sqlite_utils import Database
 from sqlite_utils.db import NotFoundError, Table
 
+from hub.errors import HubError
 from hub.migrations import migrations
-from protocol.errors import EdgefleetError
 
 Row = dict[str, Any]
 
 
-class StoreError(EdgefleetError):
+class StoreError(HubError):
     """A write the store's constraints refuse (duplicate key, unknown row)."""
 
     reason: ClassVar[str] = "store"
