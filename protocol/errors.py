@@ -23,7 +23,9 @@ server answers when the error reaches it (as h11 does)::
           ├─ NotReleased                   names bytes the release list does not hold
           ├─ MixAndMatch                   documents that never coexisted
           ├─ Incompatible                  compatibility ids do not match the runtime
-          └─ ContentMismatch               bytes whose hash or length differ from the signed ones
+          ├─ ContentMismatch               bytes whose hash or length differ from the signed ones
+          ├─ EqualVersionConflict          the trusted version again, with other content
+          └─ VersionGap                    a root chain that skips the next version
 
 ``agent`` and ``hub`` add their own branches (``StoreError``, ``RolloutError``...) under
 ``EdgefleetError``; nothing in ``protocol`` raises anything outside this tree.
@@ -161,11 +163,28 @@ class ContentMismatch(TrustError):
     reason = "hash_mismatch"
 
 
+class EqualVersionConflict(TrustError):
+    """Same version as the trusted document but different content; the trusted one stays.
+
+    TUF's equal-version rule: not an attack on its own (a hub re-signing by mistake
+    looks the same), so callers log it and carry on with the state they hold.
+    """
+
+    reason = "equal_version"
+
+
+class VersionGap(TrustError):
+    """A root chain that skips the next version: each step must be signed by its predecessor."""
+
+    reason = "version_gap"
+
+
 __all__ = [
     "BadSignature",
     "ContentMismatch",
     "DeviceMismatch",
     "EdgefleetError",
+    "EqualVersionConflict",
     "Expired",
     "IdentityMismatch",
     "Incompatible",
@@ -181,5 +200,6 @@ __all__ = [
     "ThresholdNotMet",
     "TrustError",
     "UnknownVersion",
+    "VersionGap",
     "WrongKind",
 ]

@@ -11,6 +11,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from hub import cli_keys, inspect
+
 EPILOG = """\
 examples:
   edgefleet demo                                  the whole loop on one machine
@@ -29,7 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
-    parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    cli_keys.register(subparsers)
+    inspect.register(subparsers)
     return parser
 
 

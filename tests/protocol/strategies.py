@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from protocol import messages as m
 from protocol.documents import DocSignature, SignedDocument
+from protocol.frame import Message
 from protocol.sketches import FeatureSketch, PredictionSketch
 
 names = st.from_regex(r"[a-z0-9][a-z0-9._-]{0,20}", fullmatch=True)
@@ -51,7 +52,7 @@ signed_docs = st.builds(
     ).map(tuple),
 )
 
-MESSAGES: dict[str, st.SearchStrategy[m.Message]] = {
+MESSAGES: dict[str, st.SearchStrategy[Message]] = {
     "up.hello": st.builds(
         m.Hello,
         public_key=sha256s,

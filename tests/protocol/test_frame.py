@@ -24,6 +24,7 @@ from protocol.errors import (
     UnknownVersion,
     WrongKind,
 )
+from protocol.frame import Message
 from protocol.topics import DOWN_KINDS, UP_KINDS
 from tests.protocol.strategies import MESSAGES
 
@@ -33,7 +34,7 @@ NONCE = bytes(16)
 TELEMETRY = m.Telemetry(uptime_s=12.5, inference_count=3, latency_p50_ms=1.25)
 
 
-def encode(message: m.Message = TELEMETRY, **overrides: object) -> bytes:
+def encode(message: Message = TELEMETRY, **overrides: object) -> bytes:
     args: dict[str, object] = {
         "device_id": "dev-1",
         "seq": 7,
