@@ -9,7 +9,9 @@ server answers when the error reaches it (as h11 does)::
        ├─ Malformed                        bytes that are not a valid frame/document
        │  ├─ Oversize                      larger than the configured cap
        │  ├─ UnknownVersion                magic or protocol version we do not speak
-       │  └─ NonFinite                     NaN/Inf where numbers must be finite
+       │  ├─ NonFinite                     NaN/Inf where numbers must be finite
+       │  └─ ShapeMismatch                 tensors that do not fit the model's names and shapes
+       ├─ UnsafeModel                      an ONNX model no runtime may load
        ├─ BadSignature                     signature missing or does not verify
        ├─ WrongKind                        a valid message presented as another kind
        ├─ IdentityMismatch                 topic, header and key disagree on who sent it
@@ -73,6 +75,20 @@ class NonFinite(Malformed):
     """NaN or Inf where the protocol requires finite numbers."""
 
     reason = "non_finite"
+
+
+class ShapeMismatch(Malformed):
+    """Tensors (a delta, head parameters) whose names, shapes or layout differ from the
+    model's (THREATS B26)."""
+
+    reason = "shape_mismatch"
+
+
+class UnsafeModel(ProtocolError):
+    """An ONNX model no runtime may load: unparsable, external data, a custom operator
+    domain, impossible tensor sizes, or refused by onnx.checker (T5, B22)."""
+
+    reason = "unsafe_model"
 
 
 class BadSignature(ProtocolError):
@@ -196,10 +212,12 @@ __all__ = [
     "ProtocolError",
     "Replayed",
     "Rollback",
+    "ShapeMismatch",
     "Stale",
     "ThresholdNotMet",
     "TrustError",
     "UnknownVersion",
+    "UnsafeModel",
     "VersionGap",
     "WrongKind",
 ]

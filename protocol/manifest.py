@@ -75,9 +75,10 @@ Activation = Literal["softmax", "sigmoid", "identity"]
 class Head:
     """The trainable final layer.
 
-    ``weight`` and ``bias`` name initializers (for ``gemm``/``matmul_add``) or are the
-    node's ``coefficients``/``intercepts`` attributes (for the ``ai.onnx.ml`` linear
-    operators, where they name the node). Weights are handled as ``(n_features,
+    ``weight`` and ``bias`` name initializers (for ``gemm``/``matmul_add``); for the
+    ``ai.onnx.ml`` linear operators they are the attribute names ``"coefficients"`` and
+    ``"intercepts"`` of the node named by ``node``. A binary classifier has
+    ``n_outputs = 1``: the single logit is class 1's. Weights are handled as ``(n_features,
     n_outputs)`` whatever their layout in the graph; ``transposed`` records that the graph
     stores them as ``(n_outputs, n_features)`` (Gemm ``transB=1``, ai.onnx.ml
     coefficients). ``feature`` is the graph output that exposes the head's input, added
