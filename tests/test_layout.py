@@ -21,7 +21,7 @@ IMPURE = {
 
 def imported_roots(path: Path) -> set[str]:
     tree = ast.parse(path.read_text(), filename=str(path))
-    roots = set()
+    roots: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             roots.update(alias.name.split(".")[0] for alias in node.names)

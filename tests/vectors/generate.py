@@ -23,7 +23,7 @@ HUB_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32, 64)))
 SENT_AT = 1_795_000_000_000  # 2026-11-18T08:53:20Z
 MODEL = m.ModelRef("vision", 3, "5" * 64)
 
-FRAMES: dict[str, m.Message] = {
+FRAMES: dict[str, frame.Message] = {
     "hello": m.Hello(
         public_key=keys.public_hex(DEVICE_KEY.public_key()),
         agent_version="0.1.0",
@@ -69,7 +69,7 @@ FRAMES: dict[str, m.Message] = {
 }
 
 
-def signer(message: m.Message) -> Ed25519PrivateKey:
+def signer(message: frame.Message) -> Ed25519PrivateKey:
     return DEVICE_KEY if message.DIRECTION == "up" else HUB_KEY
 
 
