@@ -205,3 +205,12 @@ def m004_operations(db: Database) -> None:
     db.table("audit").create_index(["actor"])
     db.table("audit").create_index(["action"])
     db.table("meta").create({"key": str, "value": int}, pk="key")
+
+
+@migrations()
+def m005_desired_tracking(db: Database) -> None:
+    # hub.reconciler: re-sign an assignment past half its lifetime, and remember when a
+    # device was found stuck (audited once per episode).
+    desired = db.table("desired")
+    desired.add_column("assignment_expires", int)
+    desired.add_column("stuck_at", int)

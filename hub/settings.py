@@ -6,7 +6,7 @@ the command line or ``EDGEFLEET_HUB_*`` environment variables by the CLI.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from protocol.frame import Limits
@@ -23,8 +23,8 @@ class HubSettings:
     client_id: str = "edgefleet-hub"
 
     # ingest
-    limits: Limits = Limits()
-    freshness: Freshness = Freshness()
+    limits: Limits = field(default_factory=Limits)
+    freshness: Freshness = field(default_factory=Freshness)
     ingest_batch_max: int = 500  # frames per transaction
     ingest_batch_wait_ms: int = 20  # how long a batch may wait to fill
     ingest_queue_max: int = 50_000  # frames buffered before the hub sheds load

@@ -270,6 +270,152 @@ class Store:
         )
         return rows, total
 
+    # --- registry & desired (hub.registry, hub.desired, hub.reconciler, hub.delivery)
+
+    @contextmanager
+    def immediate(self) -> Iterator[Store]:
+        """A transaction that takes SQLite's write lock at its start (``BEGIN IMMEDIATE``).
+
+        For read-then-write steps (next version number, next assignment version) that
+        another process on the same file (the CLI beside a running hub) may race: a
+        deferred transaction would fail to upgrade its read lock instead of waiting.
+        Inside another transaction it is a savepoint, like :meth:`atomic`.
+        """
+        with self._lock:
+            if self.db.conn.in_transaction:
+                with self.db.atomic():
+                    yield self
+                return
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.conn.rollback()
+                raise
+
+    def set_counter(self, key: str, value: int) -> None:
+        """Set counter ``key`` to ``value`` (what was last published, say)."""
+        with self.atomic():
+            self.db.execute(
+                "INSERT INTO meta(key, value) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                [key, value],
+            )
+
+    def next_model_version(self, name: str) -> int:
+        """One more than the highest version of model ``name`` (1 for a new model)."""
+        rows = self.query("SELECT max(version) AS v FROM versions WHERE name = ?", [name])
+        return int(rows[0]["v"] or 0) + 1
+
+    def next_release_counter(self) -> int:
+        """One more than the highest release counter ever assigned."""
+        rows = self.query("SELECT max(release_counter) AS c FROM versions")
+        return int(rows[0]["c"] or 0) + 1
+
+    def latest_release_list(self, *, signed: bool | None = None) -> Row | None:
+        """The release list row with the highest version (only signed or unsigned ones
+        when ``signed`` is given)."""
+        where = "" if signed is None else "WHERE signed = ?"
+        params = [] if signed is None else [int(signed)]
+        rows = self.query(
+            f"SELECT * FROM release_lists {where} ORDER BY version DESC LIMIT 1",  # noqa: S608
+            params,
+        )
+        return rows[0] if rows else None
+
+    def next_assignment_version(self, device_id: str) -> int:
+        """One more than the highest assignment version signed for ``device_id``."""
+        rows = self.query(
+            "SELECT max(version) AS v FROM assignments WHERE device_id = ?", [device_id]
+        )
+        return int(rows[0]["v"] or 0) + 1
+
+    def desired_twins(self, device_id: str | None = None) -> list[Row]:
+        """Each desired row joined with its device's reported state, ordered by device id.
+
+        Columns: every ``desired`` column, then ``status``, ``last_seen``, ``online``,
+        ``active_name``, ``active_version``, ``active_sha256``, ``health`` of the device.
+        """
+        sql = (
+            "SELECT d.*, v.status, v.last_seen, v.online, v.active_name, v.active_version, "
+            "v.active_sha256, v.health FROM desired d JOIN devices v ON v.id = d.device_id "
+        )
+        if device_id is None:
+            return self.query(sql + "ORDER BY d.device_id")
+        return self.query(sql + "WHERE d.device_id = ?", [device_id])
+
+    # --- ingest & enrollment (hub.ingest, hub.enrollment, hub.downlink)
+
+    def device_status(self, device_id: str) -> str | None:
+        """The device's status (pending | active | revoked), or None if it is unknown."""
+        rows = self.query("SELECT status FROM devices WHERE id = ?", [device_id])
+        return str(rows[0]["status"]) if rows else None
+
+    def insert_new(self, table: str, rows: Sequence[Row]) -> int:
+        """Insert rows whose primary key is not taken yet; skip the others (one statement
+        batch, all rows with the columns of the first). Returns how many were inserted.
+
+        For idempotent writes: an uplink row that is already stored is stored.
+        """
+        if not rows:
+            return 0
+        columns = list(rows[0])
+        sql = (
+            f"INSERT OR IGNORE INTO [{table}] ({', '.join(f'[{c}]' for c in columns)}) "  # noqa: S608
+            f"VALUES ({', '.join('?' for _ in columns)})"
+        )
+        with self.atomic():
+            cursor = self.db.conn.executemany(sql, [[row[c] for c in columns] for row in rows])
+            return int(cursor.rowcount)
+
+    def note_uplink(self, seen: Sequence[tuple[str, bytes, int, int]]) -> None:
+        """Record accepted uplink per device: ``(device_id, up_window, last_seen, online)``.
+
+        ``last_seen`` never moves backwards.
+        """
+        with self.atomic():
+            self.db.conn.executemany(
+                "UPDATE devices SET up_window = ?, online = ?, "
+                "last_seen = max(coalesce(last_seen, 0), ?) WHERE id = ?",
+                [(window, online, last_seen, device) for device, window, last_seen, online in seen],
+            )
+
+    def report_twin(self, device_id: str, seq: int, changes: Row) -> bool:
+        """Apply a state report's ``changes`` to the device row unless a state report with
+        a higher seq is already stored (reports may arrive out of order). True if applied.
+        """
+        columns = ", ".join(f"[{c}] = ?" for c in changes)
+        with self.atomic():
+            cursor = self.db.execute(
+                f"UPDATE devices SET {columns} WHERE id = ? AND NOT EXISTS "  # noqa: S608
+                "(SELECT 1 FROM states WHERE device_id = ? AND seq > ?)",
+                [*changes.values(), device_id, device_id, seq],
+            )
+            return bool(cursor.rowcount)
+
+    def use_token(self, token_id: str) -> bool:
+        """Count one use of an enrollment token; False (nothing changed) when it is revoked
+        or a single-use token already used."""
+        with self.atomic():
+            cursor = self.db.execute(
+                "UPDATE enrollment_tokens SET uses = uses + 1 WHERE id = ? AND revoked = 0 "
+                "AND (kind != 'single' OR uses = 0)",
+                [token_id],
+            )
+            return bool(cursor.rowcount)
+
+    def mark_offline(self, seen_before: int) -> list[str]:
+        """Set ``online = 0`` on online devices last seen before ``seen_before`` (ms);
+        returns their ids."""
+        with self.atomic():
+            rows = self.db.execute(
+                "UPDATE devices SET online = 0 WHERE online = 1 AND "
+                "coalesce(last_seen, 0) < ? RETURNING id",
+                [seen_before],
+            ).fetchall()
+            return sorted(row[0] for row in rows)
+
 
 DEVICE_COLUMNS = (
     "id",

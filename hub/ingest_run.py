@@ -1,0 +1,119 @@
+"""Run ingest alone: broker link, downlink and worker over one store, until a signal.
+
+``python -m hub.ingest_run --data DIR --broker URL [--prefix P] --key ROLLOUT.pem``
+
+The crash tests and the benchmark run this as a subprocess they can SIGKILL; the full
+hub service wires the same three pieces (plus REST, scheduler...) the same way. It prints
+``ready`` on stdout once the broker has granted the subscription, and exits 0 on SIGTERM
+or SIGINT after finishing the batch in hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import queue
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from hub.clock import Clock, SystemClock
+from hub.downlink import Downlink
+from hub.ingest import FetchHook, Ingest
+from hub.mqtt import HubLink, Inbound, TlsFiles
+from hub.settings import HubSettings
+from hub.store import Store
+from protocol import keys
+from protocol.topics import Topics
+
+
+@dataclass
+class IngestService:
+    """A running ingest: the pieces, for callers that need to reach into them."""
+
+    store: Store
+    link: HubLink
+    downlink: Downlink
+    ingest: Ingest
+
+    def stop(self) -> None:
+        """Stop taking messages, finish the batch in hand, close the store."""
+        self.link.stop()
+        self.ingest.stop()
+        self.store.close()
+
+
+def start(
+    settings: HubSettings,
+    key: Ed25519PrivateKey,
+    *,
+    clock: Clock | None = None,
+    store: Store | None = None,
+    tls: TlsFiles | None = None,
+    on_fetch: FetchHook | None = None,
+) -> IngestService:
+    """Open the store (unless given), connect to the broker and start the worker.
+
+    Raises:
+        hub.errors.InvalidRequest: a bad broker URL or TLS files.
+    """
+    clock = clock or SystemClock()
+    store = store or Store.open(settings.db_path)
+    topics = Topics(settings.topic_prefix)
+    inbox: queue.Queue[Inbound] = queue.Queue(settings.ingest_queue_max)
+    link = HubLink(
+        settings.broker_url,
+        client_id=settings.client_id,
+        inbox=inbox,
+        subscriptions=[topics.all_up()],
+        tls=tls,
+    )
+    downlink = Downlink(store, link, topics, key, clock, limits=settings.limits)
+    ingest = Ingest(store, settings, clock, downlink, on_fetch=on_fetch, inbox=inbox)
+    ingest.start()
+    link.start()
+    return IngestService(store, link, downlink, ingest)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m hub.ingest_run", description="Run hub ingest alone (tests, benchmarks)."
+    )
+    parser.add_argument("--data", type=Path, required=True, help="hub data directory")
+    parser.add_argument("--broker", required=True, help="mqtt://host:port or mqtts://...")
+    parser.add_argument("--prefix", default="ef", help="topic prefix (default ef)")
+    parser.add_argument("--key", type=Path, required=True, help="rollout key, PKCS#8 PEM")
+    parser.add_argument("--client-id", default="edgefleet-hub-ingest")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    settings = HubSettings(
+        data_dir=args.data,
+        broker_url=args.broker,
+        topic_prefix=args.prefix,
+        client_id=args.client_id,
+    )
+    key = keys.private_from_pem(args.key.read_bytes())
+    service = start(settings, key)
+    done = threading.Event()
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        done.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    while not done.is_set() and not service.link.wait_ready(0.1):
+        pass
+    print("ready", flush=True)
+    done.wait()
+    service.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""The hub's Prometheus metrics: one registry, module-level collectors, shared by hub modules.
+
+Decision: every hub collector is registered on :data:`REGISTRY`, a ``CollectorRegistry`` of
+the hub's own, not on prometheus_client's process-global default registry. The REST layer
+exposes it with ``prometheus_client.generate_latest(hub.metrics.REGISTRY)`` on ``/metrics``.
+Why not the default registry: importing a hub module then never collides with (or leaks
+into) whatever else a process registers there (an embedding application, the simulator
+running many components in one process), and the collectors still exist exactly once per
+process because they are created at import time. Process metrics (CPU, memory, open files)
+are added to the same registry so ``/metrics`` stays a single scrape.
+
+Names carry the ``edgefleet_hub_`` prefix (Prometheus naming practice: one namespace per
+application); ``rejected_total{reason}`` of THREATS.md is
+``edgefleet_hub_rejected_total{reason}`` here, with ``reason`` the error's short code
+(``protocol.errors.ProtocolError.reason``: ``malformed``, ``bad_signature``, ``replay``...).
+
+Other hub modules add their collectors here, beside these, so one file lists everything
+the hub exports. Tests read values with ``REGISTRY.get_sample_value(name, labels)``.
+
+What this module does not do: serve HTTP or push anywhere.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+ProcessCollector(registry=REGISTRY)
+
+# ---------------------------------------------------------------------- ingest
+
+REJECTED = Counter(
+    "edgefleet_hub_rejected",
+    "Uplink frames the hub refused, by reason (audited or only counted when rate-limited).",
+    ["reason"],
+    registry=REGISTRY,
+)
+INGESTED = Counter(
+    "edgefleet_hub_ingested",
+    "Uplink frames verified and committed to the store, by kind.",
+    ["kind"],
+    registry=REGISTRY,
+)
+DUPLICATES = Counter(
+    "edgefleet_hub_duplicates",
+    "Uplink frames already committed (QoS 1 redelivery or agent resend): re-acknowledged.",
+    registry=REGISTRY,
+)
+SHED = Counter(
+    "edgefleet_hub_ingest_shed",
+    "Inbound frames dropped because the ingest queue was full (agents resend: not acked).",
+    registry=REGISTRY,
+)
+AUDIT_SUPPRESSED = Counter(
+    "edgefleet_hub_audit_suppressed",
+    "Rejections not written to the audit log because the sender exceeded its rate limit.",
+    registry=REGISTRY,
+)
+CLOCK_SKEW = Histogram(
+    "edgefleet_hub_clock_skew_seconds",
+    "|received_at - sent_at| of accepted frames; direction=behind includes outbox delay.",
+    ["direction"],
+    buckets=(0.1, 0.5, 1, 5, 30, 60, 300, 3600, 6 * 3600, 86400, 7 * 86400),
+    registry=REGISTRY,
+)
+BATCH_SECONDS = Histogram(
+    "edgefleet_hub_ingest_batch_seconds",
+    "Time to judge, write and commit one ingest batch.",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+    registry=REGISTRY,
+)
+BATCH_FAILURES = Counter(
+    "edgefleet_hub_ingest_batch_failures",
+    "Ingest batches whose transaction failed and rolled back (nothing acked; agents resend).",
+    registry=REGISTRY,
+)
+QUEUE_DEPTH = Gauge(
+    "edgefleet_hub_ingest_queue_depth",
+    "Frames waiting in the ingest queue at the start of the last batch.",
+    registry=REGISTRY,
+)
+
+# ---------------------------------------------------------------------- downlink
+
+DOWNLINK_SENT = Counter(
+    "edgefleet_hub_downlink_sent",
+    "Downlink frames handed to the broker, by kind.",
+    ["kind"],
+    registry=REGISTRY,
+)
+DOWNLINK_DROPPED = Counter(
+    "edgefleet_hub_downlink_dropped",
+    "Downlink frames not published, by reason (revoked, unknown_device, not_connected).",
+    ["reason"],
+    registry=REGISTRY,
+)
+
+
+def sample(name: str, labels: dict[str, str] | None = None) -> float:
+    """The current value of one sample in :data:`REGISTRY` (0.0 when it has none yet)."""
+    value = REGISTRY.get_sample_value(name, labels or {})
+    return 0.0 if value is None else value
