@@ -1,0 +1,189 @@
+"""``edgefleet hub token``: create, list and revoke the REST API's bearer tokens.
+
+A thin shell over :mod:`hub.api.auth`, working on the hub's store file directly (a
+running hub sees the change at once: it checks tokens against the store on every
+request). This is how the first admin token comes to exist; later ones can also be
+made over the API by an admin. Bad input ends in one line on stderr and exit status 2.
+
+:func:`register` adds the ``hub`` command group to the root parser and returns its
+subcommand set, so ``hub serve`` (and others) can be added beside ``hub token``;
+:func:`add_token_commands` adds ``token`` to a ``hub`` group made elsewhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TypeAlias
+
+from hub.api import auth
+from hub.clock import SystemClock
+from hub.settings import HubSettings
+from hub.store import Store
+from protocol.errors import EdgefleetError
+
+Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+Handler = Callable[[argparse.Namespace], int]
+
+HUB_EPILOG = """\
+examples:
+  edgefleet hub token create --data hub/ --role admin --name alice
+  edgefleet hub token list --data hub/
+"""
+
+ROLES_EPILOG = """\
+Tokens are bearer secrets for the REST API (Authorization: Bearer <token>). Roles:
+viewer reads everything but secrets; operator also tags, approves and directs devices,
+registers models and publishes release lists; admin also revokes devices and manages
+enrollment and API tokens. The hub stores only a digest: a token is shown once.
+
+examples:
+  edgefleet hub token create --data hub/ --role admin --name alice
+  edgefleet hub token create --data hub/ --role viewer --name prometheus
+  edgefleet hub token list --data hub/
+  edgefleet hub token revoke 3f9a0c12b7de --data hub/
+"""
+
+
+def register(subparsers: Subcommands) -> Subcommands:
+    """Add ``hub`` (with ``token``) to the root parser; return the ``hub`` subcommands."""
+    parser = subparsers.add_parser(
+        "hub",
+        help="run and administer the hub",
+        description="Run and administer the edgefleet hub.",
+        epilog=HUB_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="hub_command", metavar="SUBCOMMAND", required=True)
+    add_token_commands(commands)
+    return commands
+
+
+def add_token_commands(hub_commands: Subcommands) -> None:
+    """Add ``token create|list|revoke`` to the ``hub`` command group."""
+    parser = hub_commands.add_parser(
+        "token",
+        help="create, list and revoke REST API tokens",
+        description="Create, list and revoke the bearer tokens of the hub's REST API.",
+        epilog=ROLES_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="token_command", metavar="SUBCOMMAND", required=True)
+
+    create = _command(
+        commands,
+        "create",
+        "create a token and print it (once)",
+        "example:\n  edgefleet hub token create --data hub/ --role operator --name ci\n",
+        _create,
+    )
+    _data_option(create)
+    create.add_argument("--role", required=True, choices=auth.ROLES, help="the token's role")
+    create.add_argument("--name", default="", help="who or what holds it (shown in listings)")
+
+    listing = _command(
+        commands,
+        "list",
+        "list tokens (never their secrets)",
+        "example:\n  edgefleet hub token list --data hub/\n",
+        _list,
+    )
+    _data_option(listing)
+
+    revoke = _command(
+        commands,
+        "revoke",
+        "revoke a token for good",
+        "example:\n  edgefleet hub token revoke 3f9a0c12b7de --data hub/\n",
+        _revoke,
+    )
+    revoke.add_argument("id", metavar="ID", help="the token id (from `token list`)")
+    _data_option(revoke)
+
+
+def _command(
+    commands: Subcommands, name: str, summary: str, epilog: str, handler: Handler
+) -> argparse.ArgumentParser:
+    parser = commands.add_parser(
+        name,
+        help=summary,
+        description=summary[0].upper() + summary[1:] + ".",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.set_defaults(handler=_guarded(name, handler))
+    return parser
+
+
+def _data_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, required=True, help="the hub's data directory")
+
+
+def _guarded(name: str, handler: Handler) -> Handler:
+    """Turn the errors a user can cause into one line on stderr and exit status 2."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except (EdgefleetError, OSError) as e:
+            print(f"edgefleet hub token {name}: error: {e}", file=sys.stderr)
+            return 2
+
+    return run
+
+
+def _store(args: argparse.Namespace, *, create: bool = False) -> Store:
+    """The hub's store in ``--data``; only ``create`` may start a new one there."""
+    path = HubSettings(data_dir=args.data).db_path
+    if not create and not path.exists():
+        raise FileNotFoundError(f"no hub store at {path}")
+    return Store.open(path)
+
+
+def _create(args: argparse.Namespace) -> int:
+    store = _store(args, create=True)
+    try:
+        issued = auth.create_token(
+            store, role=args.role, name=args.name, actor="cli", now=SystemClock().now_ms()
+        )
+    finally:
+        store.close()
+    print(issued.token)
+    print(
+        f"token {issued.id} ({issued.role}) created: this is the only time it is shown",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    store = _store(args)
+    try:
+        rows = auth.list_tokens(store)
+    finally:
+        store.close()
+    print(f"{'ID':<12}  {'ROLE':<8}  {'CREATED':<16}  {'STATE':<7}  NAME")
+    for row in rows:
+        state = "revoked" if row["revoked"] else "active"
+        print(
+            f"{row['id']:<12}  {row['role']:<8}  {_date(row['created_at']):<16}  "
+            f"{state:<7}  {row['name'] or ''}"
+        )
+    return 0
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    store = _store(args)
+    try:
+        auth.revoke_token(store, args.id, actor="cli", now=SystemClock().now_ms())
+    finally:
+        store.close()
+    print(f"token {args.id} revoked")
+    return 0
+
+
+def _date(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M")
