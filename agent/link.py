@@ -1,0 +1,292 @@
+"""The agent's MQTT link: one connection at a time, re-established with jittered backoff.
+
+paho-mqtt 2.x, callback API VERSION2, MQTT 3.1.1, **clean sessions** and QoS 1: nothing
+relies on the broker keeping messages for an offline client (ARCHITECTURE.md, "Brokers,
+as seen on this machine"), because the outbox resends until the hub acknowledges.
+
+- **Threads.** A supervisor thread owns the connection cycle; each connection gets a fresh
+  paho client whose own network thread (``loop_start``) does the socket I/O, so other
+  threads may call :meth:`Link.publish` safely. paho's callbacks only convert and put
+  :class:`Inbound` / :class:`Connected` events on the caller's ``queue.Queue`` (bounded:
+  a flood is dropped and logged, THREATS B31); the daemon's worker thread dispatches.
+- **Subscriptions** are re-requested in ``on_connect`` after every (re)connect (a clean
+  session forgets them), and the link counts as up only once the broker acknowledged them
+  (SUBACK): before that, a hub ack to a frame sent at once could find no subscription.
+- **Reconnect** with exponential backoff and full jitter: the n-th consecutive failure
+  waits ``uniform(0, min(reconnect_max_s, reconnect_min_s * 2**n))`` seconds (defaults
+  0.5 s and 30 s); a connection that came up resets n. paho's own reconnect (no jitter)
+  is off, so a fleet restarted with its broker does not reconnect in lockstep.
+- **Last will.** Before a connection the supervisor asks ``will()`` for a (topic, frame)
+  pair; the broker publishes it if the connection dies without a DISCONNECT. A will that
+  belonged to a connection that came up is never reused (it may have fired); one from a
+  failed attempt is. :meth:`stop` sends a clean DISCONNECT, which suppresses the will.
+- **TLS** for ``mqtts://``: the system trust store or ``ca_file``, optional client
+  certificate (``cert_file``/``key_file``), host name checked.
+
+:meth:`Link.publish` refuses (returns False) while no connection is up, so paho never
+queues frames in memory across connections; the outbox keeps them instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from agent.config import BrokerAddress
+from agent.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+PAHO_MAX_INFLIGHT = 100
+"""QoS 1 publishes paho keeps awaiting the broker's PUBACK before queueing the next."""
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """A message the broker delivered."""
+
+    topic: str
+    payload: bytes
+    retained: bool
+
+
+@dataclass(frozen=True)
+class Connected:
+    """A connection came up and the broker acknowledged its subscriptions."""
+
+
+LinkEvent = Inbound | Connected
+WillFactory = Callable[[], tuple[str, bytes]]
+
+
+@dataclass(frozen=True)
+class LinkSettings:
+    """How to reach the broker and what to subscribe to (units in the names)."""
+
+    broker: BrokerAddress
+    client_id: str
+    subscriptions: tuple[str, ...]
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    keepalive_s: int = 30
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 30.0
+    connect_timeout_s: float = 10.0
+
+
+def backoff_delay(failures: int, low_s: float, high_s: float, rng: random.Random) -> float:
+    """Full-jitter exponential backoff: ``uniform(0, min(high, low * 2**failures))``."""
+    return rng.uniform(0.0, min(high_s, low_s * 2 ** min(failures, 32)))
+
+
+class Link:
+    """A self-healing MQTT connection delivering events to ``events``."""
+
+    def __init__(
+        self,
+        settings: LinkSettings,
+        events: queue.Queue[LinkEvent],
+        *,
+        will: WillFactory | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        """Prepare the link; nothing connects before :meth:`start`.
+
+        Raises:
+            ConfigError: a TLS file cannot be loaded (the message names the key).
+        """
+        self.settings = settings
+        self._events = events
+        self._will_factory = will
+        self._rng = rng or random.Random()
+        self._tls = _tls_context(settings) if settings.broker.tls else None
+        self._lock = threading.Lock()
+        self._client: mqtt.Client | None = None
+        self._up = False
+        self._ended = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._suback_mid: int | None = None
+        self.connections = 0
+        self.dropped_events = 0
+
+    @property
+    def connected(self) -> bool:
+        return self._up
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._supervise, name="agent-link", daemon=True)
+        self._thread.start()
+
+    def publish(self, topic: str, payload: bytes) -> bool:
+        """Hand one QoS 1 frame to the current connection; False when none is up."""
+        with self._lock:
+            client = self._client if self._up else None
+        if client is None:
+            return False
+        info = client.publish(topic, payload, qos=1)
+        return info.rc == mqtt.MQTT_ERR_SUCCESS
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Disconnect cleanly (no last will) and wait for the link's threads to end."""
+        self._stopping.set()
+        self._ended.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    # ------------------------------------------------------------------ supervisor
+
+    def _supervise(self) -> None:
+        failures = 0
+        will: tuple[str, bytes] | None = None
+        while not self._stopping.is_set():
+            if will is None and self._will_factory is not None:
+                try:
+                    will = self._will_factory()
+                except Exception:
+                    logger.exception("cannot prepare the last will; connecting without one")
+            came_up = self._session(self._new_client(will), quiet=failures > 0)
+            if came_up:
+                failures, will = 0, None
+            if self._stopping.is_set():
+                break
+            delay = backoff_delay(
+                failures, self.settings.reconnect_min_s, self.settings.reconnect_max_s, self._rng
+            )
+            failures += 1
+            logger.debug("reconnecting to the broker in %.2f s", delay)
+            self._stopping.wait(delay)
+
+    def _session(self, client: mqtt.Client, *, quiet: bool) -> bool:
+        """Run one connection until it ends; True if the broker accepted it at all.
+
+        ``quiet`` logs a failure to connect at DEBUG: only the first of a streak is a
+        warning, so a device offline for a day does not fill its log.
+        """
+        broker = self.settings.broker
+        self._ended.clear()
+        before = self.connections
+        try:
+            client.connect(broker.host, broker.port, keepalive=self.settings.keepalive_s)
+        except (OSError, ValueError) as e:
+            level = logging.DEBUG if quiet else logging.WARNING
+            logger.log(level, "cannot reach broker %s:%d: %s", broker.host, broker.port, e)
+            return False
+        with self._lock:
+            self._client = client
+        client.loop_start()
+        try:
+            deadline = time.monotonic() + self.settings.connect_timeout_s
+            while not self._ended.wait(0.5):
+                if self.connections == before and time.monotonic() > deadline:
+                    logger.warning("broker %s:%d did not accept in time", broker.host, broker.port)
+                    break
+        finally:
+            with self._lock:
+                self._up = False
+                self._client = None
+            client.disconnect()
+            client.loop_stop()
+        return self.connections > before
+
+    def _new_client(self, will: tuple[str, bytes] | None) -> mqtt.Client:
+        client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=self.settings.client_id,
+            clean_session=True,
+            protocol=mqtt.MQTTv311,
+            reconnect_on_failure=False,
+        )
+        client.max_inflight_messages_set(PAHO_MAX_INFLIGHT)
+        if self._tls is not None:
+            client.tls_set_context(self._tls)
+        if will is not None:
+            client.will_set(will[0], will[1], qos=1, retain=False)
+        client.on_connect = self._on_connect
+        client.on_subscribe = self._on_subscribe
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    # ------------------------------------------------------------------ paho callbacks
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
+        if reason.is_failure:
+            logger.warning("broker refused the connection: %s", reason)
+            self._ended.set()
+            return
+        if not self.settings.subscriptions:
+            self._came_up()
+            return
+        result, self._suback_mid = client.subscribe(
+            [(topic, 1) for topic in self.settings.subscriptions]
+        )
+        if result != mqtt.MQTT_ERR_SUCCESS:
+            self._ended.set()
+
+    def _on_subscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, codes: Any, properties: Any
+    ) -> None:
+        if mid != self._suback_mid:
+            return
+        pairs = zip(self.settings.subscriptions, codes, strict=False)
+        refused = [topic for topic, code in pairs if code.is_failure]
+        if refused:
+            logger.error("broker refused subscriptions %s: no downlink on them", refused)
+        self._came_up()
+
+    def _came_up(self) -> None:
+        with self._lock:
+            self._up = True
+            self.connections += 1
+        broker = self.settings.broker
+        logger.info("connected to broker %s:%d", broker.host, broker.port)
+        self._put(Connected())
+
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
+        with self._lock:
+            self._up = False
+        if not self._stopping.is_set():
+            logger.warning("lost the broker connection: %s", reason)
+        self._ended.set()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        self._put(Inbound(message.topic, bytes(message.payload), bool(message.retain)))
+
+    def _put(self, event: LinkEvent) -> None:
+        try:
+            self._events.put_nowait(event)
+        except queue.Full:
+            self.dropped_events += 1
+            logger.warning("inbound queue is full: message discarded")
+
+
+def _tls_context(settings: LinkSettings) -> ssl.SSLContext:
+    try:
+        context = ssl.create_default_context(
+            cafile=str(settings.ca_file) if settings.ca_file else None
+        )
+    except (OSError, ssl.SSLError) as e:
+        raise ConfigError(f"ca_file {settings.ca_file}: {e}") from e
+    if settings.cert_file is not None:
+        try:
+            context.load_cert_chain(settings.cert_file, settings.key_file)
+        except (OSError, ssl.SSLError) as e:
+            raise ConfigError(f"cert_file/key_file cannot be loaded: {e}") from e
+    return context

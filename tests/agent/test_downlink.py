@@ -1,0 +1,177 @@
+"""The downlink guard: what it refuses, what it deduplicates, and that refusals change nothing."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from agent.downlink import Downlink, WindowStore
+from protocol import frame
+from protocol.frame import Envelope, Message
+from protocol.messages import HubAck, Nudge, StateReport
+from protocol.topics import Topics
+
+NOW = 1_790_000_000_000
+TOPICS = Topics("t")
+HUB = Ed25519PrivateKey.generate()
+OTHER = Ed25519PrivateKey.generate()
+ACK = HubAck(committed=((1, 3),))
+
+
+def down(
+    message: Message, seq: int, *, key: Ed25519PrivateKey = HUB, device: str = "dev-1"
+) -> bytes:
+    return frame.encode(
+        message, device_id=device, seq=seq, sent_at=NOW, nonce=os.urandom(16), key=key
+    )
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.seen: list[Envelope] = []
+
+    def __call__(self, envelope: Envelope) -> None:
+        self.seen.append(envelope)
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    opened = [WindowStore(tmp_path / "agent.db")]
+    yield opened[0]
+    opened[0].close()
+
+
+def guard(store: WindowStore) -> Downlink:
+    keys = [HUB.public_key()]
+    return Downlink(device_id="dev-1", topics=TOPICS, rollout_keys=lambda: keys, store=store)
+
+
+def test_downlink_runs_handlers_for_a_verified_new_frame(store: WindowStore) -> None:
+    link, acks = guard(store), Recorder()
+    link.register("ack", acks)
+    assert link.dispatch(TOPICS.down("dev-1", "ack"), down(ACK, 1)) == "accepted"
+    assert [e.message for e in acks.seen] == [ACK]
+    assert link.counters() == {"accepted": 1}
+
+
+def test_downlink_treats_a_redelivered_frame_as_a_no_op_duplicate(store: WindowStore) -> None:
+    link, acks = guard(store), Recorder()
+    link.register("ack", acks)
+    data = down(ACK, 1)
+    link.dispatch(TOPICS.down("dev-1", "ack"), data)
+    assert link.dispatch(TOPICS.down("dev-1", "ack"), data, retained=True) == "duplicate"
+    assert len(acks.seen) == 1
+
+
+def test_downlink_remembers_accepted_seqs_across_restarts(tmp_path: Path) -> None:
+    first = WindowStore(tmp_path / "agent.db")
+    guard(first).dispatch(TOPICS.down("dev-1", "ack"), down(ACK, 7))
+    first.close()
+    second = WindowStore(tmp_path / "agent.db")
+    try:
+        assert guard(second).dispatch(TOPICS.down("dev-1", "ack"), down(ACK, 7)) == "duplicate"
+    finally:
+        second.close()
+
+
+OURS, NUDGE = TOPICS.down("dev-1", "ack"), TOPICS.down("dev-1", "nudge")
+BAD_FRAMES = [
+    pytest.param(OURS, down(ACK, 9, key=OTHER), "bad_signature", id="unknown-key"),
+    pytest.param(NUDGE, down(ACK, 9), "wrong_type", id="kind-vs-topic"),
+    pytest.param(OURS, down(ACK, 9, device="dev-2"), "identity_mismatch", id="other-header"),
+    pytest.param(
+        TOPICS.down("dev-2", "ack"), down(ACK, 9, device="dev-2"), "identity_mismatch",
+        id="other-topic",
+    ),
+    pytest.param(
+        TOPICS.up("dev-1", "state"), down(StateReport(active=None), 9), "identity_mismatch",
+        id="uplink-topic",
+    ),
+    pytest.param(OURS, b"", "malformed", id="empty"),
+    pytest.param(OURS, b"EF\x09" + bytes(80), "unknown_version", id="version"),
+    pytest.param(OURS, b"EF" + bytes(300_000), "oversize", id="oversize"),
+    pytest.param("elsewhere/v1/d/dev-1/down/ack", down(ACK, 9), "malformed", id="foreign-topic"),
+    pytest.param(OURS, down(ACK, 1), "replay", id="below-window"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("topic", "payload", "reason"), BAD_FRAMES)
+def test_downlink_refuses_bad_frames_without_changing_anything(
+    store: WindowStore, topic: str, payload: bytes, reason: str
+) -> None:
+    link, acks = guard(store), Recorder()
+    link.register("ack", acks)
+    link.register("nudge", acks)
+    link.dispatch(TOPICS.down("dev-1", "ack"), down(ACK, 5000))
+    before = store.load()
+    assert link.dispatch(topic, payload) == "refused"
+    assert store.load() == before
+    assert len(acks.seen) == 1
+    assert link.counters()[f"refused.{reason}"] == 1
+
+
+def test_downlink_logs_the_reason_but_never_the_payload(store: WindowStore, caplog) -> None:
+    header = (
+        b'{"body_sha256":"' + b"0" * 64 + b'","device_id":"dev-1","kind":"s3cret-token",'
+        b'"msg":{},"nonce":"' + b"0" * 32 + b'","sent_at":1,"seq":1}'
+    )
+    payload = b"EF\x01" + len(header).to_bytes(4, "big") + header + bytes(64)
+    with caplog.at_level(logging.DEBUG, logger="agent.downlink"):
+        verdict = guard(store).dispatch(TOPICS.down("dev-1", "ack"), payload)
+    assert verdict == "refused"
+    assert "malformed" in caplog.text
+    assert "s3cret" not in caplog.text
+
+
+def test_downlink_reports_stale_retained_replays_below_warning(store: WindowStore, caplog) -> None:
+    link = guard(store)
+    link.dispatch(TOPICS.down("dev-1", "ack"), down(ACK, 5000))
+    with caplog.at_level(logging.INFO, logger="agent.downlink"):
+        verdict = link.dispatch(
+            TOPICS.down("dev-1", "nudge"), down(Nudge("state"), 1), retained=True
+        )
+    assert verdict == "refused"
+    assert [r.levelno for r in caplog.records] == [logging.INFO]
+
+
+def test_downlink_redelivers_a_frame_whose_handler_failed(store: WindowStore) -> None:
+    link, calls = guard(store), []
+
+    def flaky(envelope: Envelope) -> None:
+        calls.append(envelope.header.seq)
+        if len(calls) == 1:
+            raise RuntimeError("disk full")
+
+    link.register("ack", flaky)
+    data = down(ACK, 3)
+    assert link.dispatch(TOPICS.down("dev-1", "ack"), data) == "failed"
+    assert link.dispatch(TOPICS.down("dev-1", "ack"), data) == "accepted"
+    assert calls == [3, 3]
+
+
+def test_downlink_verifies_with_the_keys_current_at_dispatch(store: WindowStore) -> None:
+    keys = [OTHER.public_key()]
+    link = Downlink(device_id="dev-1", topics=TOPICS, rollout_keys=lambda: keys, store=store)
+    assert link.dispatch(TOPICS.down("dev-1", "ack"), down(ACK, 1)) == "refused"
+    keys.append(HUB.public_key())
+    assert link.dispatch(TOPICS.down("dev-1", "ack"), down(ACK, 1)) == "accepted"
+
+
+def test_downlink_passes_fleet_documents_raw_to_their_handlers(store: WindowStore) -> None:
+    link, seen = guard(store), list[bytes]()
+    link.register_fleet("heartbeat", seen.append)
+    assert link.dispatch(TOPICS.fleet("heartbeat"), b'{"doc": 1}', retained=True) == "accepted"
+    assert link.dispatch(TOPICS.fleet("release"), b"{}") == "ignored"
+    assert seen == [b'{"doc": 1}']
+
+
+def test_downlink_refuses_to_register_unknown_kinds(store: WindowStore) -> None:
+    link = guard(store)
+    with pytest.raises(ValueError, match="downlink kind"):
+        link.register("delta", Recorder())
+    with pytest.raises(ValueError, match="fleet kind"):
+        link.register_fleet("desired", lambda raw: None)
