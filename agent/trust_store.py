@@ -1,0 +1,272 @@
+"""The agent's shell around :mod:`protocol.trust`: load, feed, persist the trusted state.
+
+python-tuf's ``Updater`` shape: the pure core decides, this module reads and writes. The
+:class:`~protocol.trust.TrustedState` lives in ``<state_dir>/trusted.json``, created from
+the pinned root document (``root_metadata`` in agent.toml) on first start, and rewritten
+atomically (temp, fsync, rename, directory fsync) after **every** accepted step, so no
+high-water mark goes backwards across restarts or power cuts (THREATS T2, B33).
+
+Fleet documents arrive retained on ``fleet/<kind>`` (and again on every reconnect):
+
+- ``root``: the root chain, a canonical JSON list of DSSE envelopes, oldest first
+  (:func:`decode_root_chain`); walked forward as TUF does, each step signed by a
+  threshold of the old and the new root keys. A rotation of the rollout or heartbeat
+  keys resets exactly those roles' high-water marks (fast-forward recovery, T7).
+- ``release``: the release list (:func:`protocol.trust.update_release_list`).
+- ``heartbeat``: the hub's short-lived "this is current" (T3); it raises the time floor.
+
+A document the core refuses changes nothing. ``EqualVersionConflict`` (the trusted
+version with other content) is logged and ignored, as TUF does; a ``VersionGap`` in the
+root chain is logged and waits for the next publication of the chain (the hub publishes
+it retained, so every reconnect retries it). Every refusal is counted by reason.
+
+Flags for the state report: ``freeze_suspected`` (no unexpired heartbeat at ``now``:
+keep serving, install nothing) and ``clock_suspect``: the device clock is far ahead of
+hub time, detected when a newly received, authentic heartbeat is already expired by more
+than its own lifetime (a device clock set back is caught by the time floor instead:
+:func:`protocol.trust.effective_now`).
+
+Thread-safe: one lock around the state, since the downlink worker, the scheduler and
+the downlink guard (:meth:`TrustStore.rollout_keys`) read it from different threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from agent.errors import ConfigError, StateCorrupt
+from agent.slots import TEMP_SUFFIX, write_atomic
+from protocol import canonical, metadata, schema, trust
+from protocol.documents import MAX_DOCUMENT_BYTES, SignedDocument, verify_threshold
+from protocol.errors import EqualVersionConflict, Expired, Malformed, Oversize, ProtocolError
+from protocol.messages import TrustVersions
+from protocol.metadata import Heartbeat, Root
+from protocol.trust import AssignmentVerdict, TrustedState
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "trusted.json"
+MAX_CHAIN_BYTES = trust.MAX_ROOT_ROTATIONS * MAX_DOCUMENT_BYTES
+
+
+def decode_root_chain(payload: bytes) -> list[SignedDocument]:
+    """The ``fleet/root`` payload: a canonical JSON list of root envelopes.
+
+    Belongs in :mod:`protocol.metadata`, beside the hub's ``encode_root_chain``.
+
+    Raises:
+        Oversize: longer than :data:`MAX_CHAIN_BYTES`, or more than ``MAX_ROOT_ROTATIONS``
+            documents.
+        Malformed: not a JSON list of DSSE envelopes.
+    """
+    if len(payload) > MAX_CHAIN_BYTES:
+        raise Oversize(f"root chain of {len(payload)} bytes exceeds {MAX_CHAIN_BYTES}")
+    values = canonical.loads(payload)
+    if not isinstance(values, list):
+        raise Malformed("the root chain is not a list")
+    if len(values) > trust.MAX_ROOT_ROTATIONS:
+        raise Oversize(f"root chain of {len(values)} documents")
+    return [schema.from_json(SignedDocument, v, path=f"root[{i}]") for i, v in enumerate(values)]
+
+
+class TrustStore:
+    """The persisted trusted state and the fleet document handlers.
+
+    Raises (constructor):
+        StateCorrupt: ``trusted.json`` exists but cannot be read.
+        ConfigError: no state yet and no pinned root, or a pinned root that does not verify.
+    """
+
+    def __init__(self, state_dir: Path, pinned_root: bytes | None) -> None:
+        self._path = state_dir / STATE_FILE
+        self._lock = threading.RLock()
+        self.refused: Counter[str] = Counter()
+        self.clock_suspect = False
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self._path.with_name(STATE_FILE + TEMP_SUFFIX).unlink(missing_ok=True)  # a torn write
+        self._state = self._load(pinned_root)
+        self._rollout: tuple[Root | None, tuple[Ed25519PublicKey, ...]] = (None, ())
+
+    @classmethod
+    def open(cls, state_dir: Path, root_metadata: Path | None) -> TrustStore:
+        """From the agent's config: ``state_dir`` and the pinned root file (first start only).
+
+        Raises:
+            StateCorrupt, ConfigError: see the class; ConfigError also when the root file
+                cannot be read.
+        """
+        pinned = None
+        if root_metadata is not None and not (state_dir / STATE_FILE).exists():
+            try:
+                pinned = root_metadata.read_bytes()
+            except OSError as e:
+                raise ConfigError(f"root_metadata {root_metadata}: {e.strerror}") from e
+        return cls(state_dir, pinned)
+
+    @property
+    def state(self) -> TrustedState:
+        return self._state
+
+    def rollout_keys(self) -> tuple[Ed25519PublicKey, ...]:
+        """The rollout role's keys, which sign every downlink frame (the daemon's guard).
+
+        Parsed once per trusted root: the guard asks for every frame (each chunk).
+        """
+        root, cached = self._rollout
+        if root is not self._state.root:
+            root = self._state.root
+            cached = tuple(root.role_keys("rollout").values())
+            self._rollout = root, cached
+        return cached
+
+    def now(self, system_now: int) -> int:
+        """A cycle's ``now``: the system clock lifted to the time floor (T15)."""
+        return trust.effective_now(self._state, system_now)
+
+    def freeze_suspected(self, now: int) -> bool:
+        return trust.freeze_suspected(self._state, now)
+
+    def versions(self) -> TrustVersions:
+        return self._state.versions()
+
+    def flags(self, now: int) -> tuple[str, ...]:
+        """The trust flags for a state report at ``now``."""
+        flags = ("freeze_suspected",) if self.freeze_suspected(now) else ()
+        return (*flags, "clock_suspect") if self.clock_suspect else flags
+
+    # ------------------------------------------------------------------ fleet documents
+
+    def on_root(self, payload: bytes) -> bool:
+        """Walk the root chain forward; True when the trusted root changed. Never raises."""
+        return self._fleet("root", lambda s: trust.update_root(s, decode_root_chain(payload)))
+
+    def on_release(self, payload: bytes, now: int) -> bool:
+        """Trust a newer release list; True when it changed. Never raises."""
+        return self._fleet(
+            "release",
+            lambda s: trust.update_release_list(s, SignedDocument.from_bytes(payload), now),
+        )
+
+    def on_heartbeat(self, payload: bytes, now: int) -> bool:
+        """Trust a newer heartbeat (raising the time floor); True when it changed. Never raises."""
+        try:
+            doc = SignedDocument.from_bytes(payload)
+        except ProtocolError as e:
+            return self._refused("heartbeat", e)
+        with self._lock:
+            try:
+                new = trust.update_heartbeat(self._state, doc, now)
+            except Expired as e:
+                self.clock_suspect = self._far_ahead(doc, trust.effective_now(self._state, now))
+                return self._refused("heartbeat", e)
+            except ProtocolError as e:
+                return self._refused("heartbeat", e)
+            self.clock_suspect = False
+            return self._commit(new)
+
+    # ------------------------------------------------------------------ assignments
+
+    def update_release_list(self, doc: SignedDocument, now: int) -> bool:
+        """Trust the release list a desired state carries; True when it changed.
+
+        Raises:
+            ProtocolError: whatever :func:`protocol.trust.update_release_list` raises,
+                except ``EqualVersionConflict`` (logged, the trusted list stays).
+        """
+        with self._lock:
+            try:
+                new = trust.update_release_list(self._state, doc, now)
+            except EqualVersionConflict as e:
+                logger.info("release list ignored: %s", e)
+                return False
+            return self._commit(new)
+
+    def verify_assignment(self, doc: SignedDocument, now: int, device_id: str) -> AssignmentVerdict:
+        """Verify an assignment without persisting anything; :meth:`accept` persists it.
+
+        Raises:
+            ProtocolError: whatever :func:`protocol.trust.verify_assignment` raises.
+        """
+        return trust.verify_assignment(self._state, doc, now, device_id=device_id)
+
+    def accept(self, verdict: AssignmentVerdict) -> None:
+        """Persist an accepted assignment's high-water mark.
+
+        A verdict computed from a state that has since moved in any other way is dropped:
+        the assignment is verified again in the next cycle.
+        """
+        with self._lock:
+            current = self._state
+            base = replace(
+                verdict.state,
+                assignment_version=current.assignment_version,
+                assignment_sha256=current.assignment_sha256,
+            )
+            if base == current:
+                self._commit(verdict.state)
+
+    # ------------------------------------------------------------------ internals
+
+    def _fleet(self, kind: str, update: Callable[[TrustedState], TrustedState]) -> bool:
+        with self._lock:
+            try:
+                new = update(self._state)
+            except ProtocolError as e:
+                return self._refused(kind, e)
+            return self._commit(new)
+
+    def _commit(self, new: TrustedState) -> bool:
+        if new == self._state:
+            return False
+        write_atomic(self._path, new.to_bytes())
+        old, self._state = self._state.versions(), new
+        logger.info("trusted state %s -> %s", old, new.versions())
+        return True
+
+    def _refused(self, kind: str, error: ProtocolError) -> bool:
+        self.refused[f"{kind}.{error.reason}"] += 1
+        if isinstance(error, EqualVersionConflict):
+            logger.info("fleet %s ignored: %s", kind, error)
+        else:
+            logger.warning("fleet %s refused (%s): %s", kind, error.reason, error)
+        return False
+
+    def _far_ahead(self, doc: SignedDocument, now: int) -> bool:
+        """True when ``doc`` is an authentic, new heartbeat expired by more than its lifetime."""
+        root, trusted = self._state.root, self._state.heartbeat
+        try:
+            verify_threshold(
+                doc, "heartbeat", root.role_keys("heartbeat"), root.threshold("heartbeat")
+            )
+            beat = metadata.parse(Heartbeat, doc)
+        except ProtocolError:
+            return False
+        newer = trusted is None or beat.version > trusted.version
+        return newer and now - beat.expires > beat.expires - beat.issued_at
+
+    def _load(self, pinned_root: bytes | None) -> TrustedState:
+        try:
+            data = self._path.read_bytes()
+        except FileNotFoundError:
+            data = None
+        if data is not None:
+            try:
+                return TrustedState.from_bytes(data)
+            except ProtocolError as e:
+                raise StateCorrupt(f"{self._path} is not a valid trusted state: {e}") from e
+        if pinned_root is None:
+            raise ConfigError("root_metadata (the pinned root document) is required on first start")
+        try:
+            state = TrustedState.initial(SignedDocument.from_bytes(pinned_root))
+        except ProtocolError as e:
+            raise ConfigError(f"the pinned root does not verify: {e}") from e
+        write_atomic(self._path, state.to_bytes())
+        logger.info("trust initialised from pinned root v%d", state.root.version)
+        return state
