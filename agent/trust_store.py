@@ -9,7 +9,7 @@ high-water mark goes backwards across restarts or power cuts (THREATS T2, B33).
 Fleet documents arrive retained on ``fleet/<kind>`` (and again on every reconnect):
 
 - ``root``: the root chain, a canonical JSON list of DSSE envelopes, oldest first
-  (:func:`decode_root_chain`); walked forward as TUF does, each step signed by a
+  (:func:`protocol.metadata.decode_root_chain`); walked forward as TUF does, each step signed by a
   threshold of the old and the new root keys. A rotation of the rollout or heartbeat
   keys resets exactly those roles' high-water marks (fast-forward recovery, T7).
 - ``release``: the release list (:func:`protocol.trust.update_release_list`).
@@ -43,9 +43,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agent.errors import ConfigError, StateCorrupt
 from agent.slots import TEMP_SUFFIX, write_atomic
-from protocol import canonical, metadata, schema, trust
-from protocol.documents import MAX_DOCUMENT_BYTES, SignedDocument, verify_threshold
-from protocol.errors import EqualVersionConflict, Expired, Malformed, Oversize, ProtocolError
+from protocol import metadata, trust
+from protocol.documents import SignedDocument, verify_threshold
+from protocol.errors import EqualVersionConflict, Expired, ProtocolError
 from protocol.messages import TrustVersions
 from protocol.metadata import Heartbeat, Root
 from protocol.trust import AssignmentVerdict, TrustedState
@@ -53,27 +53,6 @@ from protocol.trust import AssignmentVerdict, TrustedState
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "trusted.json"
-MAX_CHAIN_BYTES = trust.MAX_ROOT_ROTATIONS * MAX_DOCUMENT_BYTES
-
-
-def decode_root_chain(payload: bytes) -> list[SignedDocument]:
-    """The ``fleet/root`` payload: a canonical JSON list of root envelopes.
-
-    Belongs in :mod:`protocol.metadata`, beside the hub's ``encode_root_chain``.
-
-    Raises:
-        Oversize: longer than :data:`MAX_CHAIN_BYTES`, or more than ``MAX_ROOT_ROTATIONS``
-            documents.
-        Malformed: not a JSON list of DSSE envelopes.
-    """
-    if len(payload) > MAX_CHAIN_BYTES:
-        raise Oversize(f"root chain of {len(payload)} bytes exceeds {MAX_CHAIN_BYTES}")
-    values = canonical.loads(payload)
-    if not isinstance(values, list):
-        raise Malformed("the root chain is not a list")
-    if len(values) > trust.MAX_ROOT_ROTATIONS:
-        raise Oversize(f"root chain of {len(values)} documents")
-    return [schema.from_json(SignedDocument, v, path=f"root[{i}]") for i, v in enumerate(values)]
 
 
 class TrustStore:
@@ -145,7 +124,9 @@ class TrustStore:
 
     def on_root(self, payload: bytes) -> bool:
         """Walk the root chain forward; True when the trusted root changed. Never raises."""
-        return self._fleet("root", lambda s: trust.update_root(s, decode_root_chain(payload)))
+        return self._fleet(
+            "root", lambda s: trust.update_root(s, metadata.decode_root_chain(payload))
+        )
 
     def on_release(self, payload: bytes, now: int) -> bool:
         """Trust a newer release list; True when it changed. Never raises."""

@@ -14,9 +14,8 @@ across restarts) and publishes it retained on ``fleet/heartbeat``. Until a relea
 has been signed there is nothing to pin, and it returns None.
 
 The **root chain** is published retained on ``fleet/root`` as one canonical JSON list of
-the root documents, oldest first, at most the last :data:`MAX_CHAIN` versions (what a
-device walks in one update, :data:`protocol.trust.MAX_ROOT_ROTATIONS`); see
-:func:`encode_root_chain`.
+the root documents, oldest first, at most the last ``MAX_ROOT_CHAIN`` versions (what a
+device walks in one update); see :func:`protocol.metadata.encode_root_chain`.
 
 ``heartbeat_job`` is the APScheduler shim (every ``HubSettings.heartbeat_interval_s``).
 """
@@ -24,7 +23,7 @@ device walks in one update, :data:`protocol.trust.MAX_ROOT_ROTATIONS`); see
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from hub.clock import Clock
 from hub.errors import KeyUnavailable
@@ -32,15 +31,13 @@ from hub.keyring import Keyring, KeyringError
 from hub.mqtt import HubLink
 from hub.settings import HubSettings
 from hub.store import Store
-from protocol import canonical, metadata, schema
+from protocol import metadata
 from protocol.documents import SignedDocument
 from protocol.metadata import Heartbeat, ReleaseList
 from protocol.topics import Topics
-from protocol.trust import MAX_ROOT_ROTATIONS
 
 logger = logging.getLogger(__name__)
 
-MAX_CHAIN = MAX_ROOT_ROTATIONS
 HEARTBEAT_VERSION = "heartbeat_version"
 FleetPublisher = Callable[[str, bytes], bool]
 """``publish(kind, payload)``: publish ``payload`` retained on ``fleet/<kind>``; False
@@ -81,17 +78,9 @@ def publish_release(store: Store, publish_fleet: FleetPublisher) -> int | None:
     return int(row["version"])
 
 
-def encode_root_chain(docs: Sequence[SignedDocument]) -> bytes:
-    """The ``fleet/root`` payload: canonical JSON list of the last ``MAX_CHAIN`` roots.
-
-    Temporary home: it belongs in :mod:`protocol.metadata`, beside its decoder.
-    """
-    return canonical.dumps([schema.to_json(doc) for doc in docs[-MAX_CHAIN:]])
-
-
 def publish_root_chain(keyring: Keyring, publish_fleet: FleetPublisher) -> bool:
     """Publish the key ring's root chain retained on ``fleet/root``; False if not reached."""
-    return publish_fleet("root", encode_root_chain(keyring.chain))
+    return publish_fleet("root", metadata.encode_root_chain(keyring.chain))
 
 
 def issue_heartbeat(

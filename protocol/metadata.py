@@ -33,14 +33,16 @@ from typing import Final, Literal, TypeVar
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from protocol import canonical, keys, schema
-from protocol.documents import SignedDocument, document_type, sign_document
-from protocol.errors import Malformed, WrongKind
+from protocol.documents import MAX_DOCUMENT_BYTES, SignedDocument, document_type, sign_document
+from protocol.errors import Malformed, Oversize, WrongKind
 from protocol.schema import check_name, check_range, check_sha256
 
 ROLES: Final = ("root", "release", "rollout", "heartbeat")
 MAX_ROLE_KEYS = 16  # a document carries at most 16 signatures (protocol.documents)
 MAX_ENTRIES = 512
 MAX_COMPAT_LEN = 4096
+MAX_ROOT_CHAIN = 32  # root versions on fleet/root: how far a device can catch up at once
+MAX_CHAIN_BYTES = MAX_ROOT_CHAIN * MAX_DOCUMENT_BYTES
 
 Role = Literal["root", "release", "rollout", "heartbeat"]
 
@@ -314,3 +316,30 @@ def payload_sha256(doc: SignedDocument) -> str:
         Malformed: the payload is not base64.
     """
     return hashlib.sha256(doc.payload_bytes()).hexdigest()
+
+
+def encode_root_chain(docs: Sequence[SignedDocument]) -> bytes:
+    """The ``fleet/root`` payload: canonical JSON list of the last ``MAX_ROOT_CHAIN`` roots.
+
+    Oldest first, so a device N versions behind walks forward through it (TUF's
+    one-step-at-a-time root update) without asking for anything.
+    """
+    return canonical.dumps([schema.to_json(doc) for doc in docs[-MAX_ROOT_CHAIN:]])
+
+
+def decode_root_chain(payload: bytes) -> list[SignedDocument]:
+    """Read a ``fleet/root`` payload; signatures are :func:`protocol.trust.update_root`'s job.
+
+    Raises:
+        Oversize: longer than :data:`MAX_CHAIN_BYTES`, or more than ``MAX_ROOT_CHAIN``
+            documents.
+        Malformed: not a JSON list of DSSE envelopes.
+    """
+    if len(payload) > MAX_CHAIN_BYTES:
+        raise Oversize(f"root chain of {len(payload)} bytes exceeds {MAX_CHAIN_BYTES}")
+    values = canonical.loads(payload)
+    if not isinstance(values, list):
+        raise Malformed("the root chain is not a list")
+    if len(values) > MAX_ROOT_CHAIN:
+        raise Oversize(f"root chain of {len(values)} documents")
+    return [schema.from_json(SignedDocument, v, path=f"root[{i}]") for i, v in enumerate(values)]

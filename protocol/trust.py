@@ -89,7 +89,7 @@ from protocol.messages import TrustVersions
 from protocol.metadata import Assignment, Heartbeat, M, ReleaseEntry, ReleaseList, Root
 from protocol.schema import check_range, check_sha256
 
-MAX_ROOT_ROTATIONS = 32
+MAX_ROOT_ROTATIONS = metadata.MAX_ROOT_CHAIN
 
 
 @dataclass(frozen=True)

@@ -24,10 +24,9 @@ import hashlib
 from pathlib import Path
 from typing import Self
 
-from hub.heartbeat import encode_root_chain
 from protocol.frame import Envelope
 from protocol.messages import Chunk, FetchRequest, StateReport
-from protocol.metadata import ReleaseEntry
+from protocol.metadata import ReleaseEntry, encode_root_chain
 from protocol.topics import Topics
 from tests.agent.hub_double import Endpoint, HubDouble
 from tests.mqtt import TestClient

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from agent.errors import ConfigError, StateCorrupt
-from agent.trust_store import STATE_FILE, TrustStore, decode_root_chain
-from hub.heartbeat import encode_root_chain
+from agent.trust_store import STATE_FILE, TrustStore
 from protocol import canonical, keys
 from protocol.errors import Expired, Malformed, Oversize, Rollback
+from protocol.metadata import decode_root_chain, encode_root_chain
 from protocol.trust import TrustedState
 from tests.protocol.trust_sim import DAY, HEARTBEAT_TTL, MINUTE, YEAR, TrustSim
 

@@ -29,7 +29,7 @@ from typing import Self
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from protocol import canonical, frame, keys, metadata, schema, trust
+from protocol import frame, keys, metadata, trust
 from protocol.documents import SignedDocument
 from protocol.errors import ProtocolError
 from protocol.frame import Message
@@ -39,16 +39,6 @@ from protocol.topics import Topics
 from tests.mqtt import Endpoint, Received, TestClient
 
 DEFAULT_TIMEOUT_S = 15.0
-
-
-def decode_root_chain(data: bytes) -> tuple[SignedDocument, ...]:
-    """The ``fleet/root`` payload: a canonical JSON list of root documents, oldest first.
-
-    Local stand-in for ``protocol.metadata.decode_root_chain`` (hub.heartbeat encodes).
-    """
-    values = canonical.loads(data)
-    assert isinstance(values, list), "root chain is not a JSON list"
-    return tuple(schema.from_json(SignedDocument, v, path="root_chain") for v in values)
 
 
 class DeviceDouble:
@@ -160,7 +150,9 @@ class DeviceDouble:
         now = trust.effective_now(self.state, self.now())
         if route.direction == "fleet":
             if route.kind == "root":
-                self.state = trust.update_root(self.state, decode_root_chain(message.payload))
+                self.state = trust.update_root(
+                    self.state, metadata.decode_root_chain(message.payload)
+                )
             elif route.kind == "heartbeat":
                 doc = SignedDocument.from_bytes(message.payload)
                 self.state = trust.update_heartbeat(self.state, doc, now)
