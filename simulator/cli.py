@@ -11,7 +11,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from hub import cli_keys, inspect
+from agent import cli as agent_cli
+from hub import cli_keys, cli_model, cli_token, inspect
 
 EPILOG = """\
 examples:
@@ -32,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    agent_cli.register(subparsers)
+    cli_token.register(subparsers)
+    cli_model.register(subparsers)
     cli_keys.register(subparsers)
     inspect.register(subparsers)
     return parser
