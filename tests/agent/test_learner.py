@@ -20,9 +20,9 @@ from protocol.manifest import Head
 from protocol.messages import DeltaUpload, DeviceConfig
 from protocol.tensors import decode_tensors, l2_norm
 from protocol.topics import Topics
+from simulator.task import ShiftedTask
 from tests import models
 from tests.agent.hub_double import HubDouble
-from tests.agent.shifted_task import ShiftedTask
 from tests.brokers import BrokerRunner
 from tests.clock import FakeClock
 from tests.packages import build_package

@@ -1,5 +1,8 @@
 """A synthetic classification task whose data shifts in a way the head alone can learn.
 
+The demo runs it on simulated devices, and the agent's learning tests use it as the
+acceptance task, so it lives here, in the one package allowed to feed both.
+
 The base model is a small hand-built network, ``x[N, F] -> Gemm -> Relu -> Gemm(transB=1)
 -> Softmax``, fitted (in closed form, no training loop) to distribution **A**: inputs
 ``x ~ N(0, I)`` and labels ``argmax(x @ P_A)``. Its hidden layer holds ``relu(z)`` and
@@ -26,9 +29,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from onnx import helper, numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
-from tests.models import build, value_info
+OPSET = 17  # what onnxruntime on every supported platform runs
+IR_VERSION = 8
 
 Distribution = Literal["A", "B"]
 
@@ -89,12 +93,17 @@ class ShiftedTask:
             ),
             helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1, name="softmax"),
         ]
-        model = build(
+        graph = helper.make_graph(
             nodes,
-            [value_info("x", None, n_inputs)],
-            [value_info("probabilities", None, n_classes)],
+            "shifted_task",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, n_inputs])],
+            [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, n_classes])],
             inits,
         )
+        proto = helper.make_model(
+            graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION
+        )
+        model: bytes = proto.SerializeToString()
         shift_vector = np.full(n_inputs, shift)
         return cls(model, n_inputs, n_classes, rule_a, rule_b, shift_vector, noise)
 
