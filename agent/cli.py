@@ -82,13 +82,12 @@ def add_commands(subparsers: Any) -> None:
 
 
 def run_agent(args: argparse.Namespace) -> int:
-    """Load the configuration, run the agent until a signal; return the exit code."""
-    from agent.daemon import Agent  # the daemon pulls in paho and APScheduler: only to run
+    """Load the configuration, run the whole device agent until a signal; return the exit code."""
+    from agent.device import Device  # pulls in paho, APScheduler and onnxruntime: only to run
 
     _configure_logging(getattr(args, "log_level", "INFO"))
     try:
-        agent = Agent(load_config(args.config))
-        agent.run()
+        Device(load_config(args.config)).run()
     except ConfigError as e:
         return _fail(e, 2)
     except AgentError as e:

@@ -102,6 +102,8 @@ class AgentConfig:
     reconnect_max_s: float = 30.0
     keepalive_s: int = 30
     stop_grace_s: float = 3.0  # on SIGTERM, how long to wait for the hub to ack the rest
+    retrain_interval_s: float = 60.0  # how often new labelled feedback is trained on
+    window_s: float = 60.0  # length of a data window (input and prediction sketches)
 
     def __post_init__(self) -> None:
         try:
@@ -123,7 +125,13 @@ class AgentConfig:
             raise ConfigError(f"topic_prefix: {e}") from e
         check_loopback(self.http_host)
         _check_range("http_port", self.http_port, 0, 65535)
-        for name in ("telemetry_interval_s", "drain_interval_s", "ack_timeout_s"):
+        for name in (
+            "telemetry_interval_s",
+            "drain_interval_s",
+            "ack_timeout_s",
+            "retrain_interval_s",
+            "window_s",
+        ):
             _check_range(name, getattr(self, name), 0.01, 86400)
         _check_range("outbox_max_messages", self.outbox_max_messages, 1, 10**8)
         _check_range("outbox_max_bytes", self.outbox_max_bytes, 1024 * 1024, 2**40)
@@ -302,6 +310,9 @@ outbox_max_bytes = 67108864            # 64 MiB soft bound; hard caps are twice 
 reconnect_min_s = 0.5                  # reconnect backoff with full jitter
 reconnect_max_s = 30.0
 stop_grace_s = 3.0                     # on SIGTERM, wait this long for the hub's last acks
+
+retrain_interval_s = 60.0              # retrain the model's head on new labelled feedback
+window_s = 60.0                        # send input/prediction sketches once per window
 
 [tags]                                 # cohort labels the hub can target and slice by
 region = "eu-west"

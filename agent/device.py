@@ -1,0 +1,167 @@
+"""One device, assembled: trust, the daemon, the model lifecycle and the learning loop.
+
+``edgefleet agent run`` builds one :class:`Device` and runs it until a signal; the
+simulator and the demo build several in one process (each with its own ``device_id`` and
+``state_dir``) and start and stop them without touching signal handlers::
+
+    device = Device(load_config("agent.toml"))
+    device.start()
+    answer = device.predict([[0.1, 0.2, 0.3, 0.4]])     # Prediction(ids, outputs)
+    device.feedback({answer.ids[0]: 2})                 # the label, once it is known
+    device.stop()
+
+The wiring, each piece owning its concern::
+
+    TrustStore.open(state_dir, root_metadata)   trusted state; its rollout keys guard
+                                                every downlink frame
+    Agent(config, rollout_keys=...)             outbox, link, downlink guard, scheduler,
+                                                local HTTP API
+    ModelManager(...).attach(agent)             desired state, chunks, fleet documents,
+                                                the "models" job
+    LearningLoop(...).attach(agent, ...)        learner and sketch window per active
+                                                model; the "learning", "retrain" and
+                                                "sketch-window" jobs
+    agent.set_state_source(...)                 state reports carry the retrain status
+    agent.set_inference(device)                 /predict, /feedback, /status
+
+The manager's own messages pass through :meth:`LearningLoop.annotate` on their way to
+the outbox, so every state report, whoever sends it, says how retraining stands.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from agent.clock import Clock
+from agent.config import AgentConfig
+from agent.daemon import Agent
+from agent.http_api import Prediction
+from agent.learner import LearnerSettings
+from agent.learning import LearningLoop
+from agent.trust_store import TrustStore
+from agent.updater import ModelManager, UpdaterConfig
+from protocol.frame import Message
+from protocol.messages import InstallOutcome, ModelRef
+
+LEARNING_DIR = "learning"
+
+
+class Device:
+    """The whole device agent for one :class:`AgentConfig`; see the module docstring.
+
+    ``clock``, ``updater`` and ``learner`` default to the wall clock and the components'
+    own defaults; tests and the simulator pass their own.
+
+    Raises (constructor):
+        ConfigError: no trusted state yet and no readable, verifying ``root_metadata``,
+            or TLS files that cannot be loaded.
+        StateCorrupt: the trusted state or the model slots cannot be read.
+        IdentityError: an unreadable device key.
+    """
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        clock: Clock | None = None,
+        updater: UpdaterConfig | None = None,
+        learner: LearnerSettings | None = None,
+    ) -> None:
+        updater = updater or UpdaterConfig()
+        self.config = config
+        self.trust = TrustStore.open(config.state_dir, config.root_metadata)
+        self.agent = Agent(config, clock=clock, rollout_keys=self.trust.rollout_keys)
+        self.manager = ModelManager(
+            config.state_dir,
+            self.trust,
+            device_id=config.device_id,
+            clock=self.agent.clock,
+            send=self._send_for_manager,
+            config=updater,
+        )
+        self.learning = LearningLoop(
+            self.manager,
+            config.state_dir / LEARNING_DIR,
+            clock=self.agent.clock,
+            send=self.agent.send,
+            settings=learner,
+        )
+        self.manager.attach(self.agent)
+        self.learning.attach(
+            self.agent,
+            follow_s=updater.tick_s,
+            retrain_interval_s=config.retrain_interval_s,
+            window_s=config.window_s,
+        )
+        self.agent.set_state_source(self.learning.state_report)
+        self.agent.set_inference(self)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Connect, serve the local API (if ``http_port``) and start the jobs; no signals.
+
+        Raises:
+            AgentError: the local API cannot listen on its port.
+        """
+        self.agent.start()
+
+    def stop(self) -> None:
+        """Stop the daemon (reporting ``offline``, flushing what the hub acks), then close
+        the learner's files."""
+        self.agent.stop()
+        self.learning.close()
+
+    def run(self) -> None:
+        """Start, block until SIGTERM or SIGINT, then stop. Main thread only."""
+        try:
+            self.agent.run()
+        finally:
+            self.learning.close()
+
+    # ------------------------------------------------------------------ InferenceService
+
+    def predict(self, inputs: Any) -> Prediction:
+        """Run the active model on one batch; an id per output row (module docstring).
+
+        Raises:
+            NotReady: no model is active yet (503).
+            InvalidInput: inputs of the wrong shape or dtype (422).
+            InferenceFailed: the model failed or gave NaN/Inf.
+        """
+        return self.learning.predict(inputs)
+
+    def feedback(self, labels: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Label earlier predictions by id: ``{"accepted": [...], "unknown": [...]}``.
+
+        Raises:
+            NotReady (503), RetrainingOff (409), InvalidLabel (422).
+        """
+        return self.learning.feedback(labels)
+
+    def status(self) -> Mapping[str, Any]:
+        """The ``runtime`` part of the local ``/status``: what serves, the last install,
+        the trust flags, and how retraining stands."""
+        learning = self.learning.info()  # follows the active model first
+        report = self.manager.state_report()
+        return {
+            "active": _json(report.active),
+            "previous": _json(report.previous),
+            "install": _json(report.install),
+            "flags": list(report.flags),
+            **learning,
+        }
+
+    # ------------------------------------------------------------------ internals
+
+    def _send_for_manager(self, message: Message) -> int:
+        return self.agent.send(self.learning.annotate(message))
+
+
+def _json(value: ModelRef | InstallOutcome | None) -> dict[str, Any] | None:
+    return None if value is None else dataclasses.asdict(value)
+
+
+__all__ = ["LEARNING_DIR", "Device"]
