@@ -20,6 +20,9 @@ a job that is running without logging a skipped run.
 - :meth:`Agent.send` — enqueue an uplink message (durable; ``fetch`` is sent directly);
 - :meth:`Agent.register_downlink` / :meth:`Agent.register_fleet` — handlers by kind;
 - :meth:`Agent.add_job` — a periodic job, called with ``now_ms``;
+  :meth:`Agent.reschedule` changes a job's interval (the hub's config does);
+- :meth:`Agent.add_stop_hook` — called with ``now_ms`` on stop, after the last job run and
+  before the ``offline`` report and the grace wait (flush what is buffered);
 - :meth:`Agent.set_state_source` — the current :class:`StateReport` (the will and the
   ``offline`` report on shutdown are built from it);
 - :meth:`Agent.set_inference` — the model runtime behind ``/predict`` and ``/feedback``;
@@ -27,12 +30,18 @@ a job that is running without logging a skipped run.
   against which every downlink frame is verified;
 - :attr:`Agent.stats` — the runtime records each inference there; telemetry reads it.
 
+**Hello first.** The first message a process sends, whatever sends it, is preceded by a
+``hello`` (:meth:`Agent.send` queues one before it), so on a fresh device seq 1 is the
+hello and the hub knows the device's key before anything else arrives; components may
+send during construction (the model manager's resume report does).
+
 **Going offline.** The broker publishes the last will (a signed ``state`` with the
 ``offline`` flag, see link.py) when the connection dies uncleanly. On SIGTERM/SIGINT,
-:meth:`Agent.stop` finishes the running jobs, enqueues the same ``offline`` state through
-the outbox, waits up to ``stop_grace_s`` for the hub to acknowledge what is left, then
-disconnects cleanly (which suppresses the will). Whatever is still unacknowledged stays in
-the outbox and goes out on the next start, so the hub learns of the shutdown either way.
+:meth:`Agent.stop` finishes the running jobs, runs the stop hooks, enqueues the same
+``offline`` state through the outbox, waits up to ``stop_grace_s`` for the hub to
+acknowledge what is left, then disconnects cleanly (which suppresses the will). Whatever
+is still unacknowledged stays in the outbox and goes out on the next start, so the hub
+learns of the shutdown either way.
 """
 
 from __future__ import annotations
@@ -48,6 +57,7 @@ from importlib import metadata
 from types import FrameType
 from typing import Any
 
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from agent.clock import Clock, SystemClock
@@ -59,6 +69,7 @@ from agent.identity import load_or_create
 from agent.link import Connected, Link, LinkEvent, LinkSettings
 from agent.outbox import TRANSIENT_KINDS, Outbox, OutboxLimits
 from agent.stats import InferenceStats
+from protocol.errors import EdgefleetError
 from protocol.frame import Envelope, Message
 from protocol.messages import Hello, HubAck, Nudge, StateReport, Telemetry
 
@@ -130,6 +141,9 @@ class Agent:
             timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1}
         )
         self._jobs: list[tuple[str, Callable[[int], None], float]] = []
+        self._intervals: dict[str, float] = {}
+        self._schedule_lock = threading.Lock()
+        self._stop_hooks: list[tuple[str, Callable[[int], None]]] = []
         self._state_source: Callable[[], StateReport] = lambda: StateReport(active=None)
         self._inference: InferenceService | None = None
         self._http: HttpApi | None = None
@@ -143,6 +157,8 @@ class Agent:
         self._stopped = False
         self._hello_seq: int | None = None
         self._hello_acked = False
+        self._hello_lock = threading.RLock()
+        self._greeted = False
 
     # ------------------------------------------------------------------ extension points
 
@@ -153,13 +169,16 @@ class Agent:
         leaves it only when the hub acknowledges it. A ``fetch`` is signed with a fresh
         seq and published at once if the link is up, else not at all (the downloader
         retries). A :class:`StateReport` sent after an outbox drop carries the
-        ``outbox_dropped`` flag.
+        ``outbox_dropped`` flag. The first message of a process is preceded by a
+        ``hello`` (module docstring).
 
         Raises:
             Oversize: the frame would exceed the frame size limit.
             Malformed: a header field out of range.
         """
         now = self.clock.now_ms()
+        if not self._greeted and not isinstance(message, Hello):
+            self._greet(now)
         if message.KIND in TRANSIENT_KINDS:
             sealed = self.outbox.seal(message, now)
             topic = self.topics.up(self.config.device_id, sealed.kind)
@@ -194,9 +213,41 @@ class Agent:
         One run at a time per job; a late run is coalesced. An exception is logged and the
         job keeps its schedule.
         """
-        self._jobs.append((name, job, interval_s))
-        if self._scheduler.running:
-            self._schedule(name, job, interval_s)
+        with self._schedule_lock:
+            self._jobs.append((name, job, interval_s))
+            if self._scheduler.running:
+                self._schedule(name, job, self._intervals.get(name, interval_s))
+
+    def reschedule(self, name: str, interval_s: float) -> None:
+        """Run the job ``name`` (``telemetry`` or an added one) every ``interval_s`` from now.
+
+        Before :meth:`start` the new interval is kept and used when the job is scheduled.
+
+        Raises:
+            ValueError: no such job, or an interval that is not positive.
+        """
+        if not interval_s > 0:
+            raise ValueError(f"interval for {name!r} must be positive, not {interval_s!r}")
+        with self._schedule_lock:
+            if name != "telemetry" and all(name != n for n, _, _ in self._jobs):
+                raise ValueError(f"no job named {name!r}")
+            if self._intervals.get(name) == interval_s:
+                return
+            self._intervals[name] = interval_s
+            if self._scheduler.running:
+                try:
+                    self._scheduler.reschedule_job(name, trigger="interval", seconds=interval_s)
+                except JobLookupError:  # the scheduler is shutting down
+                    return
+        logger.info("job %s now runs every %g s", name, interval_s)
+
+    def add_stop_hook(self, name: str, hook: Callable[[int], None]) -> None:
+        """Call ``hook(now_ms)`` on :meth:`stop`, after the jobs' last run and the local API
+        stopped, before the ``offline`` report: what it sends is queued (durably) first
+        and goes out within ``stop_grace_s`` if the hub acks in time, else on the next
+        start. An exception is logged and the stop carries on.
+        """
+        self._stop_hooks.append((name, hook))
 
     def set_state_source(self, source: Callable[[], StateReport]) -> None:
         """Where the will and the shutdown ``offline`` report get the current state from."""
@@ -253,15 +304,18 @@ class Agent:
             thread.start()
             self._threads.append(thread)
         self.link.start()
-        self._schedule("telemetry", self.send_telemetry, self.config.telemetry_interval_s)
-        self._schedule("hello", self.send_hello, HELLO_RETRY_S)
-        for name, job, interval in self._jobs:
-            self._schedule(name, job, interval)
-        self._scheduler.start()
+        with self._schedule_lock:
+            telemetry = self._intervals.get("telemetry", self.config.telemetry_interval_s)
+            self._schedule("telemetry", self.send_telemetry, telemetry)
+            self._schedule("hello", self.send_hello, HELLO_RETRY_S)
+            for name, job, interval in self._jobs:
+                self._schedule(name, job, self._intervals.get(name, interval))
+            self._scheduler.start()
         logger.info("agent %s started", self.config.device_id)
 
     def stop(self) -> None:
-        """Finish the running jobs, report ``offline``, flush what the hub acks, disconnect."""
+        """Finish the running jobs, run the stop hooks, report ``offline``, flush what the
+        hub acks, disconnect."""
         if self._stopped:
             return
         self._stopped = True
@@ -269,6 +323,11 @@ class Agent:
             self._scheduler.shutdown(wait=True)
         if self._http is not None:
             self._http.stop()
+        for name, hook in self._stop_hooks:
+            try:
+                hook(self.clock.now_ms())
+            except Exception:
+                logger.exception("stop hook %s failed; stopping anyway", name)
         if self._started_ms is not None:
             try:
                 self.send(self._offline_state())
@@ -325,18 +384,29 @@ class Agent:
 
     def send_hello(self, now_ms: int) -> None:
         """Send a hello unless one was acknowledged or one is still waiting in the outbox."""
-        pending = self._hello_seq is not None and self.outbox.contains(self._hello_seq)
-        if self._hello_acked or pending:
-            return
-        self._hello_seq = self.send(
-            Hello(
-                public_key=self.identity.public_hex,
-                agent_version=agent_version()[:64],
-                tags=dict(self.config.tags),
-                enrollment_token=self.config.enrollment_token,
-                active=self._state_source().active,
+        with self._hello_lock:  # a message racing the first hello waits and goes after it
+            pending = self._hello_seq is not None and self.outbox.contains(self._hello_seq)
+            if self._hello_acked or pending:
+                self._greeted = True
+                return
+            self._hello_seq = self.send(
+                Hello(
+                    public_key=self.identity.public_hex,
+                    agent_version=agent_version()[:64],
+                    tags=dict(self.config.tags),
+                    enrollment_token=self.config.enrollment_token,
+                    active=self._state_source().active,
+                )
             )
-        )
+            self._greeted = True
+
+    def _greet(self, now_ms: int) -> None:
+        """The hello that goes before the process's first message (module docstring)."""
+        try:
+            self.send_hello(now_ms)
+        except EdgefleetError as e:  # start() and the hello job try again
+            logger.error("cannot queue the hello: %s", e)
+            self._greeted = True
 
     def drain(self, now_ms: int) -> int:
         """Publish what the outbox says is due, oldest first; return how many went out.
@@ -382,11 +452,14 @@ class Agent:
                 event = self._events.get(timeout=0.2)
             except queue.Empty:
                 continue
-            if isinstance(event, Connected):
-                self._rewind.set()
-                self._wake.set()
-            else:
-                self.downlink.dispatch(event.topic, event.payload, retained=event.retained)
+            try:
+                if isinstance(event, Connected):
+                    self._rewind.set()
+                    self._wake.set()
+                else:
+                    self.downlink.dispatch(event.topic, event.payload, retained=event.retained)
+            except Exception:  # the worker must outlive any one frame; no payload logged
+                logger.exception("downlink event not handled; the worker carries on")
 
     def _on_ack(self, envelope: Envelope) -> None:
         assert isinstance(envelope.message, HubAck)

@@ -20,12 +20,17 @@ The wiring, each piece owning its concern::
                                                 the "models" job
     LearningLoop(...).attach(agent, ...)        learner and sketch window per active
                                                 model; the "learning", "retrain" and
-                                                "sketch-window" jobs
+                                                "sketch-window" jobs, the stop hook that
+                                                flushes the last window, the hub's
+                                                job intervals
     agent.set_state_source(...)                 state reports carry the retrain status
     agent.set_inference(device)                 /predict, /feedback, /status
 
 The manager's own messages pass through :meth:`LearningLoop.annotate` on their way to
-the outbox, so every state report, whoever sends it, says how retraining stands.
+the outbox, so every state report, whoever sends it, says how retraining stands. The
+manager reports its state while it is being attached, before :meth:`Device.start`; the
+daemon queues its ``hello`` ahead of that first message, so the hub learns the device's
+key first.
 """
 
 from __future__ import annotations
@@ -109,8 +114,8 @@ class Device:
         self.agent.start()
 
     def stop(self) -> None:
-        """Stop the daemon (reporting ``offline``, flushing what the hub acks), then close
-        the learner's files."""
+        """Stop the daemon (queueing the last data window, reporting ``offline``, flushing
+        what the hub acks), then close the learner's files."""
         self.agent.stop()
         self.learning.close()
 

@@ -15,6 +15,10 @@ Every message arriving on the device's ``down/<kind>`` topics goes through, in o
    handled again on redelivery, so handlers must be idempotent; desired-state handling is
    by version, settlement by seq, both are).
 
+:meth:`Downlink.dispatch` never raises: a handler that raises, or any other fault of ours
+(the key source, a parser bug, the window store), is logged with a traceback but without
+the payload, counted as ``failed``, and the next frame is handled as usual.
+
 Refused frames are logged with the topic kind and the reason code only, never the payload,
 and counted by reason (:meth:`Downlink.counters`). Device time is not checked: the seq
 window decides replays, and the trust module checks expiry of what the frames carry.
@@ -147,6 +151,8 @@ class Downlink:
             verdict = self._window.check(envelope.header.seq)
         except ProtocolError as e:
             return self._refuse(topic, e, retained=retained)
+        except Exception:  # a fault of ours (the key source, a parser): never the worker's end
+            return self._fail(topic, "could not be checked")
         if verdict == "duplicate":
             self._counts["duplicate"] += 1
             logger.debug("duplicate %s seq %d ignored", route.kind, envelope.header.seq)
@@ -158,8 +164,12 @@ class Downlink:
                 self._counts["failed"] += 1
                 logger.exception("%s handler failed on seq %d", route.kind, envelope.header.seq)
                 return "failed"
-        self._window = self._window.accept(envelope.header.seq)
-        self._store.save(self._window)
+        window = self._window.accept(envelope.header.seq)
+        try:
+            self._store.save(window)
+        except Exception:  # handled but not recorded: handled again if redelivered
+            return self._fail(topic, "handled, but its seq could not be recorded")
+        self._window = window
         self._counts["accepted"] += 1
         return "accepted"
 
@@ -174,11 +184,21 @@ class Downlink:
                 return "failed"
         return "accepted" if handlers else "ignored"
 
+    def _fail(self, topic: str, what: str) -> Verdict:
+        self._counts["failed"] += 1
+        logger.exception("downlink %s frame %s", _kind(topic), what)
+        return "failed"
+
     def _refuse(self, topic: str, error: ProtocolError, *, retained: bool) -> Verdict:
         self._counts[f"refused.{error.reason}"] += 1
-        kind = topic.rsplit("/", 1)[-1][:32]
+        kind = _kind(topic)
         if retained and isinstance(error, Replayed):
             logger.info("stale retained %s frame ignored (%s)", kind, error.reason)
         else:
             logger.warning("downlink %s frame refused: %s", kind, error.reason)
         return "refused"
+
+
+def _kind(topic: str) -> str:
+    """The last topic level, cut short: all a log line says about a frame."""
+    return topic.rsplit("/", 1)[-1][:32]

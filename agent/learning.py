@@ -6,7 +6,9 @@ install, a rollback, a restart) it retires the old state, flushing its sketch wi
 the hub, and builds a :class:`~agent.learner.Learner` and a
 :class:`~agent.sketches.SketchWindow` for the new one; a head the learner saved before a
 restart is served again at once. A model without a supported head still serves and
-sketches; its learner says why retraining is off.
+sketches; its learner says why retraining is off. So does one whose learning state
+cannot be opened (a corrupt ``feedback.db``): it serves and sketches without learning,
+its status ``off: <why>``, until the active version changes or the agent restarts.
 
 Per request: :meth:`LearningLoop.predict` runs the manager's model, then the learner
 remembers the head features under fresh prediction ids (returned to the caller, which
@@ -15,7 +17,9 @@ and latency. Jobs (daemon scheduler): ``learning`` follows the active model and 
 changed retrain status, ``retrain`` runs :meth:`Learner.maybe_retrain` under the hub's
 latest :class:`~protocol.messages.DeviceConfig` and sends the delta once the manager
 serves the better head, ``sketch-window`` sends the window's
-:class:`~protocol.messages.DataDelta` when it saw any inference.
+:class:`~protocol.messages.DataDelta` when it saw any inference. On stop (a daemon stop
+hook, before the ``offline`` report) the window is closed early and sent the same way,
+so what was observed since the last window is queued before the agent disconnects.
 
 **What the hub receives is what the device serves.** :meth:`ModelManager.serve` refuses
 a retrained head while a fresh install is being watched; the head and its delta are then
@@ -28,7 +32,11 @@ never on the retrained one, so later deltas stay relative to what the hub releas
 **The hub's config** comes with every ``desired`` frame and is kept in
 ``<learning dir>/device-config.json``: the downlink guard does not hand the retained
 desired state over again after a restart, and a hub that switched retraining off must
-stay obeyed.
+stay obeyed. Its ``window_s`` and ``telemetry_interval_s`` reschedule the
+``sketch-window`` and ``telemetry`` jobs once the hub sends a value other than the one
+it sent before (at first, the protocol's default): until then the local config's
+intervals apply. The intervals applied are kept in ``<learning dir>/intervals.json``
+and applied again on attach after a restart.
 
 Threads: requests, the scheduler and the downlink worker meet here. Following the active
 model is a reference comparison; rebuilding and serving take one lock (which never waits
@@ -41,21 +49,22 @@ to feedback): one reference check before and after, as the manager swaps runtime
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from agent.clock import Clock
-from agent.errors import InferenceFailed, NotReady
-from agent.feedback import prediction_ids
+from agent.errors import InferenceFailed, NotReady, RetrainingOff
+from agent.feedback import FeedbackReport, prediction_ids
 from agent.http_api import Prediction
-from agent.learner import MAX_STATUS, Learner, LearnerSettings
+from agent.learner import MAX_STATUS, Learner, LearnerSettings, Retrain
 from agent.runtime import ModelRuntime
 from agent.sketches import SketchWindow
 from agent.slots import write_atomic
@@ -69,8 +78,43 @@ from protocol.messages import DeltaUpload, DesiredState, DeviceConfig, ModelRef,
 logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "device-config.json"
+INTERVALS_FILE = "intervals.json"
+HUB_INTERVALS = {"telemetry": "telemetry_interval_s", "sketch-window": "window_s"}
+"""The daemon's jobs the hub's :class:`DeviceConfig` sets the interval of, by field."""
 HeadParams = tuple[np.ndarray, np.ndarray]
 """A head's weight and bias, in :mod:`protocol.headparams`' layout."""
+
+
+class LearningPort(AgentPort, Protocol):
+    """What the learning loop needs of :class:`agent.daemon.Agent`."""
+
+    def reschedule(self, name: str, interval_s: float) -> None: ...
+
+    def add_stop_hook(self, name: str, hook: Callable[[int], None]) -> None: ...
+
+
+class _NoLearning:
+    """Stands in for a :class:`Learner` that could not be built: learns nothing, says why."""
+
+    def __init__(self, status: str) -> None:
+        self.status = status[:MAX_STATUS]
+
+    def observe(self, ids: list[str], features: np.ndarray | None, now_ms: int) -> None:
+        return None
+
+    def feedback(self, labels: Mapping[str, object], now_ms: int) -> FeedbackReport:
+        raise RetrainingOff(self.status)
+
+    def info(self) -> dict[str, object]:
+        return {"retrain": self.status}
+
+    def maybe_retrain(
+        self, runtime: ModelRuntime, config: DeviceConfig, now_ms: int
+    ) -> Retrain[ModelRuntime]:
+        return Retrain(None, None, self.status)
+
+    def close(self) -> None:
+        return None
 
 
 @dataclass
@@ -82,7 +126,7 @@ class _Model:
     """
 
     base: ModelRuntime
-    learner: Learner[ModelRuntime]
+    learner: Learner[ModelRuntime] | _NoLearning
     window: SketchWindow
     unserved: tuple[ModelRuntime, DeltaUpload | None] | None = None
     retrained: bool = False
@@ -120,17 +164,25 @@ class LearningLoop:
         self._model: _Model | None = None
         self._released_heads: dict[ModelRef, HeadParams] = {}
         self._reported: str | None = None
+        self._agent: LearningPort | None = None
         state_dir.mkdir(parents=True, exist_ok=True)
         self.hub_config = self._load_config()
+        self.intervals = self._load_intervals()
+        """The job intervals the hub set (job name -> seconds); see the module docstring."""
 
     def attach(
-        self, agent: AgentPort, *, follow_s: float, retrain_interval_s: float, window_s: float
+        self, agent: LearningPort, *, follow_s: float, retrain_interval_s: float, window_s: float
     ) -> None:
-        """Register the ``desired`` handler and the jobs with the daemon; follow the model."""
+        """Register the ``desired`` handler, the jobs and the stop hook with the daemon,
+        apply the intervals the hub set before a restart; follow the model."""
         agent.register_downlink("desired", self.on_desired)
         agent.add_job("learning", self.tick, interval_s=follow_s)
         agent.add_job("retrain", self.retrain, interval_s=retrain_interval_s)
         agent.add_job("sketch-window", self.close_window, interval_s=window_s)
+        agent.add_stop_hook("sketch-window", self.close_window)
+        for name, seconds in self.intervals.items():
+            agent.reschedule(name, seconds)
+        self._agent = agent
         self.follow()
 
     # ------------------------------------------------------------------ requests
@@ -231,19 +283,34 @@ class LearningLoop:
         self._report_status()
 
     def close_window(self, now_ms: int) -> None:
-        """The ``sketch-window`` job: send the window closing now, if it saw any inference."""
+        """The ``sketch-window`` job and stop hook: send the window closing now, if it saw
+        any inference."""
         model = self.follow()
         if model is not None:
             self._send_window(model, now_ms)
 
     def on_desired(self, envelope: Envelope) -> None:
-        """Downlink handler for ``desired``: keep the hub's config (persisted when changed)."""
+        """Downlink handler for ``desired``: keep the hub's config (persisted when changed)
+        and apply the job intervals it changed."""
         if not isinstance(envelope.message, DesiredState):
             return
         config = envelope.message.config
-        if config != self.hub_config:
-            write_atomic(self._dir / CONFIG_FILE, canonical.dumps(schema.to_json(config)))
-            self.hub_config = config
+        if config == self.hub_config:
+            return
+        changed = {
+            name: float(getattr(config, field))
+            for name, field in HUB_INTERVALS.items()
+            if getattr(config, field) != getattr(self.hub_config, field)
+        }
+        if changed:  # rescheduled, then persisted: a failure here is retried on redelivery
+            if self._agent is not None:
+                for name, seconds in changed.items():
+                    self._agent.reschedule(name, seconds)
+            intervals = {**self.intervals, **changed}
+            write_atomic(self._dir / INTERVALS_FILE, json.dumps(intervals).encode())
+            self.intervals = intervals
+        write_atomic(self._dir / CONFIG_FILE, canonical.dumps(schema.to_json(config)))
+        self.hub_config = config
 
     # ------------------------------------------------------------------ following the model
 
@@ -275,16 +342,33 @@ class LearningLoop:
 
     def _build(self, runtime: ModelRuntime, released: HeadParams | None) -> _Model:
         base = runtime if released is None else _with_head(runtime, released)
-        learner = Learner(base, state_dir=self._dir, settings=self._settings)
+        learner, restored = self._learner(base)
         window = SketchWindow(base.manifest, self._clock.now_ms(), model=base.ref)
         model = _Model(base, learner, window)
-        restored = learner.serving()
         if restored is not runtime:  # a head saved before a restart, or the released head
             model.unserved = (restored, None)
             self._serve_unserved(model)
         ref = base.ref
         logger.info("learning for %s v%d: %s", ref.name, ref.version, learner.status)
         return model
+
+    def _learner(
+        self, base: ModelRuntime
+    ) -> tuple[Learner[ModelRuntime] | _NoLearning, ModelRuntime]:
+        """The learner for ``base`` and the runtime it says to serve; without learning when
+        its state cannot be opened (predictions must not depend on it)."""
+        learner: Learner[ModelRuntime] | None = None
+        try:
+            learner = Learner(base, state_dir=self._dir, settings=self._settings)
+            return learner, learner.serving()
+        except Exception as e:
+            if learner is not None:
+                learner.close()
+            ref = base.ref
+            logger.exception(
+                "learning for %s v%d is off: its state cannot be opened", ref.name, ref.version
+            )
+            return _NoLearning(f"off: the learning state cannot be opened: {e}"), base
 
     @staticmethod
     def _released_head_of(model: _Model) -> dict[ModelRef, HeadParams]:
@@ -317,6 +401,25 @@ class LearningLoop:
         if report.retrain != self._reported:
             self._send(self.annotate(report))
 
+    def _load_intervals(self) -> dict[str, float]:
+        try:
+            raw = json.loads((self._dir / INTERVALS_FILE).read_bytes())
+        except FileNotFoundError:
+            return {}
+        except ValueError as e:
+            logger.warning("%s unreadable, the local intervals apply: %s", INTERVALS_FILE, e)
+            return {}
+        if not isinstance(raw, dict):
+            return {}
+        return {
+            name: float(value)
+            for name, value in raw.items()
+            if name in HUB_INTERVALS
+            and isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and 0.1 <= value <= 86_400
+        }
+
     def _load_config(self) -> DeviceConfig:
         try:
             raw = (self._dir / CONFIG_FILE).read_bytes()
@@ -345,4 +448,4 @@ def _since(started: float) -> float:
     return (time.perf_counter() - started) * 1000
 
 
-__all__ = ["CONFIG_FILE", "LearningLoop"]
+__all__ = ["CONFIG_FILE", "HUB_INTERVALS", "INTERVALS_FILE", "LearningLoop", "LearningPort"]

@@ -12,6 +12,7 @@ and the tests call them, so every count is exact.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,10 +21,10 @@ import numpy as np
 import pytest
 
 from agent.config import AgentConfig
-from agent.device import Device
+from agent.device import LEARNING_DIR, Device
 from agent.download import DownloadPolicy
 from agent.errors import InferenceFailed, RetrainingOff
-from agent.learner import LearnerSettings
+from agent.learner import FEEDBACK_DB, LearnerSettings
 from agent.runtime import ModelRuntime, WatchPolicy
 from agent.updater import UpdaterConfig
 from protocol.headparams import read_head
@@ -120,9 +121,15 @@ def serving(device: Device) -> ModelRef | None:
     return runtime.ref if runtime is not None else None
 
 
-def install(device: Device, hub: ModelHub, clock: FakeClock, built: Built) -> None:
+def install(
+    device: Device,
+    hub: ModelHub,
+    clock: FakeClock,
+    built: Built,
+    hub_config: DeviceConfig = HUB_CONFIG,
+) -> None:
     """Release and assign ``built`` (fleet documents first, then the desired state with
-    :data:`HUB_CONFIG`); wait until it serves."""
+    ``hub_config``); wait until it serves."""
     hub.fleet.assign(hub.fleet.release(built))
     hub.publish_fleet()
     versions = hub.fleet.sim.release.version, hub.fleet.sim.heartbeat.version
@@ -137,7 +144,7 @@ def install(device: Device, hub: ModelHub, clock: FakeClock, built: Built) -> No
         "the fleet documents",
         clock,
     )
-    hub.double.publish_down(DEVICE, hub.fleet.sim.desired(HUB_CONFIG), retain=True)
+    hub.double.publish_down(DEVICE, hub.fleet.sim.desired(hub_config), retain=True)
     eventually(lambda: serving(device) == built.ref, f"v{built.manifest.version} to serve", clock)
 
 
@@ -271,3 +278,131 @@ def test_a_model_without_a_trainable_head_serves_and_says_why_retraining_is_off(
         "retraining off in a state report",
         clock,
     )
+
+
+# ---------------------------------------------------------------------- review fixes
+
+
+def windowed(hub: ModelHub) -> list[DataDelta]:
+    """Every data window the hub committed, oldest first."""
+    messages = [e.message for e in hub.double.messages(DEVICE, "data")]
+    return [m for m in messages if isinstance(m, DataDelta)]
+
+
+def test_a_fresh_device_says_hello_first_so_the_hub_commits_its_first_state_report_at_once(
+    config: AgentConfig, clock: FakeClock, hub: ModelHub
+) -> None:
+    patient = dataclasses.replace(config, ack_timeout_s=60.0, stop_grace_s=10.0)
+    device = make_device(patient, clock)  # the manager reports its state while attached
+    try:
+        queued = device.agent.outbox.due(clock.now_ms())
+        assert [(s.seq, s.kind) for s in queued[:2]] == [(1, "hello"), (2, "state")]
+
+        device.start()
+        hub.double.wait_until(lambda h: bool(h.messages(DEVICE, "state")), timeout_s=20)
+        # With ack_timeout_s at 60 s nothing is resent within the wait below, so an empty
+        # outbox means the hub committed hello and the report on their first delivery.
+        deadline = time.monotonic() + 20
+        while device.agent.outbox.stats().depth and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert device.agent.outbox.stats().depth == 0
+        assert not hub.double.rejected
+        assert hub.double.duplicates(DEVICE) == 0
+    finally:
+        device.stop()
+
+
+def test_a_corrupt_feedback_db_turns_learning_off_but_the_device_still_serves(
+    device: Device,
+    hub: ModelHub,
+    clock: FakeClock,
+    task: ShiftedTask,
+    v1: Built,
+    config: AgentConfig,
+) -> None:
+    install(device, hub, clock, v1)
+    x, _ = task.sample("B", ROWS, np.random.default_rng(2))
+    for _ in range(BATCHES):  # the install's watch window ends: v1 is committed
+        device.predict(x.tolist())
+    device.stop()
+    learning = config.state_dir / LEARNING_DIR
+    for leftover in learning.glob(f"{FEEDBACK_DB}-*"):  # -wal, -shm
+        leftover.unlink()
+    (learning / FEEDBACK_DB).write_bytes(b"not a database " * 512)
+
+    restarted = make_device(config, clock)
+    restarted.start()
+    try:
+        prediction = restarted.predict(x.tolist())
+        assert np.asarray(prediction.outputs).shape == (ROWS, task.n_classes)
+        status = restarted.status()
+        assert status["active"] == {"name": "shifted", "version": 1, "sha256": v1.sha256}
+        assert status["retrain"].startswith("off: the learning state cannot be opened: ")
+        with pytest.raises(RetrainingOff):
+            restarted.feedback({prediction.ids[0]: 1})
+        assert restarted.learning.state_report().retrain == status["retrain"]
+        eventually(
+            lambda: reported(hub, lambda r: r.retrain == status["retrain"]),
+            "the reason retraining is off in a state report",
+            clock,
+        )
+    finally:
+        restarted.stop()
+
+
+def test_stopping_the_device_sends_the_data_window_it_was_collecting(
+    config: AgentConfig, clock: FakeClock, hub: ModelHub, task: ShiftedTask, v1: Built
+) -> None:
+    device = make_device(dataclasses.replace(config, stop_grace_s=10.0), clock)
+    device.start()
+    try:
+        install(device, hub, clock, v1)
+        x, _ = task.sample("B", 3 * ROWS, np.random.default_rng(3))
+        for batch in np.split(x, 3):
+            device.predict(batch.tolist())
+        assert windowed(hub) == []  # window_s is an hour: no window has closed yet
+    finally:
+        device.stop()
+
+    hub.double.wait_until(lambda h: bool(windowed(hub)))
+    (window,) = windowed(hub)
+    assert (window.model, window.inference_count) == (v1.ref, 3)
+    assert [f.n for f in window.features] == [3 * ROWS] * task.n_inputs
+
+
+def test_the_hubs_window_and_telemetry_intervals_reschedule_the_jobs_and_survive_a_restart(
+    device: Device,
+    hub: ModelHub,
+    clock: FakeClock,
+    task: ShiftedTask,
+    v1: Built,
+    config: AgentConfig,
+) -> None:
+    fast = dataclasses.replace(HUB_CONFIG, window_s=0.2, telemetry_interval_s=0.2)
+    install(device, hub, clock, v1, hub_config=fast)  # the local config says an hour
+    x, _ = task.sample("B", ROWS, np.random.default_rng(4))
+    device.predict(x.tolist())
+
+    hub.double.wait_until(lambda h: bool(windowed(hub)), timeout_s=15)
+    hub.double.wait_until(lambda h: bool(h.messages(DEVICE, "telemetry")), timeout_s=15)
+    assert device.learning.intervals == {"sketch-window": 0.2, "telemetry": 0.2}
+    device.stop()
+
+    before = len(hub.double.messages(DEVICE, "telemetry"))
+    restarted = make_device(config, clock)  # the guard does not hand the desired over again
+    restarted.start()
+    try:
+        hub.double.wait_until(
+            lambda h: len(h.messages(DEVICE, "telemetry")) >= before + 2, timeout_s=15
+        )
+        assert restarted.learning.hub_config == fast
+    finally:
+        restarted.stop()
+
+
+def test_hub_intervals_equal_to_the_ones_it_sent_before_leave_the_local_config_alone(
+    device: Device, hub: ModelHub, clock: FakeClock, v1: Built
+) -> None:
+    install(device, hub, clock, v1)  # HUB_CONFIG: the protocol's default intervals
+    assert device.learning.hub_config == HUB_CONFIG
+    assert device.learning.intervals == {}

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from agent.downlink import Downlink, WindowStore
 from protocol import frame
 from protocol.frame import Envelope, Message
-from protocol.messages import HubAck, Nudge, StateReport
+from protocol.messages import Chunk, HubAck, Nudge, StateReport
 from protocol.topics import Topics
 
 NOW = 1_790_000_000_000
@@ -175,3 +176,39 @@ def test_downlink_refuses_to_register_unknown_kinds(store: WindowStore) -> None:
         link.register("delta", Recorder())
     with pytest.raises(ValueError, match="fleet kind"):
         link.register_fleet("desired", lambda raw: None)
+
+
+def test_downlink_survives_a_key_source_that_raises_and_handles_the_next_frame(
+    store: WindowStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls: list[int] = []
+
+    def keys() -> list[Ed25519PublicKey]:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("trusted state unreadable")
+        return [HUB.public_key()]
+
+    link = Downlink(device_id="dev-1", topics=TOPICS, rollout_keys=keys, store=store)
+    seen = Recorder()
+    link.register("chunk", seen)
+    secret = b"s3cret-bytes"
+    chunk = Chunk("a" * 64, 0, len(secret), hashlib.sha256(secret).hexdigest(), secret)
+    topic = TOPICS.down("dev-1", "chunk")
+    with caplog.at_level(logging.DEBUG, logger="agent.downlink"):
+        assert link.dispatch(topic, down(chunk, 1)) == "failed"
+    assert link.dispatch(topic, down(chunk, 2)) == "accepted"
+    assert [e.header.seq for e in seen.seen] == [2]
+    assert link.counters() == {"failed": 1, "accepted": 1}
+    assert "chunk" in caplog.text
+    assert "s3cret" not in caplog.text
+
+
+def test_downlink_counts_a_frame_whose_seq_cannot_be_recorded_as_failed(tmp_path: Path) -> None:
+    store = WindowStore(tmp_path / "agent.db")
+    link, acks = guard(store), Recorder()
+    link.register("ack", acks)
+    store.close()  # the window can no longer be saved
+    assert link.dispatch(TOPICS.down("dev-1", "ack"), down(ACK, 1)) == "failed"
+    assert len(acks.seen) == 1
+    assert link.counters() == {"failed": 1}

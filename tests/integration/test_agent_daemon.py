@@ -3,6 +3,7 @@ telemetry, hello, transient fetches, nudges, and forged acks."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -190,7 +191,7 @@ def test_agent_flags_the_next_state_report_after_an_outbox_drop(
     try:
         for _ in range(3):
             agent.send(Telemetry(uptime_s=1.0))
-        agent.outbox.settle(HubAck(committed=((1, 3),)))  # room again: no further drops
+        agent.outbox.settle(HubAck(committed=((1, 4),)))  # hello + 3: room again, no more drops
         first = agent.send(StateReport(active=MODEL, flags=("healthy",)))
         second = agent.send(StateReport(active=MODEL))
         frames = {s.seq: s.frame for s in agent.outbox.due(0)}
@@ -227,3 +228,110 @@ def test_agent_answers_not_ready_until_a_runtime_is_plugged_in(
         assert agent.status()["device_id"] == DEVICE
     finally:
         agent.stop()
+
+
+def test_agent_queues_hello_before_the_first_message_it_is_given(
+    embedded_broker: BrokerRunner, topics: Topics, tmp_path: Path
+) -> None:
+    agent = Agent(make_config(tmp_path, embedded_broker, topics))
+    agent.set_state_source(lambda: StateReport(active=MODEL))
+    try:
+        seq = agent.send(StateReport(active=MODEL))  # before start, as a resuming component does
+        agent.send_hello(0)  # start() says hello too: one is waiting already
+        queued = [(s.seq, s.kind) for s in agent.outbox.due(0)]
+    finally:
+        agent.stop()
+    assert (seq, queued) == (2, [(1, "hello"), (2, "state")])
+
+
+@pytest.mark.parametrize("fault", ["handler", "key source"])
+def test_agent_worker_keeps_handling_downlink_frames_after_one_raises(
+    broker: BrokerRunner, topics: Topics, tmp_path: Path, fault: str
+) -> None:
+    armed, seen = threading.Event(), list[int]()
+
+    def fail_once(where: str) -> None:
+        if fault == where and armed.is_set():
+            armed.clear()
+            raise RuntimeError(f"{where} failed")
+
+    with HubDouble(broker, topics, tmp_path / "hub.db") as hub:
+
+        def keys() -> list[Any]:
+            fail_once("key source")
+            return [hub.public]
+
+        def handler(envelope: Any) -> None:
+            fail_once("handler")
+            seen.append(envelope.header.seq)
+
+        agent = Agent(make_config(tmp_path, broker, topics), rollout_keys=keys)
+        agent.register_downlink("nudge", handler)
+        agent.start()
+        try:
+            eventually(lambda: agent.outbox.stats().depth == 0, "the hello's ack")
+            armed.set()
+            hub.publish_down(DEVICE, Nudge("state"))
+            eventually(lambda: agent.downlink.counters().get("failed") == 1, "the failure")
+            second = hub.publish_down(DEVICE, Nudge("state"))
+            eventually(lambda: second in seen, "the next frame to be handled")
+            agent.send(StateReport(active=MODEL))  # acks still settle the outbox
+            eventually(lambda: agent.outbox.stats().depth == 0, "the report's ack")
+        finally:
+            agent.stop()
+    assert not armed.is_set()
+
+
+def test_agent_reschedules_a_running_job_and_refuses_unknown_ones(
+    agent: Agent, hub: HubDouble
+) -> None:
+    ran = threading.Event()
+    agent.add_job("probe", lambda now_ms: ran.set(), interval_s=3600)
+    agent.reschedule("probe", 0.05)
+    assert ran.wait(10)
+    agent.reschedule("telemetry", 0.05)
+    hub.wait_until(lambda h: len(h.messages(DEVICE, "telemetry")) >= 2, timeout_s=10)
+    with pytest.raises(ValueError, match="no job"):
+        agent.reschedule("nope", 1.0)
+    with pytest.raises(ValueError, match="positive"):
+        agent.reschedule("probe", 0.0)
+
+
+def test_agent_schedules_a_job_at_the_interval_it_was_given_before_start(
+    embedded_broker: BrokerRunner, topics: Topics, tmp_path: Path, hub: HubDouble
+) -> None:
+    agent = Agent(make_config(tmp_path, embedded_broker, topics), rollout_keys=lambda: [hub.public])
+    ran = threading.Event()
+    agent.add_job("probe", lambda now_ms: ran.set(), interval_s=3600)
+    agent.reschedule("probe", 0.05)
+    agent.reschedule("telemetry", 0.05)
+    agent.start()
+    try:
+        assert ran.wait(10)
+        hub.wait_until(lambda h: bool(h.messages(DEVICE, "telemetry")), timeout_s=10)
+    finally:
+        agent.stop()
+
+
+def test_agent_runs_stop_hooks_before_it_reports_offline(
+    embedded_broker: BrokerRunner, topics: Topics, tmp_path: Path, hub: HubDouble
+) -> None:
+    config = dataclasses.replace(make_config(tmp_path, embedded_broker, topics), stop_grace_s=10)
+    agent = Agent(config, rollout_keys=lambda: [hub.public])
+
+    def broken(now_ms: int) -> None:
+        raise RuntimeError("flush failed")
+
+    def flush(now_ms: int) -> None:
+        agent.send(Telemetry(uptime_s=1.0))
+
+    agent.add_stop_hook("broken", broken)
+    agent.add_stop_hook("flush", flush)
+    agent.start()
+    hub.wait_until(lambda h: bool(h.messages(DEVICE, "hello")))
+    agent.stop()
+
+    (flushed,) = hub.messages(DEVICE, "telemetry")
+    states = [e for e in hub.messages(DEVICE, "state") if isinstance(e.message, StateReport)]
+    (offline,) = [e for e in states if "offline" in e.message.flags]  # type: ignore[attr-defined]
+    assert flushed.header.seq < offline.header.seq
