@@ -11,6 +11,8 @@ or to exhaust memory (THREATS.md B2-B4): invalid UTF-8, duplicate keys, ``NaN`` 
 :mod:`protocol.schema`, which follows the declared types and stops at the first
 mismatch), integers longer than Python's
 4300-digit limit (CVE-2020-10735). Every failure is a :class:`~protocol.errors.Malformed`.
+It also refuses strings holding a lone surrogate (``"\\ud800"``): they parse, but could
+never be written back as UTF-8, so a signed value holding one could not be stored.
 Floats that overflow to infinity (``1e999``) parse; :mod:`protocol.schema` refuses them
 where a number must be finite, and range-checks integers to 64 bits.
 It does not bound the total size: callers check the size of the bytes first.
@@ -64,9 +66,23 @@ def loads(data: bytes) -> Any:
         NonFinite: a NaN/Infinity token or a float that overflows.
     """
     try:
-        value = _DECODER.decode(data.decode("utf-8"))
+        text = data.decode("utf-8")
+        value = _DECODER.decode(text)
     except Malformed:
         raise
     except (UnicodeDecodeError, ValueError, RecursionError, TypeError) as e:
         raise Malformed(f"invalid JSON: {type(e).__name__}") from e
+    if "\\u" in text:  # only an escape can smuggle in a lone surrogate; canonical has few
+        _reject_lone_surrogates(value)
     return value
+
+
+def _reject_lone_surrogates(value: Any) -> None:
+    """A lone surrogate (``"\\ud800"``) parses but can never be written back as UTF-8:
+    a value holding one could be verified and then fail to store, forever resent."""
+    try:
+        _ENCODER.encode(value).encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise Malformed("a JSON string holds a lone surrogate") from e
+    except ValueError:
+        pass  # NaN or infinity: the schema refuses them where it matters

@@ -279,6 +279,16 @@ def test_bad_headers_are_refused_even_when_signed(head: bytes, error: type) -> N
         frame.decode(forge(head), KEY.public_key())
 
 
+def test_a_signed_lone_surrogate_is_refused_before_it_can_fail_to_store() -> None:
+    """``"\\ud800"`` parses but can never be written back as UTF-8: a hub that accepted it
+    could not store the frame, never acknowledge it, and the device would resend forever."""
+    genuine = encode(m.StateReport(active=None, retrain="MARK"))
+    (length,) = struct.unpack(">I", genuine[3:7])
+    head = genuine[7 : 7 + length].replace(b"MARK", b"\\ud800")
+    with pytest.raises(Malformed, match="lone surrogate"):
+        frame.decode(forge(head, kind="up.state"), KEY.public_key())
+
+
 def test_decoder_refuses_a_body_on_a_bodyless_kind() -> None:
     body = b"sneaky"
     head = json.dumps(header_json(body_sha256=hashlib.sha256(body).hexdigest())).encode()
