@@ -15,6 +15,16 @@ crash between commit and ack only delays the ack: the resend is a *duplicate* by
 window, stored once, acknowledged again. Uplink rows are inserted with ``INSERT OR
 IGNORE`` on their (device_id, seq) key as a second line of defence.
 
+**Verify workers.** Ed25519 verification is most of a frame's cost and releases the GIL,
+so ``verify_workers`` threads open and verify a batch's frames ahead of the worker, in
+chunks, while it judges the chunks before (:func:`hub.ingest_rules.predecode`; with a full
+batch queued behind, the next batch's too). They only save work: judge still makes every
+check in its own order, and uses a signature checked ahead only for the same bytes and the
+very key object its own device lookup returns, so a key that changed in between (or a
+cache dropped) means verifying again. Batches smaller than ``2 * MIN_CHUNK``, frames the
+workers skip (hellos, large frames, devices not in the cache) and ``verify_workers=0``
+take the inline path.
+
 **Caches.** Device keys and windows are cached in memory for speed; the store is the
 truth. The cache is updated only after a commit, dropped when a batch fails, and dropped
 when the ``devices_epoch`` counter moved (approve/revoke/preauthorize bump it), checked
@@ -29,18 +39,21 @@ Never crashes on input: the rules return refusals as values, and anything unexpe
 one frame is logged (without content) and counted as ``internal``; a failed transaction
 is rolled back, counted, and the worker carries on.
 
-Run alone (tests, debugging): ``python -m hub.ingest --data DIR --broker URL --prefix P
+Run alone (tests, debugging): ``python -m hub.ingest_run --data DIR --broker URL --prefix P
 --key ROLLOUT.pem`` prints ``ready`` once subscribed and runs until SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import queue
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -50,12 +63,14 @@ from hub.ingest_batch import AuditLimiter, Batch, SeenDevice
 from hub.ingest_rules import (
     Admitted,
     Claimed,
+    Decoded,
     Device,
     Lookup,
     Outcome,
     Refused,
     Rules,
     judge,
+    predecode,
     records,
     twin,
 )
@@ -80,6 +95,7 @@ logger = logging.getLogger(__name__)
 
 FetchHook = Callable[[str, FetchRequest], object]
 FINGERPRINTS_KEPT = 65_536
+MIN_CHUNK = 8  # frames per verify task, at least; smaller batches are verified inline
 SKEW_BEHIND, SKEW_AHEAD = CLOCK_SKEW.labels("behind"), CLOCK_SKEW.labels("ahead")
 
 
@@ -111,6 +127,9 @@ class Ingest:
         max_pending_devices: pending devices beyond which new hellos without a valid
             token are refused (``pending_full``).
         inbox: the queue to drain (default: a new one of ``ingest_queue_max``).
+        verify_workers: threads that open and verify a batch's frames ahead of the
+            worker, in parallel (Ed25519 releases the GIL); 0 verifies inline. Default:
+            one per CPU (up to 4), none on a single CPU.
     """
 
     def __init__(
@@ -123,6 +142,7 @@ class Ingest:
         on_fetch: FetchHook | None = None,
         max_pending_devices: int = 1000,
         inbox: queue.Queue[Inbound] | None = None,
+        verify_workers: int | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -139,6 +159,11 @@ class Ingest:
         self._audited = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        cpus = os.cpu_count() or 1
+        self.verify_workers = (
+            (min(4, cpus) if cpus > 1 else 0) if verify_workers is None else verify_workers
+        )
+        self._pool: ThreadPoolExecutor | None = None
 
     # ------------------------------------------------------------------ the thread
 
@@ -150,17 +175,33 @@ class Ingest:
         self._thread.start()
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        """Finish the batch in hand and stop; frames still queued are left (not acked)."""
+        """Finish the batch in hand (and the next, if already taken from the queue to be
+        verified ahead) and stop; frames still queued are left (not acked)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
             self._thread = None
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False)  # queued work still finishes; a new batch makes a new pool
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            items = self.drain(timeout_s=0.2)
-            if items:
-                self.process(items)
+        ahead: tuple[list[Inbound], Iterator[Decoded | None]] | None = None
+        while not self._stop.is_set() or ahead is not None:
+            if ahead is None:
+                items = self.drain(timeout_s=0.2)
+                if not items:
+                    continue
+                ahead = items, self._predecode(items)
+            items, decoded = ahead
+            # with a full batch queued behind this one (a backlog), take it now: the verify
+            # workers start on it while this thread writes, commits and acknowledges this
+            # one. Otherwise the next batch is drained as usual, waiting for it to fill.
+            ahead = None
+            if not self._stop.is_set() and self.inbox.qsize() >= self.settings.ingest_batch_max:
+                upcoming = self._take_queued()
+                ahead = (upcoming, self._predecode(upcoming)) if upcoming else None
+            self.process(items, decoded)
 
     def drain(self, timeout_s: float) -> list[Inbound]:
         """Up to ``ingest_batch_max`` frames: wait ``timeout_s`` for the first, then at
@@ -184,19 +225,37 @@ class Ingest:
                     break
         return items
 
+    def _take_queued(self) -> list[Inbound]:
+        """Up to ``ingest_batch_max`` frames that are queued now, without waiting."""
+        items: list[Inbound] = []
+        limit = self.settings.ingest_batch_max
+        while len(items) < limit:
+            try:
+                items.append(self.inbox.get_nowait())
+            except queue.Empty:
+                break
+        return items
+
     # ------------------------------------------------------------------ one batch
 
-    def process(self, items: Sequence[Inbound]) -> BatchResult:
-        """Judge, write and commit ``items`` in one transaction, then acknowledge."""
+    def process(
+        self, items: Sequence[Inbound], decoded: Iterator[Decoded | None] | None = None
+    ) -> BatchResult:
+        """Judge, write and commit ``items`` in one transaction, then acknowledge.
+
+        ``decoded``: :meth:`_predecode` of these items, when the caller started it early.
+        """
         QUEUE_DEPTH.set(self.inbox.qsize())
         started = time.perf_counter()
+        if decoded is None:
+            decoded = self._predecode(items)
         batch = Batch(self.clock.now_ms())
         try:
             with self.store.atomic():
                 self._sync_epoch()
                 lookup = self._lookup(batch)
-                for topic, payload in items:
-                    self._one(topic, payload, batch, lookup)
+                for (topic, payload), ahead in zip(items, decoded, strict=True):
+                    self._one(topic, payload, batch, lookup, ahead)
                 batch.write(self.store)
         except Exception:
             BATCH_FAILURES.inc()
@@ -219,7 +278,9 @@ class Ingest:
             acks=acks,
         )
 
-    def _one(self, topic: str, payload: bytes, batch: Batch, lookup: Lookup) -> None:
+    def _one(
+        self, topic: str, payload: bytes, batch: Batch, lookup: Lookup, decoded: Decoded | None
+    ) -> None:
         try:
             outcome: Outcome | None = judge(
                 topic,
@@ -228,6 +289,7 @@ class Ingest:
                 rules=self.rules,
                 lookup=lookup,
                 fingerprints=self._fingerprints,
+                decoded=decoded,
             )
             if isinstance(outcome, Claimed):
                 outcome = self._enroll(outcome, batch, lookup)
@@ -238,6 +300,47 @@ class Ingest:
         except Exception:  # a bug, never the sender's input: keep serving
             logger.exception("ingest failed on a %d-byte frame", len(payload))
             REJECTED.labels("internal").inc()
+
+    def _predecode(self, items: Sequence[Inbound]) -> Iterator[Decoded | None]:
+        """One :func:`predecode` result per item, in order (None throughout when the
+        batch is verified inline).
+
+        The batch is cut into chunks for the verify workers; the worker thread judges the
+        chunks in order as they come in, and works through a chunk itself when no
+        verify worker has started on it yet, so it never waits idle for queued work.
+        """
+        workers = self.verify_workers
+        if workers <= 0 or len(items) < 2 * MIN_CHUNK:
+            return itertools.repeat(None, len(items))
+        size = max(MIN_CHUNK, -(-len(items) // (4 * (workers + 1))))
+        chunks = [items[i : i + size] for i in range(0, len(items), size)]
+        try:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(workers, thread_name_prefix="edgefleet-verify")
+            futures = [self._pool.submit(self._predecode_chunk, chunk) for chunk in chunks]
+        except RuntimeError:  # the pool was shut down meanwhile (stop)
+            return itertools.repeat(None, len(items))
+        return self._gather(chunks, futures)
+
+    def _gather(
+        self, chunks: Sequence[Sequence[Inbound]], futures: Sequence[Future[list[Decoded | None]]]
+    ) -> Iterator[Decoded | None]:
+        for chunk, future in zip(chunks, futures, strict=True):
+            if future.cancel():  # not started: faster to do it here than to wait
+                yield from self._predecode_chunk(chunk)
+                continue
+            try:
+                yield from future.result()
+            except Exception:  # cannot happen (_predecode_chunk catches): judge copes
+                yield from itertools.repeat(None, len(chunk))
+
+    def _predecode_chunk(self, chunk: Sequence[Inbound]) -> list[Decoded | None]:
+        """On a verify worker. Keys come from the cache of committed devices: a device
+        not in it (or changed since) is verified inline by :func:`judge`."""
+        try:
+            return predecode(chunk, rules=self.rules, lookup=self._devices.get)
+        except Exception:  # a bug: judge meets it again and reports it
+            return [None] * len(chunk)
 
     def _lookup(self, batch: Batch) -> Lookup:
         def lookup(device_id: str) -> Device | None:

@@ -26,7 +26,7 @@ containers of deltas are stored as received; the aggregator decodes them later.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, ClassVar
@@ -52,7 +52,16 @@ from protocol.errors import (
     ProtocolError,
     Replayed,
 )
-from protocol.frame import Envelope, Limits, Message, Opened, check_topic, open_frame, payload_type
+from protocol.frame import (
+    Envelope,
+    Limits,
+    Message,
+    Opened,
+    check_topic,
+    open_frame,
+    payload_type,
+    verify_all,
+)
 from protocol.messages import (
     DataDelta,
     DeltaUpload,
@@ -67,6 +76,9 @@ OFFLINE_FLAG = "offline"
 HEALTH_FLAGS = ("freeze_suspected", "clock_suspect", "model_unhealthy", "outbox_dropped")
 """Flags that name a device's health, most serious first; any other flag is ``degraded``."""
 WINDOW_CLOCK_SLACK_MS = 60_000
+PREDECODE_MAX_BYTES = 16 * 1024
+"""Larger frames (deltas, mostly) are left to :func:`judge`: a batch decoded ahead holds
+each frame's parts until it is judged, and that should stay small."""
 
 
 class Invalid(ProtocolError):
@@ -136,6 +148,29 @@ class Admitted:
     fields: dict[str, Any]
     signature: bytes
     duplicate: bool = False
+    fields_json: str | None = None
+    """``fields`` as canonical JSON when :class:`Decoded` computed it already."""
+
+    def body_json(self) -> str:
+        """``fields`` as canonical JSON text, as the uplink tables store it."""
+        return self.fields_json if self.fields_json is not None else _json(self.fields)
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A frame opened and verified ahead of :func:`judge`, on another thread, by
+    :func:`predecode`: the signature checked out with ``key``.
+
+    Only a cache of pure functions of ``payload`` and ``key``: :func:`judge` still runs
+    every check in its own order and uses ``envelope`` only for this very ``payload``
+    and when the device it looks up then still has this very ``key`` object.
+    """
+
+    payload: bytes
+    key: Ed25519PublicKey
+    opened: Opened
+    envelope: Envelope
+    fields_json: str
 
 
 @dataclass(frozen=True)
@@ -170,6 +205,51 @@ Outcome = Admitted | Claimed | Refused
 Lookup = Callable[[str], Device | None]
 
 
+def predecode(
+    items: Sequence[tuple[str, bytes]], *, rules: Rules, lookup: Lookup
+) -> list[Decoded | None]:
+    """The opening and signature check :func:`judge` would do for each frame from an
+    active device, done ahead of it: ingest runs this on worker threads, side by side
+    (Ed25519 releases the GIL; :func:`~protocol.frame.verify_all` keeps it released for
+    a whole run of signatures). The same checks in the same order up to the signature;
+    None for a frame as soon as one fails, or for anything but the common case (a small
+    frame from an active device, not a hello), which judge then handles from scratch.
+    Never raises for a peer's input.
+
+    ``lookup`` gives the device's key and status only; judge uses a result only if its
+    own lookup returns the same key object.
+    """
+    results: list[Decoded | None] = [None] * len(items)
+    opened: list[tuple[int, Opened, Ed25519PublicKey]] = []
+    for index, (topic, payload) in enumerate(items):
+        try:
+            if len(payload) > min(rules.limits.max_frame_bytes, PREDECODE_MAX_BYTES):
+                continue
+            route = _route(rules.topics, topic)
+            if route.kind == "hello" or route.device_id is None:
+                continue
+            device = lookup(route.device_id)
+            if device is None or device.status != ACTIVE:
+                continue
+            frame = open_frame(payload, limits=rules.limits)
+            check_topic(
+                frame.header, expect_kind=route.qualified_kind, expect_device=route.device_id
+            )
+        except ProtocolError:
+            continue
+        opened.append((index, frame, device.key))
+    envelopes = verify_all((frame, key) for _, frame, key in opened)
+    for (index, frame, key), envelope in zip(opened, envelopes, strict=True):
+        if not isinstance(envelope, Envelope):
+            continue
+        try:
+            fields_json = _json(frame.fields)
+        except ProtocolError:
+            continue
+        results[index] = Decoded(items[index][1], key, frame, envelope, fields_json)
+    return results
+
+
 def judge(
     topic: str,
     payload: bytes,
@@ -178,6 +258,7 @@ def judge(
     rules: Rules,
     lookup: Lookup,
     fingerprints: Mapping[tuple[str, int], bytes] | None = None,
+    decoded: Decoded | None = None,
 ) -> Outcome:
     """Verify, deduplicate and validate one uplink frame.
 
@@ -188,16 +269,20 @@ def judge(
         lookup: the device by id (its window as of the frames already judged).
         fingerprints: ``signature[:16]`` of recently committed frames by (device, seq),
             to tell a resend (same bytes) from a reused seq (different content).
+        decoded: :func:`predecode`'s result for this payload, if it ran: saves opening
+            the frame again and, when the device's key is the one it used, verifying it.
     """
     route: Route | None = None
     opened: Opened | None = None
     device: Device | None = None
     authentic = False
+    if decoded is not None and decoded.payload is not payload:
+        decoded = None
     try:
         if len(payload) > rules.limits.max_frame_bytes:
             raise Oversize(f"{len(payload)} bytes")
         route = _route(rules.topics, topic)
-        opened = open_frame(payload, limits=rules.limits)
+        opened = decoded.opened if decoded is not None else open_frame(payload, limits=rules.limits)
         check_topic(opened.header, expect_kind=route.qualified_kind, expect_device=route.device_id)
         assert route.device_id is not None  # an up route always names its device
         device = lookup(route.device_id)
@@ -207,13 +292,19 @@ def judge(
         if route.kind == "hello" and opened.fields.get("public_key") != device.key_hex:
             _with_own_key(opened)
             raise KeyChangeRefused("hello carries a key other than the pinned one")
-        try:
-            envelope = opened.verify(device.key)
-        except Malformed:
-            authentic = True  # verify checks the signature before the schema
-            raise
+        if decoded is not None and decoded.key is device.key:
+            envelope, fields_json = decoded.envelope, decoded.fields_json
+        else:
+            fields_json = None
+            try:
+                envelope = opened.verify(device.key)
+            except Malformed:
+                authentic = True  # verify checks the signature before the schema
+                raise
         authentic = True
-        return _admit(envelope, opened, device, now_ms, rules.freshness, fingerprints or {})
+        return _admit(
+            envelope, opened, device, now_ms, rules.freshness, fingerprints or {}, fields_json
+        )
     except ProtocolError as e:
         header = opened.header if opened else None
         if route is None:  # refused before the topic was parsed (oversize): name the sender
@@ -301,6 +392,7 @@ def _admit(
     now_ms: int,
     freshness: Freshness,
     fingerprints: Mapping[tuple[str, int], bytes],
+    fields_json: str | None = None,
 ) -> Admitted:
     header = envelope.header
     duplicate = device.window.check(header.seq) == "duplicate"
@@ -321,6 +413,7 @@ def _admit(
         opened.fields,
         opened.signature,
         duplicate,
+        fields_json,
     )
 
 
@@ -357,7 +450,7 @@ def records(frame: Admitted, received_at: int) -> tuple[str, Row] | None:
     message = frame.message
     table = {"telemetry": "telemetry", "state": "states", "ack": "device_acks"}.get(frame.kind)
     if table is not None:
-        return table, {**common, "body": _json(frame.fields)}
+        return table, {**common, "body": frame.body_json()}
     if isinstance(message, DataDelta):
         model = message.model
         return "data_windows", {
@@ -366,7 +459,7 @@ def records(frame: Admitted, received_at: int) -> tuple[str, Row] | None:
             "window_end": message.window_end,
             "model_name": model.name if model else None,
             "model_version": model.version if model else None,
-            "body": _json(frame.fields),
+            "body": frame.body_json(),
         }
     if isinstance(message, DeltaUpload):
         return "deltas", {
