@@ -50,6 +50,7 @@ MAX_MESSAGE_BYTES = 1024 * 1024  # a 256 KiB frame with a lot of room to spare
 _LISTENER = "default"
 _AMQTT_LOGGERS = ("amqtt", "transitions")  # transitions: amqtt's state machines
 _CLOSE_GRACE_S = 1.0  # after amqtt's shutdown, connections still open are aborted
+_SHUTDOWN_S = 2.0  # amqtt's own shutdown may hang (a session cleanup that never ends)
 
 
 class BrokerError(HubError):
@@ -235,13 +236,13 @@ class EmbeddedBroker:
                 reuse_address=True,
             )
         except BaseException:
-            await broker.shutdown()
+            await _shutdown(broker)
             raise
         self._port = server.sockets[0].getsockname()[1]
         self._ready.set()
         await self._stopping.wait()
         server.close()
-        await broker.shutdown()
+        await _shutdown(broker)
         await self._close_clients(clients)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(server.wait_closed(), self._timeout_s)
@@ -291,6 +292,17 @@ class EmbeddedBroker:
                 "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
             },
         }
+
+
+async def _shutdown(broker: Broker) -> None:
+    """amqtt's shutdown, bounded: past ``_SHUTDOWN_S`` it is cancelled and the caller
+    aborts the connections still open, so :meth:`EmbeddedBroker.stop` never hangs."""
+    try:
+        await asyncio.wait_for(broker.shutdown(), _SHUTDOWN_S)
+    except TimeoutError:
+        logger.warning(
+            "amqtt did not shut down within %.0f s; closing its connections", _SHUTDOWN_S
+        )
 
 
 def _is_loopback(host: str) -> bool:

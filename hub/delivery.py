@@ -36,6 +36,7 @@ from hub.artifacts import ArtifactCorrupt, ArtifactStore, check_digest
 from hub.clock import Clock
 from hub.desired import Sender
 from hub.errors import InvalidRequest
+from hub.settings import FlowLimits as FlowLimits  # re-exported: delivery's own knobs
 from hub.settings import HubSettings
 from hub.store import NotFound, Store
 from protocol import canonical, metadata
@@ -47,16 +48,6 @@ logger = logging.getLogger(__name__)
 
 Outcome = Literal["sent", "shed", "refused", "unsent"]
 MAX_BUCKETS = 10_000
-
-
-@dataclass(frozen=True)
-class FlowLimits:
-    """Delivery rate limits (units in the names)."""
-
-    chunks_per_s: float = 20.0  # per device, sustained
-    chunk_burst: int = 40  # per device, back to back
-    bytes_per_s: int = 32 * 1024 * 1024  # all devices together; also the burst
-    audits_per_device_per_min: int = 6
 
 
 @dataclass(frozen=True)
@@ -174,7 +165,7 @@ class Delivery:
         self.downlink = downlink
         self.clock = clock
         self.settings = settings
-        self.flow = FlowControl(limits or FlowLimits())
+        self.flow = FlowControl(limits or settings.delivery)
 
     def on_fetch(self, device_id: str, request: FetchRequest) -> Outcome:
         """Answer one verified fetch request from ``device_id`` (see the module docstring).

@@ -13,7 +13,12 @@ Who is at fault decides the branch, and ``status_hint`` is what the REST layer a
        ├─ PermissionDenied          the token's role may not do this (403)
        ├─ Unauthenticated           no or unknown token (401)
        ├─ KeyUnavailable            the key this needs is not on the hub (offline) (409)
-       └─ BrokerError (hub.broker)  the embedded broker could not start or stop (500)
+       ├─ BrokerError (hub.broker)  the embedded broker could not start or stop (500)
+       ├─ BrokerUnreachable (hub.service)   no broker connection at start-up
+       ├─ HttpUnavailable (hub.http_server) the REST address cannot be bound
+       ├─ ArtifactCorrupt (hub.artifacts)   a stored artifact no longer matches its hash
+       └─ StoreUnavailable (hub.api.system) /healthz cannot read the store (503)
+    KeyringError (hub.keyring)      keys missing or unreadable; a set-up problem, not a request
 """
 
 from __future__ import annotations

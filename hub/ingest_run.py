@@ -1,9 +1,12 @@
-"""Run ingest alone: broker link, downlink and worker over one store, until a signal.
+"""The hub's MQTT pipeline: broker link, downlink, ingest worker and chunk delivery.
 
-``python -m hub.ingest_run --data DIR --broker URL [--prefix P] --key ROLLOUT.pem``
+:func:`assemble` is the one place these pieces are wired together: ``edgefleet hub
+serve`` (:class:`hub.service.HubService`) adds REST and the scheduler around it, and
+this module's ``main`` runs it alone::
 
-The crash tests and the benchmark run this as a subprocess they can SIGKILL; the full
-hub service wires the same three pieces (plus REST, scheduler...) the same way. It prints
+    python -m hub.ingest_run --data DIR --broker URL [--prefix P] --key ROLLOUT.pem
+
+The crash tests and the benchmark run that as a subprocess they can SIGKILL. It prints
 ``ready`` on stdout once the broker has granted the subscription, and exits 0 on SIGTERM
 or SIGINT after finishing the batch in hand.
 """
@@ -16,16 +19,18 @@ import queue
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from hub.artifacts import ArtifactStore
 from hub.clock import Clock, SystemClock
+from hub.delivery import Delivery
 from hub.downlink import Downlink
-from hub.ingest import FetchHook, Ingest
+from hub.ingest import Ingest
 from hub.mqtt import HubLink, Inbound, TlsFiles
 from hub.settings import HubSettings
 from hub.store import Store
@@ -35,18 +40,71 @@ from protocol.topics import Topics
 
 @dataclass
 class IngestService:
-    """A running ingest: the pieces, for callers that need to reach into them."""
+    """The pipeline's pieces, for callers that need to reach into them."""
 
     store: Store
     link: HubLink
     downlink: Downlink
+    delivery: Delivery
     ingest: Ingest
 
+    def start(self) -> None:
+        """Start the worker, then connect (in the background; see ``link.wait_ready``)."""
+        self.ingest.start()
+        self.link.start()
+
     def stop(self) -> None:
-        """Stop taking messages, finish the batch in hand, close the store."""
+        """Stop taking messages, finish the batch in hand, close the store. Safe to call
+        on a pipeline that never started."""
         self.link.stop()
         self.ingest.stop()
         self.store.close()
+
+
+def assemble(
+    settings: HubSettings,
+    key: Ed25519PrivateKey,
+    *,
+    clock: Clock | None = None,
+    store: Store | None = None,
+    artifacts: ArtifactStore | None = None,
+    tls: TlsFiles | None = None,
+    on_ready: Callable[[], None] | None = None,
+) -> IngestService:
+    """Wire the pipeline without starting it; the store is opened unless given.
+
+    ``key`` is the rollout key downlink frames are signed with; ``on_ready`` is
+    :class:`~hub.mqtt.HubLink`'s (runs on paho's thread after every (re)connect).
+
+    Raises:
+        hub.errors.InvalidRequest: a bad broker URL or TLS files.
+    """
+    clock = clock or SystemClock()
+    topics = Topics(settings.topic_prefix)
+    inbox: queue.Queue[Inbound] = queue.Queue(settings.ingest_queue_max)
+    link = HubLink(
+        settings.broker_url,
+        client_id=settings.client_id,
+        inbox=inbox,
+        subscriptions=[topics.all_up()],
+        tls=tls,
+        on_ready=on_ready,
+    )
+    store = store or Store.open(settings.db_path)
+    downlink = Downlink(store, link, topics, key, clock, limits=settings.limits)
+    delivery = Delivery(
+        store, artifacts or ArtifactStore(settings.artifacts_dir), downlink, clock, settings
+    )
+    ingest = Ingest(
+        store,
+        settings,
+        clock,
+        downlink,
+        on_fetch=delivery.on_fetch,
+        max_pending_devices=settings.max_pending_devices,
+        inbox=inbox,
+    )
+    return IngestService(store, link, downlink, delivery, ingest)
 
 
 def start(
@@ -56,29 +114,15 @@ def start(
     clock: Clock | None = None,
     store: Store | None = None,
     tls: TlsFiles | None = None,
-    on_fetch: FetchHook | None = None,
 ) -> IngestService:
-    """Open the store (unless given), connect to the broker and start the worker.
+    """:func:`assemble`, then start: the worker runs and the link connects.
 
     Raises:
         hub.errors.InvalidRequest: a bad broker URL or TLS files.
     """
-    clock = clock or SystemClock()
-    store = store or Store.open(settings.db_path)
-    topics = Topics(settings.topic_prefix)
-    inbox: queue.Queue[Inbound] = queue.Queue(settings.ingest_queue_max)
-    link = HubLink(
-        settings.broker_url,
-        client_id=settings.client_id,
-        inbox=inbox,
-        subscriptions=[topics.all_up()],
-        tls=tls,
-    )
-    downlink = Downlink(store, link, topics, key, clock, limits=settings.limits)
-    ingest = Ingest(store, settings, clock, downlink, on_fetch=on_fetch, inbox=inbox)
-    ingest.start()
-    link.start()
-    return IngestService(store, link, downlink, ingest)
+    service = assemble(settings, key, clock=clock, store=store, tls=tls)
+    service.start()
+    return service
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,7 +16,9 @@ as ``on_message`` returns; that settles nothing end to end.
   bound). A topic that is not valid UTF-8 is handed on as ``""`` for ingest to refuse.
 - **Subscriptions** are renewed in ``on_connect`` after every (re)connect, since a clean
   session forgets them; :meth:`HubLink.wait_ready` returns once the broker has granted
-  them.
+  them, and the ``on_ready`` callback runs then, after every (re)connect: on paho's
+  network thread, so it must only hand off (the hub service wakes a worker that
+  republishes the retained messages a restarted broker has lost).
 - **Outbound.** :meth:`HubLink.publish` refuses (returns False) while disconnected, so
   paho never piles up downlink frames in memory across an outage; what was not published
   is re-sent later by whoever owns it (acks are re-sent on the agent's resend).
@@ -33,7 +35,7 @@ import logging
 import queue
 import ssl
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from hub.errors import InvalidRequest
 from hub.metrics import SHED
+from hub.mqtt_socket import BufferedClient
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +124,8 @@ class HubLink:
         keepalive_s: MQTT keepalive.
         reconnect_min_s, reconnect_max_s: paho's reconnect backoff bounds.
         max_queued_publishes: QoS 1 publishes paho may hold awaiting PUBACK.
+        on_ready: called on paho's network thread each time the link becomes ready
+            (connected, subscriptions granted); must return at once and not raise.
 
     Raises:
         InvalidRequest: a bad URL or unreadable TLS files.
@@ -138,15 +143,17 @@ class HubLink:
         reconnect_min_s: int = 1,
         reconnect_max_s: int = 30,
         max_queued_publishes: int = 10_000,
+        on_ready: Callable[[], None] | None = None,
     ) -> None:
         self.url = url if isinstance(url, BrokerUrl) else BrokerUrl.parse(url)
         self.inbox = inbox
         self.subscriptions = tuple(subscriptions)
         self._keepalive_s = keepalive_s
+        self._on_ready = on_ready
         self._ready = threading.Event()
         self._lock = threading.Lock()
         self._subscribe_mid: int | None = None
-        self._client = paho.Client(
+        self._client = BufferedClient(  # paho.Client, reading in large chunks
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
             protocol=paho.MQTTv311,
@@ -199,7 +206,7 @@ class HubLink:
             return
         logger.info("connected to broker %s", self.url)
         if not self.subscriptions:
-            self._ready.set()
+            self._became_ready()
             return
         _, mid = client.subscribe([(topic, 1) for topic in self.subscriptions])
         with self._lock:
@@ -214,7 +221,12 @@ class HubLink:
         if any(code.is_failure for code in codes):
             logger.error("broker %s refused a subscription: %s", self.url, codes)
             return
+        self._became_ready()
+
+    def _became_ready(self) -> None:
         self._ready.set()
+        if self._on_ready is not None:
+            self._on_ready()
 
     def _on_disconnect(
         self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any

@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,7 +112,11 @@ class Registry:
         *,
         release_expiry_s: float = 90 * 24 * 3600.0,
         max_model_bytes: int = modelcheck.MAX_MODEL_BYTES,
+        on_released: Callable[[], object] | None = None,
     ) -> None:
+        """``on_released`` runs after a release list reached the broker: the hub issues a
+        heartbeat pinning it then, since devices install nothing from a release list no
+        fresh heartbeat vouches for (THREATS T3)."""
         self.store = store
         self.artifacts = artifacts
         self.keyring = keyring
@@ -119,6 +124,7 @@ class Registry:
         self.publish_fleet = publish_fleet
         self.release_expiry_ms = int(release_expiry_s * 1000)
         self.max_model_bytes = max_model_bytes
+        self.on_released = on_released
 
     # ------------------------------------------------------------------ registration
 
@@ -387,6 +393,8 @@ class Registry:
 
     def _publish(self) -> None:
         if self.publish_fleet is not None and publish_release(self.store, self.publish_fleet):
+            if self.on_released is not None:
+                self.on_released()
             return
         logger.info("release list stored; the hub publishes it when the broker is reachable")
 

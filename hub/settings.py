@@ -1,7 +1,8 @@
 """The hub's settings: one frozen dataclass, loaded once at the edge (CLI) and passed in.
 
-Units are in the names. Defaults suit the one-machine tier; every field can be set from
-the command line or ``EDGEFLEET_HUB_*`` environment variables by the CLI.
+Units are in the names. Defaults suit the one-machine tier; ``edgefleet hub serve``
+(:mod:`hub.cli_serve`) sets the fields it exposes from flags or ``EDGEFLEET_HUB_*``
+environment variables.
 """
 
 from __future__ import annotations
@@ -11,6 +12,16 @@ from pathlib import Path
 
 from protocol.frame import Limits
 from protocol.replay import Freshness
+
+
+@dataclass(frozen=True)
+class FlowLimits:
+    """Model delivery rate limits (units in the names); see :mod:`hub.delivery`."""
+
+    chunks_per_s: float = 20.0  # per device, sustained
+    chunk_burst: int = 40  # per device, back to back
+    bytes_per_s: int = 32 * 1024 * 1024  # all devices together; also the burst
+    audits_per_device_per_min: int = 6
 
 
 @dataclass(frozen=True)
@@ -30,9 +41,11 @@ class HubSettings:
     ingest_queue_max: int = 50_000  # frames buffered before the hub sheds load
     audit_rejections_per_device_per_min: int = 30  # beyond this, rejections are only counted
     audit_rejections_keep: int = 100_000  # newest rejected rows kept in the audit log
+    max_pending_devices: int = 1000  # beyond this, hellos without a valid token are refused
 
     # fleet state
     offline_after_s: float = 120.0  # no frame for this long: offline
+    offline_check_interval_s: float = 5.0  # how often the scheduler looks for offline devices
     stuck_after_s: float = 900.0  # desired != reported for this long: stuck
     reconcile_interval_s: float = 15.0
     nudge_every_s: float = 60.0  # re-publish desired / nudge a lagging device at most this often
@@ -45,6 +58,7 @@ class HubSettings:
 
     # delivery
     chunk_bytes: int = 96 * 1024  # fits a 256 KiB frame with room for the header
+    delivery: FlowLimits = field(default_factory=FlowLimits)
 
     @property
     def db_path(self) -> Path:

@@ -1,0 +1,312 @@
+"""The whole hub in one process: MQTT pipeline, scheduler and REST API (``edgefleet hub serve``).
+
+:meth:`HubService.start` assembles the pieces that exist on their own elsewhere and
+returns once the REST API accepts requests and the broker has granted the hub's
+subscription, so a caller (the CLI, a test, the demo next to its agents) can use the hub
+at once::
+
+    with HubService.start(HubSettings(data, http_port=0), embedded_broker=EmbeddedBroker()) as hub:
+        ...  # agents connect to hub.broker_url; REST at hub.http_url; hub.store, hub.registry
+    # leaving the block calls hub.stop(), which is idempotent
+
+What runs, started in this order and stopped in the reverse one:
+
+1. the embedded broker, when one is given (the one-machine tier);
+2. the store and the pipeline of :func:`hub.ingest_run.assemble`: the broker link, the
+   downlink signed with the **rollout** key, the ingest worker and chunk delivery (the
+   worker and the link start once 3 and 4 run, so no connect goes unnoticed);
+3. the republisher: after every (re)connect of the link it publishes the retained
+   messages again (root chain, release list, a fresh heartbeat, every desired state,
+   :func:`hub.reconciler.republish_all`), on a thread of its own since the link reports
+   the connect on paho's network thread;
+4. an APScheduler ``BackgroundScheduler`` with three jobs: reconcile
+   (``reconcile_interval_s``), heartbeat (``heartbeat_interval_s``) and marking silent
+   devices offline (``offline_check_interval_s``);
+5. the REST API (:func:`hub.api.create_app`) under uvicorn (:mod:`hub.http_server`).
+
+The key ring is read once, at start: a key rotated while the hub runs is used after a
+restart. What this module does not do: handle signals (the CLI does) or retry a start.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from fastapi import FastAPI
+
+from hub import ingest_run, keyring, metrics
+from hub.api import HubServices, create_app
+from hub.artifacts import ArtifactStore
+from hub.broker import EmbeddedBroker
+from hub.clock import Clock, SystemClock
+from hub.desired import Sender
+from hub.errors import HubError
+from hub.heartbeat import FleetPublisher, fleet_publisher, heartbeat_job, issue_heartbeat
+from hub.http_server import HttpServer
+from hub.ingest import mark_offline
+from hub.ingest_run import IngestService
+from hub.keyring import Keyring, KeyringError
+from hub.mqtt import TlsFiles
+from hub.reconciler import reconcile_job, republish_all
+from hub.registry import Registry
+from hub.settings import HubSettings
+from hub.store import Store
+from protocol.errors import EdgefleetError
+from protocol.topics import Topics
+
+logger = logging.getLogger(__name__)
+
+READY_TIMEOUT_S = 15.0
+
+
+class BrokerUnreachable(HubError):
+    """The broker did not accept the hub's connection and subscription in time."""
+
+    reason = "broker_unreachable"
+    status_hint = 503
+
+
+def load_keyring(keys_dir: Path) -> Keyring:
+    """The key ring the hub signs with, with both online keys (rollout, heartbeat) present.
+
+    Raises:
+        KeyringError: there is no key ring in ``keys_dir`` (the message says how to make
+            one), it does not verify, or an online key is missing (kept offline?).
+    """
+    if not (keys_dir / keyring.ROOT_DIR / "1.root.json").is_file():
+        raise KeyringError(
+            f"no key ring in {keys_dir}: run `edgefleet keys init --dir {keys_dir}` first"
+        )
+    ring = keyring.load(keys_dir)
+    for role in keyring.ONLINE_ROLES:
+        ring.signing_keys(role)
+    return ring
+
+
+class Republisher:
+    """Runs ``republish`` once after each ``due`` signal, on a thread of its own.
+
+    Signals that arrive while a republish runs cause one more run, so the retained
+    messages always follow the latest connect; a failure is logged and waits for the next.
+    """
+
+    def __init__(self, due: threading.Event, republish: Callable[[], object]) -> None:
+        self._due = due
+        self._republish = republish
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="edgefleet-republish", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Let a running republish finish, then end the thread."""
+        self._stopping.set()
+        self._due.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            self._due.wait()
+            if self._stopping.is_set():
+                return
+            self._due.clear()
+            try:
+                self._republish()
+            except EdgefleetError as e:
+                logger.error("republishing after a connect failed: %s", e)
+
+
+@dataclass(eq=False)
+class HubService:
+    """A running hub; make one with :meth:`start`. The attributes are its live pieces."""
+
+    settings: HubSettings  # as started: the real broker URL and HTTP port
+    clock: Clock
+    keyring: Keyring
+    store: Store
+    artifacts: ArtifactStore
+    registry: Registry
+    pipeline: IngestService
+    scheduler: BackgroundScheduler
+    app: FastAPI
+    http: HttpServer
+    embedded_broker: EmbeddedBroker | None
+    _stops: ExitStack = field(repr=False)
+
+    @classmethod
+    def start(
+        cls,
+        settings: HubSettings,
+        *,
+        clock: Clock | None = None,
+        tls: TlsFiles | None = None,
+        embedded_broker: EmbeddedBroker | None = None,
+        ready_timeout_s: float = READY_TIMEOUT_S,
+    ) -> HubService:
+        """Start everything (see the module docstring); return once it serves.
+
+        With ``embedded_broker``, that broker is started first and the hub connects to
+        it, whatever ``settings.broker_url`` says. Anything started before a failure is
+        stopped again before the error propagates.
+
+        Raises:
+            KeyringError: no key ring in ``settings.keys_dir``, or an online key missing.
+            hub.broker.BrokerError: the embedded broker could not start.
+            hub.errors.InvalidRequest: a bad broker URL or TLS files.
+            BrokerUnreachable: no connection and subscription within ``ready_timeout_s``.
+            hub.http_server.HttpUnavailable: the HTTP address cannot be bound.
+        """
+        clock = clock or SystemClock()
+        ring = load_keyring(settings.keys_dir)
+        with ExitStack() as stops:
+            if embedded_broker is not None:
+                embedded_broker.start()
+                stops.callback(embedded_broker.stop)
+                settings = replace(settings, broker_url=embedded_broker.url)
+            artifacts = ArtifactStore(settings.artifacts_dir)
+            connected = threading.Event()
+            pipeline = ingest_run.assemble(
+                settings,
+                ring.signing_keys("rollout")[0],
+                clock=clock,
+                artifacts=artifacts,
+                tls=tls,
+                on_ready=connected.set,
+            )
+            stops.callback(pipeline.stop)
+            store, downlink = pipeline.store, pipeline.downlink
+            publish = fleet_publisher(pipeline.link, Topics(settings.topic_prefix))
+            republisher = Republisher(
+                connected,
+                lambda: republish_all(store, ring, downlink, clock, settings, publish),
+            )
+            republisher.start()
+            stops.callback(republisher.stop)
+            scheduler = _scheduler(settings, store, ring, downlink, clock, publish)
+            scheduler.start()
+            stops.callback(scheduler.shutdown)
+            pipeline.start()
+            registry = Registry(
+                store,
+                artifacts,
+                ring,
+                clock,
+                publish,
+                release_expiry_s=settings.release_expiry_s,
+                on_released=lambda: issue_heartbeat(store, ring, clock, settings, publish),
+            )
+            services = HubServices(registry, artifacts, downlink, metrics.REGISTRY)
+            app = create_app(settings, store, clock, services)
+            http = HttpServer(app, settings.http_host, settings.http_port)
+            http.start()
+            stops.callback(http.stop)
+            if not pipeline.link.wait_ready(ready_timeout_s):
+                raise BrokerUnreachable(
+                    f"broker {pipeline.link.url} did not accept the hub within "
+                    f"{ready_timeout_s:.0f} s"
+                )
+            settings = replace(settings, http_port=http.port)
+            service = cls(
+                settings,
+                clock,
+                ring,
+                store,
+                artifacts,
+                registry,
+                pipeline,
+                scheduler,
+                app,
+                http,
+                embedded_broker,
+                stops.pop_all(),
+            )
+        logger.info("hub serving %s (broker %s)", service.http_url, service.broker_url)
+        return service
+
+    @property
+    def http_url(self) -> str:
+        """Where the REST API answers, e.g. ``http://127.0.0.1:8080``."""
+        return self.http.url
+
+    @property
+    def http_port(self) -> int:
+        return self.http.port
+
+    @property
+    def broker_url(self) -> str:
+        """The broker the hub is connected to (the embedded one's, if it runs one)."""
+        return str(self.pipeline.link.url)
+
+    def stop(self) -> None:
+        """Stop the REST API, the scheduler (its running jobs finish), the republisher,
+        the link, ingest (the batch in hand is committed and acknowledged), the store,
+        then the embedded broker. Idempotent."""
+        self._stops.close()
+        logger.info("hub stopped")
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _scheduler(
+    settings: HubSettings,
+    store: Store,
+    ring: Keyring,
+    downlink: Sender,
+    clock: Clock,
+    publish: FleetPublisher,
+) -> BackgroundScheduler:
+    """The periodic jobs, each a one-line shim over a module's function (STYLE 3.7)."""
+    scheduler = BackgroundScheduler(
+        timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1}
+    )
+    jobs: dict[str, tuple[float, Callable[[], object]]] = {
+        "reconcile": (
+            settings.reconcile_interval_s,
+            lambda: reconcile_job(store, ring, downlink, clock, settings, publish),
+        ),
+        "heartbeat": (
+            settings.heartbeat_interval_s,
+            lambda: heartbeat_job(store, ring, clock, settings, publish),
+        ),
+        "offline": (
+            settings.offline_check_interval_s,
+            lambda: mark_offline(store, clock.now_ms(), settings.offline_after_s),
+        ),
+    }
+    for name, (interval_s, job) in jobs.items():
+        scheduler.add_job(_logged(name, job), "interval", seconds=interval_s, id=name, name=name)
+    return scheduler
+
+
+def _logged(name: str, job: Callable[[], object]) -> Callable[[], None]:
+    """Run ``job``, turning an error the hub raises on purpose (a key kept offline, say)
+    into one log line; anything else is a bug, and APScheduler logs its traceback."""
+
+    def run() -> None:
+        try:
+            job()
+        except EdgefleetError as e:
+            logger.error("%s job: %s", name, e)
+
+    return run
+
+
+__all__ = ["BrokerUnreachable", "HubService", "Republisher", "load_keyring"]
