@@ -10,9 +10,11 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from agent import cli as agent_cli
-from hub import cli_keys, cli_model, cli_token, inspect
+from hub import cli_keys, cli_model, cli_serve, cli_token, inspect
 
 EPILOG = """\
 examples:
@@ -34,11 +36,80 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     agent_cli.register(subparsers)
-    cli_token.register(subparsers)
+    hub_commands = cli_token.register(subparsers)
+    cli_serve.add_serve_command(hub_commands)
     cli_model.register(subparsers)
     cli_keys.register(subparsers)
     inspect.register(subparsers)
+    _add_sim(subparsers)
+    _add_demo(subparsers)
     return parser
+
+
+DEMO_EPILOG = """\
+examples:
+  edgefleet demo                         three agents, temporary directory, about a minute
+  edgefleet demo --devices 5 --keep demo-run/
+                                         keep the hub's data and the agents' state
+"""
+
+SIM_EPILOG = """\
+example:
+  edgefleet hub token create --data hub/ --role admin      # then a fleet enrollment token:
+  curl -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \\
+      -d '{"kind": "fleet", "expires_in_s": 3600}' http://127.0.0.1:8080/api/v1/enrollment-tokens
+  edgefleet sim --devices 5 --broker mqtt://127.0.0.1:1883 \\
+      --root-metadata hub/keys/root/1.root.json --enrollment-token eft_... --state sim/
+
+Each device prints its local API (POST /predict, POST /feedback, GET /status) and runs
+until Ctrl-C or SIGTERM. Device ids are PREFIX-0, PREFIX-1, ...; state survives restarts.
+"""
+
+
+def _add_demo(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="the whole loop on one machine: hub, agents, rollout, retraining",
+        description="Run a hub and real agents in one process and walk the whole loop.",
+        epilog=DEMO_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--devices", type=int, default=3, help="agents to run (default 3)")
+    parser.add_argument(
+        "--keep", type=Path, metavar="DIR", help="work in DIR and keep it (default: a temp dir)"
+    )
+    parser.set_defaults(handler=_run_demo)
+
+
+def _add_sim(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "sim",
+        help="run a few complete simulated devices in one process against a hub",
+        description="Run N simulated devices (real agents) in one process until Ctrl-C.",
+        epilog=SIM_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--devices", type=int, default=3, help="how many (default 3)")
+    parser.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="the hub's broker")
+    parser.add_argument(
+        "--root-metadata", type=Path, required=True, metavar="FILE", help="root v1 to pin"
+    )
+    parser.add_argument("--enrollment-token", help="a token from the hub (or approve them)")
+    parser.add_argument("--state", type=Path, default=Path("sim"), help="state root (sim/)")
+    parser.add_argument("--prefix", default="sim", help="device id prefix (default sim)")
+    parser.set_defaults(handler=_run_sim)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from simulator import demo  # agents and hub in one process: imported only to run
+
+    return demo.main(args)
+
+
+def _run_sim(args: argparse.Namespace) -> int:
+    from simulator import fleet
+
+    return fleet.main(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

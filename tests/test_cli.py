@@ -1,0 +1,71 @@
+"""The one ``edgefleet`` command: every subcommand is reachable and its --help teaches."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from simulator.cli import build_parser
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
+TOP_LEVEL = {"agent", "hub", "model", "rollout", "sim", "demo", "keys", "inspect"}
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:  # argparse offers no public walk over subparsers
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def _leaves(
+    parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
+) -> list[tuple[tuple[str, ...], argparse.ArgumentParser]]:
+    children = _subcommands(parser)
+    if not children:
+        return [(path, parser)]
+    found = []
+    for name, child in children.items():
+        found.extend(_leaves(child, (*path, name)))
+    return found
+
+
+def test_cli_offers_every_top_level_command_the_readme_names() -> None:
+    assert set(_subcommands(build_parser())) == TOP_LEVEL
+
+
+@pytest.mark.parametrize(
+    ("path", "parser"),
+    [pytest.param(p, q, id=" ".join(p)) for p, q in _leaves(build_parser())],
+)
+def test_cli_every_subcommand_help_shows_an_example(
+    path: tuple[str, ...], parser: argparse.ArgumentParser
+) -> None:
+    text = parser.format_help()
+    assert "example" in text, f"edgefleet {' '.join(path)} --help has no example"
+    assert f"edgefleet {' '.join(path)}" in text, "the example does not show the command itself"
+
+
+@pytest.mark.parametrize(
+    "path", [pytest.param(p, id=" ".join(p)) for p, _ in _leaves(build_parser())]
+)
+def test_cli_every_subcommand_has_a_docs_entry(path: tuple[str, ...]) -> None:
+    documented = set(re.findall(r"^### `edgefleet ([a-z -]+)`$", DOCS.read_text(), re.M))
+    assert " ".join(path) in documented, f"docs/cli.md has no entry for edgefleet {' '.join(path)}"
+
+
+def test_cli_help_runs_as_an_installed_command() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "simulator.cli", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "edgefleet demo" in result.stdout
