@@ -7,14 +7,12 @@ happened. Bad input ends in one line on stderr and exit status 2, never a traceb
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 from hub import keyring
+from hub.cli_common import add_command, positive
 from hub.clock import SystemClock
-from protocol.errors import ProtocolError
 from protocol.metadata import ROLES
 
 EPILOG = """\
@@ -65,8 +63,6 @@ example:
   edgefleet keys show --dir hub/keys
 """
 
-Handler = Callable[[argparse.Namespace], int]
-
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``keys`` and its subcommands to the root ``edgefleet`` parser."""
@@ -79,74 +75,35 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     commands = parser.add_subparsers(dest="keys_command", metavar="SUBCOMMAND", required=True)
 
-    init = _command(commands, "init", "create a new key ring and root v1", INIT_EPILOG, _init)
+    init = add_command(
+        commands, "keys init", "create a new key ring and root v1", INIT_EPILOG, _init
+    )
     _dir_option(init)
     init.add_argument(
-        "--root-threshold", type=_positive, default=2, help="root keys needed (default 2)"
+        "--root-threshold", type=positive, default=2, help="root keys needed (default 2)"
     )
-    init.add_argument("--root-keys", type=_positive, default=3, help="root keys (default 3)")
+    init.add_argument("--root-keys", type=positive, default=3, help="root keys (default 3)")
 
-    rotate = _command(commands, "rotate", "replace a role's key", ROTATE_EPILOG, _rotate)
+    rotate = add_command(commands, "keys rotate", "replace a role's key", ROTATE_EPILOG, _rotate)
     rotate.add_argument("role", choices=ROLES, metavar="ROLE", help=", ".join(ROLES))
     _dir_option(rotate)
     rotate.add_argument(
-        "--index", type=_positive, help="root only: replace root key N (default: all)"
+        "--index", type=positive, help="root only: replace root key N (default: all)"
     )
 
-    sign = _command(
-        commands, "sign-release", "sign a pending release list offline", SIGN_EPILOG, _sign
+    sign = add_command(
+        commands, "keys sign-release", "sign a pending release list offline", SIGN_EPILOG, _sign
     )
     sign.add_argument("file", type=Path, metavar="FILE", help="the pending release list")
     sign.add_argument("--key", type=Path, required=True, help="the release key (PEM)")
     sign.add_argument("--out", type=Path, help="where to write the result (default: FILE)")
 
-    show = _command(commands, "show", "print the key ring", SHOW_EPILOG, _show)
+    show = add_command(commands, "keys show", "print the key ring", SHOW_EPILOG, _show)
     _dir_option(show)
-
-
-def _command(
-    commands: argparse._SubParsersAction[argparse.ArgumentParser],
-    name: str,
-    summary: str,
-    epilog: str,
-    handler: Handler,
-) -> argparse.ArgumentParser:
-    parser = commands.add_parser(
-        name,
-        help=summary,
-        description=summary[0].upper() + summary[1:] + ".",
-        epilog=epilog,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.set_defaults(handler=_guarded(name, handler))
-    return parser
 
 
 def _dir_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dir", type=Path, required=True, help="the key ring directory")
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
-def _guarded(name: str, handler: Handler) -> Handler:
-    """Turn the errors a user can cause into one line on stderr and exit status 2."""
-
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return handler(args)
-        except (keyring.KeyringError, ProtocolError, OSError) as e:
-            print(f"edgefleet keys {name}: error: {e}", file=sys.stderr)
-            return 2
-
-    return run
 
 
 def _init(args: argparse.Namespace) -> int:

@@ -20,15 +20,15 @@ import argparse
 import getpass
 import logging
 import queue
-import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
 from hub import keyring
 from hub.artifacts import ArtifactStore
+from hub.cli_common import add_command, positive
 from hub.clock import SystemClock
 from hub.desired import set_desired
 from hub.downlink import Downlink
@@ -39,7 +39,6 @@ from hub.registry import Registration, Registry, VersionInfo
 from hub.settings import HubSettings
 from hub.store import Store
 from protocol.documents import SignedDocument
-from protocol.errors import EdgefleetError
 from protocol.topics import Topics
 
 logger = logging.getLogger(__name__)
@@ -108,8 +107,6 @@ example:
       --broker mqtt://127.0.0.1:1883
 """
 
-Handler = Callable[[argparse.Namespace], int]
-
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``model`` and ``rollout`` to the root ``edgefleet`` parser."""
@@ -122,8 +119,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     commands = model.add_subparsers(dest="model_command", metavar="SUBCOMMAND", required=True)
 
-    reg = _command(commands, "model", "register", "register a new model version", REGISTER_EPILOG)
-    reg.set_defaults(handler=_guarded("model register", _register))
+    reg = add_command(
+        commands, "model register", "register a new model version", REGISTER_EPILOG, _register
+    )
     reg.add_argument("model", type=Path, metavar="MODEL.onnx", help="the ONNX model")
     reg.add_argument("--name", required=True, help="model name ([a-z0-9][a-z0-9._-]*)")
     reg.add_argument("--reference", type=Path, required=True, help="reference rows (.npz, X)")
@@ -132,31 +130,27 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _data_option(reg)
     _broker_option(reg)
 
-    pub = _command(
-        commands, "model", "publish", "upload an offline-signed release list", PUBLISH_EPILOG
+    pub = add_command(
+        commands, "model publish", "upload an offline-signed release list", PUBLISH_EPILOG, _publish
     )
-    pub.set_defaults(handler=_guarded("model publish", _publish))
     pub.add_argument("file", type=Path, metavar="SIGNED_RELEASE.json", help="the signed list")
     _data_option(pub)
     _broker_option(pub)
 
-    pending = _command(
-        commands, "model", "pending", "write the pending release list", PENDING_EPILOG
+    pending = add_command(
+        commands, "model pending", "write the pending release list", PENDING_EPILOG, _pending
     )
-    pending.set_defaults(handler=_guarded("model pending", _pending))
     pending.add_argument("--out", type=Path, required=True, help="where to write it")
     _data_option(pending)
 
-    listing = _command(commands, "model", "list", "list registered models", MODEL_EPILOG)
-    listing.set_defaults(handler=_guarded("model list", _list))
+    listing = add_command(commands, "model list", "list registered models", MODEL_EPILOG, _list)
     _data_option(listing)
 
-    show = _command(
-        commands, "model", "show", "show a model's versions or one version", SHOW_EPILOG
+    show = add_command(
+        commands, "model show", "show a model's versions or one version", SHOW_EPILOG, _show
     )
-    show.set_defaults(handler=_guarded("model show", _show))
     show.add_argument("name", help="model name")
-    show.add_argument("version", type=_positive, nargs="?", help="one version (default: all)")
+    show.add_argument("version", type=positive, nargs="?", help="one version (default: all)")
     _data_option(show)
 
     rollout = subparsers.add_parser(
@@ -167,32 +161,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     rollouts = rollout.add_subparsers(dest="rollout_command", metavar="SUBCOMMAND", required=True)
-    one = _command(
-        rollouts, "rollout", "set", "set one device's desired model version", ROLLOUT_EPILOG
+    one = add_command(
+        rollouts,
+        "rollout set",
+        "set one device's desired model version",
+        ROLLOUT_EPILOG,
+        _rollout_set,
     )
-    one.set_defaults(handler=_guarded("rollout set", _rollout_set))
     one.add_argument("--device", required=True, help="device id")
     one.add_argument("--model", required=True, help="model name")
-    one.add_argument("--version", type=_positive, required=True, help="a released version")
+    one.add_argument("--version", type=positive, required=True, help="a released version")
     _data_option(one)
     _broker_option(one)
-
-
-def _command(
-    commands: argparse._SubParsersAction[argparse.ArgumentParser],
-    group: str,
-    name: str,
-    summary: str,
-    epilog: str,
-) -> argparse.ArgumentParser:
-    return commands.add_parser(
-        name,
-        help=summary,
-        description=summary[0].upper() + summary[1:] + ".",
-        epilog=epilog,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        prog=f"edgefleet {group} {name}",
-    )
 
 
 def _data_option(parser: argparse.ArgumentParser) -> None:
@@ -206,29 +186,6 @@ def _broker_option(parser: argparse.ArgumentParser) -> None:
         "--broker", metavar="URL", help="publish now through this broker (mqtt[s]://host:port)"
     )
     parser.add_argument("--topic-prefix", default="ef", help="topic prefix (default ef)")
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
-def _guarded(name: str, handler: Handler) -> Handler:
-    """Turn the errors a user can cause into one line on stderr and exit status 2."""
-
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return handler(args)
-        except (EdgefleetError, OSError) as e:
-            print(f"edgefleet {name}: error: {e}", file=sys.stderr)
-            return 2
-
-    return run
 
 
 def _actor() -> str:

@@ -23,7 +23,7 @@ from types import FrameType
 from typing import Any
 
 from hub.broker import BrokerError, EmbeddedBroker
-from hub.cli_token import Subcommands
+from hub.cli_common import Subcommands
 from hub.errors import InvalidRequest
 from hub.http_server import HttpUnavailable
 from hub.mqtt import TlsFiles

@@ -14,19 +14,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeAlias
 
 from hub.api import auth
+from hub.cli_common import Subcommands, add_command
 from hub.clock import SystemClock
 from hub.settings import HubSettings
 from hub.store import Store
-from protocol.errors import EdgefleetError
-
-Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
-Handler = Callable[[argparse.Namespace], int]
 
 HUB_EPILOG = """\
 examples:
@@ -73,9 +68,9 @@ def add_token_commands(hub_commands: Subcommands) -> None:
     )
     commands = parser.add_subparsers(dest="token_command", metavar="SUBCOMMAND", required=True)
 
-    create = _command(
+    create = add_command(
         commands,
-        "create",
+        "hub token create",
         "create a token and print it (once)",
         "example:\n  edgefleet hub token create --data hub/ --role operator --name ci\n",
         _create,
@@ -84,18 +79,18 @@ def add_token_commands(hub_commands: Subcommands) -> None:
     create.add_argument("--role", required=True, choices=auth.ROLES, help="the token's role")
     create.add_argument("--name", default="", help="who or what holds it (shown in listings)")
 
-    listing = _command(
+    listing = add_command(
         commands,
-        "list",
+        "hub token list",
         "list tokens (never their secrets)",
         "example:\n  edgefleet hub token list --data hub/\n",
         _list,
     )
     _data_option(listing)
 
-    revoke = _command(
+    revoke = add_command(
         commands,
-        "revoke",
+        "hub token revoke",
         "revoke a token for good",
         "example:\n  edgefleet hub token revoke 3f9a0c12b7de --data hub/\n",
         _revoke,
@@ -104,35 +99,8 @@ def add_token_commands(hub_commands: Subcommands) -> None:
     _data_option(revoke)
 
 
-def _command(
-    commands: Subcommands, name: str, summary: str, epilog: str, handler: Handler
-) -> argparse.ArgumentParser:
-    parser = commands.add_parser(
-        name,
-        help=summary,
-        description=summary[0].upper() + summary[1:] + ".",
-        epilog=epilog,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.set_defaults(handler=_guarded(name, handler))
-    return parser
-
-
 def _data_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, required=True, help="the hub's data directory")
-
-
-def _guarded(name: str, handler: Handler) -> Handler:
-    """Turn the errors a user can cause into one line on stderr and exit status 2."""
-
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return handler(args)
-        except (EdgefleetError, OSError) as e:
-            print(f"edgefleet hub token {name}: error: {e}", file=sys.stderr)
-            return 2
-
-    return run
 
 
 def _store(args: argparse.Namespace, *, create: bool = False) -> Store:
