@@ -7,6 +7,7 @@ import json
 import pytest
 
 from protocol import frame, keys
+from protocol.tensors import decode_tensors
 from tests.vectors import generate
 
 INDEX = json.loads((generate.HERE / "index.json").read_text())
@@ -29,3 +30,12 @@ def test_vector_decodes_to_its_documented_message(entry: dict[str, object]) -> N
     assert frame.open_frame(wire).fields == entry["msg"]
     body = getattr(envelope.message, type(envelope.message)._BODY or "", b"")
     assert body.hex() == entry["body_hex"]
+
+
+def test_delta_vector_carries_a_real_tensor_container() -> None:
+    [entry] = [e for e in INDEX if e["kind"] == "up.delta"]
+    tensors = decode_tensors(bytes.fromhex(str(entry["body_hex"])))
+    assert {name: t.shape for name, t in tensors.items()} == {
+        "head.bias": (3,),
+        "head.weight": (3, 4),
+    }

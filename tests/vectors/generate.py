@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from protocol import frame, keys, schema
 from protocol import messages as m
 from protocol.sketches import FeatureSketch, PredictionSketch
+from protocol.tensors import encode_tensors
 
 HERE = Path(__file__).parent
 DEVICE_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
@@ -44,7 +46,13 @@ FRAMES: dict[str, frame.Message] = {
         before=0.81,
         after=0.9,
         clip_norm=10.0,
-        tensors=b"EFT1 tensors go here",
+        tensors=encode_tensors(  # a real container: the delta of a 3-class head on 4 features
+            {
+                "head.weight": np.arange(-6, 6, dtype=np.float32).reshape(3, 4) / 8,
+                "head.bias": np.array([0.5, -0.25, 0.0], dtype=np.float32),
+            },
+            encoding="i8",
+        ),
     ),
     "data": m.DataDelta(
         window_start=SENT_AT - 60_000,
