@@ -197,14 +197,17 @@ def _registry(args: argparse.Namespace) -> Iterator[Registry]:
     """The registry over ``--data``, publishing through ``--broker`` when given."""
     settings = HubSettings(data_dir=args.data)
     ring = keyring.load(settings.keys_dir)
+    clock = SystemClock()
     with _store(settings) as store, _link(args) as link:
+        publish = fleet_publisher(link, Topics(args.topic_prefix)) if link else None
         yield Registry(
             store,
             ArtifactStore(settings.artifacts_dir),
             ring,
-            SystemClock(),
-            fleet_publisher(link, Topics(args.topic_prefix)) if link else None,
+            clock,
+            publish,
             release_expiry_s=settings.release_expiry_s,
+            on_released=lambda: issue_heartbeat(store, ring, clock, settings, publish),
         )
 
 
