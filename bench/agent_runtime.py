@@ -7,7 +7,9 @@
    alternate one by one (the runtime first on even rounds, the bare session on odd ones)
    so a slow patch of the shared machine hits both alike; p50 and p99 over every call,
    for 1 row and 32 rows, plus :func:`bench.common.interleaved`'s median ratio as a
-   cross-check. Goal: p50 ratio <= 1.3 for 1 row.
+   cross-check. Goal: p50 ratio <= 1.3 for 1 row. Both call the public
+   ``InferenceSession.run`` (calling its private native binding would save about 1 us
+   more, but nothing promises that binding's shape across onnxruntime releases).
 2. **Memory.** An idle agent process: the daemon (:class:`agent.daemon.Agent`), its trust
    store and model manager, with a model installed, loaded and run once, the broker out
    of reach (so no traffic), started as a subprocess; its resident set (psutil) after
