@@ -126,7 +126,7 @@ def _loop(
             },
         )
     )
-    metrics = ", ".join(f"{k} {v:.2f}" for k, v in sorted(version["metrics"].items()))
+    metrics = ", ".join(f"{k} {v:.3g}" for k, v in sorted(version["metrics"].items()))
     print(
         f"    v{version['version']} in release list v{version['release_version']}, "
         f"sha256 {version['sha256'][:12]}..., validation: {metrics}; "
