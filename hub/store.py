@@ -253,7 +253,8 @@ class Store:
         """Devices matching the filters, ordered by id, with the total count."""
         where, params = _filters({"status": status})
         if tag is not None:
-            where.append("json_extract(tags, '$.' || ?) = ?")
+            # quoted: tag keys may hold '.' or '-', which a bare JSON path would misread
+            where.append("json_extract(tags, '$.\"' || ? || '\"') = ?")
             params.extend(tag)
         if model is not None:
             where.append("active_name = ?")
