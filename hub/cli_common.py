@@ -6,8 +6,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import TypeAlias
 
+from hub.settings import HubSettings
+from hub.store import Store
 from protocol.errors import EdgefleetError
 
 Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
@@ -52,3 +56,26 @@ def positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
     return value
+
+
+def data_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, required=True, help="the hub's data directory")
+
+
+def open_store(data: Path, *, create: bool = False) -> Store:
+    """The hub's store in ``data``; only ``create`` may start a new one there.
+
+    Raises:
+        FileNotFoundError: no store yet and not ``create``.
+    """
+    path = HubSettings(data_dir=data).db_path
+    if not create and not path.exists():
+        raise FileNotFoundError(f"no hub store at {path}")
+    return Store.open(path)
+
+
+def show_date(ms: int | None) -> str:
+    """A stored time (ms) as UTC minutes, for listings."""
+    if ms is None:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M")

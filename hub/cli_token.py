@@ -14,14 +14,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import UTC, datetime
-from pathlib import Path
 
 from hub.api import auth
-from hub.cli_common import Subcommands, add_command
+from hub.cli_common import Subcommands, add_command, data_option, open_store, show_date
 from hub.clock import SystemClock
-from hub.settings import HubSettings
-from hub.store import Store
 
 HUB_EPILOG = """\
 examples:
@@ -75,7 +71,7 @@ def add_token_commands(hub_commands: Subcommands) -> None:
         "example:\n  edgefleet hub token create --data hub/ --role operator --name ci\n",
         _create,
     )
-    _data_option(create)
+    data_option(create)
     create.add_argument("--role", required=True, choices=auth.ROLES, help="the token's role")
     create.add_argument("--name", default="", help="who or what holds it (shown in listings)")
 
@@ -86,7 +82,7 @@ def add_token_commands(hub_commands: Subcommands) -> None:
         "example:\n  edgefleet hub token list --data hub/\n",
         _list,
     )
-    _data_option(listing)
+    data_option(listing)
 
     revoke = add_command(
         commands,
@@ -96,23 +92,11 @@ def add_token_commands(hub_commands: Subcommands) -> None:
         _revoke,
     )
     revoke.add_argument("id", metavar="ID", help="the token id (from `token list`)")
-    _data_option(revoke)
-
-
-def _data_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", type=Path, required=True, help="the hub's data directory")
-
-
-def _store(args: argparse.Namespace, *, create: bool = False) -> Store:
-    """The hub's store in ``--data``; only ``create`` may start a new one there."""
-    path = HubSettings(data_dir=args.data).db_path
-    if not create and not path.exists():
-        raise FileNotFoundError(f"no hub store at {path}")
-    return Store.open(path)
+    data_option(revoke)
 
 
 def _create(args: argparse.Namespace) -> int:
-    store = _store(args, create=True)
+    store = open_store(args.data, create=True)
     try:
         issued = auth.create_token(
             store, role=args.role, name=args.name, actor="cli", now=SystemClock().now_ms()
@@ -128,7 +112,7 @@ def _create(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    store = _store(args)
+    store = open_store(args.data)
     try:
         rows = auth.list_tokens(store)
     finally:
@@ -137,21 +121,17 @@ def _list(args: argparse.Namespace) -> int:
     for row in rows:
         state = "revoked" if row["revoked"] else "active"
         print(
-            f"{row['id']:<12}  {row['role']:<8}  {_date(row['created_at']):<16}  "
+            f"{row['id']:<12}  {row['role']:<8}  {show_date(row['created_at']):<16}  "
             f"{state:<7}  {row['name'] or ''}"
         )
     return 0
 
 
 def _revoke(args: argparse.Namespace) -> int:
-    store = _store(args)
+    store = open_store(args.data)
     try:
         auth.revoke_token(store, args.id, actor="cli", now=SystemClock().now_ms())
     finally:
         store.close()
     print(f"token {args.id} revoked")
     return 0
-
-
-def _date(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M")

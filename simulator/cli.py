@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import cli as agent_cli
-from hub import cli_keys, cli_model, cli_serve, cli_token, inspect
+from hub import cli_fleet, cli_keys, cli_model, cli_serve, cli_token, inspect
 
 EPILOG = """\
 examples:
@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     agent_cli.register(subparsers)
     hub_commands = cli_token.register(subparsers)
     cli_serve.add_serve_command(hub_commands)
+    cli_fleet.add_fleet_commands(hub_commands)
     cli_model.register(subparsers)
     cli_keys.register(subparsers)
     inspect.register(subparsers)
@@ -55,11 +56,9 @@ examples:
 
 SIM_EPILOG = """\
 example:
-  edgefleet hub token create --data hub/ --role admin      # then a fleet enrollment token:
-  curl -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \\
-      -d '{"kind": "fleet", "expires_in_s": 3600}' http://127.0.0.1:8080/api/v1/enrollment-tokens
+  edgefleet hub enroll create --data hub/ --kind fleet --expires-in 3600   # prints SECRET
   edgefleet sim --devices 5 --broker mqtt://127.0.0.1:1883 \\
-      --root-metadata hub/keys/root/1.root.json --enrollment-token eft_... --state sim/
+      --root-metadata hub/keys/root/1.root.json --enrollment-token SECRET --state sim/
 
 Each device prints its local API (POST /predict, POST /feedback, GET /status) and runs
 until Ctrl-C or SIGTERM. Device ids are PREFIX-0, PREFIX-1, ...; state survives restarts.

@@ -1,0 +1,100 @@
+"""``edgefleet hub enroll`` and ``hub device``: the operator's way to admit and refuse devices."""
+
+from __future__ import annotations
+
+import json
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from hub import enrollment
+from hub.cli_common import open_store
+from simulator.cli import main
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    path = tmp_path / "hub"
+    with closing(open_store(path, create=True)) as store:
+        store.insert(
+            "devices",
+            {
+                "id": "pump-17",
+                "public_key": "11" * 32,
+                "status": "pending",
+                "tags": json.dumps({"site": "plant-3"}),
+                "first_seen": 1,
+            },
+        )
+    return path
+
+
+def test_enroll_create_prints_a_secret_the_hub_stores_only_hashed(
+    data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["hub", "enroll", "create", "--data", str(data), "--kind", "fleet"]
+    assert main([*args, "--expires-in", "3600", "--tag", "site=plant-3"]) == 0
+    secret = capsys.readouterr().out.splitlines()[0]
+    with closing(open_store(data)) as store:
+        [row] = store.query("SELECT * FROM enrollment_tokens")
+    assert row["hash"] == enrollment.token_hash(secret)
+    assert secret not in json.dumps(row)
+    assert json.loads(row["tags"]) == {"site": "plant-3"}
+
+    assert main(["hub", "enroll", "list", "--data", str(data)]) == 0
+    listing = capsys.readouterr().out
+    assert row["id"] in listing
+    assert secret not in listing
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        pytest.param(["--kind", "fleet"], "needs expires_at", id="fleet-without-expiry"),
+        pytest.param(["--tag", "site"], "KEY=VALUE", id="tag-without-value"),
+        pytest.param(["--tag", "Bad Key=x"], "tag key", id="bad-tag-key"),
+    ],
+)
+def test_enroll_create_refuses_bad_input_in_one_line(
+    data: Path, extra: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["hub", "enroll", "create", "--data", str(data), *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_device_approve_then_revoke_changes_status_and_audits_who(
+    data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["hub", "device", "list", "--data", str(data), "--status", "pending"]) == 0
+    assert "pump-17" in capsys.readouterr().out
+    assert main(["hub", "device", "approve", "pump-17", "--data", str(data)]) == 0
+    assert main(["hub", "device", "revoke", "pump-17", "--data", str(data)]) == 0
+    with closing(open_store(data)) as store:
+        assert store.get("devices", "pump-17")["status"] == "revoked"
+        actions = [r["action"] for r in store.query("SELECT action FROM audit ORDER BY id")]
+        actors = {r["actor"] for r in store.query("SELECT actor FROM audit")}
+    assert actions == ["device_approved", "device_revoked"]
+    assert actors == {"cli"}
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        pytest.param(["approve", "nobody"], "nobody", id="unknown-device"),
+        pytest.param(["revoke", "pump-17", "approve"], "", id="extra-argument"),
+    ],
+)
+def test_device_commands_fail_in_one_line_without_a_traceback(
+    data: Path, argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    try:
+        code = main(["hub", "device", *argv, "--data", str(data)])
+    except SystemExit as e:  # argparse's own usage error
+        code = int(e.code or 0)
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert message in err
