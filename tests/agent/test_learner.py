@@ -384,3 +384,29 @@ def test_delta_and_data_travel_through_the_outbox_to_the_hub_which_decodes_the_d
     weight, bias = read_head(outcome.runtime.model_bytes, head_of(base))
     np.testing.assert_array_equal(hub_weight, weight)
     np.testing.assert_array_equal(hub_bias, bias)
+
+
+TORCH = Path(__file__).resolve().parents[1] / "fixtures" / "torch"
+
+
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+def test_torch_onnx_export_serves_torchs_outputs_and_retrains_its_head(exporter: str) -> None:
+    """Checked-in torch.onnx exports (tests/fixtures/torch/export.py made them)."""
+    expected = np.load(TORCH / "expected.npz")
+    base = runtime_for((TORCH / f"{exporter}.onnx").read_bytes())
+    np.testing.assert_allclose(
+        base.predict(expected["x"]).scores, expected["probabilities"], atol=1e-5
+    )
+    x = np.random.default_rng(3).normal(size=(400, 4)).astype(np.float32)
+    own = np.argmax(base.predict(x).scores, axis=1)
+    learner = Learner(base, settings=LearnerSettings(seed=0))
+    feed(learner, base, x, (own + 1) % 3)  # the device's truth: the classes permuted
+
+    outcome = learner.maybe_retrain(base, CONFIG, T0)
+
+    assert outcome.runtime is not None
+    assert outcome.delta is not None
+    assert outcome.delta.after >= outcome.delta.before + 0.05
+    test = np.random.default_rng(4).normal(size=(1000, 4)).astype(np.float32)
+    truth = (np.argmax(base.predict(test).scores, axis=1) + 1) % 3
+    assert accuracy(outcome.runtime, test, truth) >= accuracy(base, test, truth) + 0.05
