@@ -214,11 +214,11 @@ def admit_claim(store: Store, claim: Claim, *, now_ms: int, max_pending: int) ->
             "online": 1,
         }
         detail = {"token": decision.token_id, "keyid": claim.keyid}
-        action, reason = "device_enrolled", ""
+        action, reason = "device.enroll", ""
     else:
         row |= {"status": PENDING, "online": 0}
         detail = {"keyid": claim.keyid}
-        action, reason = "device_pending", decision.reason
+        action, reason = "device.pending", decision.reason
     if device is None:
         store.insert("devices", {"id": claim.device_id, "first_seen": now_ms, **row})
     else:
@@ -292,7 +292,7 @@ def create_token(
                 "tags": _json(tags),
             },
         )
-        _audit(store, now_ms, by, "token_created", token.id, "", {"kind": kind})
+        _audit(store, now_ms, by, "enrollment_token.create", token.id, "", {"kind": kind})
     return token
 
 
@@ -304,7 +304,7 @@ def revoke_token(store: Store, token_id: str, *, by: str, now_ms: int) -> None:
     """
     with store.atomic():
         store.update("enrollment_tokens", token_id, {"revoked": 1})
-        _audit(store, now_ms, by, "token_revoked", token_id, "", {})
+        _audit(store, now_ms, by, "enrollment_token.revoke", token_id, "", {})
 
 
 def list_tokens(store: Store) -> list[Row]:
@@ -330,7 +330,7 @@ def approve(store: Store, device_id: str, *, by: str, now_ms: int) -> None:
             "devices", device_id, {"status": ACTIVE, "enrolled_at": now_ms, "enrolled_by": by}
         )
         keyid = keys.keyid(keys.public_from_hex(device["public_key"]))
-        _audit(store, now_ms, by, "device_approved", device_id, "", {"keyid": keyid})
+        _audit(store, now_ms, by, "device.approve", device_id, "", {"keyid": keyid})
         store.bump(DEVICES_EPOCH)
 
 
@@ -346,7 +346,7 @@ def revoke(store: Store, device_id: str, *, by: str, now_ms: int) -> None:
         if device["status"] == REVOKED:
             raise Conflict(f"device {device_id} is already revoked")
         store.update("devices", device_id, {"status": REVOKED, "online": 0})
-        _audit(store, now_ms, by, "device_revoked", device_id, "", {"was": device["status"]})
+        _audit(store, now_ms, by, "device.revoke", device_id, "", {"was": device["status"]})
         store.bump(DEVICES_EPOCH)
 
 
@@ -387,7 +387,7 @@ def preauthorize(
                 "first_seen": now_ms,
             },
         )
-        _audit(store, now_ms, by, "device_preauthorized", device_id, "", {"keyid": keyid})
+        _audit(store, now_ms, by, "device.preauthorize", device_id, "", {"keyid": keyid})
         store.bump(DEVICES_EPOCH)
 
 

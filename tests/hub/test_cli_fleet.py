@@ -76,7 +76,7 @@ def test_device_approve_then_revoke_changes_status_and_audits_who(
         assert store.get("devices", "pump-17")["status"] == "revoked"
         actions = [r["action"] for r in store.query("SELECT action FROM audit ORDER BY id")]
         actors = {r["actor"] for r in store.query("SELECT actor FROM audit")}
-    assert actions == ["device_approved", "device_revoked"]
+    assert actions == ["device.approve", "device.revoke"]
     assert actors == {"cli"}
 
 

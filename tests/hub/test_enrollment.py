@@ -63,7 +63,7 @@ def test_token_secret_is_shown_once_and_stored_hashed(
     assert issued.secret not in caplog.text
     assert issued.secret not in repr(issued)
     assert len(issued.secret) >= 43  # 32 random bytes, url-safe base64
-    assert audit_actions(hub) == [("token_created", issued.id, "")]
+    assert audit_actions(hub) == [("enrollment_token.create", issued.id, "")]
     assert "hash" not in enrollment.list_tokens(hub.store)[0]
 
 
@@ -98,7 +98,7 @@ def test_hello_with_a_valid_token_pins_the_key_and_is_acked(hub: HubSim) -> None
     assert row["tags"] == '{"hw":"pi4","region":"eu"}'  # the token's tags win
     assert row["enrolled_by"] == f"enrollment-token:{issued.id}"
     assert hub.acks(dev) == [HubAck(committed=((1, 1),))]
-    assert audit_actions(hub)[-1] == ("device_enrolled", "dev-1", "")
+    assert audit_actions(hub)[-1] == ("device.enroll", "dev-1", "")
     hub.send(dev.frame(Telemetry(uptime_s=1)))
     assert hub.acks(dev) == [HubAck(committed=((2, 2),))]
 
@@ -112,7 +112,7 @@ def test_single_use_token_enrolls_only_one_device(hub: HubSim) -> None:
 
     assert device_row(hub, "dev-1")["status"] == "active"
     assert device_row(hub, "dev-2")["status"] == "pending"
-    assert audit_actions(hub)[-1] == ("device_pending", "dev-2", "token_used")
+    assert audit_actions(hub)[-1] == ("device.pending", "dev-2", "token_used")
     assert hub.acks(second) == []
 
 
@@ -139,7 +139,7 @@ def test_fleet_token_enrolls_many_until_it_expires(hub: HubSim) -> None:
 
     assert [device_row(hub, d.id)["status"] for d in devices] == ["active"] * 3
     assert device_row(hub, "dev-late")["status"] == "pending"
-    assert audit_actions(hub)[-1] == ("device_pending", "dev-late", "token_expired")
+    assert audit_actions(hub)[-1] == ("device.pending", "dev-late", "token_expired")
 
 
 def test_revoked_token_enrolls_nobody(hub: HubSim) -> None:
@@ -150,7 +150,7 @@ def test_revoked_token_enrolls_nobody(hub: HubSim) -> None:
     hub.send(dev.hello(issued.secret))
 
     assert device_row(hub, "dev-1")["status"] == "pending"
-    assert audit_actions(hub)[-1] == ("device_pending", "dev-1", "token_revoked")
+    assert audit_actions(hub)[-1] == ("device.pending", "dev-1", "token_revoked")
 
 
 def test_hello_without_token_waits_for_approval(hub: HubSim) -> None:
@@ -159,7 +159,7 @@ def test_hello_without_token_waits_for_approval(hub: HubSim) -> None:
 
     hub.send(hello)
     assert device_row(hub, "dev-1")["status"] == "pending"
-    assert audit_actions(hub) == [("device_pending", "dev-1", "no_token")]
+    assert audit_actions(hub) == [("device.pending", "dev-1", "no_token")]
     before = hub.snapshot()
     hub.send(hello, dev.frame(Telemetry(uptime_s=1)))  # keeps trying: refused, nothing else
     assert hub.snapshot() == before
@@ -312,9 +312,9 @@ def test_operator_actions_are_audited_with_key_ids_only(hub: HubSim) -> None:
 
     rows = hub.store.query("SELECT actor, action, detail FROM audit ORDER BY id")
     assert [(r["actor"], r["action"]) for r in rows] == [
-        ("device:dev-1", "device_pending"),
-        ("token:op", "device_approved"),
-        ("token:admin", "device_revoked"),
+        ("device:dev-1", "device.pending"),
+        ("token:op", "device.approve"),
+        ("token:admin", "device.revoke"),
     ]
     assert all(dev.public_hex not in r["detail"] for r in rows)
 
