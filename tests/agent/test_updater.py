@@ -540,6 +540,18 @@ def crash_when(monkeypatch: pytest.MonkeyPatch, target: Any, name: str) -> None:
     monkeypatch.setattr(target, name, crash)
 
 
+def crash_before_slot_event(monkeypatch: pytest.MonkeyPatch, event: str) -> None:
+    """Crash as the slots are about to apply an ``event`` (``Check``, ``Assign``...)."""
+    original = Slots.apply
+
+    def apply(self: Slots, applied: Any) -> Any:
+        if type(applied).__name__ == event:
+            raise Crash(f"before {event}")
+        return original(self, applied)
+
+    monkeypatch.setattr(Slots, "apply", apply)
+
+
 def test_crash_mid_download_resumes_where_it_stopped(device: Device) -> None:
     device.fleet.assign(device.fleet.release(package(2)))
     device.sync()
@@ -585,14 +597,7 @@ def test_crash_between_swap_and_commit_rolls_back_on_restart(device: Device) -> 
 def test_crash_after_storing_runs_the_health_check_on_restart(
     device: Device, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    original = Slots.apply
-
-    def apply(self: Slots, event: Any) -> Any:
-        if type(event).__name__ == "Check":
-            raise Crash("before the check")
-        return original(self, event)
-
-    monkeypatch.setattr(Slots, "apply", apply)
+    crash_before_slot_event(monkeypatch, "Check")
     with pytest.raises(Crash):
         device.install(device.fleet.release(package(2)))
     monkeypatch.undo()
@@ -603,14 +608,7 @@ def test_crash_after_storing_runs_the_health_check_on_restart(
 def test_crash_after_the_trust_step_retries_the_same_assignment(
     device: Device, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    original = Slots.apply
-
-    def apply(self: Slots, event: Any) -> Any:
-        if type(event).__name__ == "Assign":
-            raise Crash("before the slot step")
-        return original(self, event)
-
-    monkeypatch.setattr(Slots, "apply", apply)
+    crash_before_slot_event(monkeypatch, "Assign")
     with pytest.raises(Crash):
         device.install(device.fleet.release(package(2)))
     monkeypatch.undo()
