@@ -34,12 +34,12 @@ from urllib.parse import urlsplit
 
 from agent.errors import ConfigError
 from protocol.errors import Malformed
+from protocol.messages import MAX_TAGS
 from protocol.replay import WIDTH
 from protocol.schema import check_name
 from protocol.topics import Topics
 
 ENV_PREFIX = "EDGEFLEET_AGENT_"
-MAX_TAGS = 32
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from agent.errors import IdentityError
+from agent.slots import fsync_dir
 from protocol import keys
 from protocol.errors import Malformed
 
@@ -86,11 +87,7 @@ def _create(path: Path) -> Ed25519PrivateKey:
         finally:
             os.close(fd)
         os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_dir(path.parent)
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise IdentityError(f"cannot write device key {path}: {e.strerror}") from e

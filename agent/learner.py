@@ -51,7 +51,6 @@ assignment).
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -63,6 +62,7 @@ import numpy.typing as npt
 
 from agent.errors import RetrainingOff
 from agent.feedback import FeedbackBuffer, FeedbackLimits, FeedbackReport, LabelSpec
+from agent.slots import write_atomic
 from agent.trainer import TrainResult, evaluate, improved, train_head
 from protocol.errors import EdgefleetError
 from protocol.headparams import read_head
@@ -336,17 +336,11 @@ class Learner(Generic[R]):
         return self._dir / f"head-{self.ref.sha256}.eft"
 
     def _save_head(self, weight: Floats, bias: Floats) -> None:
-        """Write the served head atomically (temp file, fsync, rename)."""
+        """Write the served head atomically (:func:`agent.slots.write_atomic`)."""
         if self._dir is None:
             return
-        path = self._head_path()
-        temp = path.with_suffix(".tmp")
         data = encode_tensors({"bias": bias, "weight": weight}, encoding="f32")
-        with open(temp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
+        write_atomic(self._head_path(), data)
 
     def _load_head(self) -> tuple[Floats, Floats] | None:
         assert self._head is not None

@@ -290,11 +290,10 @@ class SketchWindow:
 
     def _sample_latency(self, latency_ms: float) -> None:
         """Algorithm R: after ``k`` calls each is in the sample with probability cap/k."""
+        self._seen += 1
         if len(self._latencies) < self._capacity:
-            self._seen += 1
             self._latencies.append(latency_ms)
             return
-        self._seen += 1
         slot = int(self._rng.integers(0, self._seen))
         if slot < self._capacity:
             self._latencies[slot] = latency_ms

@@ -48,7 +48,7 @@ from typing import Literal
 from agent.errors import IllegalTransition, StateCorrupt
 from protocol import canonical, schema
 from protocol.errors import ProtocolError
-from protocol.messages import InstallOutcome, InstallStatus, ModelRef
+from protocol.messages import MAX_REASON, InstallOutcome, InstallStatus, ModelRef
 from protocol.metadata import ReleaseEntry
 
 logger = logging.getLogger(__name__)
@@ -275,7 +275,7 @@ def step(state: SlotState, event: Event) -> SlotState:
 def _outcome(
     version: int, ref: ModelRef, status: InstallStatus, reason: str = ""
 ) -> InstallOutcome:
-    return InstallOutcome(version, ref, status, reason[:512])
+    return InstallOutcome(version, ref, status, reason[:MAX_REASON])
 
 
 def _ended(state: SlotState, status: InstallStatus, reason: str) -> InstallOutcome | None:

@@ -63,7 +63,15 @@ from protocol import canonical, metadata, schema
 from protocol.errors import EdgefleetError, MixAndMatch, ProtocolError
 from protocol.errors import Rollback as RollbackError
 from protocol.frame import Envelope, Message
-from protocol.messages import Chunk, DesiredState, DeviceAck, InstallOutcome, ModelRef, StateReport
+from protocol.messages import (
+    MAX_REASON,
+    Chunk,
+    DesiredState,
+    DeviceAck,
+    InstallOutcome,
+    ModelRef,
+    StateReport,
+)
 from protocol.metadata import Assignment, ReleaseEntry
 from protocol.package import ModelPackage, decode_package
 from protocol.trust import AssignmentVerdict
@@ -244,7 +252,9 @@ class ModelManager:
         """Run one update cycle for a desired state; acknowledge and report it."""
         with self._lock:
             status, reason = self._cycle(desired, self._trust.now(self._clock.now_ms()))
-            ack = DeviceAck(ref_seq=seq, ref_kind="desired", status=status, reason=reason[:512])
+            ack = DeviceAck(
+                ref_seq=seq, ref_kind="desired", status=status, reason=reason[:MAX_REASON]
+            )
             self._send(ack)
             self._report(force=True)
             return ack
@@ -323,7 +333,7 @@ class ModelManager:
         self, desired: DesiredState, code: str, detail: str
     ) -> tuple[Literal["refused"], str]:
         """Refuse a desired state; it waits for newer trust documents when they may cure it."""
-        reason = f"{code}: {detail}"[:512]
+        reason = f"{code}: {detail}"[:MAX_REASON]
         self._set_pending(desired if code in RETRYABLE else None)
         self.counters[f"refused.{code}"] += 1
         logger.warning("assignment refused: %s", reason)
@@ -532,4 +542,4 @@ class ModelManager:
 
 def _reason(error: Exception) -> str:
     code = getattr(error, "reason", "error")
-    return f"{code}: {error}"[:512]
+    return f"{code}: {error}"[:MAX_REASON]
