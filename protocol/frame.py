@@ -112,9 +112,7 @@ def register(direction: Direction, kind: str) -> Any:
         cls.KIND = kind
         body = [f.name for f in dataclasses.fields(cls) if f.metadata.get("body")]  # type: ignore[arg-type]
         cls._BODY = body[0] if body else None
-        qualified = cls.qualified_kind()
-        REGISTRY[qualified] = cls
-        _PAYLOAD_TYPES[qualified] = payload_type(qualified)
+        REGISTRY[cls.qualified_kind()] = cls
         return cls
 
     return wrap
@@ -122,15 +120,7 @@ def register(direction: Direction, kind: str) -> Any:
 
 def payload_type(qualified_kind: str, version: int = PROTOCOL_VERSION) -> str:
     """The DSSE payload type a frame of this kind is signed under."""
-    if version == PROTOCOL_VERSION:
-        cached = _PAYLOAD_TYPES.get(qualified_kind)
-        if cached is not None:
-            return cached
     return f"application/vnd.edgefleet.{qualified_kind}+frame; v={version}"
-
-
-_PAYLOAD_TYPES: dict[str, str] = {}
-"""payload_type() of each registered kind, filled by :func:`register`."""
 
 
 @dataclass(frozen=True)
@@ -231,21 +221,15 @@ class Opened:
         return self._typed()
 
     def _check_signature(self, verifying: Ed25519PublicKey | Iterable[Ed25519PublicKey]) -> None:
-        kind = self.header.kind
-        ptype = payload_type(kind)
-        if isinstance(verifying, Ed25519PublicKey):
-            try:
-                keys.verify(verifying, self.signature, ptype, self.signed)
-            except BadSignature:
-                raise BadSignature(f"{kind} frame signature does not verify") from None
-            return
-        for public in verifying:
+        candidates = [verifying] if isinstance(verifying, Ed25519PublicKey) else verifying
+        ptype = payload_type(self.header.kind)
+        for public in candidates:
             try:
                 keys.verify(public, self.signature, ptype, self.signed)
                 return
             except BadSignature:
                 continue
-        raise BadSignature(f"{kind} frame signature does not verify")
+        raise BadSignature(f"{self.header.kind} frame signature does not verify")
 
     def _typed(self) -> Envelope:
         """The envelope; only ever called once the signature checked out."""
