@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 DEMO_EPILOG = """\
 examples:
-  edgefleet demo                         three agents, temporary directory, about a minute
+  edgefleet demo                         three agents, temporary directory, about 15 seconds
   edgefleet demo --devices 5 --keep demo-run/
                                          keep the hub's data and the agents' state
 """

@@ -193,7 +193,8 @@ def _loop(
             mean, top = _drift_hint(hub, device_id)
             print(
                 f"    {device_id}: {count} inferences; f0 mean {mean:+.2f} (reference "
-                f"{float(np.mean(x_ref[:, 0])):+.2f}), top reference decile holds {top:.0%} of rows"
+                f"{float(np.mean(x_ref[:, 0])):+.2f}), top reference decile holds {top:.0%} "
+                "of rows (reference 10%)"
             )
 
         step("fleet", "what the hub's REST API says about each device")
