@@ -17,7 +17,7 @@ The **root chain** is published retained on ``fleet/root`` as one canonical JSON
 the root documents, oldest first, at most the last ``MAX_ROOT_CHAIN`` versions (what a
 device walks in one update); see :func:`protocol.metadata.encode_root_chain`.
 
-``heartbeat_job`` is the APScheduler shim (every ``HubSettings.heartbeat_interval_s``).
+The hub's scheduler calls :func:`issue_heartbeat` every ``HubSettings.heartbeat_interval_s``.
 """
 
 from __future__ import annotations
@@ -119,14 +119,3 @@ def issue_heartbeat(
     if publish_fleet is not None and not publish_fleet("heartbeat", signed.to_bytes()):
         logger.warning("heartbeat v%d not published: broker out of reach", beat.version)
     return signed
-
-
-def heartbeat_job(
-    store: Store,
-    keyring: Keyring,
-    clock: Clock,
-    settings: HubSettings,
-    publish_fleet: FleetPublisher,
-) -> None:
-    """APScheduler shim: one heartbeat per ``settings.heartbeat_interval_s``."""
-    issue_heartbeat(store, keyring, clock, settings, publish_fleet)

@@ -124,8 +124,6 @@ class Ingest:
         store, settings, clock: the hub's.
         downlink: sends the HubAcks.
         on_fetch: called after the commit for each new fetch request (chunk delivery).
-        max_pending_devices: pending devices beyond which new hellos without a valid
-            token are refused (``pending_full``).
         inbox: the queue to drain (default: a new one of ``ingest_queue_max``).
         verify_workers: threads that open and verify a batch's frames ahead of the
             worker, in parallel (Ed25519 releases the GIL); 0 verifies inline. Default:
@@ -140,7 +138,6 @@ class Ingest:
         downlink: AckSender,
         *,
         on_fetch: FetchHook | None = None,
-        max_pending_devices: int = 1000,
         inbox: queue.Queue[Inbound] | None = None,
         verify_workers: int | None = None,
     ) -> None:
@@ -149,7 +146,7 @@ class Ingest:
         self.clock = clock
         self.downlink = downlink
         self.on_fetch = on_fetch
-        self.max_pending_devices = max_pending_devices
+        self.max_pending_devices = settings.max_pending_devices
         self.inbox = inbox if inbox is not None else queue.Queue(settings.ingest_queue_max)
         self.rules = Rules(Topics(settings.topic_prefix), settings.limits, settings.freshness)
         self.limiter = AuditLimiter(settings.audit_rejections_per_device_per_min)

@@ -101,7 +101,6 @@ def assemble(
         clock,
         downlink,
         on_fetch=delivery.on_fetch,
-        max_pending_devices=settings.max_pending_devices,
         inbox=inbox,
     )
     return IngestService(store, link, downlink, delivery, ingest)

@@ -49,7 +49,7 @@ from hub.broker import EmbeddedBroker
 from hub.clock import Clock, SystemClock
 from hub.desired import Sender
 from hub.errors import HubError
-from hub.heartbeat import FleetPublisher, fleet_publisher, heartbeat_job, issue_heartbeat
+from hub.heartbeat import FleetPublisher, fleet_publisher, issue_heartbeat
 from hub.http_server import HttpServer
 from hub.ingest import mark_offline
 from hub.ingest_run import IngestService
@@ -284,7 +284,7 @@ def _scheduler(
         ),
         "heartbeat": (
             settings.heartbeat_interval_s,
-            lambda: heartbeat_job(store, ring, clock, settings, publish),
+            lambda: issue_heartbeat(store, ring, clock, settings, publish),
         ),
         "offline": (
             settings.offline_check_interval_s,
