@@ -1,6 +1,6 @@
 """``edgefleet agent ...``: run the device daemon, or write an example configuration.
 
-The root command (``simulator/cli.py``) calls :func:`register`; ``python -m agent``
+The root command (``edgefleet/cli.py``) calls :func:`register`; ``python -m agent``
 offers the same subcommands without the ``agent`` level. Handlers return an exit code:
 0 on success (also after a SIGTERM), 2 for a configuration error, 1 for any other
 error the agent reports. Errors are one line on stderr, never a traceback.

@@ -30,9 +30,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
-from urllib.parse import urlsplit
 
 from agent.errors import ConfigError
+from edgefleet.brokers import BadBrokerUrl, BrokerUrl
 from protocol.errors import Malformed
 from protocol.messages import MAX_TAGS
 from protocol.replay import WIDTH
@@ -40,36 +40,6 @@ from protocol.schema import check_name
 from protocol.topics import Topics
 
 ENV_PREFIX = "EDGEFLEET_AGENT_"
-
-
-@dataclass(frozen=True)
-class BrokerAddress:
-    """Where the MQTT broker listens; ``tls`` for ``mqtts://``."""
-
-    host: str
-    port: int
-    tls: bool
-
-    @classmethod
-    def parse(cls, url: str) -> BrokerAddress:
-        """Parse ``mqtt://host[:port]`` (default 1883) or ``mqtts://host[:port]`` (8883).
-
-        Raises:
-            ConfigError: another scheme, no host, a bad port, or a path, query or user part.
-        """
-        try:
-            parts = urlsplit(url)
-            port = parts.port
-        except ValueError as e:
-            raise ConfigError(f"broker_url {url!r} is not a valid URL: {e}") from e
-        if parts.scheme not in ("mqtt", "mqtts"):
-            raise ConfigError(f"broker_url {url!r} must start with mqtt:// or mqtts://")
-        if not parts.hostname:
-            raise ConfigError(f"broker_url {url!r} has no host")
-        if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
-            raise ConfigError(f"broker_url {url!r} must be only scheme, host and port")
-        tls = parts.scheme == "mqtts"
-        return cls(parts.hostname, port or (8883 if tls else 1883), tls)
 
 
 @dataclass(frozen=True)
@@ -110,7 +80,7 @@ class AgentConfig:
             check_name(self.device_id, "device_id")
         except Malformed as e:
             raise ConfigError(str(e)) from e
-        broker = BrokerAddress.parse(self.broker_url)
+        broker = self.broker
         for key in ("ca_file", "cert_file", "key_file"):
             if getattr(self, key) is not None and not broker.tls:
                 raise ConfigError(f"{key} is set but broker_url is not mqtts://")
@@ -142,8 +112,16 @@ class AgentConfig:
         _check_range("stop_grace_s", self.stop_grace_s, 0, 600)
 
     @property
-    def broker(self) -> BrokerAddress:
-        return BrokerAddress.parse(self.broker_url)
+    def broker(self) -> BrokerUrl:
+        """The parsed ``broker_url``.
+
+        Raises:
+            ConfigError: it is not ``mqtt://host[:port]`` or ``mqtts://host[:port]``.
+        """
+        try:
+            return BrokerUrl.parse(self.broker_url)
+        except BadBrokerUrl as e:
+            raise ConfigError(f"broker_url: {e}") from e
 
     @property
     def topics(self) -> Topics:

@@ -60,7 +60,6 @@ from typing import Any
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from agent.clock import Clock, SystemClock
 from agent.config import AgentConfig
 from agent.downlink import Downlink, DownlinkHandler, FleetHandler, KeySource, WindowStore
 from agent.errors import NotReady
@@ -69,6 +68,7 @@ from agent.identity import load_or_create
 from agent.link import Connected, Link, LinkEvent, LinkSettings
 from agent.outbox import TRANSIENT_KINDS, Outbox, OutboxLimits
 from agent.stats import InferenceStats
+from edgefleet.clock import Clock, SystemClock
 from protocol.errors import EdgefleetError
 from protocol.frame import Envelope, Message
 from protocol.messages import Hello, HubAck, Nudge, StateReport, Telemetry

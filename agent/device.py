@@ -39,7 +39,6 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from agent.clock import Clock
 from agent.config import AgentConfig
 from agent.daemon import Agent
 from agent.http_api import Prediction
@@ -47,6 +46,7 @@ from agent.learner import LearnerSettings
 from agent.learning import LearningLoop
 from agent.trust_store import TrustStore
 from agent.updater import ModelManager, UpdaterConfig
+from edgefleet.clock import Clock
 from protocol.frame import Message
 from protocol.messages import InstallOutcome, ModelRef
 

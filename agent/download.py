@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Literal
 
 from agent.errors import SlowRetrieval
-from agent.slots import write_atomic
+from edgefleet.files import write_atomic
 from protocol import canonical, schema, trust
 from protocol.errors import Incompatible, Malformed, Oversize, ProtocolError
 from protocol.manifest import TensorSpec

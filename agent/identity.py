@@ -23,7 +23,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from agent.errors import IdentityError
-from agent.slots import fsync_dir
+from edgefleet.files import fsync_dir
 from protocol import keys
 from protocol.errors import Malformed
 

@@ -62,8 +62,8 @@ import numpy.typing as npt
 
 from agent.errors import RetrainingOff
 from agent.feedback import FeedbackBuffer, FeedbackLimits, FeedbackReport, LabelSpec
-from agent.slots import write_atomic
 from agent.trainer import TrainResult, evaluate, improved, train_head
+from edgefleet.files import write_atomic
 from protocol.errors import EdgefleetError
 from protocol.headparams import read_head
 from protocol.heads import head_unsupported_reason
@@ -336,7 +336,7 @@ class Learner(Generic[R]):
         return self._dir / f"head-{self.ref.sha256}.eft"
 
     def _save_head(self, weight: Floats, bias: Floats) -> None:
-        """Write the served head atomically (:func:`agent.slots.write_atomic`)."""
+        """Write the served head atomically (:func:`edgefleet.files.write_atomic`)."""
         if self._dir is None:
             return
         data = encode_tensors({"bias": bias, "weight": weight}, encoding="f32")

@@ -60,15 +60,15 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from agent.clock import Clock
 from agent.errors import InferenceFailed, NotReady, RetrainingOff
 from agent.feedback import FeedbackReport, prediction_ids
 from agent.http_api import Prediction
 from agent.learner import MAX_STATUS, Learner, LearnerSettings, Retrain
 from agent.runtime import ModelRuntime
 from agent.sketches import SketchWindow
-from agent.slots import write_atomic
 from agent.updater import AgentPort, ModelManager
+from edgefleet.clock import Clock
+from edgefleet.files import write_atomic
 from protocol import canonical, schema
 from protocol.errors import EdgefleetError, ProtocolError
 from protocol.frame import Envelope, Message

@@ -43,8 +43,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.config import BrokerAddress
 from agent.errors import ConfigError
+from edgefleet.brokers import BrokerUrl
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ WillFactory = Callable[[], tuple[str, bytes]]
 class LinkSettings:
     """How to reach the broker and what to subscribe to (units in the names)."""
 
-    broker: BrokerAddress
+    broker: BrokerUrl
     client_id: str
     subscriptions: tuple[str, ...]
     ca_file: Path | None = None

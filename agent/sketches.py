@@ -12,7 +12,7 @@ differs). Models with another input signature (several inputs, images, sequences
 no per-feature sketches, only prediction and inference stats: binning a pixel or a token
 position as a "feature" would be noise.
 
-Counting follows the hub's binning rule (:mod:`hub.profile`): bin ``i`` is
+Counting follows the hub's binning rule (:mod:`hub.registry.profile`): bin ``i`` is
 ``[edges[i], edges[i+1])`` and the last bin includes its upper edge; values below the
 first edge count as ``underflow`` (``-inf`` too), above the last as ``overflow`` (``+inf``
 too), NaN as ``nan``. The moments (``n``, ``mean``, ``m2``, ``min``, ``max``) are over the
@@ -41,6 +41,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
+from edgefleet.stats import nearest_rank
 from protocol.manifest import ModelManifest
 from protocol.messages import DataDelta, ModelRef
 from protocol.sketches import FeatureSketch, PredictionSketch
@@ -266,7 +267,7 @@ class SketchWindow:
         with self._lock:
             start = self._start
             end = max(now_ms, start)
-            latencies = np.asarray(self._latencies, np.float64)
+            latencies = sorted(self._latencies)
             delta = DataDelta(
                 window_start=start,
                 window_end=end,
@@ -275,8 +276,8 @@ class SketchWindow:
                 model=self.model,
                 inference_count=self._calls,
                 error_count=self._errors,
-                latency_p50_ms=_percentile(latencies, 50),
-                latency_p95_ms=_percentile(latencies, 95),
+                latency_p50_ms=nearest_rank(latencies, 50),
+                latency_p95_ms=nearest_rank(latencies, 95),
             )
             self._reset(end)
         return delta
@@ -297,13 +298,6 @@ class SketchWindow:
         slot = int(self._rng.integers(0, self._seen))
         if slot < self._capacity:
             self._latencies[slot] = latency_ms
-
-
-def _percentile(values: Floats, pct: float) -> float:
-    """Nearest-rank percentile (as the telemetry's); 0.0 without values."""
-    if values.size == 0:
-        return 0.0
-    return float(np.percentile(values, pct, method="inverted_cdf"))
 
 
 __all__ = ["LATENCY_SAMPLES", "SketchWindow", "bin_counts"]

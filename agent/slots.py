@@ -37,7 +37,6 @@ package (agent/updater.py does, in that order, before anything is stored here).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Callable
@@ -46,6 +45,7 @@ from pathlib import Path
 from typing import Literal
 
 from agent.errors import IllegalTransition, StateCorrupt
+from edgefleet.files import TEMP_SUFFIX, file_sha256, fsync_dir, write_atomic
 from protocol import canonical, schema
 from protocol.errors import ProtocolError
 from protocol.messages import MAX_REASON, InstallOutcome, InstallStatus, ModelRef
@@ -56,7 +56,6 @@ logger = logging.getLogger(__name__)
 SLOTS_FILE = "slots.json"
 PACKAGES = "packages"
 DOWNLOADS = "download"
-TEMP_SUFFIX = ".tmp"
 
 InstallState = Literal[
     "idle",
@@ -311,40 +310,6 @@ def recover(state: SlotState, intact: Callable[[ModelRef], bool]) -> tuple[SlotS
 # ---------------------------------------------------------------- files
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` all at once: temp file, fsync, rename, dir fsync."""
-    temp = path.with_name(path.name + TEMP_SUFFIX)
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temp, path)
-    fsync_dir(path.parent)
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make a rename or unlink in ``directory`` durable."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def file_sha256(path: Path) -> str | None:
-    """The sha256 of a file, read in blocks; ``None`` when it cannot be read."""
-    digest = hashlib.sha256()
-    try:
-        with path.open("rb") as f:
-            while block := f.read(1 << 20):
-                digest.update(block)
-    except OSError:
-        return None
-    return digest.hexdigest()
-
-
 class Slots:
     """The slot directory: load and repair on construction, then one persisted step at a time.
 
@@ -392,7 +357,10 @@ class Slots:
 
     def intact(self, ref: ModelRef) -> bool:
         """True when the package of ``ref`` is stored and hashes to its sha256."""
-        return file_sha256(self.package_path(ref.sha256)) == ref.sha256
+        try:
+            return file_sha256(self.package_path(ref.sha256)) == ref.sha256
+        except OSError:
+            return False
 
     def read(self, sha256: str) -> bytes:
         """The stored package bytes (the caller checks them against the release entry).

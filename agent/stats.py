@@ -14,6 +14,8 @@ import threading
 from collections import deque
 from dataclasses import dataclass
 
+from edgefleet.stats import nearest_rank
+
 
 @dataclass(frozen=True)
 class StatsSnapshot:
@@ -49,12 +51,4 @@ class InferenceStats:
         with self._lock:
             ordered = sorted(self._latencies)
             count, errors = self._count, self._errors
-        return StatsSnapshot(count, errors, _percentile(ordered, 50), _percentile(ordered, 95))
-
-
-def _percentile(ordered: list[float], pct: int) -> float:
-    """Nearest-rank percentile of sorted values; 0.0 when there are none."""
-    if not ordered:
-        return 0.0
-    rank = max(1, math.ceil(pct / 100 * len(ordered)))
-    return ordered[rank - 1]
+        return StatsSnapshot(count, errors, nearest_rank(ordered, 50), nearest_rank(ordered, 95))

@@ -42,7 +42,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agent.errors import ConfigError, StateCorrupt
-from agent.slots import TEMP_SUFFIX, write_atomic
+from edgefleet.files import TEMP_SUFFIX, write_atomic
 from protocol import metadata, trust
 from protocol.documents import SignedDocument, verify_threshold
 from protocol.errors import EqualVersionConflict, Expired, ProtocolError
@@ -69,7 +69,8 @@ class TrustStore:
         self.refused: Counter[str] = Counter()
         self.clock_suspect = False
         state_dir.mkdir(parents=True, exist_ok=True)
-        self._path.with_name(STATE_FILE + TEMP_SUFFIX).unlink(missing_ok=True)  # a torn write
+        for torn in self._path.parent.glob(f".{STATE_FILE}.*{TEMP_SUFFIX}"):  # a torn write
+            torn.unlink(missing_ok=True)
         self._state = self._load(pinned_root)
         self._rollout: tuple[Root | None, tuple[Ed25519PublicKey, ...]] = (None, ())
 

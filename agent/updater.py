@@ -52,13 +52,14 @@ from typing import Literal, Protocol
 import numpy.typing as npt
 
 from agent import slots
-from agent.clock import Clock
 from agent.download import Download, DownloadPolicy, check_package, check_release
 from agent.errors import AgentError, InferenceFailed, ModelUnhealthy, NotReady, SlowRetrieval
 from agent.runtime import ModelOutput, ModelRuntime, WatchPolicy
-from agent.slots import Slots, ref_of, write_atomic
+from agent.slots import Slots, ref_of
 from agent.stats import InferenceStats
 from agent.trust_store import TrustStore
+from edgefleet.clock import Clock
+from edgefleet.files import write_atomic
 from protocol import canonical, metadata, schema
 from protocol.errors import EdgefleetError, MixAndMatch, ProtocolError
 from protocol.errors import Rollback as RollbackError

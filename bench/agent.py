@@ -36,7 +36,7 @@ from agent.daemon import Agent
 from agent.identity import Identity, load_or_create
 from agent.outbox import Outbox
 from bench.common import calibrate, interleaved, report, write_result
-from hub.broker import EmbeddedBroker
+from hub.transport.broker import EmbeddedBroker
 from protocol.messages import ModelRef, StateReport
 from protocol.topics import Topics
 from tests.agent.hub_double import HubDouble

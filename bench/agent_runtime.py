@@ -115,8 +115,9 @@ def bench_predict() -> dict[str, Any]:
 
 def prepare_state(state_dir: Path) -> Path:
     """A state dir as an agent leaves it after installing the MLP package; the root file."""
-    from agent.slots import SLOTS_FILE, Slots, SlotState, write_atomic
+    from agent.slots import SLOTS_FILE, Slots, SlotState
     from agent.trust_store import TrustStore
+    from edgefleet.files import write_atomic
     from tests import models
     from tests.packages import build_package
     from tests.protocol.trust_sim import TrustSim

@@ -3,7 +3,7 @@ paho subscriber receiving the same stream in the same run.
 
 Setup: Mosquitto (the embedded broker when it is not installed), ``DEVICES`` enrolled
 devices, and every frame signed before any timing. Two long-lived subprocesses, each with
-its own interpreter (so its own GIL): the hub's ingest (``python -m hub.ingest_run``:
+its own interpreter (so its own GIL): the hub's ingest (``python -m hub.ingest.pipeline``:
 paho link, verify, replay window, SQLite commit per batch, HubAck per device per batch)
 and a bare paho subscriber that only counts what arrives (``python -m bench.hub --bare``).
 They listen under different topic prefixes, so each trial's stream reaches one of them.
@@ -68,9 +68,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion
 
 from bench.common import interleaved, report, write_result
-from hub import enrollment
-from hub.broker import EmbeddedBroker
-from hub.store import Store
+from hub.fleet import enrollment
+from hub.store.database import Store
+from hub.transport.broker import EmbeddedBroker
 from protocol import canonical, frame, keys, schema
 from protocol.messages import ModelRef, Telemetry
 from protocol.topics import Topics
@@ -206,7 +206,15 @@ def bench_ingest(workdir: Path) -> dict[str, Any]:
     with _broker(workdir) as (kind, url):
         hub = _spawn(
             [
-                *("hub.ingest_run", "--data", str(data), "--broker", url, "--prefix", "bench/hub"),
+                *(
+                    "hub.ingest.pipeline",
+                    "--data",
+                    str(data),
+                    "--broker",
+                    url,
+                    "--prefix",
+                    "bench/hub",
+                ),
                 *("--key", str(hub_key), "--client-id", f"hub-{uuid.uuid4().hex[:6]}"),
             ]
         )

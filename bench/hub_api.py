@@ -40,13 +40,13 @@ import uvicorn
 from prometheus_client import CollectorRegistry
 
 from bench.common import report, write_result
+from edgefleet.clock import SystemClock
 from hub import keyring
 from hub.api import HubServices, auth, create_app
-from hub.artifacts import ArtifactStore
-from hub.clock import SystemClock
-from hub.registry import Registry
+from hub.registry.artifacts import ArtifactStore
+from hub.registry.registry import Registry
 from hub.settings import HubSettings
-from hub.store import Store
+from hub.store.database import Store
 
 DEVICES = 10_000
 SAMPLES = 300

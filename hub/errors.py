@@ -6,17 +6,17 @@ Who is at fault decides the branch, and ``status_hint`` is what the REST layer a
     EdgefleetError (protocol.errors)
     ├─ ProtocolError ...            a device or an upload sent something we refuse (4xx)
     └─ HubError
-       ├─ StoreError (hub.store)    a write the store's constraints refuse (409)
+       ├─ StoreError (hub.store.database)    a write the store's constraints refuse (409)
        │  └─ NotFound               no such row (404)
        ├─ InvalidRequest            the operator's input is wrong: names the field (422)
        ├─ Conflict                  valid, but not in the current state (409)
        ├─ PermissionDenied          the token's role may not do this (403)
        ├─ Unauthenticated           no or unknown token (401)
        ├─ KeyUnavailable            the key this needs is not on the hub (offline) (409)
-       ├─ BrokerError (hub.broker)  the embedded broker could not start or stop (500)
+       ├─ BrokerError (hub.transport.broker)  the embedded broker could not start or stop (500)
        ├─ BrokerUnreachable (hub.service)   no broker connection at start-up
-       ├─ HttpUnavailable (hub.http_server) the REST address cannot be bound
-       ├─ ArtifactCorrupt (hub.artifacts)   a stored artifact no longer matches its hash
+       ├─ HttpUnavailable (hub.transport.http_server) the REST address cannot be bound
+       ├─ ArtifactCorrupt (hub.registry.artifacts)   a stored artifact no longer matches its hash
        └─ StoreUnavailable (hub.api.system) /healthz cannot read the store (503)
     KeyringError (hub.keyring)      keys missing or unreadable; a set-up problem, not a request
 """

@@ -25,9 +25,7 @@ decide when to rotate; it never deletes a key.
 from __future__ import annotations
 
 import logging
-import os
 import stat
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +33,7 @@ from typing import ClassVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from edgefleet.files import fsync_dir, write_atomic
 from protocol import keys, metadata, trust
 from protocol.documents import SignedDocument, add_signature
 from protocol.errors import EdgefleetError, ProtocolError
@@ -243,7 +242,7 @@ def rotate(
         file.rename(path / RETIRED_DIR / f"{file.stem}.{keyid[:16]}.pem")
     for name in names:
         (path / f"{name}.next.pem").rename(path / f"{name}.pem")
-    _fsync_dir(path)
+    fsync_dir(path)
     logger.info("rotated %s: root v%d written to %s", role, new.version, path / ROOT_DIR)
     return load(path)
 
@@ -263,7 +262,7 @@ def _rotated_names(root: Root, role: Role, index: int | None) -> list[str]:
 
 def write_pending_release(path: Path, release: ReleaseList) -> None:
     """Write ``release`` as an unsigned release list for the offline key to sign."""
-    _write_atomic(path, metadata.sign(release, []).to_bytes(), 0o644)
+    write_atomic(path, metadata.sign(release, []).to_bytes(), mode=0o644)
 
 
 def sign_release(
@@ -284,7 +283,7 @@ def sign_release(
     release = metadata.parse(ReleaseList, doc)
     if now >= release.expires:
         raise KeyringError(f"release list v{release.version} has expired: draft a new one")
-    _write_atomic(out or path, add_signature(doc, key).to_bytes(), 0o644)
+    write_atomic(out or path, add_signature(doc, key).to_bytes(), mode=0o644)
     return release
 
 
@@ -308,35 +307,13 @@ def read_private_key(path: Path) -> Ed25519PrivateKey:
 
 def write_private_key(path: Path, key: Ed25519PrivateKey) -> None:
     """Write ``key`` as PEM, mode 0600, atomically."""
-    _write_atomic(path, keys.private_to_pem(key), 0o600)
+    write_atomic(
+        path,
+        keys.private_to_pem(key),
+    )
 
 
 def _write_root(path: Path, doc: SignedDocument, version: int) -> None:
     folder = path / ROOT_DIR
     folder.mkdir(mode=0o755, exist_ok=True)
-    _write_atomic(folder / f"{version}.root.json", doc.to_bytes(), 0o644)
-
-
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Temp file in the same directory (created 0600), fsync, rename, fsync the directory."""
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), mode)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make renames in ``path`` durable."""
-    directory = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    write_atomic(folder / f"{version}.root.json", doc.to_bytes(), mode=0o644)

@@ -12,17 +12,17 @@ at once::
 What runs, started in this order and stopped in the reverse one:
 
 1. the embedded broker, when one is given (the one-machine tier);
-2. the store and the pipeline of :func:`hub.ingest_run.assemble`: the broker link, the
+2. the store and the pipeline of :func:`hub.ingest.pipeline.assemble`: the broker link, the
    downlink signed with the **rollout** key, the ingest worker and chunk delivery (the
    worker and the link start once 3 and 4 run, so no connect goes unnoticed);
 3. the republisher: after every (re)connect of the link it publishes the retained
    messages again (root chain, release list, a fresh heartbeat, every desired state,
-   :func:`hub.reconciler.republish_all`), on a thread of its own since the link reports
+   :func:`hub.fleet.reconciler.republish_all`), on a thread of its own since the link reports
    the connect on paho's network thread;
 4. an APScheduler ``BackgroundScheduler`` with three jobs: reconcile
    (``reconcile_interval_s``), heartbeat (``heartbeat_interval_s``) and marking silent
    devices offline (``offline_check_interval_s``);
-5. the REST API (:func:`hub.api.create_app`) under uvicorn (:mod:`hub.http_server`).
+5. the REST API (:func:`hub.api.create_app`) under uvicorn (:mod:`hub.transport.http_server`).
 
 The key ring is read once, at start: a key rotated while the hub runs is used after a
 restart. What this module does not do: handle signals (the CLI does) or retry a start.
@@ -42,23 +42,24 @@ from typing import Self
 from apscheduler.schedulers.background import BackgroundScheduler
 from fastapi import FastAPI
 
-from hub import ingest_run, keyring, metrics
+from edgefleet.clock import Clock, SystemClock
+from hub import keyring, metrics
 from hub.api import HubServices, create_app
-from hub.artifacts import ArtifactStore
-from hub.broker import EmbeddedBroker
-from hub.clock import Clock, SystemClock
-from hub.desired import Sender
 from hub.errors import HubError
-from hub.heartbeat import FleetPublisher, fleet_publisher, issue_heartbeat
-from hub.http_server import HttpServer
-from hub.ingest import mark_offline
-from hub.ingest_run import IngestService
+from hub.fleet.desired import Sender
+from hub.fleet.documents import FleetPublisher, fleet_publisher, issue_heartbeat
+from hub.fleet.reconciler import reconcile_job, republish_all
+from hub.ingest import pipeline as ingest_run
+from hub.ingest.pipeline import IngestService
+from hub.ingest.worker import mark_offline
 from hub.keyring import Keyring, KeyringError
-from hub.mqtt import TlsFiles
-from hub.reconciler import reconcile_job, republish_all
-from hub.registry import Registry
+from hub.registry.artifacts import ArtifactStore
+from hub.registry.registry import Registry
 from hub.settings import HubSettings
-from hub.store import Store
+from hub.store.database import Store
+from hub.transport.broker import EmbeddedBroker
+from hub.transport.http_server import HttpServer
+from hub.transport.mqtt import TlsFiles
 from protocol.errors import EdgefleetError
 from protocol.topics import Topics
 
@@ -160,10 +161,10 @@ class HubService:
 
         Raises:
             KeyringError: no key ring in ``settings.keys_dir``, or an online key missing.
-            hub.broker.BrokerError: the embedded broker could not start.
+            hub.transport.broker.BrokerError: the embedded broker could not start.
             hub.errors.InvalidRequest: a bad broker URL or TLS files.
             BrokerUnreachable: no connection and subscription within ``ready_timeout_s``.
-            hub.http_server.HttpUnavailable: the HTTP address cannot be bound.
+            hub.transport.http_server.HttpUnavailable: the HTTP address cannot be bound.
         """
         clock = clock or SystemClock()
         ring = load_keyring(settings.keys_dir)

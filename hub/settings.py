@@ -1,7 +1,7 @@
 """The hub's settings: one frozen dataclass, loaded once at the edge (CLI) and passed in.
 
 Units are in the names. Defaults suit the one-machine tier; ``edgefleet hub serve``
-(:mod:`hub.cli_serve`) sets the fields it exposes from flags or ``EDGEFLEET_HUB_*``
+(:mod:`hub.cli.serve`) sets the fields it exposes from flags or ``EDGEFLEET_HUB_*``
 environment variables.
 """
 
@@ -16,7 +16,7 @@ from protocol.replay import Freshness
 
 @dataclass(frozen=True)
 class FlowLimits:
-    """Model delivery rate limits (units in the names); see :mod:`hub.delivery`."""
+    """Model delivery rate limits (units in the names); see :mod:`hub.fleet.delivery`."""
 
     chunks_per_s: float = 20.0  # per device, sustained
     chunk_burst: int = 40  # per device, back to back

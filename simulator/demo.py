@@ -35,12 +35,12 @@ from typing import Any, TypeVar
 import httpx
 import numpy as np
 
+from edgefleet.clock import SystemClock
 from hub import keyring
 from hub.api import auth
-from hub.broker import EmbeddedBroker
-from hub.clock import SystemClock
 from hub.service import HubService
 from hub.settings import HubSettings
+from hub.transport.broker import EmbeddedBroker
 from simulator.fleet import SimulatedFleet
 from simulator.task import ShiftedTask
 

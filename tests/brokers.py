@@ -2,7 +2,7 @@
 
 ``MosquittoBroker`` runs the ``mosquitto`` executable on a free loopback port with a
 generated config; ``EmbeddedTestBroker`` runs edgefleet's own embedded amqtt broker
-(:class:`hub.broker.EmbeddedBroker`) in-process. Both keep their port across
+(:class:`hub.transport.broker.EmbeddedBroker`) in-process. Both keep their port across
 ``stop()``/``start()``, so a test can take the broker away for a while and bring it back
 at the same address, and its clients reconnect by themselves::
 
@@ -27,7 +27,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
-from hub.broker import EmbeddedBroker
+from hub.transport.broker import EmbeddedBroker
 
 MAX_PAYLOAD_BYTES = 1024 * 1024  # both brokers: a 256 KiB frame fits four times over
 _HEADER_ROOM = 64 * 1024  # Mosquitto counts the whole packet: topic, packet id, lengths
@@ -66,7 +66,7 @@ class BrokerRunner(ABC):
         Raises:
             RuntimeError: the broker did not come up (Mosquitto: the message carries its
                 log).
-            hub.broker.BrokerError: the embedded broker could not bind or start.
+            hub.transport.broker.BrokerError: the embedded broker could not bind or start.
         """
 
     @abstractmethod
@@ -238,7 +238,8 @@ class MosquittoBroker(BrokerRunner):
 
 
 class EmbeddedTestBroker(BrokerRunner):
-    """The hub's embedded amqtt broker (:class:`hub.broker.EmbeddedBroker`) as a runner."""
+    """The hub's embedded amqtt broker (:class:`hub.transport.broker.EmbeddedBroker`), as a
+    runner."""
 
     name = "amqtt"
 

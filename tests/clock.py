@@ -2,7 +2,7 @@
 
 Services never read the wall clock themselves: they take a ``Clock``, a protocol with one
 method, ``now_ms() -> int`` (milliseconds since the Unix epoch). The hub's
-``hub.clock.SystemClock`` and the agent's own ``SystemClock`` read the real time; tests
+``edgefleet.clock.SystemClock`` and the agent's own ``SystemClock`` read the real time; tests
 pass a :class:`FakeClock` and move it with :meth:`FakeClock.advance`::
 
     clock = FakeClock()

@@ -35,7 +35,7 @@ DEFAULT_TIMEOUT_S = 10.0
 
 
 class Endpoint(Protocol):
-    """Where a broker listens: a ``BrokerRunner`` or a ``hub.broker.EmbeddedBroker``."""
+    """Where a broker listens: a ``BrokerRunner`` or a ``hub.transport.broker.EmbeddedBroker``."""
 
     @property
     def host(self) -> str: ...

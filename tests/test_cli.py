@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from simulator.cli import build_parser
+from edgefleet.cli import build_parser
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 TOP_LEVEL = {"agent", "hub", "model", "rollout", "sim", "demo", "keys", "inspect"}
@@ -61,7 +61,7 @@ def test_cli_every_subcommand_has_a_docs_entry(path: tuple[str, ...]) -> None:
 
 def test_cli_help_runs_as_an_installed_command() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "simulator.cli", "--help"],
+        [sys.executable, "-m", "edgefleet.cli", "--help"],
         capture_output=True,
         text=True,
         timeout=60,

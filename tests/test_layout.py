@@ -1,7 +1,8 @@
 """The dependency rules of the layout, checked on every run (they drift when nothing checks).
 
 protocol/ is pure: no I/O, clocks or randomness, and no imports of agent/hub/simulator.
-agent/ and hub/ meet only through protocol/.
+agent/ and hub/ meet only through protocol/ and the shared layer (edgefleet/, below both),
+which imports neither; only the command (edgefleet/cli.py) stands above all of them.
 """
 
 from __future__ import annotations
@@ -54,3 +55,36 @@ def test_protocol_module_is_pure(path: Path) -> None:
 def test_agent_and_hub_never_import_each_other(package: str, forbidden: str) -> None:
     offenders = [p.name for p in modules(package) if forbidden in imported_roots(p)]
     assert not offenders, f"{package}/ modules importing {forbidden}/: {offenders}"
+
+
+COMMAND = {"cli.py", "__main__.py"}
+
+
+@pytest.mark.parametrize(
+    "path", [p for p in modules("edgefleet") if p.name not in COMMAND], ids=lambda p: p.name
+)
+def test_shared_layer_imports_neither_side(path: Path) -> None:
+    assert not imported_roots(path) & {"agent", "hub", "simulator"}, (
+        f"edgefleet/{path.name} is below agent/ and hub/ and may import neither"
+    )
+
+
+@pytest.mark.parametrize("package", ["agent", "hub", "protocol"])
+def test_nothing_below_the_command_imports_it(package: str) -> None:
+    offenders = [
+        p.name
+        for p in modules(package)
+        if "simulator" in imported_roots(p) or "edgefleet.cli" in imported_modules(p)
+    ]
+    assert not offenders, f"{package}/ modules importing the simulator or the command: {offenders}"
+
+
+def imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names

@@ -26,13 +26,13 @@ from fastapi.routing import APIRoute
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from edgefleet.clock import Clock
 from hub.api import audit, devices, errors, models, system, tokens
 from hub.api.deps import AppContext
 from hub.api.schemas import Problem
 from hub.api.services import HubServices
-from hub.clock import Clock
 from hub.settings import HubSettings
-from hub.store import Store
+from hub.store.database import Store
 
 API_PREFIX = "/api/v1"
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 
 from hub.api.deps import GuardedRoute, LimitQuery, OffsetQuery, StoreDep, ViewerDep
 from hub.api.schemas import MAX_MS, AuditEntry, AuditPage
-from hub.store import Row
+from hub.store.database import Row
 
 router = APIRouter(prefix="/audit", tags=["audit"], route_class=GuardedRoute)
 

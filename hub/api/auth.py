@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 from hub.errors import InvalidRequest, Unauthenticated
-from hub.store import NotFound, Row, Store
+from hub.store.database import NotFound, Row, Store
 
 Role = Literal["viewer", "operator", "admin"]
 ROLES: tuple[Role, ...] = get_args(Role)

@@ -34,14 +34,14 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.types import Message, Receive
 
+from edgefleet.clock import Clock
 from hub.api import auth
 from hub.api.auth import Principal, Role
 from hub.api.errors import problem_responses
 from hub.api.services import HubServices
-from hub.clock import Clock
 from hub.errors import InvalidRequest, PermissionDenied, Unauthenticated
 from hub.settings import HubSettings
-from hub.store import Store
+from hub.store.database import Store
 from protocol.errors import Oversize
 
 if TYPE_CHECKING:

@@ -4,7 +4,7 @@ Listing filters combine with AND: ``status``, ``tag=key:value``, ``model=name`` 
 ``model=name:version`` (the model a device *reports* running) and ``online``; pages are
 ``limit`` (1-1000) and ``offset``, ordered by device id. Tags change by JSON merge
 patch (a value sets a tag, null removes it). The desired state (``PUT .../desired``) is
-a released model version and optional device configuration: :mod:`hub.desired` signs
+a released model version and optional device configuration: :mod:`hub.fleet.desired` signs
 the assignment and publishes it, or stores it for the running hub to publish.
 """
 
@@ -15,7 +15,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Response
 
-from hub import desired, enrollment
 from hub.api.deps import (
     AdminDep,
     ClockDep,
@@ -43,7 +42,8 @@ from hub.api.schemas import (
     DeviceUpdate,
 )
 from hub.errors import InvalidRequest
-from hub.store import NotFound, Row, Store
+from hub.fleet import desired, enrollment
+from hub.store.database import NotFound, Row, Store
 from protocol.errors import Malformed
 from protocol.messages import DeviceConfig
 

@@ -4,12 +4,12 @@
 ``model`` (ONNX, at most 64 MiB), ``name``, ``reference`` (``.npz`` with ``X``, at most
 64 MiB: the drift profile, smoke inputs and latency budget), optional ``validation``
 (``.npz`` with ``X`` and ``y``: the metrics) and optional ``head`` (the node to retrain);
-:meth:`hub.registry.Registry.register` checks all of it before writing anything. The new
+:meth:`hub.registry.registry.Registry.register` checks all of it before writing anything. The new
 version is released at once when the release key is on the hub; otherwise its release
 list waits for the offline key and comes back through ``POST /api/v1/releases``.
 
 Downloads are ``application/octet-stream``. ``GET /api/v1/artifacts/{sha256}`` serves
-released packages only (:func:`hub.delivery.http_artifact`) and honours one
+released packages only (:func:`hub.fleet.delivery.http_artifact`) and honours one
 ``Range: bytes=first-last`` (at most 1 MiB per answer), for resumable downloads. The
 digest in the path is 64 lowercase hex digits or the request is refused before anything
 looks at the disk (THREATS T17).
@@ -45,10 +45,10 @@ from hub.api.schemas import (
     ReleasePublished,
     VersionPage,
 )
-from hub.artifacts import MAX_RANGE_BYTES
-from hub.delivery import http_artifact
 from hub.errors import InvalidRequest
-from hub.registry import VersionInfo
+from hub.fleet.delivery import http_artifact
+from hub.registry.artifacts import MAX_RANGE_BYTES
+from hub.registry.registry import VersionInfo
 from protocol import canonical, schema
 from protocol.documents import SignedDocument
 from protocol.errors import Oversize
@@ -93,12 +93,12 @@ def register_model(
         str | None, Form(min_length=1, max_length=MAX_HEAD_CHARS, description="Head node name")
     ] = None,
 ) -> Registered:
-    """Everything is checked before anything is written; see ``hub.registry``.
+    """Everything is checked before anything is written; see ``hub.registry.registry``.
     \f
     Raises:
         Oversize: a file over its cap (413).
         InvalidRequest, UnsafeModel, Incompatible, ShapeMismatch: from
-            :meth:`hub.registry.Registry.register`, which audits them.
+            :meth:`hub.registry.registry.Registry.register`, which audits them.
     """
     registration = services.registry.register(
         _read(model.file, MAX_MODEL_BYTES, "model"),

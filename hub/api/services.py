@@ -4,10 +4,10 @@
 the simulator, a test) constructs the registry (with its key ring), artifact store and
 downlink
 for its own process and hands them to ``create_app``. Plain functions
-over the store (:mod:`hub.enrollment`, :mod:`hub.desired`) are called directly. Routes
+over the store (:mod:`hub.fleet.enrollment`, :mod:`hub.fleet.desired`) are called directly. Routes
 never construct collaborators themselves, so a test can pass a registry over a temporary
 directory and a ``None`` downlink (desired state is then stored for the running hub's
-reconciler to publish, see :mod:`hub.desired`).
+reconciler to publish, see :mod:`hub.fleet.desired`).
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
-from hub.artifacts import ArtifactStore
-from hub.desired import Sender
-from hub.registry import Registry
+from hub.fleet.desired import Sender
+from hub.registry.artifacts import ArtifactStore
+from hub.registry.registry import Registry
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Response
 
-from hub import enrollment
 from hub.api import auth
 from hub.api.deps import (
     AdminDep,
@@ -34,7 +33,8 @@ from hub.api.schemas import (
     EnrollmentTokenCreated,
     EnrollmentTokenPage,
 )
-from hub.store import Row
+from hub.fleet import enrollment
+from hub.store.database import Row
 
 router = APIRouter(route_class=GuardedRoute)
 

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import EXAMPLE_TOML, AgentConfig, BrokerAddress, load_config
+from agent.config import EXAMPLE_TOML, AgentConfig, load_config
 from agent.errors import ConfigError
+from edgefleet.brokers import BrokerUrl
 
 BASE = {"EDGEFLEET_AGENT_DEVICE_ID": "dev-1", "EDGEFLEET_AGENT_STATE_DIR": "/var/lib/ef"}
 
@@ -23,7 +24,7 @@ def test_config_example_file_loads_with_paths_relative_to_it(tmp_path: Path) -> 
     assert config.device_id == "sensor-0001"
     assert config.state_dir == tmp_path / "state"
     assert config.tags == {"region": "eu-west", "hardware": "rpi4"}
-    assert config.broker == BrokerAddress("127.0.0.1", 1883, tls=False)
+    assert config.broker == BrokerUrl("127.0.0.1", 1883, tls=False)
 
 
 def test_config_environment_overrides_the_file(tmp_path: Path) -> None:
@@ -36,7 +37,7 @@ def test_config_environment_overrides_the_file(tmp_path: Path) -> None:
         "OTHER_VARIABLE": "ignored",
     }
     config = load_config(write(tmp_path, EXAMPLE_TOML), env=env)
-    assert config.broker == BrokerAddress("broker.example", 8883, tls=True)
+    assert config.broker == BrokerUrl("broker.example", 8883, tls=True)
     assert (config.http_port, config.ack_timeout_s) == (0, 2.5)
     assert config.tags == {"region": "us-east", "hardware": "jetson"}
     assert config.ca_file == Path("/etc/ef/ca.pem")

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import BrokerAddress
 from agent.errors import ConfigError
 from agent.link import Connected, Inbound, Link, LinkEvent, LinkSettings, backoff_delay
+from edgefleet.brokers import BrokerUrl
 from protocol.topics import Topics
 from tests.brokers import BrokerRunner, free_port
 from tests.mqtt import TestClient
@@ -18,7 +18,7 @@ from tests.mqtt import TestClient
 
 def settings(port: int, **extra) -> LinkSettings:
     return LinkSettings(
-        broker=BrokerAddress("127.0.0.1", port, tls=False),
+        broker=BrokerUrl("127.0.0.1", port, tls=False),
         client_id="ef-dev-1",
         subscriptions=extra.pop("subscriptions", ()),
         reconnect_min_s=0.05,
@@ -62,7 +62,7 @@ def test_link_renews_its_subscriptions_after_a_broker_restart(
     try:
         next_event(events, Connected)
         # No delivery before the restart: amqtt 0.12.1 can lose a fast PUBACK and then
-        # hang its shutdown while that client is connected (reported to hub/broker.py).
+        # hang its shutdown while that client is connected (reported to hub/transport/broker.py).
         broker.stop()
         broker.start()
         next_event(events, Connected)
@@ -76,7 +76,7 @@ def test_link_renews_its_subscriptions_after_a_broker_restart(
 
 def test_link_names_an_unreadable_ca_file(tmp_path: Path) -> None:
     tls = LinkSettings(
-        broker=BrokerAddress("broker", 8883, tls=True),
+        broker=BrokerUrl("broker", 8883, tls=True),
         client_id="ef-dev-1",
         subscriptions=(),
         ca_file=tmp_path / "missing.pem",

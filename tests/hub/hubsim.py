@@ -6,7 +6,7 @@ RepositorySimulator idea): no broker, no threads, a fake clock.
     hub.send(dev.frame(Telemetry(uptime_s=1)))
     assert hub.acks(dev) == [HubAck(committed=((1, 1),))]
 
-The downlink is the real :class:`hub.downlink.Downlink` over a publisher that records
+The downlink is the real :class:`hub.transport.downlink.Downlink` over a publisher that records
 what it was given, so acks are real signed frames, decoded here with the hub's public key.
 """
 
@@ -19,11 +19,11 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from hub import enrollment
-from hub.downlink import SEQ_COUNTER, Downlink
-from hub.ingest import BatchResult, Ingest
+from hub.fleet import enrollment
+from hub.ingest.worker import BatchResult, Ingest
 from hub.settings import HubSettings
-from hub.store import Store
+from hub.store.database import Store
+from hub.transport.downlink import SEQ_COUNTER, Downlink
 from protocol import frame, keys
 from protocol.frame import Message
 from protocol.messages import FetchRequest, Hello, HubAck

@@ -22,7 +22,7 @@ import hub.api
 from hub.api import HubServices, auth, create_app
 from hub.api.auth import Role
 from hub.settings import HubSettings
-from hub.store import Store
+from hub.store.database import Store
 from protocol import keys
 from tests import models
 from tests.clock import FakeClock

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from hub.artifacts import MAX_RANGE_BYTES, ArtifactCorrupt, ArtifactStore
 from hub.errors import InvalidRequest
-from hub.store import NotFound
+from hub.registry.artifacts import MAX_RANGE_BYTES, ArtifactCorrupt, ArtifactStore
+from hub.store.database import NotFound
 
 DATA = bytes(range(256)) * 40
 

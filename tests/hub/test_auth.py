@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from hub import cli_token
 from hub.api import auth
+from hub.cli import token as cli_token
 from hub.errors import InvalidRequest, Unauthenticated
 from hub.settings import HubSettings
-from hub.store import NotFound, Store
+from hub.store.database import NotFound, Store
 from tests.clock import FakeClock
 
 

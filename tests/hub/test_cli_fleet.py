@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from hub import enrollment
-from hub.cli_common import open_store
-from simulator.cli import main
+from edgefleet.cli import main
+from hub.cli.common import open_store
+from hub.fleet import enrollment
 
 
 @pytest.fixture

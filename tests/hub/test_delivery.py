@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from hub.delivery import Bucket, Delivery, FlowLimits, Refuse, Serve, decide, http_artifact
-from hub.desired import set_desired
 from hub.errors import InvalidRequest
+from hub.fleet.delivery import Bucket, Delivery, FlowLimits, Refuse, Serve, decide, http_artifact
+from hub.fleet.desired import set_desired
 from hub.settings import HubSettings
-from hub.store import NotFound
+from hub.store.database import NotFound
 from protocol.messages import Chunk, FetchRequest
 from tests import models
 from tests.clock import FakeClock

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from hub import keyring
-from hub.desired import clear_desired, publish_desired, set_desired
 from hub.errors import Conflict, KeyUnavailable
-from hub.heartbeat import issue_heartbeat
+from hub.fleet.desired import clear_desired, publish_desired, set_desired
+from hub.fleet.documents import issue_heartbeat
 from hub.settings import HubSettings
-from hub.store import NotFound, Store
+from hub.store.database import NotFound, Store
 from protocol import metadata, trust
 from protocol.frame import Message
 from protocol.messages import DesiredState, DeviceConfig
@@ -26,7 +26,7 @@ DEVICE = "dev-1"
 
 @dataclass
 class RecordingDownlink:
-    """The downlink seam (:class:`hub.desired.Sender`): records what would be signed and
+    """The downlink seam (:class:`hub.fleet.desired.Sender`): records what would be signed and
     published, as seq 1, 2, ...; ``up`` False: the link is down."""
 
     up: bool = True

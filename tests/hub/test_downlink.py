@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from hub import enrollment
-from hub.downlink import MAX_ACK_ENTRIES, SEQ_COUNTER, Downlink, hub_acks, seq_ranges
+from hub.fleet import enrollment
 from hub.metrics import sample
-from hub.store import Store
+from hub.store.database import Store
+from hub.transport.downlink import MAX_ACK_ENTRIES, SEQ_COUNTER, Downlink, hub_acks, seq_ranges
 from protocol import frame
 from protocol.errors import BadSignature, Malformed
 from protocol.messages import HubAck, Nudge, Telemetry

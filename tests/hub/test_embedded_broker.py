@@ -11,7 +11,7 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from hub.broker import BrokerError, EmbeddedBroker
+from hub.transport.broker import BrokerError, EmbeddedBroker
 from tests.brokers import mqtt_ping
 from tests.mqtt import TestClient
 

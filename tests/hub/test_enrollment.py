@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from hub import enrollment
-from hub.enrollment import Claim, Enroll, Pend, Refuse, decide
 from hub.errors import Conflict, InvalidRequest
-from hub.store import NotFound
+from hub.fleet import enrollment
+from hub.fleet.enrollment import Claim, Enroll, Pend, Refuse, decide
+from hub.store.database import NotFound
 from protocol.messages import Hello, HubAck, ModelRef, Telemetry
 from tests.hub.hubsim import HubSim, SimDevice
 

@@ -14,12 +14,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hub import enrollment
-from hub.ingest import mark_offline
-from hub.ingest_batch import AuditLimiter
-from hub.ingest_rules import health
+from hub.fleet import enrollment
+from hub.ingest.batch import AuditLimiter
+from hub.ingest.rules import health
+from hub.ingest.worker import mark_offline
 from hub.metrics import sample
-from hub.store import Store
+from hub.store.database import Store
 from protocol import canonical, frame, keys, schema
 from protocol.frame import Limits, Message
 from protocol.messages import (

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from hub import enrollment
-from hub import ingest as ingest_module
-from hub.ingest_rules import Admitted, Decoded, Device, Refused, judge, predecode
+from hub.fleet import enrollment
+from hub.ingest import worker as ingest_module
+from hub.ingest.rules import Admitted, Decoded, Device, Refused, judge, predecode
 from protocol import canonical, frame, keys, schema
 from protocol.messages import HubAck, Telemetry
 from protocol.replay import SeqWindow

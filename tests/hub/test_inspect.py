@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from hub import inspect as inspect_cmd
-from hub.store import Store
+from hub.cli import inspect as inspect_cmd
+from hub.store.database import Store
 from protocol import frame, keys
 from protocol import messages as m
 

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from hub import cli_keys, keyring
+from hub import keyring
+from hub.cli import keys as cli_keys
 from hub.keyring import KeyringError
 from protocol import metadata, trust
 from protocol.documents import SignedDocument

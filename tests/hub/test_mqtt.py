@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from edgefleet.brokers import BrokerUrl
 from hub.errors import InvalidRequest
 from hub.metrics import sample
-from hub.mqtt import BrokerUrl, HubLink, Inbound, TlsFiles
+from hub.transport.mqtt import HubLink, Inbound, TlsFiles, parse_broker_url
 from protocol.topics import Topics
 from tests.brokers import BrokerRunner
 from tests.mqtt import TestClient
@@ -44,7 +45,7 @@ def test_broker_urls_parse(url: str, expected: BrokerUrl) -> None:
 )
 def test_bad_broker_urls_are_refused(url: str) -> None:
     with pytest.raises(InvalidRequest):
-        BrokerUrl.parse(url)
+        parse_broker_url(url)
 
 
 def test_unreadable_tls_files_are_refused(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from hub.mqtt_socket import READ_BYTES, BufferedSocket
+from hub.transport.mqtt_socket import READ_BYTES, BufferedSocket
 
 
 class Chunks:

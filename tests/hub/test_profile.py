@@ -10,8 +10,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from hub import profile
 from hub.errors import InvalidRequest
+from hub.registry import profile
 from protocol.manifest import TensorSpec
 from tests import models
 

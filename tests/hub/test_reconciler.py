@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
-from hub import keyring, reconciler
-from hub.desired import set_desired
-from hub.heartbeat import RELEASE_PUBLISHED, issue_heartbeat, signed_release
+from hub import keyring
+from hub.fleet import reconciler
+from hub.fleet.desired import set_desired
+from hub.fleet.documents import RELEASE_PUBLISHED, issue_heartbeat, signed_release
 from hub.settings import HubSettings
 from protocol import metadata, trust
 from protocol.documents import SignedDocument

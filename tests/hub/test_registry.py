@@ -18,13 +18,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from hub import cli_model, keyring
-from hub.artifacts import ArtifactStore
+from hub import keyring
+from hub.cli import model as cli_model
 from hub.errors import Conflict, InvalidRequest
-from hub.heartbeat import RELEASE_PUBLISHED
+from hub.fleet.documents import RELEASE_PUBLISHED
 from hub.keyring import Keyring
-from hub.registry import Registry
-from hub.store import NotFound, Store
+from hub.registry.artifacts import ArtifactStore
+from hub.registry.registry import Registry
+from hub.store.database import NotFound, Store
 from protocol import metadata, trust
 from protocol.documents import SignedDocument, add_signature
 from protocol.errors import ThresholdNotMet

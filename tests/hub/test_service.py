@@ -15,14 +15,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from hub import enrollment, keyring
+from edgefleet.clock import SystemClock
+from hub import keyring
 from hub.api import auth
-from hub.artifacts import ArtifactStore
-from hub.clock import SystemClock
-from hub.registry import Registry
+from hub.fleet import enrollment
+from hub.registry.artifacts import ArtifactStore
+from hub.registry.registry import Registry
 from hub.service import HubService
 from hub.settings import HubSettings
-from hub.store import Store
+from hub.store.database import Store
 from protocol.topics import Topics
 from tests import models
 from tests.brokers import BrokerRunner

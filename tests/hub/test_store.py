@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hub.store import Store
+from hub.store.database import Store
 
 
 @pytest.fixture

@@ -109,7 +109,7 @@ def test_edgefleet_agent_run_installs_serves_learns_and_exits_cleanly_on_sigterm
         hub.publish_desired()
         with log.open("wb") as out:
             process = subprocess.Popen(
-                [sys.executable, "-m", "simulator.cli", "agent", "run", "--config", str(config)],
+                [sys.executable, "-m", "edgefleet.cli", "agent", "run", "--config", str(config)],
                 cwd=REPO,
                 env=env,
                 stdout=out,

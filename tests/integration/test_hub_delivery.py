@@ -6,9 +6,9 @@ registers a model and sets the device's desired version; a protocol-level device
 provisioned with, downloads the package over ``chunk`` frames, checks it against the
 signed release entry and reports the new model; the reconciler then finds the device
 in sync. The hub side is the real thing: registry,
-``hub.ingest.Ingest`` (verifying, committing and acknowledging uplink frames, handing
-``fetch`` requests to :meth:`hub.delivery.Delivery.on_fetch`), ``hub.downlink.Downlink``
-over a ``hub.mqtt.HubLink``, and the reconciler.
+``hub.ingest.worker.Ingest`` (verifying, committing and acknowledging uplink frames, handing
+``fetch`` requests to :meth:`hub.fleet.delivery.Delivery.on_fetch`),
+``hub.transport.downlink.Downlink`` over a ``hub.transport.mqtt.HubLink``, and the reconciler.
 """
 
 from __future__ import annotations
@@ -25,21 +25,22 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
-from hub import enrollment, keyring
+from edgefleet.clock import SystemClock
+from hub import keyring
 from hub.api import HubServices, auth, create_app
-from hub.artifacts import ArtifactStore
-from hub.clock import SystemClock
-from hub.delivery import Delivery
-from hub.desired import set_desired
-from hub.downlink import Downlink
-from hub.heartbeat import fleet_publisher, issue_heartbeat
-from hub.ingest import Ingest
+from hub.fleet import enrollment
+from hub.fleet.delivery import Delivery
+from hub.fleet.desired import set_desired
+from hub.fleet.documents import fleet_publisher, issue_heartbeat
+from hub.fleet.reconciler import Actions, reconcile, republish_all
+from hub.ingest.worker import Ingest
 from hub.keyring import Keyring
-from hub.mqtt import HubLink, Inbound
-from hub.reconciler import Actions, reconcile, republish_all
-from hub.registry import Registry
+from hub.registry.artifacts import ArtifactStore
+from hub.registry.registry import Registry
 from hub.settings import HubSettings
-from hub.store import Store
+from hub.store.database import Store
+from hub.transport.downlink import Downlink
+from hub.transport.mqtt import HubLink, Inbound
 from protocol.messages import ModelRef
 from protocol.topics import Topics
 from tests import models

@@ -2,7 +2,7 @@
 
 1. Garbage on every ``up/`` kind, published with a real MQTT client: the hub stays up, the
    audit log shows each rejection with its reason, and no other row is written.
-2. kill -9 of the hub (``python -m hub.ingest_run`` in a subprocess) while it ingests
+2. kill -9 of the hub (``python -m hub.ingest.pipeline`` in a subprocess) while it ingests
    10,000 frames (2,000 through the much slower embedded broker) from publishers that
    re-send until acknowledged; after a restart every frame is stored exactly once, and
    every frame the hub acknowledged was stored before its ack (checked against the
@@ -28,10 +28,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion
 
-from hub import enrollment, ingest_run
+from hub.fleet import enrollment
+from hub.ingest import pipeline as ingest_run
 from hub.metrics import sample
 from hub.settings import HubSettings
-from hub.store import Store
+from hub.store.database import Store
 from protocol import frame, keys
 from protocol.frame import Message
 from protocol.messages import (
@@ -288,7 +289,7 @@ def start_hub(data: Path, broker: BrokerRunner, topics: Topics, key: Path) -> su
     process = subprocess.Popen(
         [
             sys.executable,
-            *("-m", "hub.ingest_run", "--data", str(data), "--broker", broker.url),
+            *("-m", "hub.ingest.pipeline", "--data", str(data), "--broker", broker.url),
             *("--prefix", topics.prefix, "--key", str(key)),
             *("--client-id", f"hub-{uuid.uuid4().hex[:8]}"),
         ],

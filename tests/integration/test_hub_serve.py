@@ -1,6 +1,6 @@
 """``edgefleet hub serve`` as a real process: it serves, it stops cleanly, it explains itself.
 
-Runs ``python -m simulator.cli hub serve`` (what the ``edgefleet`` script runs) with the
+Runs ``python -m edgefleet.cli hub serve`` (what the ``edgefleet`` script runs) with the
 embedded broker, and against a real Mosquitto (``--broker``) with its other settings
 given as ``EDGEFLEET_HUB_*`` variables; SIGTERM and SIGINT both end it with status 0.
 """
@@ -18,12 +18,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from edgefleet.clock import SystemClock
 from hub import keyring
-from hub.clock import SystemClock
 from tests.brokers import BrokerRunner, free_port, mqtt_ping
 
 REPO = Path(__file__).resolve().parents[2]
-COMMAND = [sys.executable, "-m", "simulator.cli", "hub", "serve"]
+COMMAND = [sys.executable, "-m", "edgefleet.cli", "hub", "serve"]
 START_S = 20.0  # the interpreter imports FastAPI, onnx... on a busy 2-core machine
 STOP_S = 10.0
 

@@ -15,15 +15,15 @@ from pathlib import Path
 
 import httpx
 
+from edgefleet.clock import SystemClock
 from hub import keyring
 from hub.api import auth
-from hub.broker import EmbeddedBroker
-from hub.clock import SystemClock
 from hub.service import HubService
 from hub.settings import HubSettings
+from hub.transport.broker import EmbeddedBroker
 
 REPO = Path(__file__).resolve().parents[2]
-EDGEFLEET = [sys.executable, "-m", "simulator.cli"]
+EDGEFLEET = [sys.executable, "-m", "edgefleet.cli"]
 
 
 def test_demo_runs_the_whole_loop_and_reports_each_step(tmp_path: Path) -> None:

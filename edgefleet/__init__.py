@@ -1,0 +1,1 @@
+"""edgefleet: the command, and what agent/ and hub/ share with the OS."""

@@ -1,0 +1,57 @@
+"""Broker URLs, as the agent's config and the hub's settings both spell them.
+
+``mqtt://host[:port]`` (1883) or ``mqtts://host[:port]`` (8883), nothing more:
+credentials belong in files, never in URLs, where logs and process lists show them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
+
+
+class BadBrokerUrl(ValueError):
+    """Not an ``mqtt://`` or ``mqtts://`` URL with only a host and a port; the message says
+    what is wrong. Callers wrap it in their own configuration error."""
+
+
+@dataclass(frozen=True)
+class BrokerUrl:
+    """Where the broker listens: ``BrokerUrl.parse("mqtts://broker.local")``.
+
+    ``str(BrokerUrl.parse(s))`` is ``s`` with its port spelled out.
+    """
+
+    host: str
+    port: int
+    tls: bool = False
+
+    @classmethod
+    def parse(cls, url: str) -> BrokerUrl:
+        """Parse a broker URL.
+
+        Raises:
+            BadBrokerUrl: another scheme, no host, a bad port, or a path, query or
+                credentials in the URL.
+        """
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError as e:
+            raise BadBrokerUrl(f"broker URL {url!r}: {e}") from e
+        if parts.scheme not in DEFAULT_PORTS:
+            raise BadBrokerUrl(f"broker URL {url!r}: scheme must be mqtt:// or mqtts://")
+        if not parts.hostname:
+            raise BadBrokerUrl(f"broker URL {url!r} names no host")
+        if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+            raise BadBrokerUrl(f"broker URL {url!r}: only scheme, host and port are allowed")
+        return cls(parts.hostname, port or DEFAULT_PORTS[parts.scheme], parts.scheme == "mqtts")
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'mqtts' if self.tls else 'mqtt'}://{host}:{self.port}"
+
+
+__all__ = ["BadBrokerUrl", "BrokerUrl"]

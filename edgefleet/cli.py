@@ -1,0 +1,133 @@
+"""The one ``edgefleet`` command, assembled above everything else.
+
+``agent`` and ``hub`` never import each other, so neither can own the root command; this
+module, the only one allowed to import both (and ``simulator``), gathers the
+subcommands each contributes through a ``register(subparsers)`` function. The rest of
+the ``edgefleet`` package sits *below* agent/ and hub/ and imports neither
+(tests/test_layout.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from agent import cli as agent_cli
+from hub.cli import fleet as cli_fleet
+from hub.cli import inspect
+from hub.cli import keys as cli_keys
+from hub.cli import model as cli_model
+from hub.cli import serve as cli_serve
+from hub.cli import token as cli_token
+
+EPILOG = """\
+examples:
+  edgefleet demo                                  the whole loop on one machine
+  edgefleet keys init --dir keys/                 root, release, rollout and heartbeat keys
+  edgefleet hub serve --data hub/ --embedded-broker
+  edgefleet agent run --config agent.toml
+  edgefleet inspect frame.bin --hub-data hub/     decode and verify a captured frame
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgefleet",
+        description="Run, retrain and roll out ONNX models on a fleet of edge devices.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    agent_cli.register(subparsers)
+    hub_commands = cli_token.register(subparsers)
+    cli_serve.add_serve_command(hub_commands)
+    cli_fleet.add_fleet_commands(hub_commands)
+    cli_model.register(subparsers)
+    cli_keys.register(subparsers)
+    inspect.register(subparsers)
+    _add_sim(subparsers)
+    _add_demo(subparsers)
+    return parser
+
+
+DEMO_EPILOG = """\
+examples:
+  edgefleet demo                         three agents, temporary directory, about 15 seconds
+  edgefleet demo --devices 5 --keep demo-run/
+                                         keep the hub's data and the agents' state
+"""
+
+SIM_EPILOG = """\
+example:
+  edgefleet hub enroll create --data hub/ --kind fleet --expires-in 3600   # prints SECRET
+  edgefleet sim --devices 5 --broker mqtt://127.0.0.1:1883 \\
+      --root-metadata hub/keys/root/1.root.json --enrollment-token SECRET --state sim/
+
+Each device prints its local API (POST /predict, POST /feedback, GET /status) and runs
+until Ctrl-C or SIGTERM. Device ids are PREFIX-0, PREFIX-1, ...; state survives restarts.
+"""
+
+
+def _add_demo(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="the whole loop on one machine: hub, agents, rollout, retraining",
+        description="Run a hub and real agents in one process and walk the whole loop.",
+        epilog=DEMO_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--devices", type=int, default=3, help="agents to run (default 3)")
+    parser.add_argument(
+        "--keep", type=Path, metavar="DIR", help="work in DIR and keep it (default: a temp dir)"
+    )
+    parser.set_defaults(handler=_run_demo)
+
+
+def _add_sim(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "sim",
+        help="run a few complete simulated devices in one process against a hub",
+        description="Run N simulated devices (real agents) in one process until Ctrl-C.",
+        epilog=SIM_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--devices", type=int, default=3, help="how many (default 3)")
+    parser.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="the hub's broker")
+    parser.add_argument(
+        "--root-metadata", type=Path, required=True, metavar="FILE", help="root v1 to pin"
+    )
+    parser.add_argument("--enrollment-token", help="a token from the hub (or approve them)")
+    parser.add_argument("--state", type=Path, default=Path("sim"), help="state root (sim/)")
+    parser.add_argument("--prefix", default="sim", help="device id prefix (default sim)")
+    parser.set_defaults(handler=_run_sim)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from simulator import demo  # agents and hub in one process: imported only to run
+
+    return demo.main(args)
+
+
+def _run_sim(args: argparse.Namespace) -> int:
+    from simulator import fleet
+
+    return fleet.main(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 2
+    result: int = handler(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

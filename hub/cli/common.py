@@ -1,0 +1,81 @@
+"""What every ``edgefleet`` hub-side subcommand shares: how it is declared, and how a
+mistake the user can make reaches them (one line on stderr, exit status 2, no traceback)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TypeAlias
+
+from hub.settings import HubSettings
+from hub.store.database import Store
+from protocol.errors import EdgefleetError
+
+Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+Handler = Callable[[argparse.Namespace], int]
+
+
+def add_command(
+    commands: Subcommands, path: str, summary: str, epilog: str, handler: Handler
+) -> argparse.ArgumentParser:
+    """Add the last word of ``path`` (e.g. ``"keys init"``) to ``commands``, guarded."""
+    parser = commands.add_parser(
+        path.rsplit(" ", 1)[-1],
+        help=summary,
+        description=summary[0].upper() + summary[1:] + ".",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog=f"edgefleet {path}",
+    )
+    parser.set_defaults(handler=guarded(path, handler))
+    return parser
+
+
+def guarded(path: str, handler: Handler) -> Handler:
+    """Turn the errors a user can cause into one line on stderr and exit status 2."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except (EdgefleetError, OSError) as e:
+            print(f"edgefleet {path}: error: {e}", file=sys.stderr)
+            return 2
+
+    return run
+
+
+def positive(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def data_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, required=True, help="the hub's data directory")
+
+
+def open_store(data: Path, *, create: bool = False) -> Store:
+    """The hub's store in ``data``; only ``create`` may start a new one there.
+
+    Raises:
+        FileNotFoundError: no store yet and not ``create``.
+    """
+    path = HubSettings(data_dir=data).db_path
+    if not create and not path.exists():
+        raise FileNotFoundError(f"no hub store at {path}")
+    return Store.open(path)
+
+
+def show_date(ms: int | None) -> str:
+    """A stored time (ms) as UTC minutes, for listings."""
+    if ms is None:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M")

@@ -1,0 +1,497 @@
+"""Hub ingest: drain the uplink queue in batches, judge each frame, commit, then acknowledge.
+
+The shell around :mod:`hub.ingest.rules` (python-tuf style: the core decides, the shell
+writes only what the core accepted). One worker thread::
+
+    inbox (hub.transport.mqtt) ─> batch of up to ingest_batch_max frames (or ingest_batch_wait_ms)
+      ─> store.atomic():  judge every frame; enrollment; rows, device windows, twin,
+                          last_seen/online, rejection audit rows       ── one transaction
+      ─> commit ─> HubAck per device (down/ack) ─> on_fetch hooks ─> prune audit
+
+**Exactly once, acked implies stored.** A frame's row and its device's replay window
+(``devices.up_window``) change in the same transaction, and acks go out only after the
+commit. A crash before the commit loses the batch, unacknowledged, so agents resend it; a
+crash between commit and ack only delays the ack: the resend is a *duplicate* by the
+window, stored once, acknowledged again. Uplink rows are inserted with ``INSERT OR
+IGNORE`` on their (device_id, seq) key as a second line of defence.
+
+**Verify workers.** Ed25519 verification is most of a frame's cost and releases the GIL,
+so ``verify_workers`` threads open and verify a batch's frames ahead of the worker, in
+chunks, while it judges the chunks before (:func:`hub.ingest.rules.predecode`; with a full
+batch queued behind, the next batch's too). They only save work: judge still makes every
+check in its own order, and uses a signature checked ahead only for the same bytes and the
+very key object its own device lookup returns, so a key that changed in between (or a
+cache dropped) means verifying again. Batches smaller than ``2 * MIN_CHUNK``, frames the
+workers skip (hellos, large frames, devices not in the cache) and ``verify_workers=0``
+take the inline path.
+
+**Caches.** Device keys and windows are cached in memory for speed; the store is the
+truth. The cache is updated only after a commit, dropped when a batch fails, and dropped
+when the ``devices_epoch`` counter moved (approve/revoke/preauthorize bump it), checked
+inside each batch's transaction, so a revocation applies from the next batch on.
+
+**Rejections** are counted (``edgefleet_hub_rejected_total{reason}``) and written to the
+audit log with their reason, at most ``audit_rejections_per_device_per_min`` per sender
+(:class:`AuditLimiter`); rows beyond ``audit_rejections_keep`` are pruned. Audit rows never
+hold frame content or error text, only reason, kind, seq and size.
+
+Never crashes on input: the rules return refusals as values, and anything unexpected in
+one frame is logged (without content) and counted as ``internal``; a failed transaction
+is rolled back, counted, and the worker carries on.
+
+Run alone (tests, debugging): ``python -m hub.ingest.pipeline --data DIR --broker URL --prefix P
+--key ROLLOUT.pem`` prints ``ready`` once subscribed and runs until SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import queue
+import threading
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Protocol
+
+from edgefleet.clock import Clock
+from hub.fleet import enrollment
+from hub.ingest.batch import AuditLimiter, Batch, SeenDevice
+from hub.ingest.rules import (
+    Admitted,
+    Claimed,
+    Decoded,
+    Device,
+    Lookup,
+    Outcome,
+    Refused,
+    Rules,
+    judge,
+    predecode,
+    records,
+    twin,
+)
+from hub.metrics import (
+    AUDIT_SUPPRESSED,
+    BATCH_FAILURES,
+    BATCH_SECONDS,
+    CLOCK_SKEW,
+    DUPLICATES,
+    INGESTED,
+    QUEUE_DEPTH,
+    REJECTED,
+)
+from hub.settings import HubSettings
+from hub.store.database import Store
+from hub.transport.mqtt import Inbound
+from protocol import canonical
+from protocol.messages import FetchRequest, Hello, StateReport
+from protocol.topics import Topics
+
+logger = logging.getLogger(__name__)
+
+FetchHook = Callable[[str, FetchRequest], object]
+FINGERPRINTS_KEPT = 65_536
+MIN_CHUNK = 8  # frames per verify task, at least; smaller batches are verified inline
+SKEW_BEHIND, SKEW_AHEAD = CLOCK_SKEW.labels("behind"), CLOCK_SKEW.labels("ahead")
+
+
+class AckSender(Protocol):
+    """What ingest needs of :class:`hub.transport.downlink.Downlink`."""
+
+    def ack(
+        self, device_id: str, committed: Sequence[int], refused: Sequence[tuple[int, str]] = ()
+    ) -> list[int]: ...
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What one batch did (for tests and logs)."""
+
+    committed: int
+    duplicates: int
+    refused: int
+    acks: int
+
+
+class Ingest:
+    """The ingest worker. ``inbox`` is what :class:`hub.transport.mqtt.HubLink` fills.
+
+    Args:
+        store, settings, clock: the hub's.
+        downlink: sends the HubAcks.
+        on_fetch: called after the commit for each new fetch request (chunk delivery).
+        inbox: the queue to drain (default: a new one of ``ingest_queue_max``).
+        verify_workers: threads that open and verify a batch's frames ahead of the
+            worker, in parallel (Ed25519 releases the GIL); 0 verifies inline. Default:
+            one per CPU (up to 4), none on a single CPU.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        settings: HubSettings,
+        clock: Clock,
+        downlink: AckSender,
+        *,
+        on_fetch: FetchHook | None = None,
+        inbox: queue.Queue[Inbound] | None = None,
+        verify_workers: int | None = None,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.clock = clock
+        self.downlink = downlink
+        self.on_fetch = on_fetch
+        self.max_pending_devices = settings.max_pending_devices
+        self.inbox = inbox if inbox is not None else queue.Queue(settings.ingest_queue_max)
+        self.rules = Rules(Topics(settings.topic_prefix), settings.limits, settings.freshness)
+        self.limiter = AuditLimiter(settings.audit_rejections_per_device_per_min)
+        self._devices: dict[str, Device] = {}
+        self._epoch = -1
+        self._fingerprints: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        self._audited = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        cpus = os.cpu_count() or 1
+        self.verify_workers = (
+            (min(4, cpus) if cpus > 1 else 0) if verify_workers is None else verify_workers
+        )
+        self._pool: ThreadPoolExecutor | None = None
+
+    # ------------------------------------------------------------------ the thread
+
+    def start(self) -> None:
+        """Start the worker thread (prunes the audit log once first)."""
+        self._prune()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="edgefleet-ingest", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Finish the batch in hand (and the next, if already taken from the queue to be
+        verified ahead) and stop; frames still queued are left (not acked)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False)  # queued work still finishes; a new batch makes a new pool
+
+    def _run(self) -> None:
+        ahead: tuple[list[Inbound], Iterator[Decoded | None]] | None = None
+        while not self._stop.is_set() or ahead is not None:
+            if ahead is None:
+                items = self.drain(timeout_s=0.2)
+                if not items:
+                    continue
+                ahead = items, self._predecode(items)
+            items, decoded = ahead
+            # with a full batch queued behind this one (a backlog), take it now: the verify
+            # workers start on it while this thread writes, commits and acknowledges this
+            # one. Otherwise the next batch is drained as usual, waiting for it to fill.
+            ahead = None
+            if not self._stop.is_set() and self.inbox.qsize() >= self.settings.ingest_batch_max:
+                upcoming = self._take_queued()
+                ahead = (upcoming, self._predecode(upcoming)) if upcoming else None
+            self.process(items, decoded)
+
+    def drain(self, timeout_s: float) -> list[Inbound]:
+        """Up to ``ingest_batch_max`` frames: wait ``timeout_s`` for the first, then at
+        most ``ingest_batch_wait_ms`` for the batch to fill."""
+        try:
+            items = [self.inbox.get(timeout=timeout_s)]
+        except queue.Empty:
+            return []
+        limit = self.settings.ingest_batch_max
+        deadline = time.monotonic() + self.settings.ingest_batch_wait_ms / 1000
+        while len(items) < limit:
+            try:
+                items.append(self.inbox.get_nowait())
+            except queue.Empty:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    items.append(self.inbox.get(timeout=remaining))
+                except queue.Empty:
+                    break
+        return items
+
+    def _take_queued(self) -> list[Inbound]:
+        """Up to ``ingest_batch_max`` frames that are queued now, without waiting."""
+        items: list[Inbound] = []
+        limit = self.settings.ingest_batch_max
+        while len(items) < limit:
+            try:
+                items.append(self.inbox.get_nowait())
+            except queue.Empty:
+                break
+        return items
+
+    # ------------------------------------------------------------------ one batch
+
+    def process(
+        self, items: Sequence[Inbound], decoded: Iterator[Decoded | None] | None = None
+    ) -> BatchResult:
+        """Judge, write and commit ``items`` in one transaction, then acknowledge.
+
+        ``decoded``: :meth:`_predecode` of these items, when the caller started it early.
+        """
+        QUEUE_DEPTH.set(self.inbox.qsize())
+        started = time.perf_counter()
+        if decoded is None:
+            decoded = self._predecode(items)
+        batch = Batch(self.clock.now_ms())
+        try:
+            with self.store.atomic():
+                self._sync_epoch()
+                lookup = self._lookup(batch)
+                for (topic, payload), ahead in zip(items, decoded, strict=True):
+                    self._one(topic, payload, batch, lookup, ahead)
+                batch.write(self.store)
+        except Exception:
+            BATCH_FAILURES.inc()
+            logger.exception("ingest batch of %d frames failed and was rolled back", len(items))
+            self._devices.clear()
+            return BatchResult(0, 0, 0, 0)
+        BATCH_SECONDS.observe(time.perf_counter() - started)
+        self._committed(batch)
+        acks = self._acknowledge(batch)
+        self._hand_off(batch)
+        if batch.audits:
+            self._audited += len(batch.audits)
+            if self._audited >= max(1, self.settings.audit_rejections_keep // 10):
+                self._prune()
+        seen = batch.seen.values()
+        return BatchResult(
+            committed=sum(len(s.committed) for s in seen),
+            duplicates=sum(len(s.duplicates) for s in seen),
+            refused=len(items) - sum(len(s.committed) + len(s.duplicates) for s in seen),
+            acks=acks,
+        )
+
+    def _one(
+        self, topic: str, payload: bytes, batch: Batch, lookup: Lookup, decoded: Decoded | None
+    ) -> None:
+        try:
+            outcome: Outcome | None = judge(
+                topic,
+                payload,
+                now_ms=batch.now_ms,
+                rules=self.rules,
+                lookup=lookup,
+                fingerprints=self._fingerprints,
+                decoded=decoded,
+            )
+            if isinstance(outcome, Claimed):
+                outcome = self._enroll(outcome, batch, lookup)
+            if isinstance(outcome, Admitted):
+                self._admit(outcome, batch, lookup)
+            elif isinstance(outcome, Refused):
+                self._refuse(outcome, batch, lookup)
+        except Exception:  # a bug, never the sender's input: keep serving
+            logger.exception("ingest failed on a %d-byte frame", len(payload))
+            REJECTED.labels("internal").inc()
+
+    def _predecode(self, items: Sequence[Inbound]) -> Iterator[Decoded | None]:
+        """One :func:`predecode` result per item, in order (None throughout when the
+        batch is verified inline).
+
+        The batch is cut into chunks for the verify workers; the worker thread judges the
+        chunks in order as they come in, and works through a chunk itself when no
+        verify worker has started on it yet, so it never waits idle for queued work.
+        """
+        workers = self.verify_workers
+        if workers <= 0 or len(items) < 2 * MIN_CHUNK:
+            return itertools.repeat(None, len(items))
+        size = max(MIN_CHUNK, -(-len(items) // (4 * (workers + 1))))
+        chunks = [items[i : i + size] for i in range(0, len(items), size)]
+        try:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(workers, thread_name_prefix="edgefleet-verify")
+            futures = [self._pool.submit(self._predecode_chunk, chunk) for chunk in chunks]
+        except RuntimeError:  # the pool was shut down meanwhile (stop)
+            return itertools.repeat(None, len(items))
+        return self._gather(chunks, futures)
+
+    def _gather(
+        self, chunks: Sequence[Sequence[Inbound]], futures: Sequence[Future[list[Decoded | None]]]
+    ) -> Iterator[Decoded | None]:
+        for chunk, future in zip(chunks, futures, strict=True):
+            if future.cancel():  # not started: faster to do it here than to wait
+                yield from self._predecode_chunk(chunk)
+                continue
+            try:
+                yield from future.result()
+            except Exception:  # cannot happen (_predecode_chunk catches): judge copes
+                yield from itertools.repeat(None, len(chunk))
+
+    def _predecode_chunk(self, chunk: Sequence[Inbound]) -> list[Decoded | None]:
+        """On a verify worker. Keys come from the cache of committed devices: a device
+        not in it (or changed since) is verified inline by :func:`judge`."""
+        try:
+            return predecode(chunk, rules=self.rules, lookup=self._devices.get)
+        except Exception:  # a bug: judge meets it again and reports it
+            return [None] * len(chunk)
+
+    def _lookup(self, batch: Batch) -> Lookup:
+        def lookup(device_id: str) -> Device | None:
+            seen = batch.seen.get(device_id)
+            if seen is not None:
+                return seen.device
+            device = self._devices.get(device_id)
+            if device is None:
+                row = self.store.find("devices", device_id)
+                if row is None:
+                    return None
+                device = self._devices[device_id] = Device.from_row(row)
+            return device
+
+        return lookup
+
+    def _enroll(self, claimed: Claimed, batch: Batch, lookup: Lookup) -> Outcome | None:
+        """Let enrollment decide on a hello: the frame to admit, a refusal, or None
+        (the device is pending now)."""
+        claim = claimed.claim
+        with self.store.atomic():  # a savepoint: a failure undoes only this hello
+            decision = enrollment.admit_claim(
+                self.store, claim, now_ms=batch.now_ms, max_pending=self.max_pending_devices
+            )
+        if isinstance(decision, enrollment.Refuse):
+            return Refused(
+                key=claim.device_id,
+                kind="hello",
+                seq=claim.seq,
+                reason=decision.reason,
+                error="Enrollment",
+                size=0,
+                known=lookup(claim.device_id) is not None,
+                action=decision.action,
+            )
+        active = isinstance(decision, enrollment.Enroll)
+        device = Device.from_row(
+            {
+                "id": claim.device_id,
+                "status": enrollment.ACTIVE if active else enrollment.PENDING,
+                "public_key": claim.hello.public_key,
+            }
+        )
+        batch.seen[claim.device_id] = SeenDevice(device)
+        if not active:
+            return None
+        batch.enrolled.add(claim.device_id)
+        return claimed.frame
+
+    def _admit(self, frame: Admitted, batch: Batch, lookup: Lookup) -> None:
+        seen = batch.seen.get(frame.device_id)
+        if seen is None:
+            device = lookup(frame.device_id)
+            assert device is not None  # judge admitted it
+            seen = batch.seen[frame.device_id] = SeenDevice(device)
+        if frame.duplicate:
+            seen.duplicates.append(frame.seq)
+            return
+        # everything that may fail first: the frame enters the window (and its ack)
+        # only together with the rows it stands for
+        record = records(frame, batch.now_ms)
+        message = frame.message
+        if isinstance(message, StateReport):
+            batch.twins.append(
+                (frame.device_id, frame.seq, twin(message, frame.fields, batch.now_ms))
+            )
+        elif isinstance(message, Hello) and frame.device_id not in batch.enrolled:
+            row = self.store.get("devices", frame.device_id)  # a re-hello: update the row
+            batch.hellos[frame.device_id] = enrollment.hello_changes(self.store, row, message)
+        elif isinstance(message, FetchRequest):
+            batch.fetches.append((frame.device_id, message))
+        if record is not None:
+            batch.rows.setdefault(record[0], []).append(record[1])
+        seen.accept(frame, batch.now_ms)
+        batch.admitted.append(frame)
+
+    def _refuse(self, refused: Refused, batch: Batch, lookup: Lookup) -> None:
+        REJECTED.labels(refused.reason).inc()
+        if refused.ack and refused.seq is not None:
+            seen = batch.seen.get(refused.key)
+            if seen is None:
+                device = lookup(refused.key)
+                if device is not None:
+                    seen = batch.seen[refused.key] = SeenDevice(device)
+            if seen is not None:
+                seen.refused.append((refused.seq, refused.reason))
+        if not self.limiter.allow(refused.key, known=refused.known, now_ms=batch.now_ms):
+            AUDIT_SUPPRESSED.inc()
+            return
+        batch.audits.append(
+            {
+                "at": batch.now_ms,
+                "actor": f"device:{refused.key}",
+                "action": refused.action,
+                "target": f"up.{refused.kind}",
+                "outcome": "rejected",
+                "reason": refused.reason,
+                "detail": canonical.dumps(refused.detail()).decode("utf-8"),
+            }
+        )
+
+    def _sync_epoch(self) -> None:
+        epoch = self.store.counter(enrollment.DEVICES_EPOCH)
+        if epoch != self._epoch:
+            self._devices.clear()
+            self._epoch = epoch
+
+    # ------------------------------------------------------------------ after the commit
+
+    def _committed(self, batch: Batch) -> None:
+        for device_id, seen in batch.seen.items():
+            if seen.device.status == enrollment.ACTIVE:
+                self._devices[device_id] = seen.device
+            DUPLICATES.inc(len(seen.duplicates))
+        for kind, count in Counter(frame.kind for frame in batch.admitted).items():
+            INGESTED.labels(kind).inc(count)
+        for frame in batch.admitted:
+            skew_s = (batch.now_ms - frame.sent_at) / 1000
+            (SKEW_BEHIND if skew_s >= 0 else SKEW_AHEAD).observe(abs(skew_s))
+            self._fingerprints[(frame.device_id, frame.seq)] = frame.signature[:16]
+        while len(self._fingerprints) > FINGERPRINTS_KEPT:
+            self._fingerprints.popitem(last=False)
+
+    def _acknowledge(self, batch: Batch) -> int:
+        sent = 0
+        for device_id, seen in batch.seen.items():
+            if not (seen.committed or seen.duplicates or seen.refused):
+                continue
+            try:
+                sent += len(
+                    self.downlink.ack(device_id, seen.committed + seen.duplicates, seen.refused)
+                )
+            except Exception:
+                logger.exception("could not acknowledge to %s", device_id)
+        return sent
+
+    def _hand_off(self, batch: Batch) -> None:
+        if self.on_fetch is None:
+            return
+        for device_id, request in batch.fetches:
+            try:
+                self.on_fetch(device_id, request)
+            except Exception:
+                logger.exception("fetch hook failed for %s", device_id)
+
+    def _prune(self) -> None:
+        self._audited = 0
+        self.store.prune_audit(outcome="rejected", keep=self.settings.audit_rejections_keep)
+
+
+def mark_offline(store: Store, now_ms: int, after_s: float) -> list[str]:
+    """Mark offline every online device not seen for ``after_s`` seconds; their ids.
+
+    The scheduler calls this every few seconds (``settings.offline_after_s``); the last
+    will (a state report flagged ``offline``) marks a device offline sooner.
+    """
+    return store.mark_offline(now_ms - round(after_s * 1000))

@@ -1,0 +1,181 @@
+"""Hub → device frames: sign with the rollout role key, number, and publish.
+
+Every downlink frame (``down.ack`` from ingest; ``down.desired``, ``down.chunk`` and
+``down.nudge`` from the modules that own them) goes through :meth:`Downlink.send`, which
+
+1. refuses to publish to a device that is revoked or unknown to the store (a revoked
+   device hears nothing more from the hub, not even acks);
+2. takes the next downlink seq from a persisted counter, allocated in blocks hi-lo style:
+   ``store.bump("down_seq", block)`` reserves ``block`` seqs at once, so a restart (even
+   after kill -9) starts above every seq it could have used and never reuses one, while
+   the store is touched once per ``block`` frames;
+3. signs the frame with the hub's **rollout** private key (agents check down frames
+   against the rollout role keys in their trusted root) and publishes it at QoS 1.
+
+One counter serves all devices: each device sees increasing seqs with gaps, which its
+replay window accepts. The agent deduplicates by seq, so a frame published twice is
+harmless.
+
+The signing key is a constructor argument (the key ring loads it); this module does not
+read keys, retry failed publishes, or clear retained messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterable
+from typing import Protocol
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edgefleet.clock import Clock
+from hub.metrics import DOWNLINK_DROPPED, DOWNLINK_SENT
+from hub.store.database import Store
+from protocol import frame
+from protocol.errors import Malformed
+from protocol.frame import DEFAULT_LIMITS, Limits, Message
+from protocol.messages import HubAck
+from protocol.topics import Topics
+
+logger = logging.getLogger(__name__)
+
+SEQ_COUNTER = "down_seq"
+MAX_ACK_ENTRIES = 4096  # HubAck's own cap on committed ranges + refused entries
+
+
+class Publisher(Protocol):
+    """What the downlink publishes through (``hub.transport.mqtt.HubLink`` in the service)."""
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> bool:
+        """Hand one message to the broker; False if it could not."""
+        ...
+
+
+class Downlink:
+    """Signs and publishes downlink frames, one seq counter for the whole hub.
+
+    Args:
+        store: for the seq counter and device status.
+        publisher: the MQTT link.
+        topics: the topic prefix in use.
+        key: the rollout role's private key.
+        clock: for ``sent_at``.
+        limits: frame size caps.
+        block: seqs reserved per store write.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        publisher: Publisher,
+        topics: Topics,
+        key: Ed25519PrivateKey,
+        clock: Clock,
+        *,
+        limits: Limits = DEFAULT_LIMITS,
+        block: int = 1000,
+    ) -> None:
+        self._store = store
+        self._publisher = publisher
+        self._topics = topics
+        self._key = key
+        self._clock = clock
+        self._limits = limits
+        self._block = block
+        self._lock = threading.Lock()
+        self._next = 1
+        self._limit = 0  # seqs up to and including _limit are reserved for this process
+
+    def next_seq(self) -> int:
+        """A downlink seq never handed out before, by this process or any earlier one."""
+        with self._lock:
+            if self._next > self._limit:
+                self._limit = self._store.bump(SEQ_COUNTER, self._block)
+                self._next = self._limit - self._block + 1
+            seq = self._next
+            self._next += 1
+            return seq
+
+    def send(self, device_id: str, message: Message, *, retain: bool = False) -> int | None:
+        """Sign ``message`` for ``device_id`` and publish it on its ``down/<kind>`` topic.
+
+        Returns:
+            The seq used, or None when nothing was published (revoked or unknown
+            device, or the link is down; counted in ``edgefleet_hub_downlink_dropped``).
+
+        Raises:
+            protocol.errors.Oversize: the frame would exceed the frame size cap.
+            protocol.errors.Malformed: ``device_id`` is not a valid id, or ``message``
+                is not a downlink message.
+        """
+        if message.DIRECTION != "down":
+            raise Malformed(f"{message.qualified_kind()} is not a downlink message")
+        topic = self._topics.down(device_id, message.KIND)
+        status = self._store.device_status(device_id)
+        if status is None or status == "revoked":
+            DOWNLINK_DROPPED.labels("revoked" if status else "unknown_device").inc()
+            return None
+        seq = self.next_seq()
+        payload = frame.encode(
+            message,
+            device_id=device_id,
+            seq=seq,
+            sent_at=self._clock.now_ms(),
+            nonce=os.urandom(16),
+            key=self._key,
+            limits=self._limits,
+        )
+        if not self._publisher.publish(topic, payload, qos=1, retain=retain):
+            DOWNLINK_DROPPED.labels("not_connected").inc()
+            return None
+        DOWNLINK_SENT.labels(message.KIND).inc()
+        return seq
+
+    def ack(
+        self,
+        device_id: str,
+        committed: Iterable[int],
+        refused: Iterable[tuple[int, str]] = (),
+    ) -> list[int]:
+        """Publish ``down.ack`` frames settling ``committed`` seqs and ``refused`` ones.
+
+        Splits into several frames when one would list more than HubAck allows.
+
+        Returns:
+            The downlink seqs of the frames published (empty if none was).
+        """
+        sent = []
+        for ack in hub_acks(committed, refused):
+            seq = self.send(device_id, ack)
+            if seq is None:
+                break
+            sent.append(seq)
+        return sent
+
+
+def seq_ranges(seqs: Iterable[int]) -> tuple[tuple[int, int], ...]:
+    """Inclusive ``(first, last)`` runs covering exactly ``seqs``, ascending.
+
+    ``seq_ranges([5, 1, 2, 3, 5, 9]) == ((1, 3), (5, 5), (9, 9))``.
+    """
+    runs: list[tuple[int, int]] = []
+    for seq in sorted(set(seqs)):
+        if runs and runs[-1][1] == seq - 1:
+            runs[-1] = (runs[-1][0], seq)
+        else:
+            runs.append((seq, seq))
+    return tuple(runs)
+
+
+def hub_acks(committed: Iterable[int], refused: Iterable[tuple[int, str]] = ()) -> list[HubAck]:
+    """The HubAck frames (usually one) that settle ``committed`` and ``refused``; none if empty."""
+    runs, refusals = list(seq_ranges(committed)), sorted(set(refused))
+    acks = []
+    while runs or refusals:
+        taken, runs = runs[:MAX_ACK_ENTRIES], runs[MAX_ACK_ENTRIES:]
+        room = MAX_ACK_ENTRIES - len(taken)
+        settled, refusals = refusals[:room], refusals[room:]
+        acks.append(HubAck(committed=tuple(taken), refused=tuple(settled)))
+    return acks
