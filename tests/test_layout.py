@@ -88,3 +88,19 @@ def imported_modules(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)
     return names
+
+
+def test_every_top_level_package_is_installed_and_type_checked() -> None:
+    """A package missing from pyproject.toml imports fine under pytest (the repository is on
+    sys.path) and fails only in the installed ``edgefleet`` script."""
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    included = config["tool"]["setuptools"]["packages"]["find"]["include"]
+    checked = config["tool"]["mypy"]["files"]
+    packages = sorted(
+        p.parent.name for p in ROOT.glob("*/__init__.py") if p.parent.name not in {"tests", "bench"}
+    )
+    for package in packages:
+        assert f"{package}*" in included, f"{package}/ is not installed by pyproject.toml"
+        assert package in checked, f"{package}/ is not type-checked by mypy"
