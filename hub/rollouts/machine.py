@@ -10,9 +10,10 @@ Rollout phases::
     any live phase ─Abort─> aborted          completed | aborted ─RollBack─> rolling_back
 
 ``stage`` is the index into ``spec.stages`` of the stage running (or, while awaiting
-approval, the stage waiting to start); -1 is the shadow stage. ``Resume(override=True)``
-records that a human accepted the current stage's inconclusive gates
-(``override_stage``); a failing gate still halts. Abort stops where the rollout is and
+approval, the stage waiting to start); -1 is the shadow stage. ``Resume`` restarts the
+bake of the stage it returns to; ``Resume(override=True)`` instead records that a human
+accepted the stage's inconclusive gates as they stand (``override_stage``), so it moves
+on at once; a failing gate still halts. Abort stops where the rollout is and
 leaves devices as they are; rolling back is a separate, explicit event.
 
 Device progress (one record per device the rollout touched; untouched devices have none
@@ -226,7 +227,7 @@ def step(rollout: Rollout, event: RolloutEvent, now_ms: int) -> Rollout:
                 phase=rollout.paused_from,
                 paused_from=None,
                 reason="",
-                bake_started_ms=None if bake is None else now_ms,
+                bake_started_ms=bake if bake is None or override else now_ms,
                 override_stage=rollout.stage if override else rollout.override_stage,
             )
     return moved

@@ -55,7 +55,7 @@ GATE_DEFAULTS: dict[GateMetric, dict[str, float | int]] = {
     # harm = failure fraction of the devices updated (after retries)
     "update_success": {"tolerance": 0.05, "effect": 0.5, "min_devices": 1, "min_samples": 0},
     # harm = canary error rate - control error rate (per inference, device means)
-    "error_rate": {"tolerance": 0.01, "effect": 0.03, "min_devices": 5, "min_samples": 50},
+    "error_rate": {"tolerance": 0.01, "effect": 0.05, "min_devices": 5, "min_samples": 50},
     # harm = canary p95 / control p95 (geometric means over devices)
     "latency_p95": {"tolerance": 1.1, "effect": 1.5, "min_devices": 5, "min_samples": 50},
     # harm = canary drift score - control drift score (the drift subsystem's score)

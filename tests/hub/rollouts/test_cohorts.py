@@ -55,14 +55,14 @@ def test_pinned_canaries_come_first_and_all_go_in_the_first_stage() -> None:
     fleet = devices(100)
     lab = [DeviceView(f"lab-{i}", {"ring": "canary"}) for i in range(3)]
     spec = RolloutSpec("m", 2, canary_tags={"ring": "canary"})
-    plan = dry_run(spec, fleet + lab)
+    plan = dry_run(spec, [*fleet, *lab])
     assert sorted(plan.stages[0]) == ["lab-0", "lab-1", "lab-2"]  # 1% of 103 is 2; 3 pinned
     assert plan.pinned == 3
     assert stage_quotas(spec, 103, 3) == (3, 11, 52, 103)
 
 
 def test_target_by_tags_and_by_ids() -> None:
-    fleet = devices(10, site="a") + [DeviceView("b-1", {"site": "b"})]
+    fleet = [*devices(10, site="a"), DeviceView("b-1", {"site": "b"})]
     by_tag = dry_run(RolloutSpec("m", 2, target=Target(tags={"site": "b"})), fleet)
     by_ids = dry_run(RolloutSpec("m", 2, target=Target(device_ids=("dev-0001", "b-1"))), fleet)
     assert by_tag.stages[0] == ("b-1",)

@@ -37,9 +37,11 @@ def test_clearly_worse_canaries_fail_and_the_verdict_states_test_alpha_and_effec
     verdict = evaluate_comparative(ERRORS, 0.0125, canary, control)
     assert verdict.outcome == "fail"
     assert verdict.estimate == pytest.approx(0.05, abs=0.01)
-    assert verdict.lower is not None and verdict.lower > ERRORS.tolerance
-    assert (verdict.alpha, verdict.tolerance, verdict.effect) == (0.0125, 0.01, 0.03)
-    assert "mSPRT" in verdict.test and "tau=0.03" in verdict.test
+    assert verdict.lower is not None
+    assert verdict.lower > ERRORS.tolerance
+    assert (verdict.alpha, verdict.tolerance, verdict.effect) == (0.0125, 0.01, 0.05)
+    assert "mSPRT" in verdict.test
+    assert "tau=0.05" in verdict.test
     assert (verdict.canaries, verdict.controls) == (30, 270)
 
 
@@ -49,7 +51,8 @@ def test_equal_canaries_pass_once_the_guarded_effect_is_ruled_out() -> None:
     control = columns(fleet_metrics(rng, 270, 0.05))
     verdict = evaluate_comparative(ERRORS, 0.0125, canary, control)
     assert verdict.outcome == "pass"
-    assert verdict.upper is not None and verdict.upper < ERRORS.effect
+    assert verdict.upper is not None
+    assert verdict.upper < ERRORS.effect
 
 
 def test_too_few_canaries_is_inconclusive_even_when_they_look_terrible() -> None:
@@ -212,7 +215,8 @@ def test_shadow_with_a_rare_class_swapped_still_fails() -> None:
 def test_shadow_that_agrees_passes() -> None:
     verdict = evaluate_shadow(SHADOW, 0.05, shadow_reports([0.97, 0.95, 0.97, 0.9]))
     assert verdict.outcome == "pass"
-    assert verdict.estimate is not None and verdict.estimate < 0.15
+    assert verdict.estimate is not None
+    assert verdict.estimate < 0.15
 
 
 def test_shadow_with_too_few_devices_is_inconclusive() -> None:

@@ -16,6 +16,7 @@ from hub.rollouts.machine import (
     Assign,
     AwaitApproval,
     Complete,
+    DeviceEvent,
     DeviceProgress,
     Failed,
     Finish,
@@ -28,6 +29,7 @@ from hub.rollouts.machine import (
     Reverted,
     RollBack,
     Rollout,
+    RolloutEvent,
     Start,
     StartShadow,
     TimedOut,
@@ -84,9 +86,11 @@ def test_pause_and_resume_return_to_the_phase_with_a_fresh_bake() -> None:
     assert resumed == replace(baking, bake_started_ms=T0 + 30, changed_ms=T0 + 30)
 
 
-def test_resume_with_override_accepts_the_current_stage_inconclusive_gates() -> None:
-    paused = step(step(fresh(), Start(), T0), Pause("inconclusive"), T0 + 1)
-    assert operate(paused, Resume(override=True), T0 + 2).override_stage == 0
+def test_resume_with_override_accepts_the_stage_as_it_stands() -> None:
+    baked = replace(step(fresh(), Start(), T0), bake_started_ms=T0 + 1)
+    paused = step(baked, Pause("inconclusive"), T0 + 2)
+    resumed = operate(paused, Resume(override=True), T0 + 3)
+    assert (resumed.override_stage, resumed.bake_started_ms) == (0, T0 + 1)
 
 
 def test_halt_and_roll_back_lead_to_rolling_back_then_finish() -> None:
@@ -124,8 +128,9 @@ def test_operators_cannot_fire_the_planner_events() -> None:
         operate(step(fresh(), Start(), T0), Advance(), T0)  # type: ignore[arg-type]
 
 
-EVENTS = [Start(), StartShadow(), Advance(), AwaitApproval(), Complete(), Approve(), Halt("x"),
-          Pause("x"), Resume(), Abort("x"), RollBack("x"), Finish()]  # fmt: skip
+EVENTS: list[RolloutEvent] = [Start(), StartShadow(), Advance(), AwaitApproval(), Complete(),
+                              Approve(), Halt("x"), Pause("x"), Resume(), Abort("x"),
+                              RollBack("x"), Finish()]  # fmt: skip
 
 
 @pytest.mark.parametrize("phase", list(ROLLOUT_TRANSITIONS))
@@ -193,7 +198,7 @@ def test_late_success_after_timeout_and_self_rollback_after_success() -> None:
 
 @pytest.mark.parametrize("state", list(DEVICE_TRANSITIONS))
 def test_device_moves_outside_the_table_raise(state: str) -> None:
-    events = [
+    events: list[DeviceEvent] = [
         Assign(2, 1, 0),
         Installed(),
         Failed("x", False),

@@ -151,8 +151,16 @@ def specs(draw: st.DrawFn) -> RolloutSpec:
         target=draw(
             st.one_of(
                 st.just(Target()),
-                st.builds(Target, tags=st.dictionaries(st.sampled_from(["site", "hw"]), st.text(max_size=5))),
-                st.builds(Target, device_ids=st.lists(st.from_regex(r"d[0-9]{1,4}", fullmatch=True), unique=True).map(tuple)),
+                st.builds(
+                    Target,
+                    tags=st.dictionaries(st.sampled_from(["site", "hw"]), st.text(max_size=5)),
+                ),
+                st.builds(
+                    Target,
+                    device_ids=st.lists(
+                        st.from_regex(r"d[0-9]{1,4}", fullmatch=True), unique=True
+                    ).map(tuple),
+                ),
             )
         ),
         stages=(*body, final),
