@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from hub.rollouts.spec import RolloutSpec
+from hub.rollouts.spec import COMPARATIVE, RolloutSpec
 
 
 class Tagged(Protocol):
@@ -105,12 +105,15 @@ def stratum(spec: RolloutSpec, tags: Mapping[str, str]) -> tuple[str, ...]:
 class DryRun:
     """Which devices each stage would add if every device were online and updated at
     once: ``shadow`` the shadow stage's devices, ``stages[k]`` the devices stage ``k``
-    adds to those before it (their union is the target, in order)."""
+    adds to those before it (their union is the target, in order). ``warnings``: stages
+    too small (or leaving too small a control) for a gate's ``min_devices``, which will
+    stay inconclusive and pause for a human unless more devices join."""
 
     shadow: tuple[str, ...]
     stages: tuple[tuple[str, ...], ...]
     target_size: int
     pinned: int
+    warnings: tuple[str, ...] = ()
 
 
 def dry_run(spec: RolloutSpec, devices: Sequence[Tagged]) -> DryRun:
@@ -119,12 +122,37 @@ def dry_run(spec: RolloutSpec, devices: Sequence[Tagged]) -> DryRun:
     pinned_count = sum(1 for d in devices if pinned(spec, d.tags) and _targets(spec, d))
     quotas = stage_quotas(spec, len(ordered), pinned_count)
     starts = (0, *quotas[:-1])
+    shadow = tuple(ordered[: shadow_quota(spec, len(ordered), pinned_count)])
     return DryRun(
-        shadow=tuple(ordered[: shadow_quota(spec, len(ordered), pinned_count)]),
+        shadow=shadow,
         stages=tuple(tuple(ordered[a:b]) for a, b in zip(starts, quotas, strict=True)),
         target_size=len(ordered),
         pinned=pinned_count,
+        warnings=_warnings(spec, len(ordered), quotas, len(shadow)),
     )
+
+
+def _warnings(
+    spec: RolloutSpec, size: int, quotas: tuple[int, ...], shadows: int
+) -> tuple[str, ...]:
+    found: list[str] = []
+    if spec.shadow is not None:
+        for gate in spec.shadow.gates:
+            if shadows < gate.min_devices:
+                found.append(
+                    f"the shadow stage takes {shadows} devices; {gate.metric} needs "
+                    f"{gate.min_devices}: it will pause for a human"
+                )
+    for k, (stage, held) in enumerate(zip(spec.stages, quotas, strict=True)):
+        for gate in stage.gates:
+            control = size - held if gate.metric in COMPARATIVE else gate.min_devices
+            if held < gate.min_devices or control < gate.min_devices:
+                found.append(
+                    f"stage {k + 1} ({stage.percent:g}%) holds {held} devices and leaves "
+                    f"{size - held} for control; {gate.metric} needs {gate.min_devices} "
+                    "on each side: it will pause for a human"
+                )
+    return tuple(found)
 
 
 def _targets(spec: RolloutSpec, device: Tagged) -> bool:

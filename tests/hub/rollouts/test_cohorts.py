@@ -43,6 +43,17 @@ def test_dry_run_stages_are_nested_and_cover_the_target_once() -> None:
     assert plan.target_size == 50
 
 
+def test_dry_run_warns_of_stages_too_small_for_their_gates() -> None:
+    small = dry_run(RolloutSpec("m", 2), devices(50))
+    assert small.warnings == (
+        "stage 1 (1%) holds 1 devices and leaves 49 for control; error_rate needs 5 on each"
+        " side: it will pause for a human",
+        "stage 1 (1%) holds 1 devices and leaves 49 for control; latency_p95 needs 5 on each"
+        " side: it will pause for a human",
+    )
+    assert dry_run(RolloutSpec("m", 2), devices(500)).warnings == ()
+
+
 def test_quotas_round_up_and_take_at_least_one() -> None:
     assert quota(1.0, 50) == 1
     assert quota(10.0, 50) == 5
