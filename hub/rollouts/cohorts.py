@@ -66,6 +66,8 @@ T = TypeVar("T", bound=Tagged)
 def sort_by_order(spec: RolloutSpec, devices: Iterable[T]) -> list[T]:
     """``devices`` in the rollout's order: pinned canaries first, then by key."""
     seed = spec.seed
+    if not spec.canary_tags:
+        return sorted(devices, key=lambda d: (order_key(seed, d.device_id), d.device_id))
     return sorted(
         devices,
         key=lambda d: (not pinned(spec, d.tags), order_key(seed, d.device_id), d.device_id),

@@ -222,6 +222,27 @@ def evaluate_comparative(
     return verdict("inconclusive", "the interval spans the tolerance or the effect", harm, r)
 
 
+def no_canaries(
+    gate: GateSpec, alpha: float, controls: int, *, strata_note: str = ""
+) -> GateVerdict:
+    """What :func:`evaluate_comparative` says while no device serves the new version yet
+    (without building the control's columns, the bulk of a tick over a large fleet)."""
+    return GateVerdict(
+        gate.metric,
+        "inconclusive",
+        None,
+        None,
+        None,
+        gate.tolerance,
+        gate.effect,
+        alpha,
+        f"{MIXTURE_TEST}{strata_note}, tau={gate.effect:g}",
+        0,
+        controls,
+        f"no canary serves the new version yet; need {gate.min_devices}",
+    )
+
+
 def evaluate_update_success(
     gate: GateSpec, alpha: float, *, succeeded: int, failed: int, unresolved: int, census: bool
 ) -> GateVerdict:

@@ -348,23 +348,21 @@ def advance(progress: DeviceProgress, event: DeviceEvent, now_ms: int) -> Device
         # new version, and one going forward is not "reverted" before a Revert
         where = f"{progress.state} ({'back' if progress.back else 'forward'})"
         raise IllegalTransition(where, type(event).__name__, what="device")
-    moved = replace(progress, state=target, since_ms=now_ms)
+    changes: dict[str, object] = {}
     match event:
         case Assign(version, previous, stage):
-            return replace(
-                moved, target_version=version, previous_version=previous, stage=stage, attempts=1
-            )
+            changes = {"target_version": version, "previous_version": previous, "stage": stage}
+            changes["attempts"] = 1
         case Retry():
-            return replace(moved, attempts=progress.attempts + 1, reason="", retryable=False)
+            changes = {"attempts": progress.attempts + 1, "reason": "", "retryable": False}
         case Failed(reason, retryable):
-            return replace(moved, reason=reason[:MAX_REASON], retryable=retryable)
+            changes = {"reason": reason[:MAX_REASON], "retryable": retryable}
         case Revert():
-            return replace(
-                moved, target_version=progress.previous_version, retryable=False, back=True
-            )
+            changes = {"target_version": progress.previous_version, "retryable": False}
+            changes["back"] = True
         case Installed():
-            return replace(moved, reason="", retryable=False)
-    return moved
+            changes = {"reason": "", "retryable": False}
+    return replace(progress, state=target, since_ms=now_ms, **changes)  # type: ignore[arg-type]
 
 
 OperatorEvent = Approve | Pause | Resume | Abort | RollBack

@@ -44,6 +44,7 @@ from hub.rollouts.gates import (
     evaluate_comparative,
     evaluate_shadow,
     evaluate_update_success,
+    no_canaries,
 )
 from hub.rollouts.machine import (
     SHADOW_STAGE,
@@ -316,11 +317,20 @@ def _evaluate(tick: _Tick, gates: tuple[GateSpec, ...], *, census: bool) -> list
     verdicts: list[GateVerdict] = []
     comparative = [g for g in gates if g.metric in COMPARATIVE]
     if comparative:
-        canary, control = _arms(tick)
+        canary_ids, canary_strata, control_ids, control_strata = _arms(tick)
         note = f", stratified by {', '.join(spec.stratify_by)}" if spec.stratify_by else ""
-        for gate in comparative:
-            alpha = spec.gate_alpha(gate)
-            verdicts.append(evaluate_comparative(gate, alpha, canary, control, strata_note=note))
+        if not canary_ids:  # the stage's first tick: spare building the control's columns
+            for gate in comparative:
+                alpha = spec.gate_alpha(gate)
+                verdicts.append(no_canaries(gate, alpha, len(control_ids), strata_note=note))
+        else:
+            canary = Columns.of(canary_ids, tick.metrics, canary_strata)
+            control = Columns.of(control_ids, tick.metrics, control_strata)
+            for gate in comparative:
+                alpha = spec.gate_alpha(gate)
+                verdicts.append(
+                    evaluate_comparative(gate, alpha, canary, control, strata_note=note)
+                )
     for gate in gates:
         if gate.metric == "update_success":
             succeeded = failed = unresolved = 0
@@ -346,7 +356,7 @@ def _evaluate(tick: _Tick, gates: tuple[GateSpec, ...], *, census: bool) -> list
     return verdicts
 
 
-def _arms(tick: _Tick) -> tuple[Columns, Columns]:
+def _arms(tick: _Tick) -> tuple[list[str], list[int], list[str], list[int]]:
     """Canaries (serving the new version) and control (untouched), with stratum codes."""
     spec = tick.rollout.spec
     codes: dict[tuple[str, ...], int] = {}
@@ -364,10 +374,7 @@ def _arms(tick: _Tick) -> tuple[Columns, Columns]:
             continue
         ids.append(view.device_id)
         strata.append(codes.setdefault(stratum(spec, view.tags), len(codes)))
-    return (
-        Columns.of(canary, tick.metrics, canary_strata),
-        Columns.of(control, tick.metrics, control_strata),
-    )
+    return canary, canary_strata, control, control_strata
 
 
 def _assign(tick: _Tick, quota: int) -> None:
