@@ -1,91 +1,92 @@
-"""The agent daemon: owns the outbox, the MQTT link, the scheduler, identity and local API.
+"""The agent daemon: the uplink, the downlink guard, the jobs and the local API of one device.
 
-Threads, and what each may do::
+Two seams carry everything that is I/O or time, each injectable, each defaulting to the
+real implementation:
 
-    paho network thread   socket I/O; callbacks only put events on a queue (link.py)
-    worker                takes link events: downlink guard + handlers, reconnect rewinds
-    pump                  drains the outbox: woken by send(), acks and reconnects, and
-                          every drain_interval_s for resend deadlines
-    scheduler (APScheduler BackgroundScheduler)
-                          telemetry, hello retries, and the jobs components add
-    HTTP threads          the local API (http_api.py)
+- a :class:`~agent.transport.Transport` (default :class:`agent.link.Link`: one paho
+  client, its network thread and a reconnect supervisor) delivers inbound events and
+  publishes frames;
+- a :class:`~agent.scheduler.Scheduler` (default: an :class:`~agent.scheduler.ApsScheduler`
+  the agent owns) runs every job: ``telemetry``, ``hello``, the components' jobs, the
+  outbox ``pump`` (agent/uplink.py) and the ``downlink`` job that dispatches inbound
+  events (agent/downlink.py). Given a shared one, the agent only adds and cancels its own.
 
-The outbox is drained by a pump thread woken by an event, not by a periodic APScheduler
-job: a periodic drain adds up to one interval of latency to every ack round trip (so it
-caps throughput at ``max_in_flight`` per interval), and APScheduler 3 cannot "run now"
-a job that is running without logging a skipped run.
+So the daemon has no thread of its own (the local HTTP API keeps its server thread):
+many agents can share one scheduler and one transport loop (the fleet simulator).
+docs/agent-architecture.md draws the whole picture.
 
-**Extension points** for the other agent components (model manager, learner, trust):
+**Extension points** for the other components: :meth:`Agent.send` (durable until the hub
+acks; ``fetch`` goes directly) and :meth:`Agent.fate`; :meth:`Agent.register_downlink`
+and :meth:`Agent.register_fleet`; :meth:`Agent.add_job` and :meth:`Agent.reschedule`
+(jobs get ``now_ms``); :meth:`Agent.add_stop_hook`; :meth:`Agent.set_state_source` (the
+will and the ``offline`` report); :meth:`Agent.set_inference` (``/predict``,
+``/feedback``); :meth:`Agent.add_metrics` (``/metrics``); ``rollout_keys`` (every
+downlink frame verifies under them); :attr:`Agent.stats` (rows, agent/stats.py).
 
-- :meth:`Agent.send` — enqueue an uplink message (durable; ``fetch`` is sent directly);
-- :meth:`Agent.register_downlink` / :meth:`Agent.register_fleet` — handlers by kind;
-- :meth:`Agent.add_job` — a periodic job, called with ``now_ms``;
-  :meth:`Agent.reschedule` changes a job's interval (the hub's config does);
-- :meth:`Agent.add_stop_hook` — called with ``now_ms`` on stop, after the last job run and
-  before the ``offline`` report and the grace wait (flush what is buffered);
-- :meth:`Agent.set_state_source` — the current :class:`StateReport` (the will and the
-  ``offline`` report on shutdown are built from it);
-- :meth:`Agent.set_inference` — the model runtime behind ``/predict`` and ``/feedback``;
-- ``Agent(config, rollout_keys=...)`` — the trust module's current rollout-role keys,
-  against which every downlink frame is verified;
-- :attr:`Agent.stats` — the runtime records each inference there; telemetry reads it.
+**One process per state directory.** The agent takes the directory's lock
+(edgefleet/lock.py) before it opens anything there, unless its owner (agent/device.py)
+passes the lock it holds; a second agent fails with :class:`~agent.errors.StateDirInUse`
+before it reads or repairs anything.
 
-**Hello first.** The first message a process sends, whatever sends it, is preceded by a
-``hello`` (:meth:`Agent.send` queues one before it), so on a fresh device seq 1 is the
-hello and the hub knows the device's key before anything else arrives; components may
-send during construction (the model manager's resume report does).
-
-**Going offline.** The broker publishes the last will (a signed ``state`` with the
-``offline`` flag, see link.py) when the connection dies uncleanly. On SIGTERM/SIGINT,
-:meth:`Agent.stop` finishes the running jobs, runs the stop hooks, enqueues the same
-``offline`` state through the outbox, waits up to ``stop_grace_s`` for the hub to
-acknowledge what is left, then disconnects cleanly (which suppresses the will). Whatever
-is still unacknowledged stays in the outbox and goes out on the next start, so the hub
-learns of the shutdown either way.
+**Going offline.** The broker publishes the last will (a signed ``offline`` state) when
+the connection dies uncleanly. :meth:`Agent.stop` cancels the periodic jobs (waiting for
+runs in progress), runs the stop hooks, enqueues the same ``offline`` state, waits up to
+``stop_grace_s`` for the hub's acks, then disconnects cleanly (no will). What is still
+unacknowledged goes out on the next start, so the hub learns of the shutdown either way.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import queue
 import signal
 import threading
 import time
 from collections.abc import Callable, Mapping
-from importlib import metadata
 from types import FrameType
 from typing import Any
 
-from apscheduler.jobstores.base import JobLookupError
-from apscheduler.schedulers.background import BackgroundScheduler
-
 from agent.config import AgentConfig
-from agent.downlink import Downlink, DownlinkHandler, FleetHandler, KeySource, WindowStore
-from agent.errors import NotReady
+from agent.downlink import (
+    Downlink,
+    DownlinkHandler,
+    FleetHandler,
+    Inbox,
+    KeySource,
+    WindowStore,
+)
+from agent.errors import NotReady, StateDirInUse
 from agent.http_api import HttpApi, InferenceService, Prediction
 from agent.identity import load_or_create
-from agent.link import Connected, Link, LinkEvent, LinkSettings
-from agent.outbox import TRANSIENT_KINDS, Outbox, OutboxLimits
+from agent.link import Link, LinkSettings
+from agent.metrics import Metric, MetricSource, daemon_metrics, render
+from agent.scheduler import ApsScheduler, Job, JobBook, Scheduler
 from agent.stats import InferenceStats
+from agent.transport import Transport
+from agent.uplink import Uplink, with_flag
 from edgefleet.clock import Clock, SystemClock
-from protocol.errors import EdgefleetError
-from protocol.frame import Envelope, Message
-from protocol.messages import Hello, HubAck, Nudge, StateReport, Telemetry
+from edgefleet.lock import DirectoryInUse, DirectoryLock
+from protocol.frame import Message
+from protocol.messages import StateReport, Telemetry
 
 logger = logging.getLogger(__name__)
 
 STATE_DB = "agent.db"
 HELLO_RETRY_S = 60.0
-EVENT_QUEUE_SIZE = 10_000
-MAX_FLAGS = 16
+DOWNLINK_POLL_S = 1.0
+"""The downlink job also runs this often, so an event whose wake-up was lost still goes."""
 
 
-def agent_version() -> str:
+def lock_state_dir(config: AgentConfig) -> DirectoryLock:
+    """Take ``config.state_dir``'s lock (creating the directory).
+
+    Raises:
+        StateDirInUse: another agent holds it.
+    """
     try:
-        return metadata.version("edgefleet")
-    except metadata.PackageNotFoundError:
-        return "unknown"
+        return DirectoryLock(config.state_dir).acquire()
+    except DirectoryInUse as e:
+        raise StateDirInUse(f"state_dir {e}: another agent runs on it; not starting") from e
 
 
 class Agent:
@@ -97,8 +98,13 @@ class Agent:
         rollout_keys: returns the rollout-role public keys downlink frames must verify
             under, asked anew for every frame; the default trusts none, so every downlink
             frame (acks included) is refused until the trust module provides them.
+        transport: the broker session; default a :class:`~agent.link.Link` from config.
+        scheduler: runs the jobs; default one of its own (started and shut down here).
+        lock: the state directory's lock, already held by the caller (who releases it);
+            default: the agent takes it and releases it on :meth:`stop`.
 
     Raises:
+        StateDirInUse: on construction, another agent runs on ``state_dir``.
         ConfigError: on construction, for TLS files that cannot be loaded.
         IdentityError: on construction, for an unreadable device key.
     """
@@ -109,90 +115,77 @@ class Agent:
         *,
         clock: Clock | None = None,
         rollout_keys: KeySource = tuple,
+        transport: Transport | None = None,
+        scheduler: Scheduler | None = None,
+        lock: DirectoryLock | None = None,
     ) -> None:
+        self._own_lock = lock_state_dir(config) if lock is None else None
         self.config = config
         self.clock: Clock = clock or SystemClock()
         self.topics = config.topics
-        self.identity = load_or_create(config.state_dir, config.device_id)
         self.stats = InferenceStats()
-        self._events: queue.Queue[LinkEvent] = queue.Queue(EVENT_QUEUE_SIZE)
-        self.link = Link(self._link_settings(), self._events, will=self._seal_will)
-        path = config.state_dir / STATE_DB
-        self.outbox = Outbox(
-            path,
-            self.identity,
-            OutboxLimits(
-                max_messages=config.outbox_max_messages,
-                max_bytes=config.outbox_max_bytes,
-                max_in_flight=config.outbox_max_in_flight,
-                ack_timeout_ms=round(config.ack_timeout_s * 1000),
-            ),
-        )
-        self._window = WindowStore(path)
+        self._state_source: Callable[[], StateReport] = lambda: StateReport(active=None)
+        try:  # what may raise, before anything else: the lock must not outlive a failure
+            self.identity = load_or_create(config.state_dir, config.device_id)
+            self.transport: Transport = transport or Link(LinkSettings.from_config(config))
+            path = config.state_dir / STATE_DB
+            self.uplink = Uplink(
+                config,
+                self.identity,
+                self.transport,
+                path=path,
+                clock=self.clock,
+                active=lambda: self._state_source().active,
+            )
+            self._window = WindowStore(path)
+        except BaseException:
+            if self._own_lock is not None:
+                self._own_lock.release()
+            raise
+        self.outbox = self.uplink.outbox
         self.downlink = Downlink(
             device_id=config.device_id,
             topics=self.topics,
             rollout_keys=rollout_keys,
             store=self._window,
         )
-        self.downlink.register("ack", self._on_ack)
-        self.downlink.register("nudge", self._on_nudge)
-        self._scheduler = BackgroundScheduler(
-            timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1}
-        )
-        self._jobs: list[tuple[str, Callable[[int], None], float]] = []
-        self._intervals: dict[str, float] = {}
-        self._schedule_lock = threading.Lock()
+        self.downlink.register("ack", self.uplink.on_ack)
+        self.downlink.register("nudge", self.uplink.on_nudge)
+        self.inbox = Inbox(self.downlink, self.uplink.reconnected)
+        self._own_scheduler: ApsScheduler | None = None
+        if scheduler is None:
+            scheduler = self._own_scheduler = ApsScheduler()
+        self._scheduler = scheduler
+        self._jobs = JobBook(self._scheduler, self.clock)
+        self._jobs.add("telemetry", self.send_telemetry, interval_s=config.telemetry_interval_s)
+        self._jobs.add("hello", self.send_hello, interval_s=HELLO_RETRY_S)
+        self._io_jobs: list[Job] = []
         self._stop_hooks: list[tuple[str, Callable[[int], None]]] = []
-        self._state_source: Callable[[], StateReport] = lambda: StateReport(active=None)
+        self._metrics: list[MetricSource] = [self._own_metrics]
         self._inference: InferenceService | None = None
         self._http: HttpApi | None = None
-        self._wake = threading.Event()
-        self._settled = threading.Event()
-        self._pump_stop = threading.Event()
-        self._rewind = threading.Event()
-        self._work_stop = threading.Event()
-        self._threads: list[threading.Thread] = []
         self._started_ms: int | None = None
         self._stopped = False
-        self._hello_seq: int | None = None
-        self._hello_acked = False
-        self._hello_lock = threading.RLock()
-        self._greeted = False
 
     # ------------------------------------------------------------------ extension points
 
     def send(self, message: Message) -> int:
-        """Send ``message`` to the hub; return its seq.
-
-        Everything but ``fetch`` is committed to the outbox before this returns and
-        leaves it only when the hub acknowledges it. A ``fetch`` is signed with a fresh
-        seq and published at once if the link is up, else not at all (the downloader
-        retries). A :class:`StateReport` sent after an outbox drop carries the
-        ``outbox_dropped`` flag. The first message of a process is preceded by a
-        ``hello`` (module docstring).
+        """Send ``message`` to the hub; return its seq. Committed to the outbox before this
+        returns, it leaves only when the hub acks it; a ``fetch`` is published at once or
+        not at all; the process's first message goes after a ``hello`` (agent/uplink.py).
 
         Raises:
             Oversize: the frame would exceed the frame size limit.
             Malformed: a header field out of range.
         """
-        now = self.clock.now_ms()
-        if not self._greeted and not isinstance(message, Hello):
-            self._greet(now)
-        if message.KIND in TRANSIENT_KINDS:
-            sealed = self.outbox.seal(message, now)
-            topic = self.topics.up(self.config.device_id, sealed.kind)
-            if not self.link.publish(topic, sealed.frame):
-                logger.debug("%s seq %d not sent: no connection", sealed.kind, sealed.seq)
-            return sealed.seq
-        if isinstance(message, StateReport) and self.outbox.take_drop_flag():
-            message = _with_flag(message, "outbox_dropped")
-        seq = self.outbox.enqueue(message, now)
-        self._wake.set()
-        return seq
+        return self.uplink.send(message)
+
+    def fate(self, seq: int, kind: str) -> str:
+        """Where frame ``seq`` stands: ``queued``, ``committed``, ``refused: ...``, ``dropped``."""
+        return self.uplink.fate(seq, kind)
 
     def register_downlink(self, kind: str, handler: DownlinkHandler) -> None:
-        """Run ``handler(envelope)`` for each new verified ``down/<kind>`` frame (worker thread).
+        """Run ``handler(envelope)`` for each new verified ``down/<kind>`` frame (downlink job).
 
         Raises:
             ValueError: not a downlink kind.
@@ -212,11 +205,11 @@ class Agent:
 
         One run at a time per job; a late run is coalesced. An exception is logged and the
         job keeps its schedule.
+
+        Raises:
+            ValueError: a job of that name exists (``telemetry`` and ``hello`` do).
         """
-        with self._schedule_lock:
-            self._jobs.append((name, job, interval_s))
-            if self._scheduler.running:
-                self._schedule(name, job, self._intervals.get(name, interval_s))
+        self._jobs.add(name, job, interval_s=interval_s)
 
     def reschedule(self, name: str, interval_s: float) -> None:
         """Run the job ``name`` (``telemetry`` or an added one) every ``interval_s`` from now.
@@ -226,20 +219,8 @@ class Agent:
         Raises:
             ValueError: no such job, or an interval that is not positive.
         """
-        if not interval_s > 0:
-            raise ValueError(f"interval for {name!r} must be positive, not {interval_s!r}")
-        with self._schedule_lock:
-            if name != "telemetry" and all(name != n for n, _, _ in self._jobs):
-                raise ValueError(f"no job named {name!r}")
-            if self._intervals.get(name) == interval_s:
-                return
-            self._intervals[name] = interval_s
-            if self._scheduler.running:
-                try:
-                    self._scheduler.reschedule_job(name, trigger="interval", seconds=interval_s)
-                except JobLookupError:  # the scheduler is shutting down
-                    return
-        logger.info("job %s now runs every %g s", name, interval_s)
+        if self._jobs.reschedule(name, interval_s):
+            logger.info("job %s now runs every %g s", name, interval_s)
 
     def add_stop_hook(self, name: str, hook: Callable[[int], None]) -> None:
         """Call ``hook(now_ms)`` on :meth:`stop`, after the jobs' last run and the local API
@@ -257,6 +238,10 @@ class Agent:
         """The model runtime that answers ``/predict`` and ``/feedback``."""
         self._inference = service
 
+    def add_metrics(self, source: MetricSource) -> None:
+        """Serve ``source()``'s metrics on ``/metrics`` too (read on each scrape)."""
+        self._metrics.append(source)
+
     # ------------------------------------------------------------------ InferenceService
 
     def predict(self, inputs: list[Any]) -> Prediction:
@@ -272,18 +257,20 @@ class Agent:
         return self._inference.feedback(labels)
 
     def status(self) -> Mapping[str, Any]:
-        box = self.outbox.stats()
-        stats = self.stats.snapshot()
         out: dict[str, Any] = {
             "device_id": self.config.device_id,
-            "connected": self.link.connected,
-            "outbox": dataclasses.asdict(box),
-            "inference": dataclasses.asdict(stats),
+            "connected": self.transport.connected,
+            "outbox": dataclasses.asdict(self.outbox.stats()),
+            "inference": dataclasses.asdict(self.stats.snapshot()),
             "downlink": self.downlink.counters(),
         }
         if self._inference is not None:
             out["runtime"] = dict(self._inference.status())
         return out
+
+    def metrics(self) -> tuple[bytes, str]:
+        """``/metrics``: the exposition text and its content type (agent/metrics.py)."""
+        return render(self._metrics)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -294,23 +281,27 @@ class Agent:
             AgentError: the local API cannot listen on its port.
         """
         if self.config.http_port:
-            self._http = HttpApi(self, self.config.http_host, self.config.http_port)
+            self._http = HttpApi(
+                self, self.config.http_host, self.config.http_port, metrics=self.metrics
+            )
             self._http.start()
-        now = self.clock.now_ms()
-        self._started_ms = now
-        self.send_hello(now)
-        for target, name in ((self._work, "agent-worker"), (self._pump, "agent-pump")):
-            thread = threading.Thread(target=target, name=name, daemon=True)
-            thread.start()
-            self._threads.append(thread)
-        self.link.start()
-        with self._schedule_lock:
-            telemetry = self._intervals.get("telemetry", self.config.telemetry_interval_s)
-            self._schedule("telemetry", self.send_telemetry, telemetry)
-            self._schedule("hello", self.send_hello, HELLO_RETRY_S)
-            for name, job, interval in self._jobs:
-                self._schedule(name, job, self._intervals.get(name, interval))
-            self._scheduler.start()
+        if self._own_scheduler is not None:
+            self._own_scheduler.start()
+        now_ms = self.clock.now_ms()
+        self._started_ms = now_ms
+        self.send_hello(now_ms)
+        pump = self._scheduler.every(self.config.drain_interval_s, self._pump, name="pump")
+        downlink = self._scheduler.every(DOWNLINK_POLL_S, self.inbox.dispatch, name="downlink")
+        self._io_jobs = [pump, downlink]
+        self.uplink.wake = pump.run_soon
+        self.inbox.wake = downlink.run_soon
+        self.transport.subscribe(
+            self.topics.device_down(self.config.device_id), self.topics.all_fleet()
+        )
+        self.transport.on_event(self.inbox.put)
+        self.transport.connect(will=self._seal_will)
+        self._jobs.start()
+        pump.run_soon()
         logger.info("agent %s started", self.config.device_id)
 
     def stop(self) -> None:
@@ -319,8 +310,7 @@ class Agent:
         if self._stopped:
             return
         self._stopped = True
-        if self._scheduler.running:
-            self._scheduler.shutdown(wait=True)
+        self._jobs.stop()
         if self._http is not None:
             self._http.stop()
         for name, hook in self._stop_hooks:
@@ -335,16 +325,17 @@ class Agent:
                 logger.exception("cannot report offline; stopping anyway")
             deadline = time.monotonic() + self.config.stop_grace_s
             while self.outbox.stats().depth and time.monotonic() < deadline:
-                self._settled.wait(0.05)
-                self._settled.clear()
-        self._pump_stop.set()
-        self._wake.set()
-        self.link.stop()
-        self._work_stop.set()
-        for thread in self._threads:
-            thread.join()
+                self.uplink.settled.wait(0.05)
+                self.uplink.settled.clear()
+        for job in self._io_jobs:
+            job.cancel()
+        self.transport.disconnect()
+        if self._own_scheduler is not None:
+            self._own_scheduler.shutdown()
         self.outbox.close()
         self._window.close()
+        if self._own_lock is not None:
+            self._own_lock.release()
         logger.info("agent %s stopped", self.config.device_id)
 
     def run(self) -> None:
@@ -384,122 +375,27 @@ class Agent:
 
     def send_hello(self, now_ms: int) -> None:
         """Send a hello unless one was acknowledged or one is still waiting in the outbox."""
-        with self._hello_lock:  # a message racing the first hello waits and goes after it
-            pending = self._hello_seq is not None and self.outbox.contains(self._hello_seq)
-            if self._hello_acked or pending:
-                self._greeted = True
-                return
-            self._hello_seq = self.send(
-                Hello(
-                    public_key=self.identity.public_hex,
-                    agent_version=agent_version()[:64],
-                    tags=dict(self.config.tags),
-                    enrollment_token=self.config.enrollment_token,
-                    active=self._state_source().active,
-                )
-            )
-            self._greeted = True
-
-    def _greet(self, now_ms: int) -> None:
-        """The hello that goes before the process's first message (module docstring)."""
-        try:
-            self.send_hello(now_ms)
-        except EdgefleetError as e:  # start() and the hello job try again
-            logger.error("cannot queue the hello: %s", e)
-            self._greeted = True
-
-    def drain(self, now_ms: int) -> int:
-        """Publish what the outbox says is due, oldest first; return how many went out.
-
-        Called by the pump thread only (the outbox's in-flight book assumes one drainer);
-        reconnects and ``resend`` nudges ask the pump to rewind first.
-        """
-        sent = 0
-        while self.link.connected:
-            batch = self.outbox.due(now_ms)
-            if not batch:
-                break
-            for sealed in batch:
-                topic = self.topics.up(self.config.device_id, sealed.kind)
-                if not self.link.publish(topic, sealed.frame):
-                    return sent
-                self.outbox.mark_sent(sealed.seq, now_ms)
-                sent += 1
-        return sent
+        self.uplink.send_hello(now_ms)
 
     # ------------------------------------------------------------------ internals
 
-    def _schedule(self, name: str, job: Callable[[int], None], interval_s: float) -> None:
-        self._scheduler.add_job(
-            lambda: job(self.clock.now_ms()), "interval", seconds=interval_s, id=name, name=name
-        )
-
     def _pump(self) -> None:
-        while not self._pump_stop.is_set():
-            self._wake.wait(self.config.drain_interval_s)
-            self._wake.clear()
-            try:
-                if self._rewind.is_set():
-                    self._rewind.clear()
-                    self.outbox.rewind()
-                self.drain(self.clock.now_ms())
-            except Exception:
-                logger.exception("outbox drain failed; retrying on the next wake-up")
-
-    def _work(self) -> None:
-        while not self._work_stop.is_set():
-            try:
-                event = self._events.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            try:
-                if isinstance(event, Connected):
-                    self._rewind.set()
-                    self._wake.set()
-                else:
-                    self.downlink.dispatch(event.topic, event.payload, retained=event.retained)
-            except Exception:  # the worker must outlive any one frame; no payload logged
-                logger.exception("downlink event not handled; the worker carries on")
-
-    def _on_ack(self, envelope: Envelope) -> None:
-        assert isinstance(envelope.message, HubAck)
-        settled = self.outbox.settle(envelope.message)
-        if any(kind == "hello" for _, kind in settled.committed):
-            self._hello_acked = True
-        if any(kind == "hello" for _, kind, _ in settled.refused):
-            self._hello_seq = None
-        self._settled.set()
-        self._wake.set()
-
-    def _on_nudge(self, envelope: Envelope) -> None:
-        assert isinstance(envelope.message, Nudge)
-        if envelope.message.reason == "resend":
-            self._rewind.set()
-            self._wake.set()
+        self.uplink.pump(self.clock.now_ms())
 
     def _offline_state(self) -> StateReport:
-        return _with_flag(self._state_source(), "offline")
+        return with_flag(self._state_source(), "offline")
 
     def _seal_will(self) -> tuple[str, bytes]:
-        sealed = self.outbox.seal(self._offline_state(), self.clock.now_ms())
-        return self.topics.up(self.config.device_id, "state"), sealed.frame
+        return self.uplink.seal(self._offline_state())
 
-    def _link_settings(self) -> LinkSettings:
-        c = self.config
-        return LinkSettings(
-            broker=c.broker,
-            client_id=f"ef-{c.device_id}",
-            subscriptions=(self.topics.device_down(c.device_id), self.topics.all_fleet()),
-            ca_file=c.ca_file,
-            cert_file=c.cert_file,
-            key_file=c.key_file,
-            keepalive_s=c.keepalive_s,
-            reconnect_min_s=c.reconnect_min_s,
-            reconnect_max_s=c.reconnect_max_s,
+    def _own_metrics(self) -> list[Metric]:
+        return daemon_metrics(
+            self.stats.snapshot(),
+            self.stats.histogram(),
+            self.outbox.stats(),
+            self.downlink.counters(),
+            connected=self.transport.connected,
         )
 
 
-def _with_flag(report: StateReport, flag: str) -> StateReport:
-    if flag in report.flags:
-        return report
-    return dataclasses.replace(report, flags=(*report.flags[: MAX_FLAGS - 1], flag))
+__all__ = ["HELLO_RETRY_S", "STATE_DB", "Agent", "lock_state_dir"]

@@ -12,10 +12,15 @@ simulator and the demo build several in one process (each with its own ``device_
 
 The wiring, each piece owning its concern::
 
+    lock_state_dir(config)                      first: one process per state directory;
+                                                a second agent exits before it reads or
+                                                repairs anything (StateDirInUse)
     TrustStore.open(state_dir, root_metadata)   trusted state; its rollout keys guard
                                                 every downlink frame
-    Agent(config, rollout_keys=...)             outbox, link, downlink guard, scheduler,
-                                                local HTTP API
+    Agent(config, rollout_keys=..., lock=...,   outbox, downlink guard, jobs, local HTTP
+          transport=..., scheduler=...)         API; the transport and the scheduler are
+                                                the daemon's own unless given (shared by
+                                                many devices in the simulator)
     ModelManager(...).attach(agent)             desired state, chunks, fleet documents,
                                                 the "models" job
     LearningLoop(...).attach(agent, ...)        learner and sketch window per active
@@ -40,10 +45,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from agent.config import AgentConfig
-from agent.daemon import Agent
+from agent.daemon import Agent, lock_state_dir
 from agent.http_api import Prediction
 from agent.learner import LearnerSettings
 from agent.learning import LearningLoop
+from agent.scheduler import Scheduler
+from agent.transport import Transport
 from agent.trust_store import TrustStore
 from agent.updater import ModelManager, UpdaterConfig
 from edgefleet.clock import Clock
@@ -57,9 +64,11 @@ class Device:
     """The whole device agent for one :class:`AgentConfig`; see the module docstring.
 
     ``clock``, ``updater`` and ``learner`` default to the wall clock and the components'
-    own defaults; tests and the simulator pass their own.
+    own defaults; ``transport`` and ``scheduler`` to the daemon's own (agent/daemon.py).
+    Tests and the simulator pass their own.
 
     Raises (constructor):
+        StateDirInUse: another agent runs on ``state_dir``; nothing there was touched.
         ConfigError: no trusted state yet and no readable, verifying ``root_metadata``,
             or TLS files that cannot be loaded.
         StateCorrupt: the trusted state or the model slots cannot be read.
@@ -73,11 +82,35 @@ class Device:
         clock: Clock | None = None,
         updater: UpdaterConfig | None = None,
         learner: LearnerSettings | None = None,
+        transport: Transport | None = None,
+        scheduler: Scheduler | None = None,
     ) -> None:
-        updater = updater or UpdaterConfig()
+        self._lock = lock_state_dir(config)
+        try:
+            self._build(config, clock, updater or UpdaterConfig(), learner, transport, scheduler)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _build(
+        self,
+        config: AgentConfig,
+        clock: Clock | None,
+        updater: UpdaterConfig,
+        learner: LearnerSettings | None,
+        transport: Transport | None,
+        scheduler: Scheduler | None,
+    ) -> None:
         self.config = config
         self.trust = TrustStore.open(config.state_dir, config.root_metadata)
-        self.agent = Agent(config, clock=clock, rollout_keys=self.trust.rollout_keys)
+        self.agent = Agent(
+            config,
+            clock=clock,
+            rollout_keys=self.trust.rollout_keys,
+            transport=transport,
+            scheduler=scheduler,
+            lock=self._lock,
+        )
         self.manager = ModelManager(
             config.state_dir,
             self.trust,
@@ -115,9 +148,12 @@ class Device:
 
     def stop(self) -> None:
         """Stop the daemon (queueing the last data window, reporting ``offline``, flushing
-        what the hub acks), then close the learner's files."""
-        self.agent.stop()
-        self.learning.close()
+        what the hub acks), close the learner's files, let go of the state directory."""
+        try:
+            self.agent.stop()
+            self.learning.close()
+        finally:
+            self._lock.release()
 
     def run(self) -> None:
         """Start, block until SIGTERM or SIGINT, then stop. Main thread only."""
@@ -125,6 +161,7 @@ class Device:
             self.agent.run()
         finally:
             self.learning.close()
+            self._lock.release()
 
     # ------------------------------------------------------------------ InferenceService
 

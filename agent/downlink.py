@@ -1,7 +1,7 @@
 """The downlink guard: verify, deduplicate, then hand each hub frame to its handlers.
 
 Every message arriving on the device's ``down/<kind>`` topics goes through, in order
-(cheap checks first, THREATS.md rule 3):
+(cheap checks first, so a stranger's garbage costs little):
 
 1. the topic parses and names this device (``identity_mismatch`` otherwise);
 2. :func:`protocol.frame.decode`: size cap, layout, the kind and device id in the header
@@ -27,12 +27,15 @@ Fleet topics (``fleet/root``, ``fleet/release``, ``fleet/heartbeat``) carry sign
 documents, not frames: their raw bytes go to the registered fleet handlers, which verify
 them (the trust module does). They are retained, so handlers see them on every reconnect.
 
-Not thread-safe: one dispatcher thread calls :meth:`Downlink.dispatch`.
+Not thread-safe: one dispatcher at a time calls :meth:`Downlink.dispatch` (the daemon's
+``downlink`` job, which :class:`Inbox` feeds: the transport's sink only queues, on a
+bounded queue, so a flood is dropped and counted, THREATS B31, and never blocks paho).
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import sqlite3
 import threading
 from collections import Counter
@@ -43,6 +46,7 @@ from typing import Literal
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlite_utils import Database
 
+from agent.transport import Connected, LinkEvent
 from protocol import frame
 from protocol.errors import IdentityMismatch, ProtocolError, Replayed
 from protocol.frame import DEFAULT_LIMITS, Envelope, Limits
@@ -55,6 +59,7 @@ DownlinkHandler = Callable[[Envelope], None]
 FleetHandler = Callable[[bytes], None]
 KeySource = Callable[[], Iterable[Ed25519PublicKey]]
 Verdict = Literal["accepted", "duplicate", "refused", "failed", "ignored"]
+EVENT_QUEUE_SIZE = 10_000
 
 
 class WindowStore:
@@ -197,6 +202,49 @@ class Downlink:
         else:
             logger.warning("downlink %s frame refused: %s", kind, error.reason)
         return "refused"
+
+
+class Inbox:
+    """The transport's events, queued for the ``downlink`` job; see the module docstring.
+
+    Args:
+        downlink: the guard every inbound frame goes through.
+        on_connected: called (in the job) when a connection came up.
+    """
+
+    def __init__(
+        self, downlink: Downlink, on_connected: Callable[[], None], size: int = EVENT_QUEUE_SIZE
+    ) -> None:
+        self._downlink = downlink
+        self._on_connected = on_connected
+        self._events: queue.Queue[LinkEvent] = queue.Queue(size)
+        self.wake: Callable[[], None] = lambda: None
+        """Asks for a :meth:`dispatch` run soon; the daemon sets it to its job's."""
+        self.dropped = 0
+
+    def put(self, event: LinkEvent) -> None:
+        """The transport's sink (its thread): queue and wake, nothing more."""
+        try:
+            self._events.put_nowait(event)
+        except queue.Full:
+            self.dropped += 1
+            logger.warning("inbound queue is full: message discarded")
+        self.wake()
+
+    def dispatch(self) -> None:
+        """The ``downlink`` job: every queued event, in order; it outlives any one of them."""
+        while True:
+            try:
+                event = self._events.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                if isinstance(event, Connected):
+                    self._on_connected()
+                else:
+                    self._downlink.dispatch(event.topic, event.payload, retained=event.retained)
+            except Exception:  # no payload logged
+                logger.exception("downlink event not handled; the job carries on")
 
 
 def _kind(topic: str) -> str:

@@ -1,6 +1,6 @@
 """Resumable chunked download of one package: ``up/fetch`` requests, ``down/chunk`` answers.
 
-A pure core decides, from a :class:`Progress` value and ``now``, what to ask for next
+A pure core decides, from a :class:`Progress` value and ``now_ms``, what to ask for next
 (:func:`plan`), what to make of a chunk (:func:`receive`) and whether to give up
 (:func:`check_speed`); :class:`Download` is the thin shell that keeps the bytes in a
 ``.part`` file and the progress in a sidecar, so tests drive the core with plain values
@@ -32,7 +32,8 @@ Fetch requests are transient (not outboxed): a lost one is asked again after a s
 
 **Verification.** :func:`check_release` refuses a release this device cannot take before
 any fetch; :func:`check_package` refuses the finished file before anything loads it:
-hash and length, package layout, hostile ONNX, compatibility, the active model's inputs.
+hash and length, package layout, hostile ONNX, compatibility, the active model's inputs
+(shapes and dtypes: :func:`protocol.manifest.inputs_differ`).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from agent.errors import SlowRetrieval
 from edgefleet.files import write_atomic
 from protocol import canonical, schema, trust
 from protocol.errors import Incompatible, Malformed, Oversize, ProtocolError
-from protocol.manifest import TensorSpec
+from protocol.manifest import TensorSpec, inputs_differ
 from protocol.messages import MAX_CHUNK_BYTES, Chunk, FetchRequest
 from protocol.metadata import ReleaseEntry
 from protocol.package import ModelPackage, decode_package
@@ -93,7 +94,7 @@ class Request:
 class Progress:
     """Where one download stands. ``offset`` bytes are on disk; ``session_*`` count this run.
 
-    Round-trip law (the persisted part): ``Progress.from_bytes(p.to_bytes(), now)`` keeps
+    Round-trip law (the persisted part): ``Progress.from_bytes(p.to_bytes(), now_ms)`` keeps
     ``sha256``, ``length``, ``offset`` and ``started_ms``.
     """
 
@@ -115,8 +116,8 @@ class Progress:
         return canonical.dumps({k: v for k, v in schema.to_json(self).items() if k in keep})
 
     @classmethod
-    def from_bytes(cls, data: bytes, now: int) -> Progress:
-        """A resumed download: the persisted part, a new session starting at ``now``.
+    def from_bytes(cls, data: bytes, now_ms: int) -> Progress:
+        """A resumed download: the persisted part, a new session starting at ``now_ms``.
 
         Raises:
             Malformed: not a persisted progress.
@@ -124,7 +125,7 @@ class Progress:
         saved = schema.from_json(_Saved, canonical.loads(data), path="download")
         if saved.offset > saved.length:
             raise Malformed("download offset beyond its length")
-        return cls(saved.sha256, saved.length, saved.offset, saved.started_ms, now, 0, now)
+        return cls(saved.sha256, saved.length, saved.offset, saved.started_ms, now_ms, 0, now_ms)
 
 
 @dataclass(frozen=True)
@@ -135,32 +136,32 @@ class _Saved:
     started_ms: int
 
 
-def start(entry: ReleaseEntry, now: int) -> Progress:
+def start(entry: ReleaseEntry, now_ms: int) -> Progress:
     """A fresh download of ``entry``'s package."""
-    return Progress(entry.sha256, entry.length, 0, now, now, 0, now)
+    return Progress(entry.sha256, entry.length, 0, now_ms, now_ms, 0, now_ms)
 
 
-def plan(progress: Progress, now: int, policy: DownloadPolicy) -> tuple[Progress, list[Request]]:
+def plan(progress: Progress, now_ms: int, policy: DownloadPolicy) -> tuple[Progress, list[Request]]:
     """The requests to send now, and the progress that records them as in flight."""
     if progress.complete:
         return progress, []
     outstanding = progress.outstanding
-    stalled = now - progress.last_progress_ms >= policy.stall_ms
+    stalled = now_ms - progress.last_progress_ms >= policy.stall_ms
     covered = any(r.offset <= progress.offset < r.offset + r.length for r in outstanding)
     if stalled or not covered:
         outstanding = ()
         if stalled:
-            progress = replace(progress, last_progress_ms=now)
+            progress = replace(progress, last_progress_ms=now_ms)
     frontier = max((r.offset + r.length for r in outstanding), default=progress.offset)
     new: list[Request] = []
     while len(outstanding) + len(new) < policy.window and frontier < progress.length:
         length = min(policy.chunk_bytes, progress.length - frontier)
-        new.append(Request(frontier, length, now))
+        new.append(Request(frontier, length, now_ms))
         frontier += length
     return replace(progress, outstanding=(*outstanding, *new)), new
 
 
-def receive(progress: Progress, chunk: Chunk, now: int) -> tuple[Progress, ChunkVerdict]:
+def receive(progress: Progress, chunk: Chunk, now_ms: int) -> tuple[Progress, ChunkVerdict]:
     """Judge one chunk; only an ``accepted`` one moves ``offset`` (by ``len(chunk.data)``)."""
     if chunk.sha256 != progress.sha256:
         return progress, "other_artifact"
@@ -179,7 +180,7 @@ def receive(progress: Progress, chunk: Chunk, now: int) -> tuple[Progress, Chunk
             progress,
             offset=offset,
             session_bytes=progress.session_bytes + len(chunk.data),
-            last_progress_ms=now,
+            last_progress_ms=now_ms,
             outstanding=tuple(
                 r
                 for r in progress.outstanding
@@ -190,7 +191,7 @@ def receive(progress: Progress, chunk: Chunk, now: int) -> tuple[Progress, Chunk
     )
 
 
-def check_speed(progress: Progress, now: int, policy: DownloadPolicy) -> None:
+def check_speed(progress: Progress, now_ms: int, policy: DownloadPolicy) -> None:
     """Raise when the download is too slow to go on (T12).
 
     Raises:
@@ -198,9 +199,9 @@ def check_speed(progress: Progress, now: int, policy: DownloadPolicy) -> None:
     """
     if progress.complete:
         return
-    if now - progress.started_ms > policy.deadline_ms:
+    if now_ms - progress.started_ms > policy.deadline_ms:
         raise SlowRetrieval(f"{progress.offset} of {progress.length} bytes by the deadline")
-    elapsed = now - progress.session_ms
+    elapsed = now_ms - progress.session_ms
     if elapsed >= policy.grace_ms and progress.session_bytes * 1000 < (
         policy.min_bytes_per_s * elapsed
     ):
@@ -261,8 +262,8 @@ def check_package(
     )
     modelcheck.check_io(manifest, info)
     trust.check_compat(entry, opset_range=opset_range, io_signature=manifest.io_signature())
-    if inputs is not None and manifest.inputs != inputs:
-        raise Incompatible("its inputs differ from the active model's")
+    if inputs is not None and (why := inputs_differ(inputs, manifest.inputs)) is not None:
+        raise Incompatible(f"its inputs differ from the active model's: {why}")
     return package
 
 
@@ -274,13 +275,13 @@ class Download:
     """
 
     def __init__(
-        self, directory: Path, entry: ReleaseEntry, now: int, policy: DownloadPolicy
+        self, directory: Path, entry: ReleaseEntry, now_ms: int, policy: DownloadPolicy
     ) -> None:
         self.entry = entry
         self.policy = policy
         self.part = directory / f"{entry.sha256}.part"
         self._sidecar = directory / f"{entry.sha256}.json"
-        self.progress = self._resume(now) or start(entry, now)
+        self.progress = self._resume(now_ms) or start(entry, now_ms)
         with self.part.open("ab") as f:  # create it; cut back to what the sidecar vouches for
             f.truncate(self.progress.offset)
         if self.progress.offset:
@@ -292,14 +293,14 @@ class Download:
     def complete(self) -> bool:
         return self.progress.complete
 
-    def requests(self, now: int) -> list[FetchRequest]:
+    def requests(self, now_ms: int) -> list[FetchRequest]:
         """Fetch requests to send now (possibly none)."""
-        self.progress, new = plan(self.progress, now, self.policy)
+        self.progress, new = plan(self.progress, now_ms, self.policy)
         return [FetchRequest(self.entry.sha256, r.offset, r.length) for r in new]
 
-    def receive(self, chunk: Chunk, now: int) -> ChunkVerdict:
+    def receive(self, chunk: Chunk, now_ms: int) -> ChunkVerdict:
         """Write an accepted chunk at its offset, durably, then record the new offset."""
-        progress, verdict = receive(self.progress, chunk, now)
+        progress, verdict = receive(self.progress, chunk, now_ms)
         if verdict == "accepted":
             fd = os.open(self.part, os.O_WRONLY)
             try:
@@ -315,9 +316,9 @@ class Download:
         self.progress = progress
         return verdict
 
-    def check_speed(self, now: int) -> None:
+    def check_speed(self, now_ms: int) -> None:
         """Raises: SlowRetrieval (see :func:`check_speed`)."""
-        check_speed(self.progress, now, self.policy)
+        check_speed(self.progress, now_ms, self.policy)
 
     def data(self) -> bytes:
         """Every byte downloaded (call once :attr:`complete`)."""
@@ -328,9 +329,9 @@ class Download:
         for path in (self.part, self._sidecar):
             path.unlink(missing_ok=True)
 
-    def _resume(self, now: int) -> Progress | None:
+    def _resume(self, now_ms: int) -> Progress | None:
         try:
-            saved = Progress.from_bytes(self._sidecar.read_bytes(), now)
+            saved = Progress.from_bytes(self._sidecar.read_bytes(), now_ms)
         except FileNotFoundError:
             return None
         except ProtocolError as e:

@@ -7,6 +7,7 @@ reaches it (``status_hint``) and a short ``reason`` for logs and counters::
     └─ AgentError                       the agent cannot do what was asked (500)
        ├─ ConfigError                   a bad agent.toml key or EDGEFLEET_AGENT_* variable (400)
        ├─ IdentityError                 the device key file is unreadable or not a key (500)
+       ├─ StateDirInUse                 another agent runs on the same state_dir (500)
        ├─ OutboxError                   a message the outbox refuses to hold (500)
        └─ RequestError                  a local API caller sent something we refuse (400)
           ├─ BadRequest                 not JSON, or not the documented body (400)
@@ -43,6 +44,13 @@ class IdentityError(AgentError):
     """The device key file exists but cannot be read as an Ed25519 private key."""
 
     reason = "identity"
+
+
+class StateDirInUse(AgentError):
+    """Another agent process holds the state directory's lock (edgefleet/lock.py): this
+    one must not read or repair anything there, and exits."""
+
+    reason = "state_dir_in_use"
 
 
 class OutboxError(AgentError):
@@ -95,6 +103,7 @@ __all__ = [
     "OutboxError",
     "PayloadTooLarge",
     "RequestError",
+    "StateDirInUse",
 ]
 
 

@@ -11,7 +11,12 @@ method      path         request body                            200 response
 ``POST``    /predict     ``{"inputs": [[...], ...]}``            ``{"ids": [...], "outputs": ...}``
 ``POST``    /feedback    ``{"labels": {"<prediction id>": y}}``  what the service reports
 ``GET``     /status      (none)                                  what the service reports
+``GET``     /metrics     (none)                                  Prometheus text format
 ==========  ===========  ======================================  ===========================
+
+``/metrics`` is served when the API is given a ``metrics`` callable (the daemon's, see
+agent/metrics.py), else 404. Loopback only, like the rest: a Prometheus on the device
+(or a node exporter's textfile collector, or an SSH tunnel) scrapes it.
 
 Every error is JSON ``{"error": reason, "detail": text}`` with a 4xx status: 400 for a
 body that is not JSON or not shaped as above, 404/405 for unknown routes or methods, 411
@@ -31,7 +36,7 @@ import json
 import logging
 import socket
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -44,6 +49,8 @@ from protocol.errors import EdgefleetError
 logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1024 * 1024
+Metrics = Callable[[], tuple[bytes, str]]
+"""Returns the exposition text and its content type."""
 
 
 @dataclass(frozen=True)
@@ -78,9 +85,11 @@ class HttpApi:
         port: int = 0,
         *,
         max_body_bytes: int = MAX_BODY_BYTES,
+        metrics: Metrics | None = None,
     ) -> None:
         check_loopback(host)
         self._service = service
+        self._metrics = metrics
         self._address = ("127.0.0.1" if host == "localhost" else host, port)
         self._max_body = max_body_bytes
         self._server: ThreadingHTTPServer | None = None
@@ -103,7 +112,15 @@ class HttpApi:
         Raises:
             AgentError: the address cannot be bound (port in use, no IPv6).
         """
-        handler = type("Handler", (_Handler,), {"service": self._service, "cap": self._max_body})
+        handler = type(
+            "Handler",
+            (_Handler,),
+            {
+                "service": self._service,
+                "cap": self._max_body,
+                "metrics": None if self._metrics is None else staticmethod(self._metrics),
+            },
+        )
         server_class = _Server6 if ":" in self._address[0] else ThreadingHTTPServer
         try:
             self._server = server_class(self._address, handler)
@@ -132,6 +149,7 @@ class _Server6(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     service: InferenceService
     cap: int
+    metrics: Metrics | None
     timeout = 10  # seconds a client may take to send its request
     server_version = "edgefleet-agent"
     sys_version = ""
@@ -153,12 +171,18 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _route(self, method: str) -> None:
         path = self.path.split("?", 1)[0]
-        allowed = {"/predict": "POST", "/feedback": "POST", "/status": "GET"}.get(path)
+        routes = {"/predict": "POST", "/feedback": "POST", "/status": "GET"}
+        if self.metrics is not None:
+            routes["/metrics"] = "GET"
+        allowed = routes.get(path)
         if allowed is None:
             self._reply(404, {"error": "not_found", "detail": f"no route {path[:64]}"})
             return
         if method != allowed:
             self._reply(405, {"error": "method_not_allowed", "detail": f"use {allowed}"}, allowed)
+            return
+        if path == "/metrics" and self.metrics is not None:
+            self._scrape(self.metrics)
             return
         try:
             if path == "/status":
@@ -180,6 +204,15 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(500, {"error": "internal", "detail": "see the agent's log"})
             return
         self._send(200, data)
+
+    def _scrape(self, metrics: Metrics) -> None:
+        try:
+            data, content_type = metrics()
+        except Exception:
+            logger.exception("local API GET /metrics failed")
+            self._reply(500, {"error": "internal", "detail": "see the agent's log"})
+            return
+        self._send(200, data, content_type=content_type)
 
     def _field(self, name: str, kind: type, shape: str) -> Any:
         """The request body's JSON object's ``name`` member, which must be a ``kind``.
@@ -206,9 +239,16 @@ class _Handler(BaseHTTPRequestHandler):
     def _reply(self, status: int, body: Mapping[str, Any], allow: str | None = None) -> None:
         self._send(status, json.dumps(body).encode(), allow)
 
-    def _send(self, status: int, data: bytes, allow: str | None = None) -> None:
+    def _send(
+        self,
+        status: int,
+        data: bytes,
+        allow: str | None = None,
+        *,
+        content_type: str = "application/json",
+    ) -> None:
         self.send_response(status, HTTPStatus(status).phrase)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         if allow is not None:
             self.send_header("Allow", allow)

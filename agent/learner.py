@@ -322,7 +322,7 @@ class Learner(Generic[R]):
         with self._lock:
             self._current = (weight, bias)
         logger.info("retrained %s at %d: %s", _name(self.ref), now_ms, summary)
-        return self._finish(served, upload, f"retrained: {summary}, sent as {encoding}")
+        return self._finish(served, upload, f"retrained: {summary}, delta in {encoding}")
 
     def _finish(self, runtime: R | None, delta: DeltaUpload | None, status: str) -> Retrain[R]:
         with self._lock:

@@ -16,7 +16,8 @@ names them in :meth:`LearningLoop.feedback`) and the window folds in the inputs,
 and latency. Jobs (daemon scheduler): ``learning`` follows the active model and reports a
 changed retrain status, ``retrain`` runs :meth:`Learner.maybe_retrain` under the hub's
 latest :class:`~protocol.messages.DeviceConfig` and sends the delta once the manager
-serves the better head, ``sketch-window`` sends the window's
+serves the better head (``/status`` then says where the delta stands: queued until the
+hub acknowledges it), ``sketch-window`` sends the window's
 :class:`~protocol.messages.DataDelta` when it saw any inference. On stop (a daemon stop
 hook, before the ``offline`` report) the window is closed early and sent the same way,
 so what was observed since the last window is queued before the agent disconnects.
@@ -29,14 +30,8 @@ a self-rollback the manager may serve the old version's *retrained* runtime agai
 learner is rebuilt on that version's released head (kept for the version replaced last),
 never on the retrained one, so later deltas stay relative to what the hub released.
 
-**The hub's config** comes with every ``desired`` frame and is kept in
-``<learning dir>/device-config.json``: the downlink guard does not hand the retained
-desired state over again after a restart, and a hub that switched retraining off must
-stay obeyed. Its ``window_s`` and ``telemetry_interval_s`` reschedule the
-``sketch-window`` and ``telemetry`` jobs once the hub sends a value other than the one
-it sent before (at first, the protocol's default): until then the local config's
-intervals apply. The intervals applied are kept in ``<learning dir>/intervals.json``
-and applied again on attach after a restart.
+**The hub's config** comes with every ``desired`` frame; agent/hub_config.py keeps it
+(and the job intervals it set) across restarts, and this loop reschedules the jobs.
 
 Threads: requests, the scheduler and the downlink worker meet here. Following the active
 model is a reference comparison; rebuilding and serving take one lock (which never waits
@@ -49,8 +44,8 @@ to feedback): one reference check before and after, as the manager swaps runtime
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -60,33 +55,36 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from agent.errors import InferenceFailed, NotReady, RetrainingOff
+from agent.errors import InferenceFailed, InvalidInput, NotReady, RetrainingOff
 from agent.feedback import FeedbackReport, prediction_ids
 from agent.http_api import Prediction
+from agent.hub_config import HubConfig
 from agent.learner import MAX_STATUS, Learner, LearnerSettings, Retrain
-from agent.runtime import ModelRuntime
+from agent.runtime import ModelRuntime, batch_rows
 from agent.sketches import SketchWindow
 from agent.updater import AgentPort, ModelManager
 from edgefleet.clock import Clock
-from edgefleet.files import write_atomic
-from protocol import canonical, schema
-from protocol.errors import EdgefleetError, ProtocolError
+from protocol.errors import EdgefleetError
 from protocol.frame import Envelope, Message
 from protocol.headparams import read_head
 from protocol.messages import DeltaUpload, DesiredState, DeviceConfig, ModelRef, StateReport
 
 logger = logging.getLogger(__name__)
 
-CONFIG_FILE = "device-config.json"
-INTERVALS_FILE = "intervals.json"
-HUB_INTERVALS = {"telemetry": "telemetry_interval_s", "sketch-window": "window_s"}
-"""The daemon's jobs the hub's :class:`DeviceConfig` sets the interval of, by field."""
+DELIVERY = {
+    "queued": "queued: waiting for the hub's acknowledgement",
+    "committed": "acknowledged by the hub",
+    "dropped": "dropped: the outbox overflowed before the hub acknowledged it",
+}
+"""``/status`` words for a delta's :meth:`agent.daemon.Agent.fate` (refusals as they come)."""
 HeadParams = tuple[np.ndarray, np.ndarray]
 """A head's weight and bias, in :mod:`protocol.headparams`' layout."""
 
 
 class LearningPort(AgentPort, Protocol):
     """What the learning loop needs of :class:`agent.daemon.Agent`."""
+
+    def fate(self, seq: int, kind: str) -> str: ...
 
     def reschedule(self, name: str, interval_s: float) -> None: ...
 
@@ -165,10 +163,8 @@ class LearningLoop:
         self._released_heads: dict[ModelRef, HeadParams] = {}
         self._reported: str | None = None
         self._agent: LearningPort | None = None
-        state_dir.mkdir(parents=True, exist_ok=True)
-        self.hub_config = self._load_config()
-        self.intervals = self._load_intervals()
-        """The job intervals the hub set (job name -> seconds); see the module docstring."""
+        self._delta: tuple[int, ModelRef] | None = None  # the last delta's seq, its base
+        self._hub = HubConfig(state_dir)
 
     def attach(
         self, agent: LearningPort, *, follow_s: float, retrain_interval_s: float, window_s: float
@@ -180,7 +176,7 @@ class LearningLoop:
         agent.add_job("retrain", self.retrain, interval_s=retrain_interval_s)
         agent.add_job("sketch-window", self.close_window, interval_s=window_s)
         agent.add_stop_hook("sketch-window", self.close_window)
-        for name, seconds in self.intervals.items():
+        for name, seconds in self._hub.intervals.items():
             agent.reschedule(name, seconds)
         self._agent = agent
         self.follow()
@@ -198,9 +194,10 @@ class LearningLoop:
         started = time.perf_counter()
         try:
             output = self._manager.predict(inputs)
-        except InferenceFailed:
+        except (InferenceFailed, InvalidInput) as e:
             if model is not None:
-                model.window.observe(None, None, _since(started), error=True)
+                latency = _since(started) if isinstance(e, InferenceFailed) else math.nan
+                model.window.observe(None, None, latency, rows=batch_rows(inputs), error=True)
             raise
         latency = _since(started)
         scores = output.scores
@@ -209,7 +206,7 @@ class LearningLoop:
         if model is not None and runtime is not None and runtime.ref == model.ref:
             model.learner.observe(ids, output.features, self._clock.now_ms())
             rows = None if isinstance(inputs, Mapping) else inputs
-            model.window.observe(rows, scores, latency)
+            model.window.observe(rows, scores, latency, rows=len(ids))
         return Prediction(ids, scores.tolist())
 
     def feedback(self, labels: Mapping[str, Any]) -> dict[str, list[str]]:
@@ -227,11 +224,18 @@ class LearningLoop:
         return {"accepted": list(report.accepted), "unknown": list(report.unknown)}
 
     def info(self) -> dict[str, object]:
-        """For the local ``/status``: the retrain status and the feedback counts."""
+        """For the local ``/status``: the retrain status, the feedback counts, and where the
+        last delta stands (``queued`` until the hub acknowledges it, never "sent")."""
         model = self.follow()
-        if model is None:
-            return {"retrain": self.retrain_status(None)}
-        return {**model.learner.info(), "retrain": self.retrain_status(model.ref)}
+        out: dict[str, object] = {"retrain": self.retrain_status(None)}
+        if model is not None:
+            out = {**model.learner.info(), "retrain": self.retrain_status(model.ref)}
+        delta, agent = self._delta, self._agent
+        if delta is not None and agent is not None:
+            seq, base = delta
+            fate = agent.fate(seq, "delta")
+            out["delta"] = {"seq": seq, "base": base.version, "delivery": DELIVERY.get(fate, fate)}
+        return out
 
     # ------------------------------------------------------------------ state reports
 
@@ -273,13 +277,13 @@ class LearningLoop:
         runtime = self._manager.runtime
         if model is None or runtime is None or runtime.ref != model.ref:
             return
-        outcome = model.learner.maybe_retrain(runtime, self.hub_config, now_ms)
+        outcome = model.learner.maybe_retrain(runtime, self._hub.config, now_ms)
         with self._lock:
             if outcome.runtime is not None:
                 model.unserved = (outcome.runtime, outcome.delta)
             delta = self._serve_unserved(model) if self._model is model else None
         if delta is not None:
-            self._send(delta)
+            self._delta = (self._send(delta), delta.base)
         self._report_status()
 
     def close_window(self, now_ms: int) -> None:
@@ -295,22 +299,23 @@ class LearningLoop:
         if not isinstance(envelope.message, DesiredState):
             return
         config = envelope.message.config
-        if config == self.hub_config:
+        if config == self._hub.config:
             return
-        changed = {
-            name: float(getattr(config, field))
-            for name, field in HUB_INTERVALS.items()
-            if getattr(config, field) != getattr(self.hub_config, field)
-        }
-        if changed:  # rescheduled, then persisted: a failure here is retried on redelivery
-            if self._agent is not None:
-                for name, seconds in changed.items():
-                    self._agent.reschedule(name, seconds)
-            intervals = {**self.intervals, **changed}
-            write_atomic(self._dir / INTERVALS_FILE, json.dumps(intervals).encode())
-            self.intervals = intervals
-        write_atomic(self._dir / CONFIG_FILE, canonical.dumps(schema.to_json(config)))
-        self.hub_config = config
+        changed = self._hub.changed_intervals(config)
+        if self._agent is not None:  # rescheduled, then persisted (agent/hub_config.py)
+            for name, seconds in changed.items():
+                self._agent.reschedule(name, seconds)
+        self._hub.keep(config, changed)
+
+    @property
+    def hub_config(self) -> DeviceConfig:
+        """The hub's config, as last received (persisted)."""
+        return self._hub.config
+
+    @property
+    def intervals(self) -> dict[str, float]:
+        """The job intervals the hub set (job name -> seconds)."""
+        return self._hub.intervals
 
     # ------------------------------------------------------------------ following the model
 
@@ -401,36 +406,6 @@ class LearningLoop:
         if report.retrain != self._reported:
             self._send(self.annotate(report))
 
-    def _load_intervals(self) -> dict[str, float]:
-        try:
-            raw = json.loads((self._dir / INTERVALS_FILE).read_bytes())
-        except FileNotFoundError:
-            return {}
-        except ValueError as e:
-            logger.warning("%s unreadable, the local intervals apply: %s", INTERVALS_FILE, e)
-            return {}
-        if not isinstance(raw, dict):
-            return {}
-        return {
-            name: float(value)
-            for name, value in raw.items()
-            if name in HUB_INTERVALS
-            and isinstance(value, int | float)
-            and not isinstance(value, bool)
-            and 0.1 <= value <= 86_400
-        }
-
-    def _load_config(self) -> DeviceConfig:
-        try:
-            raw = (self._dir / CONFIG_FILE).read_bytes()
-        except FileNotFoundError:
-            return DeviceConfig()
-        try:
-            return schema.from_json(DeviceConfig, canonical.loads(raw))
-        except ProtocolError as e:
-            logger.warning("%s unreadable, the hub's defaults apply: %s", CONFIG_FILE, e)
-            return DeviceConfig()
-
 
 def _with_head(runtime: ModelRuntime, head: HeadParams) -> ModelRuntime:
     try:
@@ -448,4 +423,4 @@ def _since(started: float) -> float:
     return (time.perf_counter() - started) * 1000
 
 
-__all__ = ["CONFIG_FILE", "HUB_INTERVALS", "INTERVALS_FILE", "LearningLoop", "LearningPort"]
+__all__ = ["DELIVERY", "LearningLoop", "LearningPort"]

@@ -1,15 +1,19 @@
-"""The agent's MQTT link: one connection at a time, re-established with jittered backoff.
+"""The agent's default :class:`~agent.transport.Transport`: one paho client, one connection
+at a time, re-established with jittered backoff.
 
 paho-mqtt 2.x, callback API VERSION2, MQTT 3.1.1, **clean sessions** and QoS 1: nothing
-relies on the broker keeping messages for an offline client (ARCHITECTURE.md, "Brokers,
-as seen on this machine"), because the outbox resends until the hub acknowledges.
+relies on the broker keeping messages for an offline client (the embedded broker was seen
+to drop QoS 1 messages queued for persistent sessions, docs/agent-delivery.md), because
+the outbox resends until the hub acknowledges.
 
 - **Threads.** A supervisor thread owns the connection cycle; each connection gets a fresh
   paho client whose own network thread (``loop_start``) does the socket I/O, so other
-  threads may call :meth:`Link.publish` safely. paho's callbacks only convert and put
-  :class:`Inbound` / :class:`Connected` events on the caller's ``queue.Queue`` (bounded:
-  a flood is dropped and logged, THREATS B31); the daemon's worker thread dispatches.
-- **Subscriptions** are re-requested in ``on_connect`` after every (re)connect (a clean
+  threads may call :meth:`Link.publish` safely. paho's callbacks only convert and hand
+  :class:`Inbound` / :class:`Connected` events to the sink (:meth:`Link.on_event`); the
+  daemon's sink puts them on a bounded queue (a flood is dropped and logged, THREATS
+  B31) and its downlink job dispatches them.
+- **Subscriptions** (:meth:`Link.subscribe`) are re-requested in ``on_connect`` after
+  every (re)connect (a clean
   session forgets them), and the link counts as up only once the broker acknowledged them
   (SUBACK): before that, a hub ack to a frame sent at once could find no subscription.
 - **Reconnect** with exponential backoff and full jitter: the n-th consecutive failure
@@ -19,7 +23,8 @@ as seen on this machine"), because the outbox resends until the hub acknowledges
 - **Last will.** Before a connection the supervisor asks ``will()`` for a (topic, frame)
   pair; the broker publishes it if the connection dies without a DISCONNECT. A will that
   belonged to a connection that came up is never reused (it may have fired); one from a
-  failed attempt is. :meth:`stop` sends a clean DISCONNECT, which suppresses the will.
+  failed attempt is. :meth:`Link.disconnect` sends a clean DISCONNECT, which suppresses
+  the will.
 - **TLS** for ``mqtts://``: the system trust store or ``ca_file``, optional client
   certificate (``cert_file``/``key_file``), host name checked.
 
@@ -30,12 +35,10 @@ queues frames in memory across connections; the outbox keeps them instead.
 from __future__ import annotations
 
 import logging
-import queue
 import random
 import ssl
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +46,9 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from agent.config import AgentConfig
 from agent.errors import ConfigError
+from agent.transport import Connected, EventSink, Inbound, LinkEvent, WillFactory
 from edgefleet.brokers import BrokerUrl
 
 logger = logging.getLogger(__name__)
@@ -53,30 +58,11 @@ PAHO_MAX_INFLIGHT = 100
 
 
 @dataclass(frozen=True)
-class Inbound:
-    """A message the broker delivered."""
-
-    topic: str
-    payload: bytes
-    retained: bool
-
-
-@dataclass(frozen=True)
-class Connected:
-    """A connection came up and the broker acknowledged its subscriptions."""
-
-
-LinkEvent = Inbound | Connected
-WillFactory = Callable[[], tuple[str, bytes]]
-
-
-@dataclass(frozen=True)
 class LinkSettings:
-    """How to reach the broker and what to subscribe to (units in the names)."""
+    """How to reach the broker (units in the names)."""
 
     broker: BrokerUrl
     client_id: str
-    subscriptions: tuple[str, ...]
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
@@ -85,6 +71,20 @@ class LinkSettings:
     reconnect_max_s: float = 30.0
     connect_timeout_s: float = 10.0
 
+    @classmethod
+    def from_config(cls, config: AgentConfig) -> LinkSettings:
+        """The agent's link: client id ``ef-<device_id>``, broker and TLS from its config."""
+        return cls(
+            broker=config.broker,
+            client_id=f"ef-{config.device_id}",
+            ca_file=config.ca_file,
+            cert_file=config.cert_file,
+            key_file=config.key_file,
+            keepalive_s=config.keepalive_s,
+            reconnect_min_s=config.reconnect_min_s,
+            reconnect_max_s=config.reconnect_max_s,
+        )
+
 
 def backoff_delay(failures: int, low_s: float, high_s: float, rng: random.Random) -> float:
     """Full-jitter exponential backoff: ``uniform(0, min(high, low * 2**failures))``."""
@@ -92,24 +92,19 @@ def backoff_delay(failures: int, low_s: float, high_s: float, rng: random.Random
 
 
 class Link:
-    """A self-healing MQTT connection delivering events to ``events``."""
+    """A self-healing MQTT connection: the :class:`~agent.transport.Transport` the agent
+    uses unless it is given another."""
 
-    def __init__(
-        self,
-        settings: LinkSettings,
-        events: queue.Queue[LinkEvent],
-        *,
-        will: WillFactory | None = None,
-        rng: random.Random | None = None,
-    ) -> None:
-        """Prepare the link; nothing connects before :meth:`start`.
+    def __init__(self, settings: LinkSettings, *, rng: random.Random | None = None) -> None:
+        """Prepare the link; nothing connects before :meth:`connect`.
 
         Raises:
             ConfigError: a TLS file cannot be loaded (the message names the key).
         """
         self.settings = settings
-        self._events = events
-        self._will_factory = will
+        self._sink: EventSink | None = None
+        self._subscriptions: tuple[str, ...] = ()
+        self._will_factory: WillFactory | None = None
         self._rng = rng or random.Random()
         self._tls = _tls_context(settings) if settings.broker.tls else None
         self._lock = threading.Lock()
@@ -120,13 +115,24 @@ class Link:
         self._thread: threading.Thread | None = None
         self._suback_mid: int | None = None
         self.connections = 0
-        self.dropped_events = 0
 
     @property
     def connected(self) -> bool:
         return self._up
 
-    def start(self) -> None:
+    def subscribe(self, *topics: str) -> None:
+        """Subscribe to ``topics`` on every connection from the next one on (call it before
+        :meth:`connect`)."""
+        self._subscriptions = (*self._subscriptions, *topics)
+
+    def on_event(self, sink: EventSink) -> None:
+        """Where events go; called from paho's network thread, it must not block."""
+        self._sink = sink
+
+    def connect(self, *, will: WillFactory | None = None) -> None:
+        """Start the supervisor thread, which connects and reconnects until
+        :meth:`disconnect`."""
+        self._will_factory = will
         self._thread = threading.Thread(target=self._supervise, name="agent-link", daemon=True)
         self._thread.start()
 
@@ -139,7 +145,7 @@ class Link:
         info = client.publish(topic, payload, qos=1)
         return info.rc == mqtt.MQTT_ERR_SUCCESS
 
-    def stop(self, timeout_s: float = 10.0) -> None:
+    def disconnect(self, timeout_s: float = 10.0) -> None:
         """Disconnect cleanly (no last will) and wait for the link's threads to end."""
         self._stopping.set()
         self._ended.set()
@@ -229,12 +235,10 @@ class Link:
             logger.warning("broker refused the connection: %s", reason)
             self._ended.set()
             return
-        if not self.settings.subscriptions:
+        if not self._subscriptions:
             self._came_up()
             return
-        result, self._suback_mid = client.subscribe(
-            [(topic, 1) for topic in self.settings.subscriptions]
-        )
+        result, self._suback_mid = client.subscribe([(topic, 1) for topic in self._subscriptions])
         if result != mqtt.MQTT_ERR_SUCCESS:
             self._ended.set()
 
@@ -243,7 +247,7 @@ class Link:
     ) -> None:
         if mid != self._suback_mid:
             return
-        pairs = zip(self.settings.subscriptions, codes, strict=False)
+        pairs = zip(self._subscriptions, codes, strict=False)
         refused = [topic for topic, code in pairs if code.is_failure]
         if refused:
             logger.error("broker refused subscriptions %s: no downlink on them", refused)
@@ -270,11 +274,13 @@ class Link:
         self._put(Inbound(message.topic, bytes(message.payload), bool(message.retain)))
 
     def _put(self, event: LinkEvent) -> None:
+        sink = self._sink
+        if sink is None:
+            return
         try:
-            self._events.put_nowait(event)
-        except queue.Full:
-            self.dropped_events += 1
-            logger.warning("inbound queue is full: message discarded")
+            sink(event)
+        except Exception:  # paho's thread must outlive a faulty sink
+            logger.exception("the event sink failed: event discarded")
 
 
 def _tls_context(settings: LinkSettings) -> ssl.SSLContext:

@@ -16,9 +16,11 @@ for whole numbers in range; ``bool`` only from ``bool``. Anything else raises
 :class:`~agent.errors.InvalidInput` (HTTP 422) naming the input and what was wrong.
 
 **Errors during inference**: an onnxruntime failure, or a NaN/Inf in the scores, raises
-:class:`~agent.errors.InferenceFailed` and counts as an error in :meth:`counters`, which
-the model manager's watch window reads after a swap. Invalid input is the caller's fault
-and is not counted.
+:class:`~agent.errors.InferenceFailed`. :meth:`ModelRuntime.counters` counts *rows*
+(:func:`batch_rows`: one per scores row, one per row of a batch that failed), not
+requests, so a window of 200 predictions ends after 200 rows however the application
+batches them. Invalid input is the caller's fault, not the model's, and is not counted
+here (the daemon's stats count it as an error, agent/stats.py).
 
 **Health check** (THREATS B23, :meth:`ModelRuntime.health_check`): the package's smoke
 inputs (``smoke.eft``), one warm-up run, then the median of ``runs`` timed runs of the
@@ -97,9 +99,9 @@ class HealthReport:
 class WatchPolicy:
     """When a freshly swapped model has proven itself (units in the names).
 
-    The watch ends after ``predictions`` inferences or ``ms`` after the swap, whichever
-    comes first; failed inferences (exceptions, NaN/Inf scores) above ``max_error_rate``
-    of those run roll it back.
+    The watch ends after ``predictions`` predicted rows (not requests: 655 rows in 15
+    requests are 655) or ``ms`` after the swap, whichever comes first; failed rows
+    (exceptions, NaN/Inf scores) above ``max_error_rate`` of those run roll it back.
     """
 
     predictions: int = 200
@@ -197,19 +199,19 @@ class ModelRuntime:
         try:
             outputs = self._run(self._output_names, feeds, None)
         except Exception as e:  # onnxruntime's errors derive from Exception only
-            self._count(error=True)
+            self._count_failed(batch_rows(next(iter(feeds.values()))))
             raise InferenceFailed(f"onnxruntime failed: {str(e)[:200]}") from e
         scores = outputs[0]
         if scores.dtype.kind == "f" and not _finite(scores):
-            self._count(error=True)
+            self._count_failed(batch_rows(scores))
             raise InferenceFailed(f"the model's {self.manifest.scores[:60]!r} hold NaN or Inf")
-        with self._lock:  # _count(error=False) inlined: this is the hot path
-            self._predictions += 1
+        with self._lock:  # the rows of batch_rows(scores), inlined: this is the hot path
+            self._predictions += len(scores) if scores.ndim else 1
         # tuple.__new__ skips the NamedTuple's Python-level __new__ (~0.1 us of ~10).
         return _new_output(ModelOutput, (scores, outputs[1] if self._features else None))
 
     def counters(self) -> tuple[int, int]:
-        """Inferences run and how many of them failed, since this runtime was built."""
+        """Rows predicted and how many of them failed, since this runtime was built."""
         with self._lock:
             return self._predictions, self._errors
 
@@ -313,10 +315,10 @@ class ModelRuntime:
             raise InvalidInput(f"inputs {got[:8]} differ from the model's {want[:8]}")
         return {name: check.coerce(inputs[name]) for name, check in self._inputs.items()}
 
-    def _count(self, *, error: bool) -> None:
+    def _count_failed(self, rows: int) -> None:
         with self._lock:
-            self._predictions += 1
-            self._errors += error
+            self._predictions += rows
+            self._errors += rows
 
 
 class _Input:
@@ -351,6 +353,19 @@ class _Input:
         if array.dtype == self.dtype:
             return array
         return _cast(self.spec, array, self.dtype)
+
+
+def batch_rows(value: Any) -> int:
+    """How many rows a batch holds: the first dimension of an array or the length of a
+    list (the first input's, for a mapping by input name); 1 for a scalar or anything
+    that is not a batch. What the stats count for a request, valid or not."""
+    if isinstance(value, Mapping):
+        return batch_rows(next(iter(value.values()))) if value else 1
+    if isinstance(value, np.ndarray):
+        return int(value.shape[0]) if value.ndim else 1
+    if isinstance(value, list | tuple):
+        return len(value)
+    return 1
 
 
 def _as_array(spec: TensorSpec, value: Any) -> np.ndarray:

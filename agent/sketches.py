@@ -26,9 +26,10 @@ the class count comes from the profile, else the head. Regression: the first sco
 column, binned over the profile's prediction edges (no sketch without a profile). Rows
 with a NaN score count as ``nan``; an argmax beyond the known classes as ``overflow``.
 
-Inference stats. ``inference_count`` and ``error_count`` count predict calls, as the
-telemetry does; latency percentiles (nearest rank) are over a uniform reservoir sample
-of the window's calls (exact while a window has at most ``latency_samples`` calls).
+Inference stats. ``inference_count`` and ``error_count`` count rows, as the telemetry
+does (agent/stats.py): the rows predicted, and the rows of failed or invalid requests;
+latency percentiles (nearest rank) are over a uniform reservoir sample of the window's
+requests (exact while a window has at most ``latency_samples`` of them).
 """
 
 from __future__ import annotations
@@ -236,17 +237,18 @@ class SketchWindow:
         scores: np.ndarray | None,
         latency_ms: float,
         *,
+        rows: int = 1,
         error: bool = False,
     ) -> None:
-        """Fold one predict call in: its input rows, its scores, its latency.
+        """Fold one predict request of ``rows`` rows in: its inputs, scores and latency.
 
-        A failed call (``error=True``) counts and records its latency only; so does a
-        successful one whose inputs are not ``[N, F]`` for this model (those rows are
-        not sketched).
+        A failed or invalid request (``error=True``) counts its rows as errors and records
+        its latency only (a non-finite one is not recorded); so does a successful one
+        whose inputs are not ``[N, F]`` for this model (those rows are not sketched).
         """
         with self._lock:
-            self._calls += 1
-            self._errors += int(error)
+            self._rows += rows
+            self._errors += rows if error else 0
             if math.isfinite(latency_ms) and latency_ms >= 0:
                 self._sample_latency(latency_ms)
             if error:
@@ -274,7 +276,7 @@ class SketchWindow:
                 features=self._features.sketches(self._layout.names),
                 predictions=self._predictions.sketch(),
                 model=self.model,
-                inference_count=self._calls,
+                inference_count=self._rows,
                 error_count=self._errors,
                 latency_p50_ms=nearest_rank(latencies, 50),
                 latency_p95_ms=nearest_rank(latencies, 95),
@@ -286,7 +288,7 @@ class SketchWindow:
         self._start = start_ms
         self._features = _Features(self._layout)
         self._predictions = _Predictions(self._layout)
-        self._calls = self._errors = self._seen = 0
+        self._rows = self._errors = self._seen = 0
         self._latencies: list[float] = []
 
     def _sample_latency(self, latency_ms: float) -> None:

@@ -1,6 +1,6 @@
 """Train a model's head in numpy: pure functions, no I/O, no clock, randomness passed in.
 
-The agent retrains only the final linear layer (ARCHITECTURE "Local retraining"), on the
+The agent retrains only the final linear layer (docs/agent-architecture.md), on the
 features the frozen part of the network produces (the head's input), so training is a
 convex problem over ``weight (n_features, n_outputs)`` and ``bias (n_outputs,)`` in the
 layout :mod:`protocol.headparams` uses. The loss follows the head's task, not its

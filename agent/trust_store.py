@@ -20,7 +20,7 @@ version with other content) is logged and ignored, as TUF does; a ``VersionGap``
 root chain is logged and waits for the next publication of the chain (the hub publishes
 it retained, so every reconnect retries it). Every refusal is counted by reason.
 
-Flags for the state report: ``freeze_suspected`` (no unexpired heartbeat at ``now``:
+Flags for the state report: ``freeze_suspected`` (no unexpired heartbeat at ``now_ms``:
 keep serving, install nothing) and ``clock_suspect``: the device clock is far ahead of
 hub time, detected when a newly received, authentic heartbeat is already expired by more
 than its own lifetime (a device clock set back is caught by the time floor instead:
@@ -106,19 +106,19 @@ class TrustStore:
             self._rollout = root, cached
         return cached
 
-    def now(self, system_now: int) -> int:
-        """A cycle's ``now``: the system clock lifted to the time floor (T15)."""
-        return trust.effective_now(self._state, system_now)
+    def now_ms(self, system_now_ms: int) -> int:
+        """A cycle's ``now_ms``: the system clock lifted to the time floor (T15)."""
+        return trust.effective_now(self._state, system_now_ms)
 
-    def freeze_suspected(self, now: int) -> bool:
-        return trust.freeze_suspected(self._state, now)
+    def freeze_suspected(self, now_ms: int) -> bool:
+        return trust.freeze_suspected(self._state, now_ms)
 
     def versions(self) -> TrustVersions:
         return self._state.versions()
 
-    def flags(self, now: int) -> tuple[str, ...]:
-        """The trust flags for a state report at ``now``."""
-        flags = ("freeze_suspected",) if self.freeze_suspected(now) else ()
+    def flags(self, now_ms: int) -> tuple[str, ...]:
+        """The trust flags for a state report at ``now_ms``."""
+        flags = ("freeze_suspected",) if self.freeze_suspected(now_ms) else ()
         return (*flags, "clock_suspect") if self.clock_suspect else flags
 
     # ------------------------------------------------------------------ fleet documents
@@ -129,14 +129,14 @@ class TrustStore:
             "root", lambda s: trust.update_root(s, metadata.decode_root_chain(payload))
         )
 
-    def on_release(self, payload: bytes, now: int) -> bool:
+    def on_release(self, payload: bytes, now_ms: int) -> bool:
         """Trust a newer release list; True when it changed. Never raises."""
         return self._fleet(
             "release",
-            lambda s: trust.update_release_list(s, SignedDocument.from_bytes(payload), now),
+            lambda s: trust.update_release_list(s, SignedDocument.from_bytes(payload), now_ms),
         )
 
-    def on_heartbeat(self, payload: bytes, now: int) -> bool:
+    def on_heartbeat(self, payload: bytes, now_ms: int) -> bool:
         """Trust a newer heartbeat (raising the time floor); True when it changed. Never raises."""
         try:
             doc = SignedDocument.from_bytes(payload)
@@ -144,9 +144,9 @@ class TrustStore:
             return self._refused("heartbeat", e)
         with self._lock:
             try:
-                new = trust.update_heartbeat(self._state, doc, now)
+                new = trust.update_heartbeat(self._state, doc, now_ms)
             except Expired as e:
-                self.clock_suspect = self._far_ahead(doc, trust.effective_now(self._state, now))
+                self.clock_suspect = self._far_ahead(doc, trust.effective_now(self._state, now_ms))
                 return self._refused("heartbeat", e)
             except ProtocolError as e:
                 return self._refused("heartbeat", e)
@@ -155,7 +155,7 @@ class TrustStore:
 
     # ------------------------------------------------------------------ assignments
 
-    def update_release_list(self, doc: SignedDocument, now: int) -> bool:
+    def update_release_list(self, doc: SignedDocument, now_ms: int) -> bool:
         """Trust the release list a desired state carries; True when it changed.
 
         Raises:
@@ -164,19 +164,21 @@ class TrustStore:
         """
         with self._lock:
             try:
-                new = trust.update_release_list(self._state, doc, now)
+                new = trust.update_release_list(self._state, doc, now_ms)
             except EqualVersionConflict as e:
                 logger.info("release list ignored: %s", e)
                 return False
             return self._commit(new)
 
-    def verify_assignment(self, doc: SignedDocument, now: int, device_id: str) -> AssignmentVerdict:
+    def verify_assignment(
+        self, doc: SignedDocument, now_ms: int, device_id: str
+    ) -> AssignmentVerdict:
         """Verify an assignment without persisting anything; :meth:`accept` persists it.
 
         Raises:
             ProtocolError: whatever :func:`protocol.trust.verify_assignment` raises.
         """
-        return trust.verify_assignment(self._state, doc, now, device_id=device_id)
+        return trust.verify_assignment(self._state, doc, now_ms, device_id=device_id)
 
     def accept(self, verdict: AssignmentVerdict) -> None:
         """Persist an accepted assignment's high-water mark.
@@ -220,7 +222,7 @@ class TrustStore:
             logger.warning("fleet %s refused (%s): %s", kind, error.reason, error)
         return False
 
-    def _far_ahead(self, doc: SignedDocument, now: int) -> bool:
+    def _far_ahead(self, doc: SignedDocument, now_ms: int) -> bool:
         """True when ``doc`` is an authentic, new heartbeat expired by more than its lifetime."""
         root, trusted = self._state.root, self._state.heartbeat
         try:
@@ -231,7 +233,7 @@ class TrustStore:
         except ProtocolError:
             return False
         newer = trusted is None or beat.version > trusted.version
-        return newer and now - beat.expires > beat.expires - beat.issued_at
+        return newer and now_ms - beat.expires > beat.expires - beat.issued_at
 
     def _load(self, pinned_root: bytes | None) -> TrustedState:
         try:

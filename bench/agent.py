@@ -111,7 +111,7 @@ def drain_once(kind: str, workdir: Path) -> float:
         agent = Agent(config, rollout_keys=lambda: [hub.public])
         agent.start()
         try:
-            _wait(lambda: agent.link.connected and agent.outbox.stats().depth == 0)
+            _wait(lambda: agent.transport.connected and agent.outbox.stats().depth == 0)
             start = time.perf_counter()
             for _ in range(MESSAGES):
                 agent.send(MESSAGE)

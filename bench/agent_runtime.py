@@ -115,7 +115,8 @@ def bench_predict() -> dict[str, Any]:
 
 def prepare_state(state_dir: Path) -> Path:
     """A state dir as an agent leaves it after installing the MLP package; the root file."""
-    from agent.slots import SLOTS_FILE, Slots, SlotState
+    from agent.slot_table import SlotState
+    from agent.slots import SLOTS_FILE, Slots
     from agent.trust_store import TrustStore
     from edgefleet.files import write_atomic
     from tests import models

@@ -21,6 +21,7 @@ The manifest says:
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -195,3 +196,38 @@ class ModelManifest:
             if entry.name == name:
                 return entry
         raise Malformed(f"package lists no {name}")
+
+
+def inputs_differ(active: Sequence[TensorSpec], candidate: Sequence[TensorSpec]) -> str | None:
+    """Why an application feeding ``active``'s inputs could not feed ``candidate``'s; None
+    when it can. The device checks this before it installs a new version over a serving
+    one, and the hub can check it before it assigns one.
+
+    Shapes and dtypes decide, in order. Names decide only for a model with several inputs,
+    which callers pass as a mapping by name; a single input is passed as one array and its
+    name is never seen (``x`` and ``input`` are the same input). A dimension the active
+    model fixes may become dynamic (the candidate accepts more); a dynamic one may not
+    become fixed, nor a fixed one change.
+    """
+    if len(active) != len(candidate):
+        return f"it takes {len(candidate)} inputs, the active model {len(active)}"
+    if len(active) > 1:
+        names, wanted = sorted(s.name for s in candidate), sorted(s.name for s in active)
+        if names != wanted:
+            return f"its input names {names[:8]} differ from the active model's {wanted[:8]}"
+        by_name = {s.name: s for s in candidate}
+        candidate = [by_name[s.name] for s in active]
+    for old, new in zip(active, candidate, strict=True):
+        which = f"input {old.name[:60]!r}" if len(active) > 1 else "its input"
+        if old.dtype != new.dtype:
+            return f"{which} is {new.dtype}, the active model's {old.dtype}"
+        fits = len(old.shape) == len(new.shape) and all(
+            n is None or n == o for o, n in zip(old.shape, new.shape, strict=True)
+        )
+        if not fits:
+            return f"{which} has shape {_dims(new.shape)}, the active model's {_dims(old.shape)}"
+    return None
+
+
+def _dims(shape: tuple[int | None, ...]) -> str:
+    return "[" + ",".join("?" if d is None else str(d) for d in shape) + "]"

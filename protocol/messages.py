@@ -125,7 +125,12 @@ class StateReport(Message):
 @register("up", "telemetry")
 @dataclass(frozen=True)
 class Telemetry(Message):
-    """Heartbeat-rate health: counters since start, latency percentiles, outbox pressure."""
+    """Heartbeat-rate health: counters since start, latency percentiles, outbox pressure.
+
+    ``inference_count`` counts predicted rows, not requests; ``error_count`` the rows of
+    requests that failed or were refused as invalid input (earlier agents counted
+    requests, and no invalid ones).
+    """
 
     uptime_s: float
     inference_count: int = 0
@@ -174,7 +179,8 @@ class DeltaUpload(Message):
 @register("up", "data")
 @dataclass(frozen=True)
 class DataDelta(Message):
-    """One sketch window: per-feature histograms and moments, predictions, inference stats."""
+    """One sketch window: per-feature histograms and moments, predictions, inference stats
+    (``inference_count`` and ``error_count`` in rows, as in :class:`Telemetry`)."""
 
     window_start: int
     window_end: int

@@ -2,8 +2,11 @@
 
 Each simulated device is a real :class:`agent.device.Device` (its own Ed25519 key,
 outbox, trusted state, model slots and local HTTP API on a loopback port) with its own
-state directory under one root. Nothing is shared between them but the process, so what
-the hub sees is what it would see from separate machines.
+state directory under one root. What the hub sees is what it would see from separate
+machines. They share the process and one job scheduler (agent/scheduler.py): every
+device's jobs, outbox pump and downlink dispatch run on one pool instead of a scheduler
+thread and pool per device. Each still has its own paho link; one transport loop for
+all of them is the seam's next user (agent/transport.py).
 
 What it does not do (yet): thousands of devices, scripted faults or clock skew per
 device, recorded traffic. That is the fleet simulator of a later issue.
@@ -24,6 +27,7 @@ from typing import Any, Self
 from agent.config import AgentConfig
 from agent.device import Device
 from agent.errors import AgentError
+from agent.scheduler import ApsScheduler
 
 
 @dataclasses.dataclass(eq=False)
@@ -32,6 +36,7 @@ class SimulatedFleet:
 
     devices: dict[str, Device]
     urls: dict[str, str]
+    scheduler: ApsScheduler = dataclasses.field(default_factory=ApsScheduler)
 
     @classmethod
     def start(
@@ -51,7 +56,8 @@ class SimulatedFleet:
             ConfigError, StateCorrupt, IdentityError: a device cannot be built.
             AgentError: a local API port cannot be bound.
         """
-        fleet = cls({}, {})
+        fleet = cls({}, {}, ApsScheduler(threads=max(4, min(count, 16))))
+        fleet.scheduler.start()
         try:
             for i in range(count):
                 device_id = f"{prefix}-{i}"
@@ -66,7 +72,7 @@ class SimulatedFleet:
                     http_port=port,
                     **settings,
                 )
-                device = Device(config)
+                device = Device(config, scheduler=fleet.scheduler)
                 device.start()
                 fleet.devices[device_id] = device
                 fleet.urls[device_id] = f"http://127.0.0.1:{port}"
@@ -80,13 +86,15 @@ class SimulatedFleet:
         return list(self.devices)
 
     def stop(self) -> None:
-        """Stop every device, in parallel (each waits up to its stop grace for acks)."""
+        """Stop every device, in parallel (each waits up to its stop grace for acks), then
+        the scheduler they shared."""
         stoppers = [threading.Thread(target=d.stop) for d in self.devices.values()]
         for thread in stoppers:
             thread.start()
         for thread in stoppers:
             thread.join()
         self.devices.clear()
+        self.scheduler.shutdown()
 
     def __enter__(self) -> Self:
         return self

@@ -9,6 +9,7 @@ import pytest
 
 from agent import cli
 from agent.config import load_config
+from edgefleet.lock import LOCK_FILE, DirectoryLock
 
 
 @pytest.fixture
@@ -63,3 +64,19 @@ def test_cli_run_reports_a_bad_config_in_one_line(
     assert err.startswith("edgefleet agent: error: http_host '0.0.0.0'")
     assert "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_cli_run_on_a_state_dir_in_use_exits_1_in_one_line_touching_nothing(
+    parser: argparse.ArgumentParser, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    monkeypatch.delenv("EDGEFLEET_AGENT_DEVICE_ID", raising=False)
+    state = tmp_path / "state"
+    config = tmp_path / "agent.toml"
+    config.write_text(f'device_id = "d"\nstate_dir = "{state}"\nhttp_port = 0\n')
+    with DirectoryLock(state):  # the live agent
+        args = parser.parse_args(["agent", "run", "--config", str(config)])
+        assert args.handler(args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"edgefleet agent: error: state_dir {state} is in use by process ")
+    assert len(err.strip().splitlines()) == 1
+    assert [p.name for p in state.iterdir()] == [LOCK_FILE]  # no key, no outbox, no trust

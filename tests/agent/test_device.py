@@ -23,12 +23,19 @@ import pytest
 from agent.config import AgentConfig
 from agent.device import LEARNING_DIR, Device
 from agent.download import DownloadPolicy
-from agent.errors import InferenceFailed, RetrainingOff
+from agent.errors import InferenceFailed, InvalidInput, RetrainingOff
 from agent.learner import FEEDBACK_DB, LearnerSettings
 from agent.runtime import ModelRuntime, WatchPolicy
 from agent.updater import UpdaterConfig
 from protocol.headparams import read_head
-from protocol.messages import DataDelta, DeltaUpload, DeviceConfig, ModelRef, StateReport
+from protocol.messages import (
+    DataDelta,
+    DeltaUpload,
+    DeviceConfig,
+    ModelRef,
+    Nudge,
+    StateReport,
+)
 from protocol.tensors import decode_tensors
 from protocol.topics import Topics
 from simulator.task import ShiftedTask
@@ -222,7 +229,7 @@ def test_device_retrains_on_feedback_and_the_hub_rebuilds_the_served_head_from_i
     (window,) = hub.double.messages(DEVICE, "data")
     data = window.message
     assert isinstance(data, DataDelta)
-    assert (data.model, data.inference_count, data.error_count) == (v1.ref, BATCHES, 0)
+    assert (data.model, data.inference_count, data.error_count) == (v1.ref, BATCHES * ROWS, 0)
     assert [f.n for f in data.features] == [BATCHES * ROWS] * task.n_inputs
     assert data.predictions is not None
     assert sum(data.predictions.counts) == BATCHES * ROWS
@@ -235,6 +242,75 @@ def test_device_retrains_on_feedback_and_the_hub_rebuilds_the_served_head_from_i
         assert restarted.status()["retrain"].startswith("retrained: serving the head saved")
     finally:
         restarted.stop()
+
+
+def test_status_says_a_delta_is_queued_until_the_hub_acknowledges_it(
+    device: Device, hub: ModelHub, clock: FakeClock, task: ShiftedTask, v1: Built
+) -> None:
+    install(device, hub, clock, v1)
+    hub.double.mute_acks = True  # the hub stores frames but its acks do not come back
+    learn(device, task, clock)
+    hub.double.wait_until(lambda h: bool(h.messages(DEVICE, "delta")))
+    status = device.status()
+    assert status["retrain"].startswith("retrained: ")
+    assert "sent" not in status["retrain"]
+    assert status["delta"]["delivery"] == "queued: waiting for the hub's acknowledgement"
+
+    hub.double.mute_acks = False
+    hub.double.publish_down(DEVICE, Nudge("resend"))
+    eventually(
+        lambda: device.status()["delta"]["delivery"] == "acknowledged by the hub",
+        "the hub's ack of the delta",
+        clock,
+    )
+    assert device.status()["delta"]["base"] == v1.manifest.version
+
+
+def test_invalid_inputs_count_as_errors_in_rows_in_telemetry_and_the_window(
+    device: Device, hub: ModelHub, clock: FakeClock, task: ShiftedTask, v1: Built
+) -> None:
+    install(device, hub, clock, v1)
+    x, _ = task.sample("B", 10, np.random.default_rng(4))
+    device.predict(x.tolist())
+    with pytest.raises(InvalidInput):
+        device.predict([[1.0, 2.0]] * 3)  # three rows of the wrong width
+    inference = device.agent.status()["inference"]
+    assert (inference["inference_count"], inference["error_count"]) == (13, 3)
+    assert (inference["requests"], inference["invalid_count"]) == (2, 3)
+    device.learning.close_window(clock.now_ms())
+    hub.double.wait_until(lambda h: bool(h.messages(DEVICE, "data")))
+    (window,) = [e.message for e in hub.double.messages(DEVICE, "data")]
+    assert isinstance(window, DataDelta)
+    assert (window.inference_count, window.error_count) == (13, 3)
+
+
+def test_metrics_count_rows_errors_latency_outbox_and_installs(
+    device: Device, hub: ModelHub, clock: FakeClock, task: ShiftedTask, v1: Built
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    install(device, hub, clock, v1)
+    x, _ = task.sample("B", 12, np.random.default_rng(5))
+    for batch in np.split(x, 3):
+        device.predict(batch.tolist())
+    with pytest.raises(InvalidInput):
+        device.predict([[1.0]] * 2)
+    text, content_type = device.agent.metrics()
+    assert content_type.startswith("text/plain")
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text.decode())
+        for s in family.samples
+    }
+    prefix = "edgefleet_agent_"
+    assert samples[(prefix + "inference_rows_total", ())] == 14
+    assert samples[(prefix + "inference_requests_total", ())] == 4
+    assert samples[(prefix + "inference_errors_total", (("reason", "invalid_input"),))] == 2
+    assert samples[(prefix + "inference_errors_total", (("reason", "inference_failed"),))] == 0
+    assert samples[(prefix + "inference_latency_seconds_count", ())] == 3  # invalid: no run
+    assert (prefix + "outbox_depth", ()) in samples
+    assert samples[(prefix + "installs_total", (("outcome", "installed"),))] == 1
+    assert samples[(prefix + "connected", ())] == 1
 
 
 def test_a_self_rollback_brings_the_retrained_head_back_on_the_released_base(
@@ -366,7 +442,7 @@ def test_stopping_the_device_sends_the_data_window_it_was_collecting(
 
     hub.double.wait_until(lambda h: bool(windowed(hub)))
     (window,) = windowed(hub)
-    assert (window.model, window.inference_count) == (v1.ref, 3)
+    assert (window.model, window.inference_count) == (v1.ref, 3 * ROWS)  # rows, not calls
     assert [f.n for f in window.features] == [3 * ROWS] * task.n_inputs
 
 

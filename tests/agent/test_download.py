@@ -230,13 +230,17 @@ def test_check_package_refuses_hostile_onnx_before_any_runtime_sees_it(model: by
         check_package(built.entry(1), built.data, opset_range=OPSET_RANGE)
 
 
-def test_check_package_wants_the_active_models_inputs() -> None:
+def test_check_package_wants_the_active_models_input_shapes_and_dtypes() -> None:
     built = build_package(models.gemm_classifier())
     check_package(built.entry(1), built.data, opset_range=OPSET_RANGE, inputs=built.manifest.inputs)
-    other = build_package(models.mlp_classifier().model)
-    with pytest.raises(Incompatible):
+    renamed = build_package(models.mlp_classifier().model)  # float32[?,4], named otherwise
+    check_package(
+        renamed.entry(1), renamed.data, opset_range=OPSET_RANGE, inputs=built.manifest.inputs
+    )
+    wider = build_package(models.gemm_classifier(n_features=5))
+    with pytest.raises(Incompatible, match=r"shape \[\?,5\], the active model's \[\?,4\]"):
         check_package(
-            other.entry(1), other.data, opset_range=OPSET_RANGE, inputs=built.manifest.inputs
+            wider.entry(1), wider.data, opset_range=OPSET_RANGE, inputs=built.manifest.inputs
         )
 
 

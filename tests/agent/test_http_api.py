@@ -146,3 +146,24 @@ def test_http_hides_internal_failures_behind_a_plain_500(caplog) -> None:
 def test_http_refuses_to_listen_beyond_loopback(service: FakeService, host: str) -> None:
     with pytest.raises(ConfigError, match="loopback"):
         HttpApi(service, host, 0)
+
+
+def test_http_metrics_serves_the_exposition_text_when_given_a_source(
+    service: FakeService,
+) -> None:
+    text = b"# TYPE edgefleet_agent_inference_rows_total counter\n"
+    for api in serve(service, metrics=lambda: (text, "text/plain; version=0.0.4")):
+        conn = http.client.HTTPConnection("127.0.0.1", api.port, timeout=10)
+        conn.request("GET", "/metrics")
+        response = conn.getresponse()
+        assert (response.status, response.getheader("Content-Type")) == (
+            200,
+            "text/plain; version=0.0.4",
+        )
+        assert response.read() == text
+        conn.close()
+        assert call(api, "POST", "/metrics", b"{}")[0] == 405
+
+
+def test_http_metrics_is_not_found_without_a_source(api: HttpApi) -> None:
+    assert call(api, "GET", "/metrics")[0] == 404

@@ -133,7 +133,7 @@ def test_lossy_deltas_reproduce_the_served_head_within_the_codec_bound(
 
     assert outcome.runtime is not None
     assert outcome.delta is not None
-    assert outcome.status.endswith(f"sent as {encoding}")
+    assert outcome.status.endswith(f"delta in {encoding}")
     head = head_of(base)
     served = read_head(outcome.runtime.model_bytes, head)
     original = read_head(base.model_bytes, head)

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from agent.errors import ConfigError
-from agent.link import Connected, Inbound, Link, LinkEvent, LinkSettings, backoff_delay
+from agent.link import Link, LinkSettings, backoff_delay
+from agent.transport import Connected, Inbound, LinkEvent
 from edgefleet.brokers import BrokerUrl
 from protocol.topics import Topics
 from tests.brokers import BrokerRunner, free_port
@@ -20,11 +21,19 @@ def settings(port: int, **extra) -> LinkSettings:
     return LinkSettings(
         broker=BrokerUrl("127.0.0.1", port, tls=False),
         client_id="ef-dev-1",
-        subscriptions=extra.pop("subscriptions", ()),
         reconnect_min_s=0.05,
         reconnect_max_s=0.5,
         **extra,
     )
+
+
+def link_to(port: int, events: queue.Queue[LinkEvent], *topics: str) -> Link:
+    """A link whose events go to ``events``, subscribed to ``topics``, connecting."""
+    link = Link(settings(port))
+    link.subscribe(*topics)
+    link.on_event(events.put_nowait)
+    link.connect()
+    return link
 
 
 def next_event(events: queue.Queue[LinkEvent], kind: type) -> LinkEvent:
@@ -43,13 +52,12 @@ def test_backoff_is_full_jitter_under_a_doubling_cap() -> None:
 
 
 def test_link_refuses_to_publish_while_no_connection_is_up() -> None:
-    link = Link(settings(free_port()), queue.Queue())
-    link.start()
+    link = link_to(free_port(), queue.Queue())
     try:
         assert not link.publish("t/x", b"frame")
         assert not link.connected
     finally:
-        link.stop()
+        link.disconnect()
 
 
 def test_link_renews_its_subscriptions_after_a_broker_restart(
@@ -57,8 +65,7 @@ def test_link_renews_its_subscriptions_after_a_broker_restart(
 ) -> None:
     events: queue.Queue[LinkEvent] = queue.Queue()
     down = topics.down("dev-1", "nudge")
-    link = Link(settings(broker.port, subscriptions=(topics.device_down("dev-1"),)), events)
-    link.start()
+    link = link_to(broker.port, events, topics.device_down("dev-1"))
     try:
         next_event(events, Connected)
         # No delivery before the restart: amqtt 0.12.1 can lose a fast PUBACK and then
@@ -71,15 +78,14 @@ def test_link_renews_its_subscriptions_after_a_broker_restart(
         assert next_event(events, Inbound) == Inbound(down, b"after", retained=False)
         assert link.connections == 2
     finally:
-        link.stop()
+        link.disconnect()
 
 
 def test_link_names_an_unreadable_ca_file(tmp_path: Path) -> None:
     tls = LinkSettings(
         broker=BrokerUrl("broker", 8883, tls=True),
         client_id="ef-dev-1",
-        subscriptions=(),
         ca_file=tmp_path / "missing.pem",
     )
     with pytest.raises(ConfigError, match="ca_file"):
-        Link(tls, queue.Queue())
+        Link(tls)

@@ -122,11 +122,20 @@ def test_integer_inputs_take_whole_numbers_only() -> None:
         runtime.predict([[1.5, 2.0]])
 
 
-def test_nan_scores_fail_the_inference_and_count_as_errors() -> None:
+def test_nan_scores_fail_the_inference_and_count_their_rows_as_errors() -> None:
     runtime = runtime_of(build_package(nan_model()))
     with pytest.raises(InferenceFailed):
         runtime.predict(np.ones((2, 4), np.float32))
-    assert runtime.counters() == (1, 1)
+    assert runtime.counters() == (2, 2)  # rows, not requests
+
+
+def test_runtime_counts_predicted_rows_not_requests(mlp: tuple[ModelRuntime, Any]) -> None:
+    runtime, _ = mlp
+    before, _ = runtime.counters()
+    for rows in (1, 7, 32):
+        runtime.predict(np.zeros((rows, 4), np.float32))
+    runtime.predict([[0.0] * 4] * 3)
+    assert runtime.counters() == (before + 43, 0)
 
 
 @pytest.mark.parametrize(

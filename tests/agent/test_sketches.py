@@ -177,15 +177,15 @@ def test_regression_predictions_are_binned_over_the_profile_edges() -> None:
 
 def test_flush_closes_the_window_and_starts_an_empty_one() -> None:
     sketcher = window()
-    sketcher.observe(np.ones((3, 2)), np.eye(3), 5.0)
-    sketcher.observe(None, None, 7.0, error=True)
+    sketcher.observe(np.ones((3, 2)), np.eye(3), 5.0, rows=3)
+    sketcher.observe(None, None, 7.0, rows=2, error=True)
 
     first = sketcher.flush(T0 + 60_000)
     second = sketcher.flush(T0 + 120_000)
 
     assert isinstance(first, DataDelta)
     assert (first.window_start, first.window_end, first.model) == (T0, T0 + 60_000, REF)
-    assert (first.inference_count, first.error_count) == (2, 1)
+    assert (first.inference_count, first.error_count) == (5, 2)  # rows, not requests
     assert first.features[0].n == 3
     assert (second.window_start, second.window_end) == (T0 + 60_000, T0 + 120_000)
     assert (second.inference_count, second.error_count, second.latency_p95_ms) == (0, 0, 0.0)
@@ -222,10 +222,10 @@ def test_latency_reservoir_stays_bounded_and_samples_the_whole_window() -> None:
 
 def test_failed_calls_are_counted_but_not_sketched() -> None:
     sketcher = window()
-    sketcher.observe(np.full((2, 2), 100.0), np.eye(3)[:2], 3.0, error=True)
+    sketcher.observe(np.full((2, 2), 100.0), np.eye(3)[:2], 3.0, rows=2, error=True)
 
     delta = sketcher.flush(T0)
-    assert (delta.inference_count, delta.error_count) == (1, 1)
+    assert (delta.inference_count, delta.error_count) == (2, 2)
     assert delta.features[0].n == 0
     assert delta.predictions is not None
     assert sum(delta.predictions.counts) == 0

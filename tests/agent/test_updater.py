@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import logging
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
@@ -22,16 +23,17 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agent import updater
+from agent import install
 from agent.download import DownloadPolicy
 from agent.errors import InferenceFailed, NotReady
 from agent.runtime import ModelRuntime, WatchPolicy
+from agent.slot_table import SlotState
 from agent.slots import SLOTS_FILE, Slots
 from agent.trust_store import STATE_FILE, TrustStore
 from agent.updater import MODELS_DIR, ModelManager, UpdaterConfig
 from protocol.documents import SignedDocument
 from protocol.frame import Message
-from protocol.messages import DeviceAck, FetchRequest, ModelRef, StateReport
+from protocol.messages import DeviceAck, FetchRequest, InstallOutcome, ModelRef, StateReport
 from protocol.metadata import Compat, ReleaseEntry
 from protocol.trust import TrustedState
 from tests import models
@@ -60,7 +62,8 @@ def package(version: int, kind: str = "gemm") -> Built:
         "gemm": models.gemm_classifier,
         "nan": nan_model,
         "sqrt": sqrt_model,
-        "mlp": lambda: models.mlp_classifier().model,
+        "mlp": lambda: models.mlp_classifier().model,  # same shapes, another input name
+        "wide": lambda: models.gemm_classifier(n_features=5),
         "external": models.external_initializer,
         "custom": models.custom_domain_node,
     }
@@ -75,13 +78,15 @@ def package(version: int, kind: str = "gemm") -> Built:
 class Device:
     """A ModelManager wired to a FleetDouble in memory; restart it with :meth:`restart`."""
 
-    def __init__(self, fleet: FleetDouble, state_dir: Path, clock: FakeClock) -> None:
-        self.fleet, self.state_dir, self.clock = fleet, state_dir, clock
+    def __init__(
+        self, fleet: FleetDouble, state_dir: Path, clock: FakeClock, config: UpdaterConfig = CONFIG
+    ) -> None:
+        self.fleet, self.state_dir, self.clock, self.config = fleet, state_dir, clock, config
         self.sent: list[Message] = []
         self.answered = 0
         self.trust = TrustStore(state_dir, fleet.sim.root_chain[0].to_bytes())
         self.manager = ModelManager(
-            state_dir, self.trust, device_id=DEVICE, clock=clock, send=self._send, config=CONFIG
+            state_dir, self.trust, device_id=DEVICE, clock=clock, send=self._send, config=config
         )
         self.manager.resume()
 
@@ -90,7 +95,7 @@ class Device:
         return len(self.sent)
 
     def restart(self) -> Device:
-        return Device(self.fleet, self.state_dir, self.clock)
+        return Device(self.fleet, self.state_dir, self.clock, self.config)
 
     def sync(self) -> None:
         """The retained fleet documents, as the broker delivers them on (re)connect."""
@@ -320,7 +325,7 @@ def test_agent_refuses_a_replayed_assignment_after_a_restart(device: Device) -> 
         pytest.param(
             lambda: package(2, "custom"), "unsafe_model", "refused", id="custom-op-domain"
         ),
-        pytest.param(lambda: package(2, "mlp"), "incompatible", "refused", id="other-inputs"),
+        pytest.param(lambda: package(2, "wide"), "incompatible", "refused", id="other-inputs"),
         pytest.param(lambda: package(2, "nan"), "model_unhealthy", "rolled_back", id="nan-outputs"),
         pytest.param(
             lambda: with_manifest(package(2), latency_budget_ms=0.0),
@@ -349,6 +354,28 @@ def test_agent_refuses_a_bad_model_and_keeps_serving_the_previous_one(
         sorted(p.name for p in (device.state_dir / MODELS_DIR / "packages").iterdir()) == packages
     )
     assert list((device.state_dir / MODELS_DIR / "download").iterdir()) == []
+
+
+def test_agent_says_why_it_refused_a_model_in_its_report_and_its_log(
+    device: Device, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="agent.install"):
+        device.install(device.fleet.release(package(2, "wide")))
+    outcome = device.report.install
+    assert outcome is not None
+    assert outcome.reason.startswith("incompatible: its inputs differ from the active model's")
+    assert "[?,5]" in outcome.reason  # what differs, not only that something does
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "agent.install"]
+    assert line == f"install of iris v2 refused: {outcome.reason}"
+
+
+def test_agent_installs_a_model_whose_input_differs_only_by_name(device: Device) -> None:
+    mlp = package(2, "mlp")
+    assert mlp.manifest.inputs[0].name != package(1).manifest.inputs[0].name
+    device.install(device.fleet.release(mlp))
+    assert device.active == mlp.ref
+    assert device.report.install.status == "installed"  # type: ignore[union-attr]
+    assert device.manager.predict(X).scores.shape == (2, 3)
 
 
 def test_agent_refuses_a_file_whose_hash_differs_from_the_release(device: Device) -> None:
@@ -483,6 +510,22 @@ def test_a_rising_error_rate_after_the_swap_rolls_back_by_itself(device: Device)
     assert device.manager.predict(X).scores.shape == (2, 3)
 
 
+def test_the_watch_window_ends_after_its_rows_however_they_are_batched(
+    fleet: FleetDouble, tmp_path: Path, clock: FakeClock
+) -> None:
+    # the defaults a new user runs with: 200 predictions or 5 minutes; 655 rows came in 15
+    # requests, and the watch used to count requests, so it waited the full 5 minutes
+    device = Device(fleet, tmp_path, clock, dataclasses.replace(CONFIG, watch=WatchPolicy()))
+    slots_file = tmp_path / MODELS_DIR / SLOTS_FILE
+    device.install(fleet.release(package(1)))
+    device.install(fleet.release(package(2)))
+    assert SlotState.from_bytes(slots_file.read_bytes()).state == "watching"
+    for rows in [44] * 14 + [39]:
+        device.manager.predict(np.zeros((rows, 4), np.float32))
+    assert SlotState.from_bytes(slots_file.read_bytes()).state == "committed"
+    assert device.report.install == InstallOutcome(3, package(2).ref, "installed")  # 3rd assignment
+
+
 def test_a_quiet_watch_window_commits_at_its_deadline(device: Device, clock: FakeClock) -> None:
     device.install(device.fleet.release(package(2)))
     clock.advance(CONFIG.watch.ms / 1000)
@@ -567,7 +610,7 @@ def test_crash_mid_download_resumes_where_it_stopped(device: Device) -> None:
 @pytest.mark.parametrize(
     ("target", "name", "status"),
     [
-        pytest.param(updater, "check_package", "failed", id="while-verifying"),
+        pytest.param(install, "check_package", "failed", id="while-verifying"),
         pytest.param(ModelRuntime, "health_check", "rolled_back", id="during-the-health-check"),
     ],
 )

@@ -4,6 +4,7 @@ telemetry, hello, transient fetches, nudges, and forged acks."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import threading
 import time
@@ -104,7 +105,7 @@ def test_agent_telemetry_reports_uptime_inference_and_outbox(
 ) -> None:
     for latency in (1.0, 2.0, 3.0, 4.0):
         agent.stats.record(latency)
-    agent.stats.record(9.0, ok=False)
+    agent.stats.record(9.0, outcome="failed")
     clock.advance(12.5)
     agent.send_telemetry(clock.now_ms())
     hub.wait_until(lambda h: len(h.messages(DEVICE, "telemetry")) == 1)
@@ -311,6 +312,46 @@ def test_agent_schedules_a_job_at_the_interval_it_was_given_before_start(
         hub.wait_until(lambda h: bool(h.messages(DEVICE, "telemetry")), timeout_s=10)
     finally:
         agent.stop()
+
+
+def test_agent_says_it_waits_for_approval_and_why(
+    embedded_broker: BrokerRunner,
+    topics: Topics,
+    tmp_path: Path,
+    hub: HubDouble,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    hub.mute_acks = True  # a hub that has not pinned the key acknowledges nothing
+    config = make_config(
+        tmp_path, embedded_broker, topics, ack_timeout_s=0.2, enrollment_token="tok-1"
+    )
+    agent = Agent(config, rollout_keys=lambda: [hub.public])
+
+    def said(text: str) -> list[str]:
+        lines = [r.getMessage() for r in caplog.records if r.name == "agent.uplink"]
+        return [line for line in lines if text in line]
+
+    with caplog.at_level(logging.INFO, logger="agent.uplink"):
+        agent.start()
+        try:
+            hub.wait_until(lambda h: bool(h.messages(DEVICE, "hello")))
+            eventually(lambda: bool(said("waiting for approval")), "the waiting line")
+            (waiting,) = said("waiting for approval")
+            assert "not pinned this device's key" in waiting
+            assert "token may be wrong or expired" in waiting
+            assert f"edgefleet hub device approve {DEVICE}" in waiting
+            hello = hub.messages(DEVICE, "hello")[0].header.seq
+            hub.publish_down(
+                DEVICE, HubAck(committed=(), refused=((hello, "pending: token_expired"),))
+            )
+            eventually(lambda: bool(said("refused this device's hello")), "the refusal line")
+            (refused,) = said("refused this device's hello")
+            assert "the enrollment token has expired [pending: token_expired]" in refused
+            hub.mute_acks = False
+            agent.send_hello(0)  # the hello job's retry, now
+            eventually(lambda: bool(said("pinned this device's key")), "the approval line")
+        finally:
+            agent.stop()
 
 
 def test_agent_runs_stop_hooks_before_it_reports_offline(

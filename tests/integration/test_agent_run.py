@@ -4,7 +4,7 @@ the model hub double over a real broker (both brokers).
 Only public surfaces are used: the agent.toml, the local HTTP API (httpx) and what the
 hub double commits. The fleet documents and the desired state are published, retained,
 before the agent starts, so it meets them in whatever order the broker delivers them.
-The model installs; 200 predict calls end the install's watch window; the labels go
+The model installs; 200 predict calls of 2 rows end the install's watch window; the labels go
 back through ``/feedback``; the retrain job's delta and the data windows reach the hub;
 ``/status`` shows the version and how retraining stands; SIGTERM exits 0 after
 reporting the device offline.
@@ -34,7 +34,7 @@ from tests.packages import build_package
 from tests.protocol.trust_sim import TrustSim
 
 DEVICE = "dev-1"
-CALLS, ROWS = 200, 2  # 200 predict calls: the default watch window's length
+CALLS, ROWS = 200, 2  # 400 rows: past the default watch window (200 rows)
 EXIT_TIMEOUT_S = 20
 REPO = Path(__file__).resolve().parents[2]
 
@@ -151,7 +151,7 @@ def test_edgefleet_agent_run_installs_serves_learns_and_exits_cleanly_on_sigterm
                 windows = [e.message for e in h.messages(DEVICE, "data")]
                 return sum(w.inference_count for w in windows if isinstance(w, DataDelta))
 
-            hub.double.wait_until(lambda h: windowed(h) == CALLS)
+            hub.double.wait_until(lambda h: windowed(h) == CALLS * ROWS)  # rows, not calls
             (delta,) = [e.message for e in hub.double.messages(DEVICE, "delta")]
             assert isinstance(delta, DeltaUpload)
             assert (delta.base, delta.num_samples) == (built.ref, 300)
