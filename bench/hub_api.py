@@ -123,7 +123,7 @@ def main() -> dict[str, Any]:
         settings = HubSettings(data_dir=root)
         store = Store.open(settings.db_path)
         populate(store, clock.now_ms())
-        ring = keyring.init(settings.keys_dir, now=clock.now_ms())
+        ring = keyring.init(settings.keys_dir, now_ms=clock.now_ms())
         artifacts = ArtifactStore(settings.artifacts_dir)
         services = HubServices(
             registry=Registry(store, artifacts, ring, clock),
@@ -131,7 +131,7 @@ def main() -> dict[str, Any]:
             downlink=None,
             metrics=CollectorRegistry(),
         )
-        token = auth.create_token(store, role="viewer", name="bench", actor="cli", now=0).token
+        token = auth.create_token(store, role="viewer", name="bench", actor="cli", now_ms=0).token
         app = create_app(settings, store, clock, services)
         with serve(app) as url, httpx.Client(base_url=url) as client:
             client.headers["Authorization"] = f"Bearer {token}"

@@ -84,7 +84,7 @@ def run(workdir: Path, *, devices: int) -> None:
     settings = HubSettings(data_dir=workdir / "hub", http_port=0, reconcile_interval_s=1.0)
 
     step("keys", "root (2-of-3), release, rollout and heartbeat keys")
-    ring = keyring.init(settings.keys_dir, now=clock.now_ms())
+    ring = keyring.init(settings.keys_dir, now_ms=clock.now_ms())
     root_file = workdir / "root.json"
     root_file.write_bytes(ring.chain[0].to_bytes())
 
@@ -92,7 +92,7 @@ def run(workdir: Path, *, devices: int) -> None:
     with HubService.start(settings, embedded_broker=EmbeddedBroker()) as hub:
         print(f"    REST {hub.http_url}/api/v1   broker {hub.broker_url}")
         admin = auth.create_token(
-            hub.store, role="admin", name="demo", actor="demo", now=clock.now_ms()
+            hub.store, role="admin", name="demo", actor="demo", now_ms=clock.now_ms()
         )
         with httpx.Client(
             base_url=f"{hub.http_url}/api/v1",

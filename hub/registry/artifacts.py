@@ -33,7 +33,7 @@ from typing import ClassVar
 
 from edgefleet.files import file_sha256, fsync_dir
 from hub.errors import HubError, InvalidRequest
-from hub.store.database import NotFound
+from hub.store import NotFound
 from protocol.schema import HEX64
 
 logger = logging.getLogger(__name__)

@@ -65,7 +65,7 @@ def make_api(root: Path, clock: FakeClock, *, release_online: bool = True) -> Ap
     )
     app = create_app(HubSettings(data_dir=root), hub.store, clock, services)
     tokens = {
-        role: auth.create_token(hub.store, role=role, name=role, actor="cli", now=clock.now_ms())
+        role: auth.create_token(hub.store, role=role, name=role, actor="cli", now_ms=clock.now_ms())
         for role in auth.ROLES
     }
     return Api(hub, TestClient(app), tokens)

@@ -21,7 +21,7 @@ def store() -> Store:
 
 
 def issue(store: Store, role: str = "operator", name: str = "ci") -> auth.IssuedToken:
-    return auth.create_token(store, role=role, name=name, actor="cli", now=FakeClock().now_ms())
+    return auth.create_token(store, role=role, name=name, actor="cli", now_ms=FakeClock().now_ms())
 
 
 def test_token_reads_as_prefix_id_and_256_bit_secret(store: Store) -> None:
@@ -70,15 +70,15 @@ def test_anything_but_a_known_token_is_unauthenticated(store: Store, token: str)
 
 def test_revoked_token_is_refused_and_revoking_again_is_harmless(store: Store) -> None:
     issued = issue(store)
-    auth.revoke_token(store, issued.id, actor="cli", now=1)
-    auth.revoke_token(store, issued.id, actor="cli", now=2)
+    auth.revoke_token(store, issued.id, actor="cli", now_ms=1)
+    auth.revoke_token(store, issued.id, actor="cli", now_ms=2)
     with pytest.raises(Unauthenticated):
         auth.authenticate(store, issued.token)
 
 
 def test_revoking_an_unknown_token_is_not_found(store: Store) -> None:
     with pytest.raises(NotFound):
-        auth.revoke_token(store, "0123456789ab", actor="cli", now=1)
+        auth.revoke_token(store, "0123456789ab", actor="cli", now_ms=1)
 
 
 @pytest.mark.parametrize(
@@ -108,13 +108,13 @@ def test_roles_are_ordered_viewer_operator_admin(
 )
 def test_create_refuses_bad_role_or_name(store: Store, role: str, name: str) -> None:
     with pytest.raises(InvalidRequest):
-        auth.create_token(store, role=role, name=name, actor="cli", now=1)
+        auth.create_token(store, role=role, name=name, actor="cli", now_ms=1)
     assert store.count("api_tokens") == 0
 
 
 def test_creation_and_revocation_are_audited_without_the_secret(store: Store) -> None:
     issued = issue(store)
-    auth.revoke_token(store, issued.id, actor="token:abc", now=5)
+    auth.revoke_token(store, issued.id, actor="token:abc", now_ms=5)
     rows, total = store.list_audit()
     assert total == 2
     assert [(r["actor"], r["action"], r["target"]) for r in rows] == [

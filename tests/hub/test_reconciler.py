@@ -253,8 +253,8 @@ def test_heartbeats_pin_the_signed_release_list_with_growing_versions(hub: Hub) 
 
 
 def test_root_chain_round_trips_through_its_wire_form(tmp_path: Path, clock: FakeClock) -> None:
-    keyring.init(tmp_path / "keys", now=clock.now_ms())
-    ring = keyring.rotate(tmp_path / "keys", "rollout", now=clock.now_ms())
+    keyring.init(tmp_path / "keys", now_ms=clock.now_ms())
+    ring = keyring.rotate(tmp_path / "keys", "rollout", now_ms=clock.now_ms())
     assert decode_root_chain(encode_root_chain(ring.chain)) == list(ring.chain)
     state = trust.update_root(trust.TrustedState.initial(ring.chain[0]), ring.chain)
     assert state.root.version == 2

@@ -84,7 +84,7 @@ def make_hub(
     publisher: Callable[[str, bytes], bool] | None = None,
 ) -> Hub:
     """Key ring, store and registry under ``root``; the release key moved out when offline."""
-    keyring.init(root / "keys", now=clock.now_ms())
+    keyring.init(root / "keys", now_ms=clock.now_ms())
     offline = None
     if not release_online:
         offline = root / "usb" / "release.pem"
@@ -494,7 +494,7 @@ def test_cli_offline_release_round_trip(offline: Hub, capsys: pytest.CaptureFixt
     assert str(pending) in capsys.readouterr().out
     assert offline.offline_release_key is not None
     key = keyring.read_private_key(offline.offline_release_key)
-    keyring.sign_release(pending, key, now=offline.clock.now_ms(), out=data / "signed.json")
+    keyring.sign_release(pending, key, now_ms=offline.clock.now_ms(), out=data / "signed.json")
     assert cli("model", "publish", data / "signed.json", "--data", data) == 0
     assert "published release list v1 with 1 entries" in capsys.readouterr().out
     assert offline.registry.get_version("iris", 1).status == "released"

@@ -51,7 +51,7 @@ def data(tmp_path: Path) -> Path:
     """A hub data directory with a key ring and one released model (so a release list
     and heartbeats exist to publish)."""
     path = tmp_path / "hub"
-    ring = keyring.init(path / "keys", now=CLOCK.now_ms())
+    ring = keyring.init(path / "keys", now_ms=CLOCK.now_ms())
     store = Store.open(path / "hub.db")
     try:
         registry = Registry(store, ArtifactStore(path / "artifacts"), ring, CLOCK)
@@ -99,7 +99,7 @@ def test_hub_serves_rest_and_enrolls_a_device_over_mqtt(
     hub: HubService, broker: BrokerRunner, topics: Topics
 ) -> None:
     assert httpx.get(f"{hub.http_url}/healthz").json() == {"status": "ok", "store": True}
-    admin = auth.create_token(hub.store, role="admin", name="t", actor="cli", now=CLOCK.now_ms())
+    admin = auth.create_token(hub.store, role="admin", name="t", actor="cli", now_ms=CLOCK.now_ms())
     token = enrollment.create_token(hub.store, kind="single", by="test", now_ms=CLOCK.now_ms())
     device = DeviceDouble(broker, topics, "dev-1", hub.keyring.chain[0], now=CLOCK.now_ms)
 

@@ -81,7 +81,7 @@ def hub(
         topic_prefix=topics.prefix,
         chunk_bytes=512,
     )
-    ring = keyring.init(settings.keys_dir, now=clock.now_ms())
+    ring = keyring.init(settings.keys_dir, now_ms=clock.now_ms())
     store = Store.open(settings.db_path)
     artifacts = ArtifactStore(settings.artifacts_dir)
     inbox: queue.Queue[Inbound] = queue.Queue(maxsize=10_000)
@@ -131,7 +131,7 @@ def rest_get(hub: RunningHub, path: str) -> Any:
     )
     app = create_app(hub.settings, hub.store, hub.clock, services)
     viewer = auth.create_token(
-        hub.store, role="viewer", name="it", actor="cli", now=hub.clock.now_ms()
+        hub.store, role="viewer", name="it", actor="cli", now_ms=hub.clock.now_ms()
     )
     with TestClient(app) as client:
         response = client.get(path, headers={"Authorization": f"Bearer {viewer.token}"})
