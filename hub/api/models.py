@@ -18,6 +18,7 @@ looks at the disk (THREATS T17).
 from __future__ import annotations
 
 import re
+from dataclasses import asdict
 from typing import Annotated, Any, BinaryIO
 
 from fastapi import APIRouter, File, Form, Header, Path, Response, UploadFile
@@ -132,7 +133,7 @@ def list_models(
     _: ViewerDep, services: ServicesDep, limit: LimitQuery = 100, offset: OffsetQuery = 0
 ) -> ModelPage:
     models = services.registry.list_models()
-    items = [ModelSummary(**vars(m)) for m in models[offset : offset + limit]]
+    items = [ModelSummary(**asdict(m)) for m in models[offset : offset + limit]]
     return ModelPage(items=items, total=len(models))
 
 

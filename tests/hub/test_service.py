@@ -18,12 +18,13 @@ import pytest
 from edgefleet.clock import SystemClock
 from hub import keyring
 from hub.api import auth
+from hub.context import HubContext
 from hub.fleet import enrollment
 from hub.registry.artifacts import ArtifactStore
 from hub.registry.registry import Registry
 from hub.service import HubService
 from hub.settings import HubSettings
-from hub.store.database import Store
+from hub.store.dialects import open_store
 from protocol.topics import Topics
 from tests import models
 from tests.brokers import BrokerRunner
@@ -52,9 +53,10 @@ def data(tmp_path: Path) -> Path:
     and heartbeats exist to publish)."""
     path = tmp_path / "hub"
     ring = keyring.init(path / "keys", now_ms=CLOCK.now_ms())
-    store = Store.open(path / "hub.db")
+    store = open_store(path / "hub.db")
     try:
-        registry = Registry(store, ArtifactStore(path / "artifacts"), ring, CLOCK)
+        ctx = HubContext(store, ring, CLOCK, HubSettings(data_dir=path))
+        registry = Registry(ctx, ArtifactStore(path / "artifacts"))
         registry.register(
             models.gemm_classifier(), name="churn", reference=reference(), actor="test"
         )

@@ -75,7 +75,7 @@ def test_sim_runs_devices_that_enrol_with_a_hub_and_stops_on_sigterm(tmp_path: P
         )  # fmt: skip
         try:
             deadline = time.monotonic() + 60
-            while hub.store.count("devices", "status = 'active' AND online = 1") < 2:
+            while hub.store.devices.page(status="active", online=True).total < 2:
                 assert sim.poll() is None, sim.communicate()
                 assert time.monotonic() < deadline, "sim devices did not enrol"
                 time.sleep(0.2)
