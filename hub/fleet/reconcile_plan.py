@@ -23,10 +23,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from hub.fleet.releases import needs_reissue
-from hub.settings import HubSettings
 from hub.store.rows import Twin
+
+if TYPE_CHECKING:  # the settings only as values: hub.settings holds paths
+    from hub.settings import HubSettings
 
 
 @dataclass(frozen=True)
