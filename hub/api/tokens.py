@@ -128,15 +128,15 @@ def _api_token(row: rows.ApiToken) -> ApiToken:
 def create_enrollment_token(
     body: EnrollmentTokenCreate, admin: AdminDep, store: StoreDep, clock: ClockDep
 ) -> EnrollmentTokenCreated:
-    now = clock.now_ms()
-    expires_at = None if body.expires_in_s is None else now + body.expires_in_s * 1000
+    now_ms = clock.now_ms()
+    expires_at = None if body.expires_in_s is None else now_ms + body.expires_in_s * 1000
     issued = enrollment.create_token(
-        store, kind=body.kind, by=admin.actor, now_ms=now, expires_at=expires_at, tags=body.tags
+        store, kind=body.kind, by=admin.actor, now_ms=now_ms, expires_at=expires_at, tags=body.tags
     )
     return EnrollmentTokenCreated(
         id=issued.id,
         kind=issued.kind,
-        created_at=now,
+        created_at=now_ms,
         created_by=admin.actor,
         expires_at=issued.expires_at,
         uses=0,

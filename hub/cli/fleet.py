@@ -94,11 +94,11 @@ def add_fleet_commands(hub_commands: Subcommands) -> None:
 
 
 def _create(args: argparse.Namespace) -> int:
-    now = SystemClock().now_ms()
-    expires_at = None if args.expires_in is None else now + args.expires_in * 1000
+    now_ms = SystemClock().now_ms()
+    expires_at = None if args.expires_in is None else now_ms + args.expires_in * 1000
     with closing(open_store(args.data, create=True)) as store:
         token = enrollment.create_token(
-            store, kind=args.kind, by=ACTOR, now_ms=now, expires_at=expires_at,
+            store, kind=args.kind, by=ACTOR, now_ms=now_ms, expires_at=expires_at,
             tags=_tags(args.tag),
         )  # fmt: skip
     print(token.secret)

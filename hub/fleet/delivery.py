@@ -174,22 +174,22 @@ class Delivery:
         Never raises for anything the device sent; an artifact corrupted on disk is
         refused (and audited) rather than served.
         """
-        now = self.clock.now_ms()
+        now_ms = self.clock.now_ms()
         assigned = self._assigned(device_id)
         size = self._size(assigned) if assigned == request.sha256 else None
         verdict = decide(
             request, assigned=assigned, size=size, chunk_bytes=self.settings.chunk_bytes
         )
         if isinstance(verdict, Refuse):
-            self._refused(device_id, request, verdict, now)
+            self._refused(device_id, request, verdict, now_ms)
             return "refused"
-        if not self.flow.admit(device_id, verdict.length, now):
+        if not self.flow.admit(device_id, verdict.length, now_ms):
             logger.debug("shed a fetch from %s at offset %d", device_id, request.offset)
             return "shed"
         try:
             data = self.artifacts.read_range(request.sha256, verdict.offset, verdict.length)
         except ArtifactCorrupt as e:  # logged by the store; keep serving everything else
-            self._refused(device_id, request, Refuse(e.reason, str(e)), now)
+            self._refused(device_id, request, Refuse(e.reason, str(e)), now_ms)
             return "refused"
         chunk = Chunk(
             sha256=request.sha256,

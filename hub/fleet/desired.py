@@ -60,7 +60,7 @@ def set_desired(
             release counter is below the list's rollback floor.
         KeyUnavailable: the rollout key is not on the hub.
     """
-    store, now = ctx.store, ctx.now_ms()
+    store, now_ms = ctx.store, ctx.now_ms()
     device = store.devices.find(device_id)
     previous = store.desired.find(device_id)
     plan = plan_set(
@@ -78,7 +78,7 @@ def set_desired(
     if config is None:
         config = _config(previous) if previous else DeviceConfig()
     with store.immediate():
-        assignment = _assign(ctx, device_id, plan.entry, plan.release, now)
+        assignment = _assign(ctx, device_id, plan.entry, plan.release, now_ms)
         store.desired.put(
             Desired(
                 device_id=device_id,
@@ -86,7 +86,7 @@ def set_desired(
                 model_version=model_version,
                 assignment_version=assignment.version,
                 config=canonical.dumps(schema.to_json(config)).decode(),
-                set_at=now,
+                set_at=now_ms,
                 set_by=actor,
                 assignment_expires=assignment.expires,
             )
@@ -96,7 +96,7 @@ def set_desired(
                 device_id, derive(reported_flags(device.reported), stuck=False)
             )
         store.audit.append(
-            at=now,
+            at=now_ms,
             actor=actor,
             action="desired.set",
             target=device_id,
@@ -142,12 +142,12 @@ def publish_desired(ctx: HubContext, device_id: str) -> bool:
     """
     if ctx.downlink is None:
         return False
-    store, now = ctx.store, ctx.now_ms()
+    store, now_ms = ctx.store, ctx.now_ms()
     desired = store.desired.find(device_id)
     plan = plan_publish(
         desired,
         signed_release(store),
-        now_ms=now,
+        now_ms=now_ms,
         lifetime_ms=int(ctx.settings.assignment_expiry_s * 1000),
     )
     if isinstance(plan, Skip):
@@ -161,7 +161,7 @@ def publish_desired(ctx: HubContext, device_id: str) -> bool:
         return False
     if isinstance(plan, Reissue):
         with store.immediate():
-            assignment = _assign(ctx, device_id, plan.entry, plan.release, now)
+            assignment = _assign(ctx, device_id, plan.entry, plan.release, now_ms)
             store.desired.reissued(
                 device_id, assignment_version=assignment.version, expires_ms=assignment.expires
             )
@@ -171,7 +171,7 @@ def publish_desired(ctx: HubContext, device_id: str) -> bool:
     if ctx.downlink.send(device_id, message, retain=True) is None:
         logger.info("desired state of %s not published: broker out of reach", device_id)
         return False
-    store.desired.mark_published(device_id, at_ms=now)
+    store.desired.mark_published(device_id, at_ms=now_ms)
     return True
 
 

@@ -51,7 +51,7 @@ def apply(ctx: HubContext, actions: Actions) -> None:
     Raises:
         KeyUnavailable: an assignment needs re-signing and the rollout key is not here.
     """
-    store, now = ctx.store, ctx.now_ms()
+    store, now_ms = ctx.store, ctx.now_ms()
     if actions.publish_release and publish_release(ctx):
         issue_heartbeat(ctx)
     for device in actions.publish:
@@ -59,16 +59,16 @@ def apply(ctx: HubContext, actions: Actions) -> None:
     for device in actions.nudge:
         if publish_desired(ctx, device) and ctx.downlink is not None:
             ctx.downlink.send(device, Nudge("desired"))
-            store.desired.mark_nudged(device, at_ms=now)
+            store.desired.mark_nudged(device, at_ms=now_ms)
     for device in actions.stuck:
         with store.atomic():
             desired = store.desired.find(device)
             if desired is None or desired.stuck_at is not None:  # cleared, or marked since
                 continue
-            store.desired.set_stuck(device, at_ms=now)
+            store.desired.set_stuck(device, at_ms=now_ms)
             store.devices.set_health(device, derive(None, stuck=True))
             store.audit.append(
-                at=now,
+                at=now_ms,
                 actor="system",
                 action="device.stuck",
                 target=device,

@@ -136,7 +136,7 @@ class Registry:
             max_model_bytes=self.max_model_bytes,
         )
         files = {"model.onnx": found.model, "smoke.eft": found.smoke}
-        store, now = self.ctx.store, self.ctx.now_ms()
+        store, now_ms = self.ctx.store, self.ctx.now_ms()
         with store.immediate():
             version = store.registry.next_version(name)
             counter = store.registry.next_release_counter()
@@ -178,16 +178,16 @@ class Registry:
                     parent_version=parent,
                     made_by="upload",
                     lineage=_json(lineage),
-                    created_at=now,
+                    created_at=now_ms,
                     created_by=actor,
                 )
             )
             entry = ReleaseEntry(name, version, counter, sha256, len(package), _compat(manifest))
             release_version, signed = releases.draft_release(
-                self.ctx, entry, now_ms=now, actor=actor
+                self.ctx, entry, now_ms=now_ms, actor=actor
             )
             store.audit.append(
-                at=now,
+                at=now_ms,
                 actor=actor,
                 action="model.register",
                 target=f"{name}/{version}",

@@ -105,8 +105,8 @@ def accept_release(ctx: HubContext, doc: SignedDocument, *, actor: str) -> Relea
     release = metadata.parse(ReleaseList, doc)
     root = ctx.keyring.root
     verify_threshold(doc, "release", root.role_keys("release"), root.threshold("release"))
-    store, now = ctx.store, ctx.now_ms()
-    if now >= release.expires:
+    store, now_ms = ctx.store, ctx.now_ms()
+    if now_ms >= release.expires:
         raise Conflict(f"release list v{release.version} has expired: draft a new one")
     with store.immediate():
         current = signed_release(store)
@@ -130,11 +130,11 @@ def accept_release(ctx: HubContext, doc: SignedDocument, *, actor: str) -> Relea
             ):
                 raise Conflict(f"release list names {e.name} v{e.version}, not held as signed")
         store.registry.put_release_list(
-            ReleaseListRecord(release.version, doc.to_bytes().decode(), True, now, actor)
+            ReleaseListRecord(release.version, doc.to_bytes().decode(), True, now_ms, actor)
         )
         mark_released(ctx, release)
         store.audit.append(
-            at=now, actor=actor, action="release.publish", target=f"v{release.version}"
+            at=now_ms, actor=actor, action="release.publish", target=f"v{release.version}"
         )
     return release
 
