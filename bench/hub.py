@@ -21,7 +21,7 @@ Reported:
   i.e. the rate with one core to itself (goal >= 5,000);
 - ``bare_msgs_per_cpu_s``: the same for the bare subscriber (what paho alone costs);
 - ``verify_per_s``: Ed25519 verifications per second in this process at the same time,
-  the ceiling ingest cannot pass on one core (ARCHITECTURE.md measured ~9.1k/s idle), and
+  the ceiling ingest cannot pass on one core (~9.1k/s measured on an idle machine), and
   ``hub_cpu_vs_verify``, the hub's per-CPU rate as a fraction of it: a figure that holds
   across machine load, so ``hub_cpu_vs_verify * 9.1k`` estimates the idle-machine rate.
 

@@ -12,7 +12,7 @@ Downloads are ``application/octet-stream``. ``GET /api/v1/artifacts/{sha256}`` s
 released packages only (:func:`hub.fleet.delivery.http_artifact`) and honours one
 ``Range: bytes=first-last`` (at most 1 MiB per answer), for resumable downloads. The
 digest in the path is 64 lowercase hex digits or the request is refused before anything
-looks at the disk (THREATS T17).
+looks at the disk (no name a caller sends ever becomes a path).
 """
 
 from __future__ import annotations
