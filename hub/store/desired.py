@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 from hub.store.devices import PREFIXED, to_device
@@ -40,8 +40,9 @@ _TWINS = (
 _ASSIGNMENT = "device_id, version, model_name, model_version, document, created_at"
 
 
-def _desired(row: sqlite3.Row) -> Desired:
-    return Desired(*(row[c] for c in COLUMNS))
+def _desired(row: Sequence[Any]) -> Desired:
+    """From the values of :data:`COLUMNS`, in that order."""
+    return Desired(*row)
 
 
 def _assignment(row: sqlite3.Row) -> AssignmentRecord:
@@ -66,8 +67,8 @@ class SqliteDesired:
         return found
 
     def find(self, device_id: str) -> Desired | None:
-        row = self._c.row(f"SELECT {SELECT} FROM desired WHERE device_id = ?", [device_id])  # noqa: S608
-        return None if row is None else _desired(row)
+        rows = self._c.tuples(f"SELECT {SELECT} FROM desired WHERE device_id = ?", [device_id])  # noqa: S608
+        return _desired(rows[0]) if rows else None
 
     def put(self, desired: Desired) -> None:
         self._c.write(_PUT, [getattr(desired, c) for c in COLUMNS])
@@ -97,10 +98,11 @@ class SqliteDesired:
 
     def twins(self, device_id: str | None = None) -> list[Twin]:
         if device_id is None:
-            rows = self._c.rows(_TWINS + "ORDER BY d.device_id")
+            rows = self._c.tuples(_TWINS + "ORDER BY d.device_id")
         else:
-            rows = self._c.rows(_TWINS + "WHERE d.device_id = ?", [device_id])
-        return [Twin(_desired(row), to_device(row, "v_")) for row in rows]
+            rows = self._c.tuples(_TWINS + "WHERE d.device_id = ?", [device_id])
+        split = len(COLUMNS)
+        return [Twin(_desired(row[:split]), to_device(row[split:])) for row in rows]
 
     def stuck_among(self, device_ids: Collection[str]) -> set[str]:
         if not device_ids:

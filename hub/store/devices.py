@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from hub.health import Health
@@ -44,7 +45,7 @@ COLUMNS = (
 )
 """Every column but the replay window, in :class:`~hub.store.rows.Device`'s order."""
 SELECT = ", ".join(COLUMNS)
-PREFIXED = ", ".join(f"v.{c} AS v_{c}" for c in COLUMNS)
+PREFIXED = ", ".join(f"v.{c}" for c in COLUMNS)
 _PUT = (
     f"INSERT INTO devices ({SELECT}) VALUES ({', '.join('?' for _ in COLUMNS)}) "  # noqa: S608
     "ON CONFLICT(id) DO UPDATE SET "
@@ -56,39 +57,47 @@ def encode_tags(tags: Mapping[str, str]) -> str:
     return canonical.dumps(dict(tags)).decode()
 
 
-def decode_tags(text: str | None) -> dict[str, str]:
-    """Tags as stored; anything but a JSON object reads as no tags (never a crash)."""
+@lru_cache(maxsize=4096)
+def decode_tags(text: str | None) -> Mapping[str, str]:
+    """Tags as stored, read-only; anything but a JSON object reads as no tags (never a
+    crash). Cached: a fleet shares a few tag sets between many devices."""
     try:
         value = json.loads(text or "{}")
     except ValueError:
-        return {}
-    return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
+        return _NO_TAGS
+    if not isinstance(value, dict):
+        return _NO_TAGS
+    return MappingProxyType({str(k): str(v) for k, v in value.items()})
 
 
-def to_device(row: sqlite3.Row, prefix: str = "") -> Device:
-    """A :class:`Device` from a row with :data:`COLUMNS` (named ``prefix + column``)."""
+_NO_TAGS: Mapping[str, str] = MappingProxyType({})
+_HEALTH = {h.value: h for h in Health}
 
-    def col(name: str) -> Any:
-        return row[prefix + name]
 
+def to_device(row: Sequence[Any]) -> Device:
+    """A :class:`Device` from the values of :data:`COLUMNS`, in that order (positional:
+    listings build thousands of these)."""
+    (id_, key, status, first_seen, tags, agent_version, enrolled_at, enrolled_by, last_seen,
+     online, active_name, active_version, active_sha256, reported, reported_at, health,
+     stale) = row  # fmt: skip
     return Device(
-        id=col("id"),
-        public_key=col("public_key"),
-        status=col("status"),
-        first_seen=col("first_seen"),
-        tags=decode_tags(col("tags")),
-        agent_version=col("agent_version"),
-        enrolled_at=col("enrolled_at"),
-        enrolled_by=col("enrolled_by"),
-        last_seen=col("last_seen"),
-        online=bool(col("online")),
-        active_name=col("active_name"),
-        active_version=col("active_version"),
-        active_sha256=col("active_sha256"),
-        reported=col("reported"),
-        reported_at=col("reported_at"),
-        health=Health(col("health") or Health.UNKNOWN),
-        stale=bool(col("stale")),
+        id_,
+        key,
+        status,
+        first_seen,
+        decode_tags(tags),
+        agent_version,
+        enrolled_at,
+        enrolled_by,
+        last_seen,
+        bool(online),
+        active_name,
+        active_version,
+        active_sha256,
+        reported,
+        reported_at,
+        _HEALTH.get(health, Health.UNKNOWN),
+        bool(stale),
     )
 
 
@@ -134,8 +143,8 @@ class SqliteDevices:
         return found
 
     def find(self, device_id: str) -> Device | None:
-        row = self._c.row(f"SELECT {SELECT} FROM devices WHERE id = ?", [device_id])  # noqa: S608
-        return None if row is None else to_device(row)
+        rows = self._c.tuples(f"SELECT {SELECT} FROM devices WHERE id = ?", [device_id])  # noqa: S608
+        return to_device(rows[0]) if rows else None
 
     def status(self, device_id: str) -> DeviceStatus | None:
         status: DeviceStatus | None = self._c.scalar(
@@ -182,7 +191,7 @@ class SqliteDevices:
         clause = " AND ".join(where) or "1"
         # clause is built above from fixed fragments; every value is a bound parameter
         total = self._c.scalar(f"SELECT count(*) FROM devices WHERE {clause}", params)  # noqa: S608
-        rows = self._c.rows(
+        rows = self._c.tuples(
             f"SELECT {SELECT} FROM devices WHERE {clause} ORDER BY id LIMIT ? OFFSET ?",  # noqa: S608
             [*params, limit, offset],
         )

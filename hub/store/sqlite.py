@@ -66,6 +66,12 @@ class Connection:
             cursor.row_factory = sqlite3.Row
             return cursor.execute(sql, params).fetchall()
 
+    def tuples(self, sql: str, params: Params = ()) -> list[tuple[Any, ...]]:
+        """Every row of a query as a plain tuple: for hot listings that read by position."""
+        with self.lock:
+            found: list[tuple[Any, ...]] = self.conn.execute(sql, params).fetchall()
+            return found
+
     def row(self, sql: str, params: Params = ()) -> sqlite3.Row | None:
         with self.lock:
             cursor = self.conn.cursor()
