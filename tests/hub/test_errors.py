@@ -79,4 +79,3 @@ def test_nothing_drawn_is_stale(entry: Drawn) -> None:
         assert cls.__bases__[0].__name__ == entry.parent
     if entry.status is not None:
         assert cls.status_hint == entry.status
-
