@@ -6,31 +6,36 @@ is the short code audit rows, counters and problem bodies carry. The classes liv
 the code that raises them (the module column); this drawing is the one place they are
 all seen together, and ``tests/hub/test_errors.py`` keeps it complete and accurate::
 
-    EdgefleetError             protocol.errors
-    ├─ ProtocolError           protocol.errors           400  a peer sent what we refuse
-    │  ├─ UnknownDevice        hub.fleet.identity        403  a device id never enrolled
-    │  ├─ DevicePending        hub.fleet.identity        403  a device awaiting approval
-    │  ├─ DeviceRevoked        hub.fleet.identity        403  a revoked device
-    │  │  └─ RevokedKeyInUse   hub.ingest.rules          403  ... signing with its key (alert)
-    │  ├─ IdentityMismatch     protocol.errors           403  a frame not its sender's
-    │  │  └─ KeyChangeRefused  hub.ingest.rules          403  an active device, another key (alert)
-    │  ├─ Replayed             protocol.errors           409  a seq already seen
-    │  │  └─ SeqReused         hub.ingest.rules          409  ... with other content (alert)
-    │  └─ Invalid              hub.ingest.rules          400  authentic, well-formed, nonsense
-    ├─ HubError                hub.errors                500  what the hub raises on purpose
-    │  ├─ InvalidRequest       hub.errors                422  bad operator input; names the field
-    │  ├─ Conflict             hub.errors                409  valid, not in the current state
-    │  ├─ PermissionDenied     hub.errors                403  the token's role may not do this
-    │  ├─ Unauthenticated      hub.errors                401  no token, or an unknown one
-    │  ├─ KeyUnavailable       hub.errors                409  the signing key is kept offline
-    │  ├─ StoreError           hub.store.interface       409  the store's constraints refuse it
-    │  │  └─ NotFound          hub.store.interface       404  no such row
-    │  ├─ ArtifactCorrupt      hub.registry.artifacts    500  an artifact no longer matches its hash
-    │  ├─ StoreUnavailable     hub.api.system            503  /healthz: the store does not answer
-    │  ├─ BrokerError          hub.transport.broker      500  the embedded broker will not run
-    │  ├─ HttpUnavailable      hub.transport.http_server 500  the REST address cannot be bound
-    │  └─ BrokerUnreachable    hub.service               503  no broker at start-up
-    └─ KeyringError            hub.keyring               500  keys missing or unreadable (set-up)
+    EdgefleetError              protocol.errors
+    ├─ ProtocolError            protocol.errors           400  a peer sent what we refuse
+    │  ├─ UnknownDevice         hub.fleet.identity        403  a device id never enrolled
+    │  ├─ DevicePending         hub.fleet.identity        403  a device awaiting approval
+    │  ├─ DeviceRevoked         hub.fleet.identity        403  a revoked device
+    │  │  └─ RevokedKeyInUse    hub.ingest.rules          403  ... signing with its key (alert)
+    │  ├─ IdentityMismatch      protocol.errors           403  a frame not its sender's
+    │  │  └─ KeyChangeRefused   hub.ingest.rules          403  an active device, another key (alert)
+    │  ├─ Replayed              protocol.errors           409  a seq already seen
+    │  │  └─ SeqReused          hub.ingest.rules          409  ... with other content (alert)
+    │  └─ Invalid               hub.ingest.rules          400  authentic, well-formed, nonsense
+    ├─ HubError                 hub.errors                500  what the hub raises on purpose
+    │  ├─ InvalidRequest        hub.errors                422  bad operator input; names the field
+    │  ├─ Conflict              hub.errors                409  valid, not in the current state
+    │  ├─ PermissionDenied      hub.errors                403  the token's role may not do this
+    │  ├─ Unauthenticated       hub.errors                401  no token, or an unknown one
+    │  ├─ KeyUnavailable        hub.errors                409  the signing key is kept offline
+    │  ├─ StoreError            hub.store.interface       409  the store's constraints refuse it
+    │  │  └─ NotFound           hub.store.interface       404  no such row
+    │  ├─ ArtifactCorrupt       hub.registry.artifacts    500  a stored artifact's hash changed
+    │  ├─ StoreUnavailable      hub.api.system            503  /healthz: the store does not answer
+    │  ├─ BrokerError           hub.transport.broker      500  the embedded broker will not run
+    │  ├─ HttpUnavailable       hub.transport.http_server 500  the REST address cannot be bound
+    │  ├─ BrokerUnreachable     hub.service               503  no broker at start-up
+    │  └─ RolloutError          hub.rollouts.errors       409  the rollout rules refuse it
+    │     ├─ InvalidRolloutSpec hub.rollouts.errors       422  the spec is wrong; names the field
+    │     ├─ IllegalTransition  hub.rollouts.errors       409  no such move in the state table
+    │     ├─ RolloutConflict    hub.rollouts.errors       409  another rollout has these devices
+    │     └─ InvalidGateInput   hub.rollouts.errors       422  metrics no device can report
+    └─ KeyringError             hub.keyring               500  keys missing or unreadable (set-up)
 
 Only the hub's own classes and the protocol classes they extend are drawn; the rest of
 ``ProtocolError`` (bad signatures, oversize frames, stale times...) is drawn in

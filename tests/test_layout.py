@@ -120,6 +120,8 @@ PURE_CORES = (
     "hub/store/__init__.py",
     "hub/store/interface.py",  # the store's contract
     "hub/store/rows.py",  # the typed rows
+    # staged rollouts: the whole package is a pure core (spec, cohorts, gates, tables, planner)
+    *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "hub" / "rollouts").glob("*.py")),
 )
 """Modules of agent/ and hub/ that do no I/O; the shells around them do."""
 
@@ -195,3 +197,19 @@ def test_the_store_contract_names_no_table_and_takes_no_sql() -> None:
         "api_tokens", "atomic", "audit", "close", "counters", "desired", "devices",
         "enrollment_tokens", "immediate", "ping", "registry", "uplink",
     }  # fmt: skip
+
+
+def test_every_top_level_package_is_installed_and_type_checked() -> None:
+    """A package missing from pyproject.toml imports fine under pytest (the repository is on
+    sys.path) and fails only in the installed ``edgefleet`` script."""
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    included = config["tool"]["setuptools"]["packages"]["find"]["include"]
+    checked = config["tool"]["mypy"]["files"]
+    packages = sorted(
+        p.parent.name for p in ROOT.glob("*/__init__.py") if p.parent.name not in {"tests", "bench"}
+    )
+    for package in packages:
+        assert f"{package}*" in included, f"{package}/ is not installed by pyproject.toml"
+        assert package in checked, f"{package}/ is not type-checked by mypy"

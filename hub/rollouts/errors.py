@@ -1,0 +1,56 @@
+"""The rollouts' branch of the hub's exception tree: ``RolloutError`` and its four
+refusals (an invalid spec, an illegal transition, a conflicting rollout, impossible gate
+input), drawn with the rest of the tree, once, in :mod:`hub.errors`.
+
+``InvalidRolloutSpec`` is also a ``ValueError``, so :func:`protocol.schema.from_json`
+turns it into ``Malformed`` with the JSON path of the offending value; the spec's own
+:meth:`~hub.rollouts.spec.RolloutSpec.from_json` turns that back into an
+``InvalidRolloutSpec`` whose message starts with the path.
+"""
+
+from __future__ import annotations
+
+from hub.errors import HubError
+
+
+class RolloutError(HubError):
+    """Root of the errors the rollout core raises."""
+
+    reason = "rollout"
+    status_hint = 409
+
+
+class InvalidRolloutSpec(RolloutError, ValueError):
+    """A rollout spec that cannot run as written (stages out of order, a gate with no
+    control group to compare against, ...); the message names the field."""
+
+    reason = "invalid_rollout"
+    status_hint = 422
+
+
+class IllegalTransition(RolloutError):
+    """The state table holds no move for this event in this state (e.g. approve a
+    rollout that is not awaiting approval). Nothing changed."""
+
+    reason = "illegal_transition"
+    status_hint = 409
+
+    def __init__(self, state: str, event: str, *, what: str = "rollout") -> None:
+        super().__init__(f"{event} is not allowed while the {what} is {state}")
+        self.state = state
+        self.event = event
+
+
+class RolloutConflict(RolloutError):
+    """A rollout of the same model is already active on some of these devices."""
+
+    reason = "rollout_conflict"
+    status_hint = 409
+
+
+class InvalidGateInput(RolloutError, ValueError):
+    """Metrics no device could have reported (more errors than inferences, a negative
+    count, a non-finite latency): the caller's data is wrong, not the rollout."""
+
+    reason = "invalid_gate_input"
+    status_hint = 422
