@@ -21,7 +21,7 @@ Reported:
   i.e. the rate with one core to itself (goal >= 5,000);
 - ``bare_msgs_per_cpu_s``: the same for the bare subscriber (what paho alone costs);
 - ``verify_per_s``: Ed25519 verifications per second in this process at the same time,
-  the ceiling ingest cannot pass on one core (ARCHITECTURE.md measured ~9.1k/s idle), and
+  the ceiling ingest cannot pass on one core (~9.1k/s measured on an idle machine), and
   ``hub_cpu_vs_verify``, the hub's per-CPU rate as a fraction of it: a figure that holds
   across machine load, so ``hub_cpu_vs_verify * 9.1k`` estimates the idle-machine rate.
 
@@ -69,7 +69,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from bench.common import interleaved, report, write_result
 from hub.fleet import enrollment
-from hub.store.database import Store
+from hub.store.rows import TelemetryRecord
+from hub.store.sqlite import SqliteStore
 from hub.transport.broker import EmbeddedBroker
 from protocol import canonical, frame, keys, schema
 from protocol.messages import ModelRef, Telemetry
@@ -195,7 +196,7 @@ def bench_ingest(workdir: Path) -> dict[str, Any]:
     device_keys = [Ed25519PrivateKey.generate() for _ in range(DEVICES)]
     hub_topics, bare_topics = Topics("bench/hub"), Topics("bench/bare")
     data = workdir / "hub"
-    store = Store.open(data / "hub.db")
+    store = SqliteStore.open(data / "hub.db")
     for i, key in enumerate(device_keys):
         enrollment.preauthorize(
             store, f"dev-{i}", keys.public_hex(key.public_key()), by="bench", now_ms=0
@@ -341,7 +342,7 @@ def bench_store(workdir: Path) -> dict[str, Any]:
     body = canonical.dumps(schema.to_json(message)).decode("utf-8")
     results: dict[str, Any] = {}
     for label, pragma in (("store", None), ("synchronous_full", "PRAGMA synchronous=FULL")):
-        store = Store.open(workdir / f"store-{label}.db")
+        store = SqliteStore.open(workdir / f"store-{label}.db")
         if pragma is not None:
             store.db.execute(pragma)
         mode = store.db.execute("PRAGMA journal_mode").fetchone()[0]
@@ -349,14 +350,12 @@ def bench_store(workdir: Path) -> dict[str, Any]:
         seq = 0
         cpu_start, wall_start = time.process_time(), time.perf_counter()
         for _ in range(STORE_BATCHES):
-            rows = []
+            records = []
             for _ in range(BATCH):
                 seq += 1
-                rows.append(
-                    {"device_id": "dev-0", "seq": seq, "sent_at": 0, "received_at": 0, "body": body}
-                )
+                records.append(TelemetryRecord("dev-0", seq, 0, 0, body))
             with store.atomic():
-                store.insert_new("telemetry", rows)
+                store.uplink.add(records)
         cpu_s, wall_s = time.process_time() - cpu_start, time.perf_counter() - wall_start
         store.close()
         results[label] = {

@@ -16,7 +16,7 @@ candidate rotating every round) so a busy patch of the shared machine hits all a
 - ``devices``: ``GET /api/v1/devices`` (first page of 100, the default);
 - ``devices_filtered``: ``?status=active&tag=site:site-3&online=true`` (a full scan);
 - ``devices_deep``: ``?limit=1000&offset=9000``;
-- ``store_list``: ``Store.list_devices()`` in this process: the query alone, no HTTP.
+- ``store_list``: ``store.devices.page()`` in this process: the query alone, no HTTP.
 
 Reported: p50 and p95 in milliseconds for each, and ``devices`` p50 and p95 as ratios of
 ``healthz``'s (the cost of listing over a bare round trip), with the goal p95 < 50 ms.
@@ -25,7 +25,6 @@ Writes ``bench/results/hub_api.json``; takes about half a minute.
 
 from __future__ import annotations
 
-import json
 import statistics
 import tempfile
 import threading
@@ -43,10 +42,14 @@ from bench.common import report, write_result
 from edgefleet.clock import SystemClock
 from hub import keyring
 from hub.api import HubServices, auth, create_app
+from hub.context import HubContext
+from hub.health import Health
 from hub.registry.artifacts import ArtifactStore
 from hub.registry.registry import Registry
 from hub.settings import HubSettings
-from hub.store.database import Store
+from hub.store import Store
+from hub.store.dialects import open_store
+from hub.store.rows import Device, DeviceStatus
 
 DEVICES = 10_000
 SAMPLES = 300
@@ -56,26 +59,26 @@ GOAL_P95_MS = 50.0
 
 def populate(store: Store, now: int) -> None:
     """``DEVICES`` devices: a third pending or revoked, ten sites, two model versions."""
-    rows = [
-        {
-            "id": f"dev-{i:05d}",
-            "public_key": f"{i:064x}",
-            "status": ("active", "active", "pending", "revoked")[i % 4],
-            "tags": json.dumps({"site": f"site-{i % 10}", "rack": f"r{i % 40}"}),
-            "agent_version": "0.1.0",
-            "enrolled_at": now,
-            "first_seen": now,
-            "last_seen": now,
-            "online": i % 3 != 0,
-            "active_name": "kws",
-            "active_version": 1 + i % 2,
-            "active_sha256": f"{i % 2:064x}",
-            "health": "ok",
-        }
-        for i in range(DEVICES)
-    ]
+    statuses: tuple[DeviceStatus, ...] = ("active", "active", "pending", "revoked")
     with store.atomic():
-        store.insert_many("devices", rows)
+        for i in range(DEVICES):
+            store.devices.add(
+                Device(
+                    id=f"dev-{i:05d}",
+                    public_key=f"{i:064x}",
+                    status=statuses[i % 4],
+                    first_seen=now,
+                    tags={"site": f"site-{i % 10}", "rack": f"r{i % 40}"},
+                    agent_version="0.1.0",
+                    enrolled_at=now,
+                    last_seen=now,
+                    online=i % 3 != 0,
+                    active_name="kws",
+                    active_version=1 + i % 2,
+                    active_sha256=f"{i % 2:064x}",
+                    health=Health.OK,
+                )
+            )
 
 
 @contextmanager
@@ -121,18 +124,16 @@ def main() -> dict[str, Any]:
         root = Path(tmp)
         clock = SystemClock()
         settings = HubSettings(data_dir=root)
-        store = Store.open(settings.db_path)
+        store = open_store(settings.db_path)
         populate(store, clock.now_ms())
-        ring = keyring.init(settings.keys_dir, now=clock.now_ms())
+        ring = keyring.init(settings.keys_dir, now_ms=clock.now_ms())
         artifacts = ArtifactStore(settings.artifacts_dir)
+        ctx = HubContext(store, ring, clock, settings)
         services = HubServices(
-            registry=Registry(store, artifacts, ring, clock),
-            artifacts=artifacts,
-            downlink=None,
-            metrics=CollectorRegistry(),
+            registry=Registry(ctx, artifacts), artifacts=artifacts, metrics=CollectorRegistry()
         )
-        token = auth.create_token(store, role="viewer", name="bench", actor="cli", now=0).token
-        app = create_app(settings, store, clock, services)
+        token = auth.create_token(store, role="viewer", name="bench", actor="cli", now_ms=0).token
+        app = create_app(ctx, services)
         with serve(app) as url, httpx.Client(base_url=url) as client:
             client.headers["Authorization"] = f"Bearer {token}"
 
@@ -151,7 +152,7 @@ def main() -> dict[str, Any]:
                     "/api/v1/devices?status=active&tag=site:site-3&online=true"
                 ),
                 "devices_deep": get("/api/v1/devices?limit=1000&offset=9000"),
-                "store_list": store.list_devices,
+                "store_list": store.devices.page,
             }
             total = client.get("/api/v1/devices").json()["total"]
             if total != DEVICES:

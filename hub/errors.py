@@ -1,24 +1,45 @@
-"""The hub's branch of the edgefleet exception tree.
+"""The hub's part of the edgefleet exception tree, drawn once, complete.
 
-Who is at fault decides the branch, and ``status_hint`` is what the REST layer answers
-(one FastAPI exception handler maps every ``EdgefleetError`` to problem+json)::
+Who is at fault decides the branch; ``status_hint`` is what the REST layer answers (one
+FastAPI exception handler maps every ``EdgefleetError`` to problem+json), and ``reason``
+is the short code audit rows, counters and problem bodies carry. The classes live beside
+the code that raises them (the module column); this drawing is the one place they are
+all seen together, and ``tests/hub/test_errors.py`` keeps it complete and accurate::
 
-    EdgefleetError (protocol.errors)
-    ├─ ProtocolError ...            a device or an upload sent something we refuse (4xx)
-    └─ HubError
-       ├─ StoreError (hub.store.database)    a write the store's constraints refuse (409)
-       │  └─ NotFound               no such row (404)
-       ├─ InvalidRequest            the operator's input is wrong: names the field (422)
-       ├─ Conflict                  valid, but not in the current state (409)
-       ├─ PermissionDenied          the token's role may not do this (403)
-       ├─ Unauthenticated           no or unknown token (401)
-       ├─ KeyUnavailable            the key this needs is not on the hub (offline) (409)
-       ├─ BrokerError (hub.transport.broker)  the embedded broker could not start or stop (500)
-       ├─ BrokerUnreachable (hub.service)   no broker connection at start-up
-       ├─ HttpUnavailable (hub.transport.http_server) the REST address cannot be bound
-       ├─ ArtifactCorrupt (hub.registry.artifacts)   a stored artifact no longer matches its hash
-       └─ StoreUnavailable (hub.api.system) /healthz cannot read the store (503)
-    KeyringError (hub.keyring)      keys missing or unreadable; a set-up problem, not a request
+    EdgefleetError              protocol.errors
+    ├─ ProtocolError            protocol.errors           400  a peer sent what we refuse
+    │  ├─ UnknownDevice         hub.fleet.identity        403  a device id never enrolled
+    │  ├─ DevicePending         hub.fleet.identity        403  a device awaiting approval
+    │  ├─ DeviceRevoked         hub.fleet.identity        403  a revoked device
+    │  │  └─ RevokedKeyInUse    hub.ingest.rules          403  ... signing with its key (alert)
+    │  ├─ IdentityMismatch      protocol.errors           403  a frame not its sender's
+    │  │  └─ KeyChangeRefused   hub.ingest.rules          403  an active device, another key (alert)
+    │  ├─ Replayed              protocol.errors           409  a seq already seen
+    │  │  └─ SeqReused          hub.ingest.rules          409  ... with other content (alert)
+    │  └─ Invalid               hub.ingest.rules          400  authentic, well-formed, nonsense
+    ├─ HubError                 hub.errors                500  what the hub raises on purpose
+    │  ├─ InvalidRequest        hub.errors                422  bad operator input; names the field
+    │  ├─ Conflict              hub.errors                409  valid, not in the current state
+    │  ├─ PermissionDenied      hub.errors                403  the token's role may not do this
+    │  ├─ Unauthenticated       hub.errors                401  no token, or an unknown one
+    │  ├─ KeyUnavailable        hub.errors                409  the signing key is kept offline
+    │  ├─ StoreError            hub.store.interface       409  the store's constraints refuse it
+    │  │  └─ NotFound           hub.store.interface       404  no such row
+    │  ├─ ArtifactCorrupt       hub.registry.artifacts    500  a stored artifact's hash changed
+    │  ├─ StoreUnavailable      hub.api.system            503  /healthz: the store does not answer
+    │  ├─ BrokerError           hub.transport.broker      500  the embedded broker will not run
+    │  ├─ HttpUnavailable       hub.transport.http_server 500  the REST address cannot be bound
+    │  ├─ BrokerUnreachable     hub.service               503  no broker at start-up
+    │  └─ RolloutError          hub.rollouts.errors       409  the rollout rules refuse it
+    │     ├─ InvalidRolloutSpec hub.rollouts.errors       422  the spec is wrong; names the field
+    │     ├─ IllegalTransition  hub.rollouts.errors       409  no such move in the state table
+    │     ├─ RolloutConflict    hub.rollouts.errors       409  another rollout has these devices
+    │     └─ InvalidGateInput   hub.rollouts.errors       422  metrics no device can report
+    └─ KeyringError             hub.keyring               500  keys missing or unreadable (set-up)
+
+Only the hub's own classes and the protocol classes they extend are drawn; the rest of
+``ProtocolError`` (bad signatures, oversize frames, stale times...) is drawn in
+:mod:`protocol.errors`.
 """
 
 from __future__ import annotations

@@ -86,7 +86,7 @@ class Keyring:
 def init(
     path: Path,
     *,
-    now: int,
+    now_ms: int,
     root_keys: int = 3,
     root_threshold: int = 2,
     root_lifetime_ms: int = ROOT_LIFETIME_MS,
@@ -110,7 +110,7 @@ def init(
     roots = [new[f"root-{i}"] for i in range(1, root_keys + 1)]
     root = make_root(
         version=1,
-        expires=now + root_lifetime_ms,
+        expires=now_ms + root_lifetime_ms,
         roles={
             "root": ([k.public_key() for k in roots], root_threshold),
             **{role: ([new[role].public_key()], 1) for role in ("release", *ONLINE_ROLES)},
@@ -181,7 +181,7 @@ def rotate(
     path: Path,
     role: Role,
     *,
-    now: int,
+    now_ms: int,
     index: int | None = None,
     root_lifetime_ms: int = ROOT_LIFETIME_MS,
 ) -> Keyring:
@@ -189,7 +189,7 @@ def rotate(
 
     Writes root N+1 naming the new key, signed by every root key present of root N and
     of N+1, after checking that a device holding root N would accept it; root N+1
-    expires ``root_lifetime_ms`` after ``now``. The new key goes to ``<name>.pem``
+    expires ``root_lifetime_ms`` after ``now_ms``. The new key goes to ``<name>.pem``
     (0600); the one it replaces moves to ``retired/``. Order: new key files, then the
     root (the commit point), then the renames; a crash at any point leaves a ring that
     loads, since keys are matched by keyid.
@@ -221,7 +221,7 @@ def rotate(
         threshold = 1
         publics = [new_keys[role].public_key()]
     roles[role] = (publics, threshold)
-    new = make_root(version=old.version + 1, expires=now + root_lifetime_ms, roles=roles)
+    new = make_root(version=old.version + 1, expires=now_ms + root_lifetime_ms, roles=roles)
     signers = list(ring.signers["root"])
     if role == "root":
         signers.extend(new_keys.values())
@@ -266,7 +266,7 @@ def write_pending_release(path: Path, release: ReleaseList) -> None:
 
 
 def sign_release(
-    path: Path, key: Ed25519PrivateKey, *, now: int, out: Path | None = None
+    path: Path, key: Ed25519PrivateKey, *, now_ms: int, out: Path | None = None
 ) -> ReleaseList:
     """Add ``key``'s signature to the release list in ``path`` (offline), write it to ``out``.
 
@@ -281,7 +281,7 @@ def sign_release(
     """
     doc = SignedDocument.from_bytes(path.read_bytes())
     release = metadata.parse(ReleaseList, doc)
-    if now >= release.expires:
+    if now_ms >= release.expires:
         raise KeyringError(f"release list v{release.version} has expired: draft a new one")
     write_atomic(out or path, add_signature(doc, key).to_bytes(), mode=0o644)
     return release

@@ -10,8 +10,8 @@ process because they are created at import time. Process metrics (CPU, memory, o
 are added to the same registry so ``/metrics`` stays a single scrape.
 
 Names carry the ``edgefleet_hub_`` prefix (Prometheus naming practice: one namespace per
-application); ``rejected_total{reason}`` of THREATS.md is
-``edgefleet_hub_rejected_total{reason}`` here, with ``reason`` the error's short code
+application); rejections are counted as ``edgefleet_hub_rejected_total{reason}``, with
+``reason`` the error's short code
 (``protocol.errors.ProtocolError.reason``: ``malformed``, ``bad_signature``, ``replay``...).
 
 Other hub modules add their collectors here, beside these, so one file lists everything

@@ -14,15 +14,18 @@ What runs, started in this order and stopped in the reverse one:
 1. the embedded broker, when one is given (the one-machine tier);
 2. the store and the pipeline of :func:`hub.ingest.pipeline.assemble`: the broker link, the
    downlink signed with the **rollout** key, the ingest worker and chunk delivery (the
-   worker and the link start once 3 and 4 run, so no connect goes unnoticed);
-3. the republisher: after every (re)connect of the link it publishes the retained
+   worker and the link start once 4 and 5 run, so no connect goes unnoticed);
+3. the hub context (:class:`hub.context.HubContext`: store, key ring, clock, settings,
+   the downlink and the fleet publisher), which every shell below is given whole;
+4. the republisher: after every (re)connect of the link it publishes the retained
    messages again (root chain, release list, a fresh heartbeat, every desired state,
-   :func:`hub.fleet.reconciler.republish_all`), on a thread of its own since the link reports
-   the connect on paho's network thread;
-4. an APScheduler ``BackgroundScheduler`` with three jobs: reconcile
-   (``reconcile_interval_s``), heartbeat (``heartbeat_interval_s``) and marking silent
-   devices offline (``offline_check_interval_s``);
-5. the REST API (:func:`hub.api.create_app`) under uvicorn (:mod:`hub.transport.http_server`).
+   :func:`hub.fleet.reconciler.republish_all`), on a thread of its own since the link
+   reports the connect on paho's network thread;
+5. an APScheduler ``BackgroundScheduler`` with three jobs (:data:`JOBS`), each a one-line
+   shim calling a function with the context: reconcile (``reconcile_interval_s``),
+   heartbeat (``heartbeat_interval_s``) and marking silent devices offline
+   (``offline_check_interval_s``);
+6. the REST API (:func:`hub.api.create_app`) under uvicorn (:mod:`hub.transport.http_server`).
 
 The key ring is read once, at start: a key rotated while the hub runs is used after a
 restart. What this module does not do: handle signals (the CLI does) or retry a start.
@@ -35,6 +38,7 @@ import threading
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -45,9 +49,9 @@ from fastapi import FastAPI
 from edgefleet.clock import Clock, SystemClock
 from hub import keyring, metrics
 from hub.api import HubServices, create_app
+from hub.context import HubContext
 from hub.errors import HubError
-from hub.fleet.desired import Sender
-from hub.fleet.documents import FleetPublisher, fleet_publisher, issue_heartbeat
+from hub.fleet.documents import issue_heartbeat
 from hub.fleet.reconciler import reconcile_job, republish_all
 from hub.ingest import pipeline as ingest_run
 from hub.ingest.pipeline import IngestService
@@ -56,16 +60,25 @@ from hub.keyring import Keyring, KeyringError
 from hub.registry.artifacts import ArtifactStore
 from hub.registry.registry import Registry
 from hub.settings import HubSettings
-from hub.store.database import Store
+from hub.store import Store
 from hub.transport.broker import EmbeddedBroker
 from hub.transport.http_server import HttpServer
-from hub.transport.mqtt import TlsFiles
+from hub.transport.mqtt import TlsFiles, fleet_publisher
 from protocol.errors import EdgefleetError
 from protocol.topics import Topics
 
 logger = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 15.0
+
+Job = Callable[[HubContext], object]
+JOBS: dict[str, tuple[Callable[[HubSettings], float], Job]] = {
+    "reconcile": (lambda s: s.reconcile_interval_s, reconcile_job),
+    "heartbeat": (lambda s: s.heartbeat_interval_s, issue_heartbeat),
+    "offline": (lambda s: s.offline_check_interval_s, mark_offline),
+}
+"""The scheduler's jobs: name -> (its interval from the settings, the function it calls
+with the context). Rounds, drift and rollouts add theirs here."""
 
 
 class BrokerUnreachable(HubError):
@@ -131,9 +144,7 @@ class HubService:
     """A running hub; make one with :meth:`start`. The attributes are its live pieces."""
 
     settings: HubSettings  # as started: the real broker URL and HTTP port
-    clock: Clock
-    keyring: Keyring
-    store: Store
+    context: HubContext
     artifacts: ArtifactStore
     registry: Registry
     pipeline: IngestService
@@ -184,29 +195,23 @@ class HubService:
                 on_ready=connected.set,
             )
             stops.callback(pipeline.stop)
-            store, downlink = pipeline.store, pipeline.downlink
-            publish = fleet_publisher(pipeline.link, Topics(settings.topic_prefix))
-            republisher = Republisher(
-                connected,
-                lambda: republish_all(store, ring, downlink, clock, settings, publish),
+            ctx = HubContext(
+                store=pipeline.store,
+                keyring=ring,
+                clock=clock,
+                settings=settings,
+                downlink=pipeline.downlink,
+                fleet=fleet_publisher(pipeline.link, Topics(settings.topic_prefix)),
             )
+            republisher = Republisher(connected, lambda: republish_all(ctx))
             republisher.start()
             stops.callback(republisher.stop)
-            scheduler = _scheduler(settings, store, ring, downlink, clock, publish)
+            scheduler = _scheduler(ctx)
             scheduler.start()
             stops.callback(scheduler.shutdown)
             pipeline.start()
-            registry = Registry(
-                store,
-                artifacts,
-                ring,
-                clock,
-                publish,
-                release_expiry_s=settings.release_expiry_s,
-                on_released=lambda: issue_heartbeat(store, ring, clock, settings, publish),
-            )
-            services = HubServices(registry, artifacts, downlink, metrics.REGISTRY)
-            app = create_app(settings, store, clock, services)
+            registry = Registry(ctx, artifacts)
+            app = create_app(ctx, HubServices(registry, artifacts, metrics.REGISTRY))
             http = HttpServer(app, settings.http_host, settings.http_port)
             http.start()
             stops.callback(http.stop)
@@ -218,9 +223,7 @@ class HubService:
             settings = replace(settings, http_port=http.port)
             service = cls(
                 settings,
-                clock,
-                ring,
-                store,
+                replace(ctx, settings=settings),
                 artifacts,
                 registry,
                 pipeline,
@@ -232,6 +235,18 @@ class HubService:
             )
         logger.info("hub serving %s (broker %s)", service.http_url, service.broker_url)
         return service
+
+    @property
+    def store(self) -> Store:
+        return self.context.store
+
+    @property
+    def keyring(self) -> Keyring:
+        return self.context.keyring
+
+    @property
+    def clock(self) -> Clock:
+        return self.context.clock
 
     @property
     def http_url(self) -> str:
@@ -266,34 +281,19 @@ class HubService:
         self.stop()
 
 
-def _scheduler(
-    settings: HubSettings,
-    store: Store,
-    ring: Keyring,
-    downlink: Sender,
-    clock: Clock,
-    publish: FleetPublisher,
-) -> BackgroundScheduler:
-    """The periodic jobs, each a one-line shim over a module's function (STYLE 3.7)."""
+def _scheduler(ctx: HubContext) -> BackgroundScheduler:
+    """The periodic jobs of :data:`JOBS`, each a one-line shim over a function."""
     scheduler = BackgroundScheduler(
         timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1}
     )
-    jobs: dict[str, tuple[float, Callable[[], object]]] = {
-        "reconcile": (
-            settings.reconcile_interval_s,
-            lambda: reconcile_job(store, ring, downlink, clock, settings, publish),
-        ),
-        "heartbeat": (
-            settings.heartbeat_interval_s,
-            lambda: issue_heartbeat(store, ring, clock, settings, publish),
-        ),
-        "offline": (
-            settings.offline_check_interval_s,
-            lambda: mark_offline(store, clock.now_ms(), settings.offline_after_s),
-        ),
-    }
-    for name, (interval_s, job) in jobs.items():
-        scheduler.add_job(_logged(name, job), "interval", seconds=interval_s, id=name, name=name)
+    for name, (interval_s, job) in JOBS.items():
+        scheduler.add_job(
+            _logged(name, partial(job, ctx)),
+            "interval",
+            seconds=interval_s(ctx.settings),
+            id=name,
+            name=name,
+        )
     return scheduler
 
 

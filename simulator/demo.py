@@ -40,6 +40,7 @@ from hub import keyring
 from hub.api import auth
 from hub.service import HubService
 from hub.settings import HubSettings
+from hub.store.rows import DataWindowRecord, DeltaRecord
 from hub.transport.broker import EmbeddedBroker
 from simulator.fleet import SimulatedFleet
 from simulator.task import ShiftedTask
@@ -84,7 +85,7 @@ def run(workdir: Path, *, devices: int) -> None:
     settings = HubSettings(data_dir=workdir / "hub", http_port=0, reconcile_interval_s=1.0)
 
     step("keys", "root (2-of-3), release, rollout and heartbeat keys")
-    ring = keyring.init(settings.keys_dir, now=clock.now_ms())
+    ring = keyring.init(settings.keys_dir, now_ms=clock.now_ms())
     root_file = workdir / "root.json"
     root_file.write_bytes(ring.chain[0].to_bytes())
 
@@ -92,7 +93,7 @@ def run(workdir: Path, *, devices: int) -> None:
     with HubService.start(settings, embedded_broker=EmbeddedBroker()) as hub:
         print(f"    REST {hub.http_url}/api/v1   broker {hub.broker_url}")
         admin = auth.create_token(
-            hub.store, role="admin", name="demo", actor="demo", now=clock.now_ms()
+            hub.store, role="admin", name="demo", actor="demo", now_ms=clock.now_ms()
         )
         with httpx.Client(
             base_url=f"{hub.http_url}/api/v1",
@@ -176,9 +177,9 @@ def _loop(
             raise
         for row in rows:
             print(
-                f"    {row['device_id']}: holdout {row['metric']} {row['before']:.2f} -> "
-                f"{row['after']:.2f} on {row['num_samples']} samples, "
-                f"delta {len(row['tensors'])} bytes"
+                f"    {row.device_id}: holdout {row.metric} {row.before:.2f} -> "
+                f"{row.after:.2f} on {row.num_samples} samples, "
+                f"delta {len(row.tensors)} bytes"
             )
 
         step("serve", "the retrained heads now answer, through the same local API")
@@ -223,8 +224,8 @@ def _drift_hint(hub: HubService, device_id: str) -> tuple[float, float]:
     A foretaste of fleet drift (a later issue): the reference puts a tenth of rows there.
     """
     n = total = top = 0.0
-    for row in hub.store.query("SELECT body FROM data_windows WHERE device_id = ?", [device_id]):
-        f0 = json.loads(row["body"])["features"][0]
+    for window in hub.store.uplink.records(DataWindowRecord, device_id):
+        f0 = json.loads(window.body)["features"][0]
         n += f0["n"]
         total += f0["n"] * f0["mean"]
         top += f0["counts"][-1] + f0["overflow"]
@@ -282,14 +283,15 @@ def _runs(version: int) -> Callable[[dict[str, Any]], bool]:
     return test
 
 
-def _deltas(hub: HubService, ids: list[str]) -> list[dict[str, Any]] | None:
-    rows = {r["device_id"]: r for r in hub.store.query("SELECT * FROM deltas ORDER BY seq")}
-    return [rows[i] for i in ids] if all(i in rows for i in ids) else None
+def _deltas(hub: HubService, ids: list[str]) -> list[DeltaRecord] | None:
+    latest = {r.device_id: r for r in hub.store.uplink.records(DeltaRecord)}  # by seq
+    return [latest[i] for i in ids] if all(i in latest for i in ids) else None
 
 
 def _windows(hub: HubService, ids: list[str]) -> dict[str, int] | None:
     counts = dict.fromkeys(ids, 0)
-    sql = "SELECT device_id, SUM(json_extract(body, '$.inference_count')) AS n FROM data_windows"
-    for row in hub.store.query(f"{sql} GROUP BY device_id"):
-        counts[row["device_id"]] = int(row["n"] or 0)
+    for window in hub.store.uplink.records(DataWindowRecord):
+        counts[window.device_id] = counts.get(window.device_id, 0) + int(
+            json.loads(window.body).get("inference_count", 0)
+        )
     return counts if all(counts.get(i, 0) >= ROWS_PER_DEVICE for i in ids) else None

@@ -1,4 +1,4 @@
-"""The hub's REST API: ``create_app(settings, store, clock, services)`` returns a FastAPI app.
+"""The hub's REST API: ``create_app(ctx, services)`` returns a FastAPI app.
 
 See :mod:`hub.api.app` for the layout, :mod:`hub.api.deps` for authentication and
 :mod:`hub.api.errors` for the problem+json error bodies.

@@ -1,8 +1,8 @@
 """The hub's REST API as a FastAPI application, built by :func:`create_app`.
 
-Nothing is created at import time: ``create_app(settings, store, clock, services)``
-returns a new app each call, holding its collaborators on ``app.state.context``, so
-tests and the simulator can build as many as they like (STYLE 3.9).
+Nothing is created at import time: ``create_app(ctx, services)`` returns a new app each
+call, holding the hub context and its collaborators on ``app.state.context``, so tests
+and the simulator can build as many as they like, each with its own settings.
 
 Layout: ``GET /healthz`` and ``GET /metrics`` at the root, everything else under
 ``/api/v1`` (devices, enrollment and API tokens, models, versions, releases, artifacts,
@@ -26,13 +26,11 @@ from fastapi.routing import APIRoute
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from edgefleet.clock import Clock
 from hub.api import audit, devices, errors, models, system, tokens
 from hub.api.deps import AppContext
 from hub.api.schemas import Problem
 from hub.api.services import HubServices
-from hub.settings import HubSettings
-from hub.store.database import Store
+from hub.context import HubContext
 
 API_PREFIX = "/api/v1"
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -59,8 +57,8 @@ class HubAPI(FastAPI):
         return schema
 
 
-def create_app(settings: HubSettings, store: Store, clock: Clock, services: HubServices) -> FastAPI:
-    """A new REST API over ``store``; see the module docstring."""
+def create_app(ctx: HubContext, services: HubServices) -> FastAPI:
+    """A new REST API over the hub context ``ctx``; see the module docstring."""
     app = HubAPI(
         title="edgefleet hub",
         version="1",
@@ -70,7 +68,7 @@ def create_app(settings: HubSettings, store: Store, clock: Clock, services: HubS
         generate_unique_id_function=_operation_id,
     )
     api_metrics = CollectorRegistry(auto_describe=True)
-    app.state.context = AppContext(settings, store, clock, services, api_metrics)
+    app.state.context = AppContext(ctx, services, api_metrics)
     for prefix, router in _ROUTERS:
         app.include_router(router, prefix=prefix)
     errors.install(app)

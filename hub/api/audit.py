@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 
 from hub.api.deps import GuardedRoute, LimitQuery, OffsetQuery, StoreDep, ViewerDep
 from hub.api.schemas import MAX_MS, AuditEntry, AuditPage
-from hub.store.database import Row
+from hub.store.rows import AuditEntry as AuditRow
 
 router = APIRouter(prefix="/audit", tags=["audit"], route_class=GuardedRoute)
 
@@ -35,28 +35,28 @@ def list_audit(
     limit: LimitQuery = 100,
     offset: OffsetQuery = 0,
 ) -> AuditPage:
-    rows, total = store.list_audit(
+    page = store.audit.page(
         actor=actor,
         action=action,
         outcome=outcome,
         target=target,
-        since=since,
+        since_ms=since,
         limit=limit,
         offset=offset,
     )
-    return AuditPage(items=[_entry(row) for row in rows], total=total)
+    return AuditPage(items=[_entry(row) for row in page.items], total=page.total)
 
 
-def _entry(row: Row) -> AuditEntry:
+def _entry(row: AuditRow) -> AuditEntry:
     return AuditEntry(
-        id=row["id"],
-        at=row["at"],
-        actor=row["actor"],
-        action=row["action"],
-        target=row["target"],
-        outcome=row["outcome"],
-        reason=row["reason"],
-        detail=_detail(row["detail"]),
+        id=row.id,
+        at=row.at,
+        actor=row.actor,
+        action=row.action,
+        target=row.target,
+        outcome=row.outcome,
+        reason=row.reason,
+        detail=_detail(row.detail),
     )
 
 

@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import re
 import secrets
 from dataclasses import dataclass
 from typing import Literal, get_args
 
 from hub.errors import InvalidRequest, Unauthenticated
-from hub.store.database import NotFound, Row, Store
+from hub.store import Store
+from hub.store.rows import ApiToken
 
 Role = Literal["viewer", "operator", "admin"]
 ROLES: tuple[Role, ...] = get_args(Role)
@@ -84,7 +84,7 @@ def check_role(role: str) -> Role:
     raise InvalidRequest(f"role must be one of {', '.join(ROLES)}, not {role[:20]!r}")
 
 
-def create_token(store: Store, *, role: str, name: str, actor: str, now: int) -> IssuedToken:
+def create_token(store: Store, *, role: str, name: str, actor: str, now_ms: int) -> IssuedToken:
     """Create a token with ``role``, store its digest, audit it, and return it once.
 
     Raises:
@@ -99,49 +99,31 @@ def create_token(store: Store, *, role: str, name: str, actor: str, now: int) ->
     token_id = secrets.token_hex(6)
     token = f"{TOKEN_PREFIX}{token_id}_{secrets.token_urlsafe(32)}"
     with store.atomic():
-        store.insert(
-            "api_tokens",
-            {
-                "id": token_id,
-                "hash": digest(token),
-                "role": checked,
-                "name": name,
-                "created_at": now,
-                "created_by": actor,
-                "revoked": 0,
-            },
-        )
-        store.audit(
-            at=now,
+        store.api_tokens.add(ApiToken(token_id, checked, name, now_ms, actor), digest=digest(token))
+        store.audit.append(
+            at=now_ms,
             actor=actor,
             action="api_token.create",
             target=token_id,
-            detail=json.dumps({"role": checked, "name": name}),
+            detail={"role": checked, "name": name},
         )
-    return IssuedToken(token_id, token, checked, name, now)
+    return IssuedToken(token_id, token, checked, name, now_ms)
 
 
-def list_tokens(store: Store) -> list[Row]:
-    """Every token row without its digest, oldest first."""
-    return store.query(
-        "SELECT id, role, name, created_at, created_by, revoked FROM api_tokens "
-        "ORDER BY created_at, id"
-    )
+def list_tokens(store: Store) -> list[ApiToken]:
+    """Every token (never its digest), oldest first."""
+    return store.api_tokens.all()
 
 
-def revoke_token(store: Store, token_id: str, *, actor: str, now: int) -> None:
+def revoke_token(store: Store, token_id: str, *, actor: str, now_ms: int) -> None:
     """Revoke a token for good; revoking it again changes nothing and is not an error.
 
     Raises:
         NotFound: no token with that id.
     """
     with store.atomic():
-        row = store.find("api_tokens", token_id)
-        if row is None:
-            raise NotFound(f"no API token {token_id[:12]!r}")
-        if not row["revoked"]:
-            store.update("api_tokens", token_id, {"revoked": 1})
-        store.audit(at=now, actor=actor, action="api_token.revoke", target=token_id)
+        store.api_tokens.revoke(token_id)
+        store.audit.append(at=now_ms, actor=actor, action="api_token.revoke", target=token_id)
 
 
 def authenticate(store: Store, token: str) -> Principal:
@@ -153,10 +135,10 @@ def authenticate(store: Store, token: str) -> Principal:
     match = TOKEN_PATTERN.fullmatch(token)
     if match is None:
         raise Unauthenticated("not an edgefleet API token")
-    try:
-        row = store.get("api_tokens", match.group(1))
-    except NotFound:
-        raise Unauthenticated("unknown or revoked token") from None
-    if not hmac.compare_digest(row["hash"], digest(token)) or row["revoked"]:
+    credential = store.api_tokens.credential(match.group(1))
+    if credential is None:
         raise Unauthenticated("unknown or revoked token")
-    return Principal(row["id"], check_role(row["role"]), row["name"] or "")
+    row = credential.token
+    if not hmac.compare_digest(credential.digest, digest(token)) or row.revoked:
+        raise Unauthenticated("unknown or revoked token")
+    return Principal(row.id, check_role(row.role), row.name)

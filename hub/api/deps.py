@@ -1,9 +1,10 @@
 """What routes receive: the app's collaborators and the authenticated caller, as aliases.
 
-Routes declare what they need with ``Annotated`` aliases (``StoreDep``, ``ClockDep``,
-``ServicesDep``, and ``ViewerDep``/``OperatorDep``/``AdminDep`` for the caller). The
-collaborators come from :class:`AppContext` on ``app.state``, set once by
-``create_app``: there are no module globals, so every test builds its own app.
+Routes declare what they need with ``Annotated`` aliases (``HubDep`` for the whole
+:class:`~hub.context.HubContext`, ``StoreDep``, ``ClockDep``, ``ServicesDep``, and
+``ViewerDep``/``OperatorDep``/``AdminDep`` for the caller). The collaborators come from
+:class:`AppContext` on ``app.state``, set once by ``create_app``: there are no module
+globals, so every test builds its own app.
 
 **Authentication comes first.** FastAPI reads and parses a request body before it runs
 any dependency, so a role check in a dependency alone would let an unauthenticated or
@@ -12,7 +13,8 @@ a viewer's malformed change with 422 instead of 403. :class:`GuardedRoute` there
 checks the token and the role that the route's dependencies ask for *before* the body
 is read, then caps the body: a ``Content-Length`` over :attr:`GuardedRoute.max_body_bytes`
 is refused at once and a body that grows past it while streaming is cut off, both with
-413 (THREATS B31). The role dependencies then only hand the checked caller to the route.
+413 (docs/decisions.md, bounded state). The role dependencies then only hand the checked
+caller to the route.
 
 A missing, unknown or revoked token is 401 and is not audited (there is nobody to name);
 a known token with too low a role is 403, and that refusal is audited with the token's
@@ -39,9 +41,10 @@ from hub.api import auth
 from hub.api.auth import Principal, Role
 from hub.api.errors import problem_responses
 from hub.api.services import HubServices
+from hub.context import HubContext
 from hub.errors import InvalidRequest, PermissionDenied, Unauthenticated
 from hub.settings import HubSettings
-from hub.store.database import Store
+from hub.store import Store
 from protocol.errors import Oversize
 
 if TYPE_CHECKING:
@@ -57,9 +60,7 @@ MAX_OFFSET = 10**9
 class AppContext:
     """Everything a route may use, set on ``app.state.context`` by ``create_app``."""
 
-    settings: HubSettings
-    store: Store
-    clock: Clock
+    hub: HubContext
     services: HubServices
     api_metrics: CollectorRegistry
     """The API's own request metrics, served on ``/metrics`` after ``services.metrics``."""
@@ -70,16 +71,20 @@ def get_context(request: Request) -> AppContext:
     return context
 
 
+def get_hub(request: Request) -> HubContext:
+    return get_context(request).hub
+
+
 def get_settings(request: Request) -> HubSettings:
-    return get_context(request).settings
+    return get_hub(request).settings
 
 
 def get_store(request: Request) -> Store:
-    return get_context(request).store
+    return get_hub(request).store
 
 
 def get_clock(request: Request) -> Clock:
-    return get_context(request).clock
+    return get_hub(request).clock
 
 
 def get_services(request: Request) -> HubServices:
@@ -94,13 +99,13 @@ def authorize(request: Request, role: Role, action: str) -> Principal:
         PermissionDenied: the token's role is below ``role`` (audited as ``action``).
     """
     principal: Principal | None = getattr(request.state, "principal", None)
-    context = get_context(request)
+    hub = get_hub(request)
     if principal is None:
-        principal = auth.authenticate(context.store, _bearer(request))
+        principal = auth.authenticate(hub.store, _bearer(request))
         request.state.principal = principal
     if not principal.may(role):
-        context.store.audit(
-            at=context.clock.now_ms(),
+        hub.store.audit.append(
+            at=hub.now_ms(),
             actor=principal.actor,
             action=action,
             target=request.url.path[:200],
@@ -145,6 +150,7 @@ ROLE_DEPENDENCIES: dict[Callable[..., Principal], Role] = {
     require_admin: "admin",
 }
 
+HubDep = Annotated[HubContext, Depends(get_hub)]
 SettingsDep = Annotated[HubSettings, Depends(get_settings)]
 StoreDep = Annotated[Store, Depends(get_store)]
 ClockDep = Annotated[Clock, Depends(get_clock)]

@@ -19,11 +19,10 @@ from hub.api.deps import (
     AdminDep,
     ClockDep,
     GuardedRoute,
+    HubDep,
     LimitQuery,
     OffsetQuery,
     OperatorDep,
-    ServicesDep,
-    SettingsDep,
     StoreDep,
     ViewerDep,
 )
@@ -43,7 +42,9 @@ from hub.api.schemas import (
 )
 from hub.errors import InvalidRequest
 from hub.fleet import desired, enrollment
-from hub.store.database import NotFound, Row, Store
+from hub.store import Store
+from hub.store.rows import Desired as DesiredRow
+from hub.store.rows import Device as DeviceRow
 from protocol.errors import Malformed
 from protocol.messages import DeviceConfig
 
@@ -80,7 +81,7 @@ def list_devices(
     if model is not None:
         name, _colon, version = model.partition(":")
         model_filter = (name, int(version) if version else None)
-    rows, total = store.list_devices(
+    page = store.devices.page(
         status=status,
         tag=tag_filter,
         model=model_filter,
@@ -88,7 +89,7 @@ def list_devices(
         limit=limit,
         offset=offset,
     )
-    return DevicePage(items=[_device(row) for row in rows], total=total)
+    return DevicePage(items=[_device(row) for row in page.items], total=page.total)
 
 
 @router.get(
@@ -119,7 +120,7 @@ def update_device(
         InvalidRequest: the result would have more than ``MAX_TAGS`` tags.
     """
     with store.atomic():
-        tags = _tags(store.get("devices", device_id)["tags"])
+        tags = dict(store.devices.get(device_id).tags)
         for key, value in body.tags.items():
             if value is None:
                 tags.pop(key, None)
@@ -127,13 +128,13 @@ def update_device(
                 tags[key] = value
         if len(tags) > MAX_TAGS:
             raise InvalidRequest(f"a device has at most {MAX_TAGS} tags; this makes {len(tags)}")
-        store.update("devices", device_id, {"tags": json.dumps(tags, sort_keys=True)})
-        store.audit(
+        store.devices.set_tags(device_id, tags)
+        store.audit.append(
             at=clock.now_ms(),
             actor=operator.actor,
             action="device.update",
             target=device_id,
-            detail=json.dumps({"tags": body.tags}, sort_keys=True),
+            detail={"tags": body.tags},
         )
     return _detail(store, device_id)
 
@@ -174,11 +175,8 @@ def revoke_device(
     responses=problem_responses(404),
 )
 def get_desired(device_id: DeviceId, _: ViewerDep, store: StoreDep) -> Desired:
-    store.get("devices", device_id)
-    row = store.find("desired", device_id)
-    if row is None:
-        raise NotFound(f"device {device_id} has no desired state")
-    return _desired(row)
+    store.devices.get(device_id)
+    return _desired(store.desired.get(device_id))
 
 
 @router.put(
@@ -192,24 +190,17 @@ def set_desired(
     device_id: DeviceId,
     body: DesiredIn,
     operator: OperatorDep,
-    store: StoreDep,
-    clock: ClockDep,
-    settings: SettingsDep,
-    services: ServicesDep,
+    hub: HubDep,
 ) -> Desired:
     desired.set_desired(
-        store,
-        services.registry.keyring,
-        services.downlink,
-        clock,
-        settings,
+        hub,
         device_id=device_id,
         model_name=body.model,
         model_version=body.version,
         config=_config(body.config) if body.config is not None else None,
         actor=operator.actor,
     )
-    return _desired(store.get("desired", device_id))
+    return _desired(hub.store.desired.get(device_id))
 
 
 @router.delete(
@@ -220,61 +211,53 @@ def set_desired(
     response_class=Response,
     responses=problem_responses(404),
 )
-def clear_desired(
-    device_id: DeviceId,
-    operator: OperatorDep,
-    store: StoreDep,
-    clock: ClockDep,
-    services: ServicesDep,
-) -> Response:
-    desired.clear_desired(
-        store, services.downlink, clock, device_id=device_id, actor=operator.actor
-    )
+def clear_desired(device_id: DeviceId, operator: OperatorDep, hub: HubDep) -> Response:
+    desired.clear_desired(hub, device_id=device_id, actor=operator.actor)
     return Response(status_code=204)
 
 
-def _device(row: Row) -> Device:
+def _device(row: DeviceRow) -> Device:
     active = None
-    if row.get("active_name") is not None and row.get("active_version") is not None:
+    if row.active_name is not None and row.active_version is not None:
         active = ActiveModel(
-            name=row["active_name"], version=row["active_version"], sha256=row.get("active_sha256")
+            name=row.active_name, version=row.active_version, sha256=row.active_sha256
         )
     return Device(
-        id=row["id"],
-        status=row["status"],
-        tags=_tags(row.get("tags")),
-        agent_version=row.get("agent_version"),
-        enrolled_at=row.get("enrolled_at"),
-        first_seen=row["first_seen"],
-        last_seen=row.get("last_seen"),
-        online=bool(row.get("online")),
+        id=row.id,
+        status=row.status,
+        tags=dict(row.tags),
+        agent_version=row.agent_version,
+        enrolled_at=row.enrolled_at,
+        first_seen=row.first_seen,
+        last_seen=row.last_seen,
+        online=row.online,
         active=active,
-        health=row.get("health"),
-        stale=bool(row.get("stale")),
-        reported_at=row.get("reported_at"),
+        health=row.health,
+        stale=row.stale,
+        reported_at=row.reported_at,
     )
 
 
 def _detail(store: Store, device_id: str) -> DeviceDetail:
-    row = store.get("devices", device_id)
-    wanted = store.find("desired", device_id)
+    row = store.devices.get(device_id)
+    wanted = store.desired.find(device_id)
     return DeviceDetail(
         **_device(row).model_dump(),
         desired=_desired(wanted) if wanted is not None else None,
-        reported=_object(row.get("reported")),
+        reported=_object(row.reported),
     )
 
 
-def _desired(row: Row) -> Desired:
+def _desired(row: DesiredRow) -> Desired:
     return Desired(
-        device_id=row["device_id"],
-        model=row["model_name"],
-        version=row["model_version"],
-        config=_object(row.get("config")),
-        assignment_version=row.get("assignment_version"),
-        set_at=row.get("set_at"),
-        set_by=row.get("set_by"),
-        published_at=row.get("published_at"),
+        device_id=row.device_id,
+        model=row.model_name,
+        version=row.model_version,
+        config=_object(row.config),
+        assignment_version=row.assignment_version,
+        set_at=row.set_at,
+        set_by=row.set_by,
+        published_at=row.published_at,
     )
 
 
@@ -284,11 +267,6 @@ def _config(config: DeviceConfigIn) -> DeviceConfig:
         return DeviceConfig(**config.model_dump(exclude_none=True))
     except Malformed as e:
         raise InvalidRequest(f"config: {e}") from e
-
-
-def _tags(text: str | None) -> dict[str, str]:
-    value = _object(text) or {}
-    return {str(k): str(v) for k, v in value.items()}
 
 
 def _object(text: str | None) -> dict[str, Any] | None:

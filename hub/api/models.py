@@ -12,12 +12,13 @@ Downloads are ``application/octet-stream``. ``GET /api/v1/artifacts/{sha256}`` s
 released packages only (:func:`hub.fleet.delivery.http_artifact`) and honours one
 ``Range: bytes=first-last`` (at most 1 MiB per answer), for resumable downloads. The
 digest in the path is 64 lowercase hex digits or the request is refused before anything
-looks at the disk (THREATS T17).
+looks at the disk (no name a caller sends ever becomes a path).
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import asdict
 from typing import Annotated, Any, BinaryIO
 
 from fastapi import APIRouter, File, Form, Header, Path, Response, UploadFile
@@ -132,7 +133,7 @@ def list_models(
     _: ViewerDep, services: ServicesDep, limit: LimitQuery = 100, offset: OffsetQuery = 0
 ) -> ModelPage:
     models = services.registry.list_models()
-    items = [ModelSummary(**vars(m)) for m in models[offset : offset + limit]]
+    items = [ModelSummary(**asdict(m)) for m in models[offset : offset + limit]]
     return ModelPage(items=items, total=len(models))
 
 

@@ -2,10 +2,10 @@
 
 ``*Create``/``*Update``/``*In`` are what a caller sends, everything else is what the hub
 answers; listings are pages (``{items, total}``). Every string a caller sends is bounded
-and, where it names something, matches the names of THREATS T17/B24: device ids and
-model names ``^[a-z0-9][a-z0-9._-]{0,63}$``, tag keys the same without dots (a dot
-would read as a JSON path step in the store's tag filter). Times are integer
-milliseconds since the Unix epoch, as in the store.
+and, where it names something, is a name the hub could never mistake for a path or a
+query: device ids and model names ``^[a-z0-9][a-z0-9._-]{0,63}$``, tag keys the same
+without dots (a dot would read as a JSON path step in the store's tag filter). Times are
+integer milliseconds since the Unix epoch, as in the store.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from hub.health import Health as DeviceHealth
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 """Device ids and model names (protocol.schema.NAME_PATTERN, anchored)."""
@@ -90,7 +92,10 @@ class Device(BaseModel):
     last_seen: int | None
     online: bool
     active: ActiveModel | None = Field(description="The model version the device reports")
-    health: str | None
+    health: DeviceHealth = Field(
+        description="Derived from the device's reported flags and what the hub finds "
+        "(stuck outranks what the device says); see docs/architecture.md"
+    )
     stale: bool
     reported_at: int | None
 

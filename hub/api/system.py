@@ -11,9 +11,6 @@ config. Give it a token of its own (``edgefleet hub token create --role viewer
 
 from __future__ import annotations
 
-import logging
-import sqlite3
-
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -22,8 +19,6 @@ from hub.api.deps import GuardedRoute, StoreDep, ViewerDep, get_context
 from hub.api.errors import problem_responses
 from hub.api.schemas import Health
 from hub.errors import HubError
-
-logger = logging.getLogger(__name__)
 
 router = APIRouter(tags=["system"], route_class=GuardedRoute)
 
@@ -48,11 +43,8 @@ def health(store: StoreDep) -> Health:
     Raises:
         StoreUnavailable: the store did not answer (503).
     """
-    try:
-        store.query("SELECT 1")
-    except sqlite3.Error as e:
-        logger.error("health check: store did not answer: %s", e)
-        raise StoreUnavailable("the store did not answer") from e
+    if not store.ping():
+        raise StoreUnavailable("the store did not answer")
     return Health(status="ok", store=True)
 
 

@@ -8,7 +8,6 @@ creation and revocation is audited with the admin token's id.
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Response
@@ -34,7 +33,7 @@ from hub.api.schemas import (
     EnrollmentTokenPage,
 )
 from hub.fleet import enrollment
-from hub.store.database import Row
+from hub.store import rows
 
 router = APIRouter(route_class=GuardedRoute)
 
@@ -59,7 +58,7 @@ def create_api_token(
     body: ApiTokenCreate, admin: AdminDep, store: StoreDep, clock: ClockDep
 ) -> ApiTokenCreated:
     issued = auth.create_token(
-        store, role=body.role, name=body.name, actor=admin.actor, now=clock.now_ms()
+        store, role=body.role, name=body.name, actor=admin.actor, now_ms=clock.now_ms()
     )
     return ApiTokenCreated(
         id=issued.id,
@@ -100,18 +99,18 @@ def list_api_tokens(
 def revoke_api_token(
     token_id: ApiTokenId, admin: AdminDep, store: StoreDep, clock: ClockDep
 ) -> Response:
-    auth.revoke_token(store, token_id, actor=admin.actor, now=clock.now_ms())
+    auth.revoke_token(store, token_id, actor=admin.actor, now_ms=clock.now_ms())
     return Response(status_code=204)
 
 
-def _api_token(row: Row) -> ApiToken:
+def _api_token(row: rows.ApiToken) -> ApiToken:
     return ApiToken(
-        id=row["id"],
-        role=row["role"],
-        name=row["name"] or "",
-        created_at=row["created_at"],
-        created_by=row["created_by"],
-        revoked=bool(row["revoked"]),
+        id=row.id,
+        role=row.role,
+        name=row.name,
+        created_at=row.created_at,
+        created_by=row.created_by,
+        revoked=row.revoked,
     )
 
 
@@ -129,15 +128,15 @@ def _api_token(row: Row) -> ApiToken:
 def create_enrollment_token(
     body: EnrollmentTokenCreate, admin: AdminDep, store: StoreDep, clock: ClockDep
 ) -> EnrollmentTokenCreated:
-    now = clock.now_ms()
-    expires_at = None if body.expires_in_s is None else now + body.expires_in_s * 1000
+    now_ms = clock.now_ms()
+    expires_at = None if body.expires_in_s is None else now_ms + body.expires_in_s * 1000
     issued = enrollment.create_token(
-        store, kind=body.kind, by=admin.actor, now_ms=now, expires_at=expires_at, tags=body.tags
+        store, kind=body.kind, by=admin.actor, now_ms=now_ms, expires_at=expires_at, tags=body.tags
     )
     return EnrollmentTokenCreated(
         id=issued.id,
         kind=issued.kind,
-        created_at=now,
+        created_at=now_ms,
         created_by=admin.actor,
         expires_at=issued.expires_at,
         uses=0,
@@ -179,15 +178,14 @@ def revoke_enrollment_token(
     return Response(status_code=204)
 
 
-def _enrollment_token(row: Row) -> EnrollmentToken:
-    tags = json.loads(row["tags"] or "{}")
+def _enrollment_token(row: rows.EnrollmentToken) -> EnrollmentToken:
     return EnrollmentToken(
-        id=row["id"],
-        kind=row["kind"],
-        created_at=row["created_at"],
-        created_by=row["created_by"],
-        expires_at=row["expires_at"],
-        uses=row["uses"] or 0,
-        revoked=bool(row["revoked"]),
-        tags={str(k): str(v) for k, v in tags.items()},
+        id=row.id,
+        kind=row.kind,
+        created_at=row.created_at,
+        created_by=row.created_by,
+        expires_at=row.expires_at,
+        uses=row.uses,
+        revoked=row.revoked,
+        tags=dict(row.tags),
     )

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import TypeAlias
 
 from hub.settings import HubSettings
-from hub.store.database import Store
+from hub.store import Store
+from hub.store.dialects import open_store as open_location
 from protocol.errors import EdgefleetError
 
 Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
@@ -71,7 +72,7 @@ def open_store(data: Path, *, create: bool = False) -> Store:
     path = HubSettings(data_dir=data).db_path
     if not create and not path.exists():
         raise FileNotFoundError(f"no hub store at {path}")
-    return Store.open(path)
+    return open_location(path)
 
 
 def show_date(ms: int | None) -> str:

@@ -94,11 +94,11 @@ def add_fleet_commands(hub_commands: Subcommands) -> None:
 
 
 def _create(args: argparse.Namespace) -> int:
-    now = SystemClock().now_ms()
-    expires_at = None if args.expires_in is None else now + args.expires_in * 1000
+    now_ms = SystemClock().now_ms()
+    expires_at = None if args.expires_in is None else now_ms + args.expires_in * 1000
     with closing(open_store(args.data, create=True)) as store:
         token = enrollment.create_token(
-            store, kind=args.kind, by=ACTOR, now_ms=now, expires_at=expires_at,
+            store, kind=args.kind, by=ACTOR, now_ms=now_ms, expires_at=expires_at,
             tags=_tags(args.tag),
         )  # fmt: skip
     print(token.secret)
@@ -121,10 +121,11 @@ def _list(args: argparse.Namespace) -> int:
         rows = enrollment.list_tokens(store)
     print(f"{'ID':<21}  {'KIND':<6}  {'EXPIRES':<16}  {'USES':>4}  {'STATE':<7}  TAGS")
     for row in rows:
-        state = "revoked" if row["revoked"] else "active"
+        state = "revoked" if row.revoked else "active"
+        tags = json.dumps(dict(row.tags), sort_keys=True, separators=(",", ":"))
         print(
-            f"{row['id']:<21}  {row['kind']:<6}  {show_date(row['expires_at']):<16}  "
-            f"{row['uses'] or 0:>4}  {state:<7}  {row['tags'] or '{}'}"
+            f"{row.id:<21}  {row.kind:<6}  {show_date(row.expires_at):<16}  "
+            f"{row.uses:>4}  {state:<7}  {tags}"
         )
     return 0
 
@@ -138,16 +139,16 @@ def _revoke_token(args: argparse.Namespace) -> int:
 
 def _devices(args: argparse.Namespace) -> int:
     with closing(open_store(args.data)) as store:
-        rows, total = store.list_devices(status=args.status, limit=10_000)
+        page = store.devices.page(status=args.status, limit=10_000)
     print(f"{'DEVICE':<24}  {'STATUS':<8}  {'ONLINE':<6}  {'MODEL':<20}  {'LAST SEEN':<16}  TAGS")
-    for row in rows:
-        model = f"{row['active_name']} v{row['active_version']}" if row["active_name"] else "-"
-        tags = json.dumps(json.loads(row["tags"] or "{}"), sort_keys=True)
+    for row in page.items:
+        model = f"{row.active_name} v{row.active_version}" if row.active_name else "-"
+        tags = json.dumps(dict(row.tags), sort_keys=True)
         print(
-            f"{row['id']:<24}  {row['status']:<8}  {'yes' if row['online'] else 'no':<6}  "
-            f"{model:<20}  {show_date(row['last_seen']):<16}  {tags}"
+            f"{row.id:<24}  {row.status:<8}  {'yes' if row.online else 'no':<6}  "
+            f"{model:<20}  {show_date(row.last_seen):<16}  {tags}"
         )
-    print(f"{total} device(s)")
+    print(f"{page.total} device(s)")
     return 0
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from hub.store.database import Store
+from hub.store.dialects import open_store
 from protocol import canonical, frame, keys
 from protocol.errors import ProtocolError
 
@@ -104,11 +104,11 @@ def _verifying_key(
         raise LookupError("no key given: pass --public-key or --hub-data")
     if not opened.header.kind.startswith("up."):
         raise LookupError("downlink frames are signed by the rollout key: pass --public-key")
-    store = Store.open(hub_data / "hub.db")
+    store = open_store(hub_data / "hub.db")
     try:
-        device = store.find("devices", opened.header.device_id)
+        device = store.devices.find(opened.header.device_id)
     finally:
         store.close()
     if device is None:
         raise LookupError(f"device {opened.header.device_id} is not known to this hub")
-    return keys.public_from_hex(device["public_key"])
+    return keys.public_from_hex(device.public_key)

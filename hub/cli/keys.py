@@ -109,7 +109,7 @@ def _dir_option(parser: argparse.ArgumentParser) -> None:
 def _init(args: argparse.Namespace) -> int:
     ring = keyring.init(
         args.dir,
-        now=SystemClock().now_ms(),
+        now_ms=SystemClock().now_ms(),
         root_keys=args.root_keys,
         root_threshold=args.root_threshold,
     )
@@ -119,7 +119,7 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _rotate(args: argparse.Namespace) -> int:
-    ring = keyring.rotate(args.dir, args.role, now=SystemClock().now_ms(), index=args.index)
+    ring = keyring.rotate(args.dir, args.role, now_ms=SystemClock().now_ms(), index=args.index)
     print(f"rotated {args.role}: root v{ring.root.version} in {ring.path / keyring.ROOT_DIR}")
     print("publish the new root chain so devices pick it up")
     return 0
@@ -127,7 +127,7 @@ def _rotate(args: argparse.Namespace) -> int:
 
 def _sign(args: argparse.Namespace) -> int:
     key = keyring.read_private_key(args.key)
-    release = keyring.sign_release(args.file, key, now=SystemClock().now_ms(), out=args.out)
+    release = keyring.sign_release(args.file, key, now_ms=SystemClock().now_ms(), out=args.out)
     print(f"signed release list v{release.version}, expires {_date(release.expires)}:")
     for entry in release.entries:
         print(f"  #{entry.release_counter} {entry.name} v{entry.version} {entry.sha256[:16]}")

@@ -30,15 +30,15 @@ from pathlib import Path
 from edgefleet.clock import SystemClock
 from hub import keyring
 from hub.cli.common import add_command, positive
+from hub.context import HubContext
 from hub.errors import InvalidRequest
 from hub.fleet.desired import set_desired
-from hub.fleet.documents import fleet_publisher, issue_heartbeat
 from hub.registry.artifacts import ArtifactStore
 from hub.registry.registry import Registration, Registry, VersionInfo
 from hub.settings import HubSettings
-from hub.store.database import Store
+from hub.store.dialects import open_store
 from hub.transport.downlink import Downlink
-from hub.transport.mqtt import HubLink, Inbound
+from hub.transport.mqtt import HubLink, Inbound, fleet_publisher
 from protocol.documents import SignedDocument
 from protocol.topics import Topics
 
@@ -194,33 +194,37 @@ def _actor() -> str:
 
 
 @contextmanager
-def _registry(args: argparse.Namespace) -> Iterator[Registry]:
-    """The registry over ``--data``, publishing through ``--broker`` when given."""
+def _context(args: argparse.Namespace, *, downlink: bool = False) -> Iterator[HubContext]:
+    """The hub context over ``--data``, publishing through ``--broker`` when given (the
+    fleet documents, and device frames signed with the rollout key if ``downlink``)."""
     settings = HubSettings(data_dir=args.data)
+    if not settings.db_path.parent.is_dir():
+        raise InvalidRequest(f"{settings.data_dir} is not a hub data directory")
     ring = keyring.load(settings.keys_dir)
     clock = SystemClock()
-    with _store(settings) as store, _link(args) as link:
-        publish = fleet_publisher(link, Topics(args.topic_prefix)) if link else None
-        yield Registry(
-            store,
-            ArtifactStore(settings.artifacts_dir),
-            ring,
-            clock,
-            publish,
-            release_expiry_s=settings.release_expiry_s,
-            on_released=lambda: issue_heartbeat(store, ring, clock, settings, publish),
-        )
+    store = open_store(settings.db_path)
+    try:
+        with _link(args) as link:
+            ctx = HubContext(store, ring, clock, settings)
+            if link is not None:
+                topics = Topics(args.topic_prefix)
+                sender = None
+                if downlink:
+                    key = ring.signing_keys("rollout")[0]
+                    sender = Downlink(store, link, topics, key, clock)
+                ctx = HubContext(
+                    store, ring, clock, settings, sender, fleet_publisher(link, topics)
+                )
+            yield ctx
+    finally:
+        store.close()
 
 
 @contextmanager
-def _store(settings: HubSettings) -> Iterator[Store]:
-    if not settings.db_path.parent.is_dir():
-        raise InvalidRequest(f"{settings.data_dir} is not a hub data directory")
-    store = Store.open(settings.db_path)
-    try:
-        yield store
-    finally:
-        store.close()
+def _registry(args: argparse.Namespace) -> Iterator[Registry]:
+    """The registry over ``--data``, publishing through ``--broker`` when given."""
+    with _context(args) as ctx:
+        yield Registry(ctx, ArtifactStore(ctx.settings.artifacts_dir))
 
 
 @contextmanager
@@ -241,16 +245,6 @@ def _link(args: argparse.Namespace) -> Iterator[HubLink | None]:
         link.stop()
 
 
-def _heartbeat(registry: Registry, args: argparse.Namespace) -> None:
-    """With ``--broker``: a fresh heartbeat pinning the just-published release list."""
-    if registry.publish_fleet is None:
-        return
-    settings = HubSettings(data_dir=args.data)
-    issue_heartbeat(
-        registry.store, registry.keyring, registry.clock, settings, registry.publish_fleet
-    )
-
-
 def _register(args: argparse.Namespace) -> int:
     with _registry(args) as registry:
         reg = registry.register(
@@ -269,8 +263,6 @@ def _register(args: argparse.Namespace) -> int:
                 out.write_bytes(pending.to_bytes())
             print(f"release key offline: release list v{reg.release_version} is pending in {out}")
             print("sign it with `edgefleet keys sign-release`, then `edgefleet model publish`")
-        else:
-            _heartbeat(registry, args)
     return 0
 
 
@@ -289,7 +281,6 @@ def _publish(args: argparse.Namespace) -> int:
     doc = SignedDocument.from_bytes(args.file.read_bytes())
     with _registry(args) as registry:
         release = registry.publish_release_list(doc, actor=_actor())
-        _heartbeat(registry, args)
     print(f"published release list v{release.version} with {len(release.entries)} entries")
     return 0
 
@@ -348,26 +339,15 @@ def _print_version(v: VersionInfo) -> None:
 
 
 def _rollout_set(args: argparse.Namespace) -> int:
-    settings = HubSettings(data_dir=args.data)
-    ring = keyring.load(settings.keys_dir)
-    clock = SystemClock()
-    with _store(settings) as store, _link(args) as link:
-        downlink = None
-        if link is not None:
-            key = ring.signing_keys("rollout")[0]
-            downlink = Downlink(store, link, Topics(args.topic_prefix), key, clock)
+    with _context(args, downlink=True) as ctx:
         assignment = set_desired(
-            store,
-            ring,
-            downlink,
-            clock,
-            settings,
+            ctx,
             device_id=args.device,
             model_name=args.model,
             model_version=args.version,
             actor=_actor(),
         )
-        published = store.get("desired", args.device)["published_at"] is not None
+        published = ctx.store.desired.get(args.device).published_at is not None
     when = "published" if published else "the hub publishes it on its next reconcile"
     target = f"{args.device} should run {args.model} v{args.version}"
     print(f"{target} (assignment v{assignment.version}): {when}")

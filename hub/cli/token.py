@@ -99,7 +99,7 @@ def _create(args: argparse.Namespace) -> int:
     store = open_store(args.data, create=True)
     try:
         issued = auth.create_token(
-            store, role=args.role, name=args.name, actor="cli", now=SystemClock().now_ms()
+            store, role=args.role, name=args.name, actor="cli", now_ms=SystemClock().now_ms()
         )
     finally:
         store.close()
@@ -119,10 +119,9 @@ def _list(args: argparse.Namespace) -> int:
         store.close()
     print(f"{'ID':<12}  {'ROLE':<8}  {'CREATED':<16}  {'STATE':<7}  NAME")
     for row in rows:
-        state = "revoked" if row["revoked"] else "active"
+        state = "revoked" if row.revoked else "active"
         print(
-            f"{row['id']:<12}  {row['role']:<8}  {show_date(row['created_at']):<16}  "
-            f"{state:<7}  {row['name'] or ''}"
+            f"{row.id:<12}  {row.role:<8}  {show_date(row.created_at):<16}  {state:<7}  {row.name}"
         )
     return 0
 
@@ -130,7 +129,7 @@ def _list(args: argparse.Namespace) -> int:
 def _revoke(args: argparse.Namespace) -> int:
     store = open_store(args.data)
     try:
-        auth.revoke_token(store, args.id, actor="cli", now=SystemClock().now_ms())
+        auth.revoke_token(store, args.id, actor="cli", now_ms=SystemClock().now_ms())
     finally:
         store.close()
     print(f"token {args.id} revoked")

@@ -11,7 +11,8 @@ cheapest checks first:
    end;
 2. :class:`FlowControl`: a token bucket per device (chunks per second, with a burst)
    and one for the whole hub (bytes per second). Over either, the request is shed: not
-   queued, not answered (THREATS B31), and the agent asks again after its back-off;
+   queued, not answered (docs/decisions.md, bounded state), and the agent asks again
+   after its back-off;
 3. the bytes are read from the artifact store and sent as
    ``Chunk(sha256, offset, total_length, chunk_sha256, data)`` through the downlink.
 
@@ -33,13 +34,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 from edgefleet.clock import Clock
+from hub.context import Sender
 from hub.errors import InvalidRequest
-from hub.fleet.desired import Sender
 from hub.registry.artifacts import ArtifactCorrupt, ArtifactStore, check_digest
 from hub.settings import FlowLimits as FlowLimits  # re-exported: delivery's own knobs
 from hub.settings import HubSettings
-from hub.store.database import NotFound, Store
-from protocol import canonical, metadata
+from hub.store import NotFound, Store
+from protocol import metadata
 from protocol.documents import SignedDocument
 from protocol.messages import Chunk, FetchRequest
 from protocol.metadata import Assignment
@@ -173,22 +174,22 @@ class Delivery:
         Never raises for anything the device sent; an artifact corrupted on disk is
         refused (and audited) rather than served.
         """
-        now = self.clock.now_ms()
+        now_ms = self.clock.now_ms()
         assigned = self._assigned(device_id)
         size = self._size(assigned) if assigned == request.sha256 else None
         verdict = decide(
             request, assigned=assigned, size=size, chunk_bytes=self.settings.chunk_bytes
         )
         if isinstance(verdict, Refuse):
-            self._refused(device_id, request, verdict, now)
+            self._refused(device_id, request, verdict, now_ms)
             return "refused"
-        if not self.flow.admit(device_id, verdict.length, now):
+        if not self.flow.admit(device_id, verdict.length, now_ms):
             logger.debug("shed a fetch from %s at offset %d", device_id, request.offset)
             return "shed"
         try:
             data = self.artifacts.read_range(request.sha256, verdict.offset, verdict.length)
         except ArtifactCorrupt as e:  # logged by the store; keep serving everything else
-            self._refused(device_id, request, Refuse(e.reason, str(e)), now)
+            self._refused(device_id, request, Refuse(e.reason, str(e)), now_ms)
             return "refused"
         chunk = Chunk(
             sha256=request.sha256,
@@ -202,13 +203,10 @@ class Delivery:
         return "sent"
 
     def _assigned(self, device_id: str) -> str | None:
-        rows = self.store.desired_twins(device_id)
-        if not rows or rows[0]["status"] != "active":
-            return None
-        stored = self.store.find("assignments", (device_id, rows[0]["assignment_version"]))
+        stored = self.store.desired.current_assignment(device_id)
         if stored is None:
             return None
-        doc = SignedDocument.from_bytes(stored["document"].encode())
+        doc = SignedDocument.from_bytes(stored.document.encode())
         return metadata.parse(Assignment, doc).entry.sha256
 
     def _size(self, sha256: str) -> int | None:
@@ -217,21 +215,19 @@ class Delivery:
         except NotFound:
             return None
 
-    def _refused(self, device_id: str, request: FetchRequest, verdict: Refuse, now: int) -> None:
-        if not self.flow.audit_allowed(device_id, now):
+    def _refused(self, device_id: str, request: FetchRequest, verdict: Refuse, now_ms: int) -> None:
+        if not self.flow.audit_allowed(device_id, now_ms):
             logger.debug("refused fetch from %s: %s (not audited)", device_id, verdict.reason)
             return
         logger.info("refused fetch from %s: %s", device_id, verdict.detail)
-        self.store.audit(
-            at=now,
+        self.store.audit.append(
+            at=now_ms,
             actor=f"device:{device_id}",
             action="artifact.fetch",
             target=request.sha256,
             outcome="rejected",
             reason=verdict.reason,
-            detail=canonical.dumps(
-                {"offset": request.offset, "length": request.length, "why": verdict.detail}
-            ).decode(),
+            detail={"offset": request.offset, "length": request.length, "why": verdict.detail},
         )
 
 
@@ -264,10 +260,7 @@ def http_artifact(
         ArtifactCorrupt: the stored bytes no longer match the digest.
     """
     check_digest(sha256)
-    released = store.query(
-        "SELECT 1 FROM versions WHERE sha256 = ? AND status = 'released' LIMIT 1", [sha256]
-    )
-    if not released:
+    if not store.registry.released_artifact(sha256):
         raise NotFound(f"no released artifact {sha256[:16]}")
     if length is None:
         if offset:

@@ -1,12 +1,13 @@
-"""One ingest batch: what it writes, per device and per table, and the audit rate limit.
+"""One ingest batch: what it writes, per device and per record, and the audit rate limit.
 
-A :class:`Batch` collects everything the frames of one batch change (uplink rows, state
-twins, re-hello updates, device windows and last_seen, rejection audit rows) so
+A :class:`Batch` collects everything the frames of one batch change (uplink records,
+state twins, re-hello updates, device windows and last_seen, rejection audit rows) so
 :meth:`Batch.write` can write it with a few statement batches inside the worker's single
-transaction. :class:`SeenDevice` is one device's part, including what its HubAck will say.
-:class:`AuditLimiter` bounds how many rejections per sender reach the audit log.
+transaction. :func:`record` and :func:`reported_twin` turn an admitted frame into the
+store's typed rows. :class:`SeenDevice` is one device's part, including what its HubAck
+will say. :class:`AuditLimiter` bounds how many rejections per sender reach the audit log.
 
-Pure bookkeeping plus one write method; the worker (:mod:`hub.ingest.worker`) owns the
+Bookkeeping plus one write method; the worker (:mod:`hub.ingest.worker`) owns the
 transaction, the caches and the acknowledgements.
 """
 
@@ -14,9 +15,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from hub.ingest.rules import Admitted, Device, online_after
-from hub.store.database import Row, Store
-from protocol.messages import FetchRequest
+from hub.health import OFFLINE_FLAG, derive
+from hub.ingest.rules import Admitted, Device
+from hub.store import Store
+from hub.store.rows import (
+    AuditRecord,
+    DataWindowRecord,
+    DeltaRecord,
+    DeviceAckRecord,
+    HelloUpdate,
+    ReportedTwin,
+    StateRecord,
+    TelemetryRecord,
+    UplinkRecord,
+    UplinkSeen,
+)
+from protocol.messages import DataDelta, DeltaUpload, FetchRequest, StateReport
 
 
 class AuditLimiter:
@@ -51,6 +65,62 @@ class AuditLimiter:
         return True
 
 
+def record(frame: Admitted, received_at: int) -> UplinkRecord | None:
+    """What an admitted new frame is stored as (None: hello, fetch)."""
+    common = (frame.device_id, frame.seq, frame.sent_at, received_at)
+    message = frame.message
+    if frame.kind == "telemetry":
+        return TelemetryRecord(*common, body=frame.body_json())
+    if frame.kind == "state":
+        return StateRecord(*common, body=frame.body_json())
+    if frame.kind == "ack":
+        return DeviceAckRecord(*common, body=frame.body_json())
+    if isinstance(message, DataDelta):
+        model = message.model
+        return DataWindowRecord(
+            *common,
+            window_start=message.window_start,
+            window_end=message.window_end,
+            model_name=model.name if model else None,
+            model_version=model.version if model else None,
+            body=frame.body_json(),
+        )
+    if isinstance(message, DeltaUpload):
+        return DeltaRecord(
+            *common,
+            base_name=message.base.name,
+            base_version=message.base.version,
+            base_sha256=message.base.sha256,
+            round_id=message.round_id,
+            num_samples=message.num_samples,
+            metric=message.metric,
+            before=message.before,
+            after=message.after,
+            clip_norm=message.clip_norm,
+            tensors=message.tensors,
+        )
+    return None
+
+
+def reported_twin(frame: Admitted, report: StateReport, received_at: int) -> ReportedTwin:
+    """The reported half of the twin a state report sets."""
+    active = report.active
+    return ReportedTwin(
+        active_name=active.name if active else None,
+        active_version=active.version if active else None,
+        active_sha256=active.sha256 if active else None,
+        reported=frame.body_json(),
+        reported_at=received_at,
+    )
+
+
+def online_after(frame: Admitted) -> bool:
+    """Whether the device counts as online once ``frame`` is accepted (the last will is a
+    state report flagged ``offline``)."""
+    message = frame.message
+    return not (isinstance(message, StateReport) and OFFLINE_FLAG in message.flags)
+
+
 @dataclass
 class SeenDevice:
     """What one batch did for one device."""
@@ -72,34 +142,50 @@ class SeenDevice:
         self.online = online_after(frame)
 
 
+@dataclass(frozen=True)
+class StateUpdate:
+    """A state report's twin, and the flags its health is derived from."""
+
+    device_id: str
+    seq: int
+    twin: ReportedTwin
+    flags: tuple[str, ...]
+
+
 @dataclass
 class Batch:
     """Everything one batch writes, collected before one bulk write."""
 
     now_ms: int
     seen: dict[str, SeenDevice] = field(default_factory=dict)
-    rows: dict[str, list[Row]] = field(default_factory=dict)
-    twins: list[tuple[str, int, Row]] = field(default_factory=list)
-    hellos: dict[str, Row] = field(default_factory=dict)
-    audits: list[Row] = field(default_factory=list)
+    records: list[UplinkRecord] = field(default_factory=list)
+    states: list[StateUpdate] = field(default_factory=list)
+    hellos: dict[str, HelloUpdate] = field(default_factory=dict)
+    audits: list[AuditRecord] = field(default_factory=list)
     fetches: list[tuple[str, FetchRequest]] = field(default_factory=list)
     admitted: list[Admitted] = field(default_factory=list)
     enrolled: set[str] = field(default_factory=set)
 
     def write(self, store: Store) -> None:
-        """Write it all (the caller holds the transaction): uplink rows first, so a state
-        report's twin update sees its own row."""
-        for table, rows in self.rows.items():
-            store.insert_new(table, rows)
-        for device_id, seq, changes in self.twins:
-            store.report_twin(device_id, seq, changes)
-        for device_id, changes in self.hellos.items():
-            store.update("devices", device_id, changes)
-        store.note_uplink(
+        """Write it all (the caller holds the transaction): uplink records first, so a
+        state report's twin update sees its own row. A state report that applies sets
+        the device's health from its flags, keeping a stuck episode the hub found."""
+        if self.records:
+            store.uplink.add(self.records)
+        if self.states:
+            stuck = store.desired.stuck_among({s.device_id for s in self.states})
+            for state in self.states:
+                if store.devices.report_state(state.device_id, state.seq, state.twin):
+                    health = derive(state.flags, stuck=state.device_id in stuck)
+                    store.devices.set_health(state.device_id, health)
+        if self.hellos:
+            store.devices.note_hellos(self.hellos)
+        store.devices.note_uplink(
             [
-                (s.device.id, s.device.window.to_bytes(), s.last_seen, int(s.online))
+                UplinkSeen(s.device.id, s.device.window.to_bytes(), s.last_seen, s.online)
                 for s in self.seen.values()
                 if s.last_seen is not None
             ]
         )
-        store.insert_new("audit", self.audits)
+        if self.audits:
+            store.audit.append_many(self.audits)

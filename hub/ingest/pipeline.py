@@ -31,7 +31,8 @@ from hub.fleet.delivery import Delivery
 from hub.ingest.worker import Ingest
 from hub.registry.artifacts import ArtifactStore
 from hub.settings import HubSettings
-from hub.store.database import Store
+from hub.store import Store
+from hub.store.dialects import open_store
 from hub.transport.downlink import Downlink
 from hub.transport.mqtt import HubLink, Inbound, TlsFiles
 from protocol import keys
@@ -90,7 +91,7 @@ def assemble(
         tls=tls,
         on_ready=on_ready,
     )
-    store = store or Store.open(settings.db_path)
+    store = store or open_store(settings.db_path)
     downlink = Downlink(store, link, topics, key, clock, limits=settings.limits)
     delivery = Delivery(
         store, artifacts or ArtifactStore(settings.artifacts_dir), downlink, clock, settings

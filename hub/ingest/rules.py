@@ -1,7 +1,7 @@
 """Ingest's pure core: one uplink frame in, one verdict out; no store, no broker, no clock.
 
-:func:`judge` runs the checks in the order THREATS.md rule 3 asks (cheap before costly,
-nothing expensive before the signature)::
+:func:`judge` runs the checks cheap before costly, nothing expensive before the
+signature (docs/protocol.md)::
 
     size cap ─ topic parse ─ open_frame ─ topic/header agree ─ device lookup
       ─ signature (pinned key; a hello from an unknown/pending device: the key it carries)
@@ -12,7 +12,7 @@ and returns one of
 - :class:`Admitted`: authenticated and new (to be written), or a ``duplicate`` of a frame
   already committed (QoS 1 redelivery, agent resend: re-acknowledged, no alarm);
 - :class:`Claimed`: a hello whose proof of possession verified, from a device the hub does
-  not trust yet; :mod:`hub.fleet.enrollment` decides;
+  not trust yet; enrollment decides (:func:`hub.fleet.identity.decide`);
 - :class:`Refused`: with the error's ``reason``, whether the frame authenticated as its
   (active) device, so the hub lists it in ``HubAck.refused`` and the agent's outbox does
   not clog (``ack``), and the audit ``action`` (``frame_rejected``, or an alert such as
@@ -20,8 +20,7 @@ and returns one of
 
 :func:`judge` never raises for anything a peer can send. Refusing leaves the replay window
 alone: only admitted frames enter it, so a refused frame sent again is refused again.
-:func:`records` and :func:`twin` turn an admitted frame into the rows to write. Tensor
-containers of deltas are stored as received; the aggregator decodes them later.
+What an admitted frame is stored as is the shell's business (:mod:`hub.ingest.batch`).
 """
 
 from __future__ import annotations
@@ -33,7 +32,7 @@ from typing import Any, ClassVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from hub.fleet.enrollment import (
+from hub.fleet.identity import (
     ACTIVE,
     PENDING,
     REVOKED,
@@ -42,7 +41,6 @@ from hub.fleet.enrollment import (
     DeviceRevoked,
     UnknownDevice,
 )
-from hub.store.database import Row
 from protocol import canonical, keys
 from protocol.errors import (
     BadSignature,
@@ -62,19 +60,10 @@ from protocol.frame import (
     payload_type,
     verify_all,
 )
-from protocol.messages import (
-    DataDelta,
-    DeltaUpload,
-    DeviceAck,
-    Hello,
-    StateReport,
-)
+from protocol.messages import DataDelta, DeltaUpload, DeviceAck, Hello
 from protocol.replay import Freshness, SeqWindow
 from protocol.topics import DOWN_KINDS, Route, Topics
 
-OFFLINE_FLAG = "offline"
-HEALTH_FLAGS = ("freeze_suspected", "clock_suspect", "model_unhealthy", "outbox_dropped")
-"""Flags that name a device's health, most serious first; any other flag is ``degraded``."""
 WINDOW_CLOCK_SLACK_MS = 60_000
 PREDECODE_MAX_BYTES = 16 * 1024
 """Larger frames (deltas, mostly) are left to :func:`judge`: a batch decoded ahead holds
@@ -123,17 +112,6 @@ class Device:
     key_hex: str
     key: Ed25519PublicKey
     window: SeqWindow
-
-    @classmethod
-    def from_row(cls, row: Row) -> Device:
-        window = row.get("up_window")
-        return cls(
-            id=row["id"],
-            status=row["status"],
-            key_hex=row["public_key"],
-            key=keys.public_from_hex(row["public_key"]),
-            window=SeqWindow.from_bytes(window) if window else SeqWindow(),
-        )
 
 
 @dataclass(frozen=True)
@@ -434,78 +412,6 @@ def validate(envelope: Envelope) -> None:
         raise Invalid("data window ends after the frame was sent")
     if isinstance(message, DeltaUpload) and not message.tensors:
         raise Invalid("delta carries no tensors")
-
-
-# ---------------------------------------------------------------------- rows
-
-
-def records(frame: Admitted, received_at: int) -> tuple[str, Row] | None:
-    """The uplink table and row an admitted new frame is stored as (None: hello, fetch)."""
-    common = {
-        "device_id": frame.device_id,
-        "seq": frame.seq,
-        "sent_at": frame.sent_at,
-        "received_at": received_at,
-    }
-    message = frame.message
-    table = {"telemetry": "telemetry", "state": "states", "ack": "device_acks"}.get(frame.kind)
-    if table is not None:
-        return table, {**common, "body": frame.body_json()}
-    if isinstance(message, DataDelta):
-        model = message.model
-        return "data_windows", {
-            **common,
-            "window_start": message.window_start,
-            "window_end": message.window_end,
-            "model_name": model.name if model else None,
-            "model_version": model.version if model else None,
-            "body": frame.body_json(),
-        }
-    if isinstance(message, DeltaUpload):
-        return "deltas", {
-            **common,
-            "base_name": message.base.name,
-            "base_version": message.base.version,
-            "base_sha256": message.base.sha256,
-            "round_id": message.round_id,
-            "num_samples": message.num_samples,
-            "metric": message.metric,
-            "before": message.before,
-            "after": message.after,
-            "clip_norm": message.clip_norm,
-            "tensors": message.tensors,
-            "status": "received",
-        }
-    return None
-
-
-def twin(report: StateReport, fields: dict[str, Any], received_at: int) -> Row:
-    """The device columns a state report sets (the reported half of the twin)."""
-    active = report.active
-    return {
-        "active_name": active.name if active else None,
-        "active_version": active.version if active else None,
-        "active_sha256": active.sha256 if active else None,
-        "reported": _json(fields),
-        "reported_at": received_at,
-        "health": health(report.flags),
-    }
-
-
-def health(flags: tuple[str, ...]) -> str:
-    """``ok``, the most serious health flag raised, or ``degraded`` for any other flag."""
-    raised = set(flags) - {OFFLINE_FLAG}
-    for flag in HEALTH_FLAGS:
-        if flag in raised:
-            return flag
-    return "degraded" if raised else "ok"
-
-
-def online_after(frame: Admitted) -> bool:
-    """Whether the device counts as online once ``frame`` is accepted (the last will is a
-    state report flagged ``offline``)."""
-    message = frame.message
-    return not (isinstance(message, StateReport) and OFFLINE_FLAG in message.flags)
 
 
 def _json(value: Any) -> str:

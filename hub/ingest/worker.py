@@ -1,7 +1,7 @@
 """Hub ingest: drain the uplink queue in batches, judge each frame, commit, then acknowledge.
 
-The shell around :mod:`hub.ingest.rules` (python-tuf style: the core decides, the shell
-writes only what the core accepted). One worker thread::
+The shell around :mod:`hub.ingest.rules` (the core decides, the shell writes only what
+the core accepted). One worker thread::
 
     inbox (hub.transport.mqtt) ─> batch of up to ingest_batch_max frames (or ingest_batch_wait_ms)
       ─> store.atomic():  judge every frame; enrollment; rows, device windows, twin,
@@ -15,15 +15,8 @@ crash between commit and ack only delays the ack: the resend is a *duplicate* by
 window, stored once, acknowledged again. Uplink rows are inserted with ``INSERT OR
 IGNORE`` on their (device_id, seq) key as a second line of defence.
 
-**Verify workers.** Ed25519 verification is most of a frame's cost and releases the GIL,
-so ``verify_workers`` threads open and verify a batch's frames ahead of the worker, in
-chunks, while it judges the chunks before (:func:`hub.ingest.rules.predecode`; with a full
-batch queued behind, the next batch's too). They only save work: judge still makes every
-check in its own order, and uses a signature checked ahead only for the same bytes and the
-very key object its own device lookup returns, so a key that changed in between (or a
-cache dropped) means verifying again. Batches smaller than ``2 * MIN_CHUNK``, frames the
-workers skip (hellos, large frames, devices not in the cache) and ``verify_workers=0``
-take the inline path.
+**Verify workers** open and verify a batch's frames ahead of the worker, on threads of
+their own, and only save work (:mod:`hub.ingest.verify_ahead`).
 
 **Caches.** Device keys and windows are cached in memory for speed; the store is the
 truth. The cache is updated only after a commit, dropped when a batch fails, and dropped
@@ -45,21 +38,20 @@ Run alone (tests, debugging): ``python -m hub.ingest.pipeline --data DIR --broke
 
 from __future__ import annotations
 
-import itertools
 import logging
-import os
 import queue
 import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
 from edgefleet.clock import Clock
+from hub.context import HubContext
 from hub.fleet import enrollment
-from hub.ingest.batch import AuditLimiter, Batch, SeenDevice
+from hub.fleet.identity import ACTIVE, PENDING, Enroll, Refuse
+from hub.ingest.batch import AuditLimiter, Batch, SeenDevice, StateUpdate, record, reported_twin
 from hub.ingest.rules import (
     Admitted,
     Claimed,
@@ -70,10 +62,8 @@ from hub.ingest.rules import (
     Refused,
     Rules,
     judge,
-    predecode,
-    records,
-    twin,
 )
+from hub.ingest.verify_ahead import VerifyAhead, default_workers
 from hub.metrics import (
     AUDIT_SUPPRESSED,
     BATCH_FAILURES,
@@ -85,17 +75,18 @@ from hub.metrics import (
     REJECTED,
 )
 from hub.settings import HubSettings
-from hub.store.database import Store
+from hub.store import Store
+from hub.store.rows import AuditRecord, DeviceIdentity
 from hub.transport.mqtt import Inbound
-from protocol import canonical
+from protocol import canonical, keys
 from protocol.messages import FetchRequest, Hello, StateReport
+from protocol.replay import SeqWindow
 from protocol.topics import Topics
 
 logger = logging.getLogger(__name__)
 
 FetchHook = Callable[[str, FetchRequest], object]
 FINGERPRINTS_KEPT = 65_536
-MIN_CHUNK = 8  # frames per verify task, at least; smaller batches are verified inline
 SKEW_BEHIND, SKEW_AHEAD = CLOCK_SKEW.labels("behind"), CLOCK_SKEW.labels("ahead")
 
 
@@ -156,11 +147,8 @@ class Ingest:
         self._audited = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        cpus = os.cpu_count() or 1
-        self.verify_workers = (
-            (min(4, cpus) if cpus > 1 else 0) if verify_workers is None else verify_workers
-        )
-        self._pool: ThreadPoolExecutor | None = None
+        workers = default_workers() if verify_workers is None else verify_workers
+        self.ahead = VerifyAhead(self.rules, self._devices.get, workers)
 
     # ------------------------------------------------------------------ the thread
 
@@ -178,9 +166,7 @@ class Ingest:
         if self._thread is not None:
             self._thread.join(timeout_s)
             self._thread = None
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=False)  # queued work still finishes; a new batch makes a new pool
+        self.ahead.shutdown()
 
     def _run(self) -> None:
         ahead: tuple[list[Inbound], Iterator[Decoded | None]] | None = None
@@ -189,7 +175,7 @@ class Ingest:
                 items = self.drain(timeout_s=0.2)
                 if not items:
                     continue
-                ahead = items, self._predecode(items)
+                ahead = items, self.ahead.start(items)
             items, decoded = ahead
             # with a full batch queued behind this one (a backlog), take it now: the verify
             # workers start on it while this thread writes, commits and acknowledges this
@@ -197,7 +183,7 @@ class Ingest:
             ahead = None
             if not self._stop.is_set() and self.inbox.qsize() >= self.settings.ingest_batch_max:
                 upcoming = self._take_queued()
-                ahead = (upcoming, self._predecode(upcoming)) if upcoming else None
+                ahead = (upcoming, self.ahead.start(upcoming)) if upcoming else None
             self.process(items, decoded)
 
     def drain(self, timeout_s: float) -> list[Inbound]:
@@ -240,12 +226,12 @@ class Ingest:
     ) -> BatchResult:
         """Judge, write and commit ``items`` in one transaction, then acknowledge.
 
-        ``decoded``: :meth:`_predecode` of these items, when the caller started it early.
+        ``decoded``: :meth:`VerifyAhead.start` of these items, when the caller started it early.
         """
         QUEUE_DEPTH.set(self.inbox.qsize())
         started = time.perf_counter()
         if decoded is None:
-            decoded = self._predecode(items)
+            decoded = self.ahead.start(items)
         batch = Batch(self.clock.now_ms())
         try:
             with self.store.atomic():
@@ -298,47 +284,6 @@ class Ingest:
             logger.exception("ingest failed on a %d-byte frame", len(payload))
             REJECTED.labels("internal").inc()
 
-    def _predecode(self, items: Sequence[Inbound]) -> Iterator[Decoded | None]:
-        """One :func:`predecode` result per item, in order (None throughout when the
-        batch is verified inline).
-
-        The batch is cut into chunks for the verify workers; the worker thread judges the
-        chunks in order as they come in, and works through a chunk itself when no
-        verify worker has started on it yet, so it never waits idle for queued work.
-        """
-        workers = self.verify_workers
-        if workers <= 0 or len(items) < 2 * MIN_CHUNK:
-            return itertools.repeat(None, len(items))
-        size = max(MIN_CHUNK, -(-len(items) // (4 * (workers + 1))))
-        chunks = [items[i : i + size] for i in range(0, len(items), size)]
-        try:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(workers, thread_name_prefix="edgefleet-verify")
-            futures = [self._pool.submit(self._predecode_chunk, chunk) for chunk in chunks]
-        except RuntimeError:  # the pool was shut down meanwhile (stop)
-            return itertools.repeat(None, len(items))
-        return self._gather(chunks, futures)
-
-    def _gather(
-        self, chunks: Sequence[Sequence[Inbound]], futures: Sequence[Future[list[Decoded | None]]]
-    ) -> Iterator[Decoded | None]:
-        for chunk, future in zip(chunks, futures, strict=True):
-            if future.cancel():  # not started: faster to do it here than to wait
-                yield from self._predecode_chunk(chunk)
-                continue
-            try:
-                yield from future.result()
-            except Exception:  # cannot happen (_predecode_chunk catches): judge copes
-                yield from itertools.repeat(None, len(chunk))
-
-    def _predecode_chunk(self, chunk: Sequence[Inbound]) -> list[Decoded | None]:
-        """On a verify worker. Keys come from the cache of committed devices: a device
-        not in it (or changed since) is verified inline by :func:`judge`."""
-        try:
-            return predecode(chunk, rules=self.rules, lookup=self._devices.get)
-        except Exception:  # a bug: judge meets it again and reports it
-            return [None] * len(chunk)
-
     def _lookup(self, batch: Batch) -> Lookup:
         def lookup(device_id: str) -> Device | None:
             seen = batch.seen.get(device_id)
@@ -346,10 +291,10 @@ class Ingest:
                 return seen.device
             device = self._devices.get(device_id)
             if device is None:
-                row = self.store.find("devices", device_id)
-                if row is None:
+                identity = self.store.devices.identity(device_id)
+                if identity is None:
                     return None
-                device = self._devices[device_id] = Device.from_row(row)
+                device = self._devices[device_id] = _device(identity)
             return device
 
         return lookup
@@ -362,7 +307,7 @@ class Ingest:
             decision = enrollment.admit_claim(
                 self.store, claim, now_ms=batch.now_ms, max_pending=self.max_pending_devices
             )
-        if isinstance(decision, enrollment.Refuse):
+        if isinstance(decision, Refuse):
             return Refused(
                 key=claim.device_id,
                 kind="hello",
@@ -373,15 +318,11 @@ class Ingest:
                 known=lookup(claim.device_id) is not None,
                 action=decision.action,
             )
-        active = isinstance(decision, enrollment.Enroll)
-        device = Device.from_row(
-            {
-                "id": claim.device_id,
-                "status": enrollment.ACTIVE if active else enrollment.PENDING,
-                "public_key": claim.hello.public_key,
-            }
+        active = isinstance(decision, Enroll)
+        identity = DeviceIdentity(
+            claim.device_id, ACTIVE if active else PENDING, claim.hello.public_key, None
         )
-        batch.seen[claim.device_id] = SeenDevice(device)
+        batch.seen[claim.device_id] = SeenDevice(_device(identity))
         if not active:
             return None
         batch.enrolled.add(claim.device_id)
@@ -398,19 +339,18 @@ class Ingest:
             return
         # everything that may fail first: the frame enters the window (and its ack)
         # only together with the rows it stands for
-        record = records(frame, batch.now_ms)
+        stored = record(frame, batch.now_ms)
         message = frame.message
         if isinstance(message, StateReport):
-            batch.twins.append(
-                (frame.device_id, frame.seq, twin(message, frame.fields, batch.now_ms))
-            )
+            twin = reported_twin(frame, message, batch.now_ms)
+            batch.states.append(StateUpdate(frame.device_id, frame.seq, twin, message.flags))
         elif isinstance(message, Hello) and frame.device_id not in batch.enrolled:
-            row = self.store.get("devices", frame.device_id)  # a re-hello: update the row
-            batch.hellos[frame.device_id] = enrollment.hello_changes(self.store, row, message)
+            known = self.store.devices.get(frame.device_id)  # a re-hello: update the device
+            batch.hellos[frame.device_id] = enrollment.hello_update(self.store, known, message)
         elif isinstance(message, FetchRequest):
             batch.fetches.append((frame.device_id, message))
-        if record is not None:
-            batch.rows.setdefault(record[0], []).append(record[1])
+        if stored is not None:
+            batch.records.append(stored)
         seen.accept(frame, batch.now_ms)
         batch.admitted.append(frame)
 
@@ -428,19 +368,19 @@ class Ingest:
             AUDIT_SUPPRESSED.inc()
             return
         batch.audits.append(
-            {
-                "at": batch.now_ms,
-                "actor": f"device:{refused.key}",
-                "action": refused.action,
-                "target": f"up.{refused.kind}",
-                "outcome": "rejected",
-                "reason": refused.reason,
-                "detail": canonical.dumps(refused.detail()).decode("utf-8"),
-            }
+            AuditRecord(
+                at=batch.now_ms,
+                actor=f"device:{refused.key}",
+                action=refused.action,
+                target=f"up.{refused.kind}",
+                outcome="rejected",
+                reason=refused.reason,
+                detail=canonical.dumps(refused.detail()).decode("utf-8"),
+            )
         )
 
     def _sync_epoch(self) -> None:
-        epoch = self.store.counter(enrollment.DEVICES_EPOCH)
+        epoch = self.store.counters.get("devices_epoch")
         if epoch != self._epoch:
             self._devices.clear()
             self._epoch = epoch
@@ -449,7 +389,7 @@ class Ingest:
 
     def _committed(self, batch: Batch) -> None:
         for device_id, seen in batch.seen.items():
-            if seen.device.status == enrollment.ACTIVE:
+            if seen.device.status == ACTIVE:
                 self._devices[device_id] = seen.device
             DUPLICATES.inc(len(seen.duplicates))
         for kind, count in Counter(frame.kind for frame in batch.admitted).items():
@@ -485,13 +425,26 @@ class Ingest:
 
     def _prune(self) -> None:
         self._audited = 0
-        self.store.prune_audit(outcome="rejected", keep=self.settings.audit_rejections_keep)
+        self.store.audit.prune(outcome="rejected", keep=self.settings.audit_rejections_keep)
 
 
-def mark_offline(store: Store, now_ms: int, after_s: float) -> list[str]:
-    """Mark offline every online device not seen for ``after_s`` seconds; their ids.
+def _device(identity: DeviceIdentity) -> Device:
+    """What the rules check a device's frames against, from what the store pins."""
+    window = identity.up_window
+    return Device(
+        id=identity.id,
+        status=identity.status,
+        key_hex=identity.public_key,
+        key=keys.public_from_hex(identity.public_key),
+        window=SeqWindow.from_bytes(window) if window else SeqWindow(),
+    )
 
-    The scheduler calls this every few seconds (``settings.offline_after_s``); the last
-    will (a state report flagged ``offline``) marks a device offline sooner.
+
+def mark_offline(ctx: HubContext) -> list[str]:
+    """Mark offline every online device not heard from for ``offline_after_s``; their ids.
+
+    The scheduler calls this every ``offline_check_interval_s``; the last will (a state
+    report flagged ``offline``) marks a device offline sooner.
     """
-    return store.mark_offline(now_ms - round(after_s * 1000))
+    silent_ms = round(ctx.settings.offline_after_s * 1000)
+    return ctx.store.devices.mark_offline(seen_before_ms=ctx.now_ms() - silent_ms)

@@ -2,7 +2,7 @@
 
 Layout: ``<root_dir>/<sha256>`` (64 lowercase hex digits), nothing else. A name is
 always the digest of the bytes the hub computed itself, never a string from an upload,
-a message or a model (THREATS T17, B24), and a digest handed in by a caller is checked
+a message or a model (no path traversal), and a digest handed in by a caller is checked
 to be exactly 64 hex digits before it comes near a path.
 
 Writes go through a temporary file in the same directory, fsync, rename and an fsync of
@@ -33,7 +33,7 @@ from typing import ClassVar
 
 from edgefleet.files import file_sha256, fsync_dir
 from hub.errors import HubError, InvalidRequest
-from hub.store.database import NotFound
+from hub.store import NotFound
 from protocol.schema import HEX64
 
 logger = logging.getLogger(__name__)

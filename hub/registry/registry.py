@@ -1,28 +1,15 @@
-"""The model registry: versions, their packages, lineage and the signed release list.
+"""The model registry: versions, their packages and lineage, and their release.
 
-Registering a model (:meth:`Registry.register`) checks the name (THREATS T17), then lets
+Registering a model (:meth:`Registry.register`) checks the name (a path-safe name, never
+one the hub would turn into a file path unchecked), then lets
 :func:`hub.registry.profile.analyze` check the model, find its head and profile it on the
 reference data, all before anything is written. Then, in one write transaction: the
 next version of the model and the next global release counter, the package
 (:mod:`protocol.package`) stored content-addressed (:mod:`hub.registry.artifacts`), the
-``versions`` row with its lineage, and the next release list, which is signed and
-published when the release key is on the hub, or left pending for the offline key
-(``release_pending``, not an error).
-
-**Release lists** are append-mostly: list N+1 holds the entries of list N (signed or
-pending) plus the new one, and its rollback floor (``min_counter``, which only the
-release role may raise, docs/decisions.md), keeping every entry of the last
-:data:`KEEP_VERSIONS` versions per model, so that operators can still assign an older
-version (a rollback) without a new release; past :data:`~protocol.metadata.MAX_ENTRIES`
-the lowest release counters go. An offline-signed list comes back through
-:meth:`Registry.publish_release_list`, which verifies it against the root's release
-role, refuses one not newer than the published one or lowering its floor, and checks
-every entry against the registered versions.
-
-Publishing: ``publish_fleet(kind, payload)`` publishes retained on ``fleet/<kind>``.
-When it is ``None`` (the CLI without a broker) or fails, the signed list is stored and
-the running hub publishes it (:func:`hub.fleet.documents.publish_release`, called by the
-reconciler and on every reconnect). Every change and every refusal is audited.
+version with its lineage, and the next release list (:mod:`hub.registry.releases`),
+signed and published when the release key is on the hub, or left pending for the
+offline key (``release_pending``, not an error). Every change and every refusal is
+audited.
 """
 
 from __future__ import annotations
@@ -30,19 +17,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgefleet.clock import Clock
-from hub.errors import Conflict, InvalidRequest
-from hub.fleet.documents import FleetPublisher, publish_release, signed_release
-from hub.keyring import Keyring, KeyringError
-from hub.registry import profile
+from hub.context import HubContext
+from hub.errors import InvalidRequest
+from hub.registry import profile, releases
 from hub.registry.artifacts import ArtifactStore
-from hub.store.database import NotFound, Row, Store
-from protocol import canonical, metadata, modelcheck, schema
-from protocol.documents import SignedDocument, verify_threshold
+from hub.store import NotFound
+from hub.store.rows import ModelSummary, ModelVersion
+from protocol import canonical, modelcheck, schema
+from protocol.documents import SignedDocument
 from protocol.errors import EdgefleetError, Malformed
 from protocol.manifest import ModelManifest
 from protocol.metadata import Compat, ReleaseEntry, ReleaseList
@@ -50,7 +35,7 @@ from protocol.package import encode_package, file_entry
 
 logger = logging.getLogger(__name__)
 
-KEEP_VERSIONS = 20
+__all__ = ["ModelSummary", "Registration", "Registry", "VersionInfo"]
 
 
 @dataclass(frozen=True)
@@ -87,44 +72,23 @@ class VersionInfo:
     manifest: ModelManifest
 
 
-@dataclass(frozen=True)
-class ModelSummary:
-    """One model in a listing: how many versions, the newest, the newest released."""
-
-    name: str
-    created_at: int
-    created_by: str
-    versions: int
-    latest_version: int | None
-    latest_released: int | None
-
-
 class Registry:
-    """Registers models and keeps the release list; see the module docstring."""
+    """Registers models and keeps their release lists; see the module docstring.
+
+    ``ctx.fleet`` publishes release lists (None: stored for the running hub to publish);
+    ``ctx.settings.release_expiry_s`` is a drafted list's lifetime.
+    """
 
     def __init__(
         self,
-        store: Store,
+        ctx: HubContext,
         artifacts: ArtifactStore,
-        keyring: Keyring,
-        clock: Clock,
-        publish_fleet: FleetPublisher | None = None,
         *,
-        release_expiry_s: float = 90 * 24 * 3600.0,
         max_model_bytes: int = modelcheck.MAX_MODEL_BYTES,
-        on_released: Callable[[], object] | None = None,
     ) -> None:
-        """``on_released`` runs after a release list reached the broker: the hub issues a
-        heartbeat pinning it then, since devices install nothing from a release list no
-        fresh heartbeat vouches for (THREATS T3)."""
-        self.store = store
+        self.ctx = ctx
         self.artifacts = artifacts
-        self.keyring = keyring
-        self.clock = clock
-        self.publish_fleet = publish_fleet
-        self.release_expiry_ms = int(release_expiry_s * 1000)
         self.max_model_bytes = max_model_bytes
-        self.on_released = on_released
 
     # ------------------------------------------------------------------ registration
 
@@ -172,10 +136,10 @@ class Registry:
             max_model_bytes=self.max_model_bytes,
         )
         files = {"model.onnx": found.model, "smoke.eft": found.smoke}
-        now = self.clock.now_ms()
-        with self.store.immediate():
-            version = self.store.next_model_version(name)
-            counter = self.store.next_release_counter()
+        store, now_ms = self.ctx.store, self.ctx.now_ms()
+        with store.immediate():
+            version = store.registry.next_version(name)
+            counter = store.registry.next_release_counter()
             manifest = ModelManifest(
                 name=name,
                 version=version,
@@ -190,8 +154,9 @@ class Registry:
             )
             package = encode_package(manifest, files)
             sha256 = self.artifacts.put(package)
+            parent = version - 1 if version > 1 else None
             lineage = {
-                "parent": version - 1 if version > 1 else None,
+                "parent": parent,
                 "made_by": "upload",
                 "by": actor,
                 "metrics": found.metrics,
@@ -201,19 +166,36 @@ class Registry:
                 "head": found.head.node if found.head else None,
                 "head_reason": found.head_reason,
             }
-            self._insert_rows(manifest, package, sha256, counter, lineage, now, actor)
+            store.registry.add_version(
+                ModelVersion(
+                    name=name,
+                    version=version,
+                    sha256=sha256,
+                    length=len(package),
+                    release_counter=counter,
+                    status="pending_release",
+                    manifest=_json(schema.to_json(manifest)),
+                    parent_version=parent,
+                    made_by="upload",
+                    lineage=_json(lineage),
+                    created_at=now_ms,
+                    created_by=actor,
+                )
+            )
             entry = ReleaseEntry(name, version, counter, sha256, len(package), _compat(manifest))
-            release_version, signed = self._draft_release(entry, now, actor)
-            self.store.audit(
-                at=now,
+            release_version, signed = releases.draft_release(
+                self.ctx, entry, now_ms=now_ms, actor=actor
+            )
+            store.audit.append(
+                at=now_ms,
                 actor=actor,
                 action="model.register",
                 target=f"{name}/{version}",
-                detail=_json({"sha256": sha256, "counter": counter}),
+                detail={"sha256": sha256, "counter": counter},
             )
         logger.info("registered %s v%d (counter %d, %s)", name, version, counter, sha256[:16])
         if signed:
-            self._publish()
+            releases.publish(self.ctx)
         return Registration(
             name=name,
             version=version,
@@ -227,107 +209,11 @@ class Registry:
             metrics=found.metrics,
         )
 
-    def _insert_rows(
-        self,
-        manifest: ModelManifest,
-        package: bytes,
-        sha256: str,
-        counter: int,
-        lineage: dict[str, Any],
-        now: int,
-        actor: str,
-    ) -> None:
-        """The artifact, model and version rows of a new version."""
-        name = manifest.name
-        if self.store.find("artifacts", sha256) is None:
-            self.store.insert(
-                "artifacts",
-                {"sha256": sha256, "length": len(package), "kind": "package", "created_at": now},
-            )
-        if self.store.find("models", name) is None:
-            self.store.insert(
-                "models", {"name": name, "created_at": now, "created_by": actor, "description": ""}
-            )
-        self.store.insert(
-            "versions",
-            {
-                "name": name,
-                "version": manifest.version,
-                "sha256": sha256,
-                "length": len(package),
-                "release_counter": counter,
-                "status": "pending_release",
-                "manifest": _json(schema.to_json(manifest)),
-                "parent_version": lineage["parent"],
-                "made_by": lineage["made_by"],
-                "lineage": _json(lineage),
-                "created_at": now,
-                "created_by": actor,
-            },
-        )
-
     # ------------------------------------------------------------------ release lists
-
-    def _draft_release(self, entry: ReleaseEntry, now: int, actor: str) -> tuple[int, bool]:
-        """Store release list N+1 (previous entries + ``entry``), signed if the key is here."""
-        previous = self.store.latest_release_list()
-        entries: list[ReleaseEntry] = [entry]
-        version, floor = 1, 0
-        if previous is not None:
-            last = metadata.parse(
-                ReleaseList, SignedDocument.from_bytes(previous["document"].encode())
-            )
-            entries = [*last.entries, entry]
-            version, floor = last.version + 1, last.min_counter
-        release = ReleaseList(version, now + self.release_expiry_ms, _kept(entries), floor)
-        try:
-            signers = self.keyring.signing_keys("release")
-        except KeyringError:
-            signers = ()
-        doc = metadata.sign(release, signers)
-        self.store.insert(
-            "release_lists",
-            {
-                "version": version,
-                "document": doc.to_bytes().decode(),
-                "signed": int(bool(signers)),
-                "created_at": now,
-                "created_by": actor,
-            },
-        )
-        if signers:
-            self._mark_released(release)
-        else:
-            logger.info("release list v%d is pending: the release key is offline", version)
-        return version, bool(signers)
-
-    def _mark_released(self, release: ReleaseList) -> None:
-        """Versions the newly signed list names are released. Versions it leaves out that
-        are older (lower counter) than its newest entry are withdrawn: the release officer
-        dropped them, or they fell past :data:`KEEP_VERSIONS`; later drafts omit them too.
-        """
-        listed = {(e.name, e.version) for e in release.entries}
-        newest = max((e.release_counter for e in release.entries), default=0)
-        rows = self.store.query(
-            "SELECT name, version FROM versions "
-            "WHERE status != 'withdrawn' AND release_counter < ?",
-            [newest],
-        )
-        for row in rows:
-            if (row["name"], row["version"]) not in listed:
-                self.store.update(
-                    "versions", (row["name"], row["version"]), {"status": "withdrawn"}
-                )
-        for name, version in listed:
-            self.store.update("versions", (name, version), {"status": "released"})
 
     def pending_release(self) -> SignedDocument | None:
         """The newest unsigned release list, if it is newer than the newest signed one."""
-        pending = self.store.latest_release_list(signed=False)
-        signed = self.store.latest_release_list(signed=True)
-        if pending is None or (signed is not None and signed["version"] > pending["version"]):
-            return None
-        return SignedDocument.from_bytes(pending["document"].encode())
+        return releases.pending_release(self.ctx)
 
     def publish_release_list(self, doc: SignedDocument, *, actor: str) -> ReleaseList:
         """Accept a release list signed offline, mark its versions released, publish it.
@@ -340,75 +226,18 @@ class Registry:
                 bytes and counter.
         """
         try:
-            release = self._accept(doc, actor)
+            release = releases.accept_release(self.ctx, doc, actor=actor)
         except EdgefleetError as e:
             self._audit(actor, "release.publish", "", e)
             raise
-        self._publish()
+        releases.publish(self.ctx)
         return release
-
-    def _accept(self, doc: SignedDocument, actor: str) -> ReleaseList:
-        release = metadata.parse(ReleaseList, doc)
-        root = self.keyring.root
-        verify_threshold(doc, "release", root.role_keys("release"), root.threshold("release"))
-        now = self.clock.now_ms()
-        if now >= release.expires:
-            raise Conflict(f"release list v{release.version} has expired: draft a new one")
-        with self.store.immediate():
-            current = signed_release(self.store)
-            if current is not None and release.version <= current[1].version:
-                raise Conflict(
-                    f"release list v{release.version} is not newer than the published "
-                    f"v{current[1].version}"
-                )
-            if current is not None and release.min_counter < current[1].min_counter:
-                raise Conflict(
-                    f"release list v{release.version} lowers the rollback floor to "
-                    f"{release.min_counter} (published: {current[1].min_counter})"
-                )
-            for e in release.entries:
-                row = self.store.find("versions", (e.name, e.version)) or {}
-                held = (row.get("sha256"), row.get("length"), row.get("release_counter"))
-                if (
-                    held != (e.sha256, e.length, e.release_counter)
-                    or row.get("status") == "withdrawn"
-                ):
-                    raise Conflict(f"release list names {e.name} v{e.version}, not held as signed")
-            self.store.upsert(
-                "release_lists",
-                {
-                    "version": release.version,
-                    "document": doc.to_bytes().decode(),
-                    "signed": 1,
-                    "created_at": now,
-                    "created_by": actor,
-                },
-                pk="version",
-            )
-            self._mark_released(release)
-            self.store.audit(
-                at=now, actor=actor, action="release.publish", target=f"v{release.version}"
-            )
-        return release
-
-    def _publish(self) -> None:
-        if self.publish_fleet is not None and publish_release(self.store, self.publish_fleet):
-            if self.on_released is not None:
-                self.on_released()
-            return
-        logger.info("release list stored; the hub publishes it when the broker is reachable")
 
     # ------------------------------------------------------------------ reading
 
     def list_models(self) -> list[ModelSummary]:
         """Every model, by name, with its version counts."""
-        rows = self.store.query(
-            "SELECT m.name, m.created_at, m.created_by, count(v.version) AS versions, "
-            "max(v.version) AS latest_version, "
-            "max(CASE WHEN v.status = 'released' THEN v.version END) AS latest_released "
-            "FROM models m LEFT JOIN versions v ON v.name = m.name GROUP BY m.name ORDER BY m.name"
-        )
-        return [ModelSummary(**row) for row in rows]
+        return self.ctx.store.registry.models()
 
     def list_versions(self, name: str) -> list[VersionInfo]:
         """Every version of ``name``, oldest first.
@@ -416,17 +245,16 @@ class Registry:
         Raises:
             NotFound: no such model.
         """
-        if self.store.find("models", name) is None:
+        if not self.ctx.store.registry.has_model(name):
             raise NotFound(f"no model {name[:64]!r}")
-        rows = self.store.query("SELECT * FROM versions WHERE name = ? ORDER BY version", [name])
-        return [_version(r) for r in rows]
+        return [_version(v) for v in self.ctx.store.registry.versions(name)]
 
     def get_version(self, name: str, version: int) -> VersionInfo:
         """Raises NotFound: no such version."""
-        row = self.store.find("versions", (name, version))
-        if row is None:
+        found = self.ctx.store.registry.version(name, version)
+        if found is None:
             raise NotFound(f"no version {version} of model {name[:64]!r}")
-        return _version(row)
+        return _version(found)
 
     def lineage(self, name: str, version: int) -> tuple[VersionInfo, ...]:
         """``version`` and its ancestors, newest first.
@@ -449,14 +277,14 @@ class Registry:
         return self.artifacts.read(self.get_version(name, version).sha256)
 
     def _audit(self, actor: str, action: str, target: str, error: EdgefleetError) -> None:
-        self.store.audit(
-            at=self.clock.now_ms(),
+        self.ctx.store.audit.append(
+            at=self.ctx.now_ms(),
             actor=actor,
             action=action,
             target=target,
             outcome="rejected",
             reason=error.reason,
-            detail=_json({"error": str(error)[:300]}),
+            detail={"error": str(error)[:300]},
         )
 
 
@@ -474,29 +302,20 @@ def _compat(manifest: ModelManifest) -> Compat:
         raise InvalidRequest(f"the model's I/O cannot be released: {e}") from e
 
 
-def _kept(entries: list[ReleaseEntry]) -> tuple[ReleaseEntry, ...]:
-    newest: dict[str, list[int]] = {}
-    for e in entries:
-        newest.setdefault(e.name, []).append(e.version)
-    cut = {n: sorted(v)[-KEEP_VERSIONS:] for n, v in newest.items()}
-    kept = sorted((e for e in entries if e.version in cut[e.name]), key=lambda e: e.release_counter)
-    return tuple(kept[-metadata.MAX_ENTRIES :])
-
-
-def _version(row: Row) -> VersionInfo:
+def _version(row: ModelVersion) -> VersionInfo:
     return VersionInfo(
-        name=row["name"],
-        version=row["version"],
-        sha256=row["sha256"],
-        length=row["length"],
-        release_counter=row["release_counter"],
-        status=row["status"],
-        parent_version=row["parent_version"],
-        made_by=row["made_by"],
-        created_at=row["created_at"],
-        created_by=row["created_by"],
-        lineage=json.loads(row["lineage"]),
-        manifest=schema.from_json(ModelManifest, canonical.loads(row["manifest"].encode())),
+        name=row.name,
+        version=row.version,
+        sha256=row.sha256,
+        length=row.length,
+        release_counter=row.release_counter,
+        status=row.status,
+        parent_version=row.parent_version,
+        made_by=row.made_by,
+        created_at=row.created_at,
+        created_by=row.created_by,
+        lineage=json.loads(row.lineage),
+        manifest=schema.from_json(ModelManifest, canonical.loads(row.manifest.encode())),
     )
 
 

@@ -1,11 +1,6 @@
-"""The rollouts' branch of the hub's exception tree (hub/errors.py draws the rest)::
-
-    HubError (hub.errors)
-    └─ RolloutError                 a rollout request the rollout rules refuse
-       ├─ InvalidRolloutSpec        the spec itself is wrong: names the field (422)
-       ├─ IllegalTransition         a state table (rollout, device) holds no such move (409)
-       ├─ RolloutConflict           another active rollout already covers these devices (409)
-       └─ InvalidGateInput          metrics no device can report (errors > inferences) (422)
+"""The rollouts' branch of the hub's exception tree: ``RolloutError`` and its four
+refusals (an invalid spec, an illegal transition, a conflicting rollout, impossible gate
+input), drawn with the rest of the tree, once, in :mod:`hub.errors`.
 
 ``InvalidRolloutSpec`` is also a ``ValueError``, so :func:`protocol.schema.from_json`
 turns it into ``Malformed`` with the JSON path of the offending value; the spec's own

@@ -24,8 +24,9 @@ How amqtt 0.12.1 is driven, and why:
   binds the *same* port as before (``SO_REUSEADDR``), so a stop/start pair looks like a
   broker outage to clients, who reconnect by themselves. Retained messages and sessions do
   not survive a restart, as with ``persistence false`` in Mosquitto.
-- Persistent sessions are broken in amqtt 0.12.1 (see ARCHITECTURE.md); edgefleet uses
-  clean sessions only, so this class does not try to fix them.
+- Persistent sessions are broken in amqtt 0.12.1 (a QoS 1 message queued for a
+  disconnected ``clean_session=False`` client is dropped; upstream Yakifo/amqtt issue
+  401); edgefleet uses clean sessions only, so this class does not try to fix them.
 - amqtt logs every connection at INFO; its loggers are set to WARNING unless told otherwise.
 """
 

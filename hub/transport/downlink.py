@@ -6,7 +6,7 @@ Every downlink frame (``down.ack`` from ingest; ``down.desired``, ``down.chunk``
 1. refuses to publish to a device that is revoked or unknown to the store (a revoked
    device hears nothing more from the hub, not even acks);
 2. takes the next downlink seq from a persisted counter, allocated in blocks hi-lo style:
-   ``store.bump("down_seq", block)`` reserves ``block`` seqs at once, so a restart (even
+   ``store.counters.bump("down_seq", block)`` reserves ``block`` seqs at once, so a restart (even
    after kill -9) starts above every seq it could have used and never reuses one, while
    the store is touched once per ``block`` frames;
 3. signs the frame with the hub's **rollout** private key (agents check down frames
@@ -26,13 +26,14 @@ import logging
 import os
 import threading
 from collections.abc import Iterable
-from typing import Protocol
+from typing import Final, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgefleet.clock import Clock
 from hub.metrics import DOWNLINK_DROPPED, DOWNLINK_SENT
-from hub.store.database import Store
+from hub.store import Store
+from hub.store.rows import Counter
 from protocol import frame
 from protocol.errors import Malformed
 from protocol.frame import DEFAULT_LIMITS, Limits, Message
@@ -41,7 +42,7 @@ from protocol.topics import Topics
 
 logger = logging.getLogger(__name__)
 
-SEQ_COUNTER = "down_seq"
+SEQ_COUNTER: Final[Counter] = "down_seq"
 MAX_ACK_ENTRIES = 4096  # HubAck's own cap on committed ranges + refused entries
 
 
@@ -92,7 +93,7 @@ class Downlink:
         """A downlink seq never handed out before, by this process or any earlier one."""
         with self._lock:
             if self._next > self._limit:
-                self._limit = self._store.bump(SEQ_COUNTER, self._block)
+                self._limit = self._store.counters.bump(SEQ_COUNTER, self._block)
                 self._next = self._limit - self._block + 1
             seq = self._next
             self._next += 1
@@ -113,7 +114,7 @@ class Downlink:
         if message.DIRECTION != "down":
             raise Malformed(f"{message.qualified_kind()} is not a downlink message")
         topic = self._topics.down(device_id, message.KIND)
-        status = self._store.device_status(device_id)
+        status = self._store.devices.status(device_id)
         if status is None or status == "revoked":
             DOWNLINK_DROPPED.labels("revoked" if status else "unknown_device").inc()
             return None

@@ -1,7 +1,7 @@
 """The hub's MQTT link: a thin paho-mqtt wrapper that hands every inbound message to a queue.
 
 paho-mqtt 2.x, callback API ``VERSION2``, MQTT 3.1.1, **clean sessions**, QoS 1
-(ARCHITECTURE.md, "Brokers, as seen on this machine"): nothing relies on the broker
+(docs/architecture.md, "Brokers"): nothing relies on the broker
 keeping messages for the hub while it is away, because agents resend until the hub
 acknowledges on ``down/ack`` after its commit. paho acknowledges a QoS 1 PUBLISH as soon
 as ``on_message`` returns; that settles nothing end to end.
@@ -10,10 +10,11 @@ as ``on_message`` returns; that settles nothing end to end.
   by itself with exponential backoff (``reconnect_min_s`` doubling up to
   ``reconnect_max_s``). :meth:`HubLink.publish` may be called from any thread.
 - **Inbound.** ``on_message`` only puts ``(topic, payload)`` on the bounded
-  ``queue.Queue`` it was given (STYLE.md 3.3). When the queue is full the message is
-  dropped and counted in ``edgefleet_hub_ingest_shed_total``: it was not acknowledged by
-  the hub, so its agent sends it again (THREATS.md B31: shed load, never queue without
-  bound). A topic that is not valid UTF-8 is handed on as ``""`` for ingest to refuse.
+  ``queue.Queue`` it was given. When the queue is full the message is dropped and
+  counted in ``edgefleet_hub_ingest_shed_total``: it was not acknowledged by the hub, so
+  its agent sends it again (shed load, never queue without bound: docs/decisions.md,
+  "Bounded state a stranger can create"). A topic that is not valid UTF-8 is handed on
+  as ``""`` for ingest to refuse.
 - **Subscriptions** are renewed in ``on_connect`` after every (re)connect, since a clean
   session forgets them; :meth:`HubLink.wait_ready` returns once the broker has granted
   them, and the ``on_ready`` callback runs then, after every (re)connect: on paho's
@@ -44,9 +45,11 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgefleet.brokers import BadBrokerUrl, BrokerUrl
+from hub.context import FleetPublisher
 from hub.errors import InvalidRequest
 from hub.metrics import SHED
 from hub.transport.mqtt_socket import BufferedClient
+from protocol.topics import Topics
 
 logger = logging.getLogger(__name__)
 
@@ -221,3 +224,13 @@ class HubLink:
             self.inbox.put_nowait((topic, bytes(message.payload)))
         except queue.Full:
             SHED.inc()
+
+
+def fleet_publisher(link: HubLink, topics: Topics) -> FleetPublisher:
+    """The hub context's fleet publisher over ``link``: retained, QoS 1, on
+    ``fleet/<kind>`` (:data:`hub.context.FleetPublisher`)."""
+
+    def publish(kind: str, payload: bytes) -> bool:
+        return link.publish(topics.fleet(kind), payload, qos=1, retain=True)
+
+    return publish

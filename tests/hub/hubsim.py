@@ -13,22 +13,26 @@ what it was given, so acks are real signed frames, decoded here with the hub's p
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from hub import keyring
+from hub.context import HubContext
 from hub.fleet import enrollment
 from hub.ingest.worker import BatchResult, Ingest
 from hub.settings import HubSettings
-from hub.store.database import Store
+from hub.store import Store
+from hub.store.sqlite import SqliteStore
 from hub.transport.downlink import SEQ_COUNTER, Downlink
 from protocol import frame, keys
 from protocol.frame import Message
 from protocol.messages import FetchRequest, Hello, HubAck
 from protocol.topics import Topics
 from tests.clock import FakeClock
+from tests.hub.tables import snapshot
 
 UPLINK_TABLES = ("telemetry", "states", "deltas", "data_windows", "device_acks")
 
@@ -96,7 +100,7 @@ class HubSim:
 
     def __init__(self, tmp_path: Path, *, store: Store | None = None, **settings: Any) -> None:
         self.clock = FakeClock()
-        self.store = store or Store.open(":memory:")
+        self.store: Store = store or SqliteStore.open(":memory:")
         self.settings = HubSettings(data_dir=tmp_path, topic_prefix="sim/ef", **settings)
         self.topics = Topics(self.settings.topic_prefix)
         self.hub_key = Ed25519PrivateKey.generate()
@@ -110,6 +114,16 @@ class HubSim:
             self.downlink,
             on_fetch=lambda device_id, request: self.fetches.append((device_id, request)),
         )
+
+    def context(self, **settings: Any) -> HubContext:
+        """A hub context over this store and clock (a fresh key ring in the data directory)."""
+        keys_dir = self.settings.keys_dir
+        ring = (
+            keyring.load(keys_dir)
+            if keys_dir.exists()
+            else keyring.init(keys_dir, now_ms=self.clock.now_ms())
+        )
+        return HubContext(self.store, ring, self.clock, replace(self.settings, **settings))
 
     def device(self, device_id: str, *, enrolled: bool = False) -> SimDevice:
         dev = SimDevice(device_id, self.topics, self.clock)
@@ -145,14 +159,12 @@ class HubSim:
         tables = ["devices", "enrollment_tokens", "meta", *UPLINK_TABLES]
         if audit:
             tables.append("audit")
-        rows = {t: self.store.query(f"SELECT * FROM [{t}] ORDER BY rowid") for t in tables}  # noqa: S608
+        rows = snapshot(self.store, tuple(tables))
         # the downlink's seq counter moves with every ack the hub sends: not ingest state
         rows["meta"] = [row for row in rows["meta"] if row["key"] != SEQ_COUNTER]
         return rows
 
     def rejections(self) -> list[tuple[str, str, str]]:
         """(actor, action, reason) of every rejected audit row, oldest first."""
-        rows = self.store.query(
-            "SELECT actor, action, reason FROM audit WHERE outcome = 'rejected' ORDER BY id"
-        )
-        return [(r["actor"], r["action"], r["reason"]) for r in rows]
+        entries = self.store.audit.page(outcome="rejected", limit=10**6).items
+        return [(e.actor, e.action, e.reason) for e in reversed(entries)]

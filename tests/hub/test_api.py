@@ -21,11 +21,12 @@ from prometheus_client import CollectorRegistry
 import hub.api
 from hub.api import HubServices, auth, create_app
 from hub.api.auth import Role
-from hub.settings import HubSettings
-from hub.store.database import Store
+from hub.store import Store
+from hub.store.rows import Device, DeviceStatus
 from protocol import keys
 from tests import models
 from tests.clock import FakeClock
+from tests.hub.tables import rows
 from tests.hub.test_registry import Hub, make_hub, npz, reference, sign_offline
 
 PROBLEM = "application/problem+json"
@@ -58,25 +59,21 @@ def make_api(root: Path, clock: FakeClock, *, release_online: bool = True) -> Ap
     """Key ring, store, registry and app under ``root``, and a token for each role."""
     hub = make_hub(root, clock, release_online=release_online)
     services = HubServices(
-        registry=hub.registry,
-        artifacts=hub.artifacts,
-        downlink=None,
-        metrics=CollectorRegistry(),
+        registry=hub.registry, artifacts=hub.artifacts, metrics=CollectorRegistry()
     )
-    app = create_app(HubSettings(data_dir=root), hub.store, clock, services)
+    app = create_app(hub.context(), services)
     tokens = {
-        role: auth.create_token(hub.store, role=role, name=role, actor="cli", now=clock.now_ms())
+        role: auth.create_token(hub.store, role=role, name=role, actor="cli", now_ms=clock.now_ms())
         for role in auth.ROLES
     }
     return Api(hub, TestClient(app), tokens)
 
 
-def add_device(store: Store, device_id: str = DEVICE, status: str = "active", **row: Any) -> None:
+def add_device(
+    store: Store, device_id: str = DEVICE, status: DeviceStatus = "active", **fields: Any
+) -> None:
     public = keys.public_hex(Ed25519PrivateKey.generate().public_key())
-    store.insert(
-        "devices",
-        {"id": device_id, "public_key": public, "status": status, "first_seen": 0, **row},
-    )
+    store.devices.add(Device(device_id, public, status, first_seen=0, **fields))
 
 
 def register_form(name: str = "iris", **extra: tuple[str, bytes]) -> dict[str, Any]:
@@ -244,10 +241,10 @@ def test_no_token_is_401_with_a_bearer_challenge(api: Api, route: Route) -> None
 
 @pytest.mark.parametrize("route", CHANGES, ids=route_id)
 def test_viewer_cannot_change_anything(fleet: Api, route: Route) -> None:
-    before = fleet.store.query("SELECT * FROM devices")
+    before = rows(fleet.store, "devices")
     response = fleet.call(route.method, route.path, role="viewer", **(route.body or {}))
     assert problem_of(response, 403)["reason"] == "forbidden"
-    assert fleet.store.query("SELECT * FROM devices") == before
+    assert rows(fleet.store, "devices") == before
 
 
 @pytest.mark.parametrize("route", CHANGES, ids=route_id)
@@ -265,12 +262,12 @@ def test_viewer_gets_403_even_for_a_malformed_body(api: Api, route: Route) -> No
 @pytest.mark.parametrize("route", CHANGES, ids=route_id)
 def test_refused_change_is_audited_with_the_token_id(fleet: Api, route: Route) -> None:
     fleet.call(route.method, route.path, role="viewer", **(route.body or {}))
-    rows, _ = fleet.store.list_audit(outcome="rejected")
-    assert rows[0]["actor"] == f"token:{fleet.tokens['viewer'].id}"
-    assert rows[0]["reason"] == "forbidden"
-    assert rows[0]["target"] == route.path
-    assert rows[0]["at"] == fleet.hub.clock.now_ms()
-    assert fleet.tokens["viewer"].token not in json.dumps(rows)
+    entries = fleet.store.audit.page(outcome="rejected").items
+    assert entries[0].actor == f"token:{fleet.tokens['viewer'].id}"
+    assert entries[0].reason == "forbidden"
+    assert entries[0].target == route.path
+    assert entries[0].at == fleet.hub.clock.now_ms()
+    assert fleet.tokens["viewer"].token not in str(entries)
 
 
 @pytest.mark.parametrize("route", [r for r in GUARDED if r.role == "admin"], ids=route_id)
@@ -417,7 +414,7 @@ def test_upload_over_its_file_cap_is_a_413_problem(
     monkeypatch.setattr("hub.api.models.MAX_MODEL_BYTES", 100)
     response = api.call("POST", "/api/v1/models", role="operator", **register_form())
     assert problem_of(response, 413)["detail"] == "model exceeds 100 bytes"
-    assert api.store.count("versions") == 0
+    assert api.store.registry.models() == []
 
 
 def test_unexpected_error_is_a_500_problem_without_internals(
@@ -437,10 +434,10 @@ def test_unexpected_error_is_a_500_problem_without_internals(
 @pytest.fixture
 def many(api: Api) -> Api:
     for i in range(25):
-        status = ("active", "pending", "revoked")[i % 3]
-        tags = json.dumps({"site": "berlin" if i < 10 else "lyon"})
+        status: DeviceStatus = ("active", "pending", "revoked")[i % 3]
+        tags = {"site": "berlin" if i < 10 else "lyon"}
         model = {"active_name": "iris", "active_version": 1 + i % 2} if i % 5 else {}
-        add_device(api.store, f"dev-{i:02d}", status, tags=tags, online=i % 2, **model)
+        add_device(api.store, f"dev-{i:02d}", status, tags=tags, online=bool(i % 2), **model)
     return api
 
 
@@ -485,10 +482,10 @@ def test_tags_change_by_merge_patch_and_the_change_is_audited(many: Api) -> None
     )
     assert response.status_code == 200
     assert response.json()["tags"] == {"rack": "r7"}
-    [row], _ = many.store.list_audit(action="device.update")
-    assert row["actor"] == f"token:{many.tokens['operator'].id}"
-    assert row["at"] == many.hub.clock.now_ms()
-    assert row["target"] == "dev-03"
+    [row] = many.store.audit.page(action="device.update").items
+    assert row.actor == f"token:{many.tokens['operator'].id}"
+    assert row.at == many.hub.clock.now_ms()
+    assert row.target == "dev-03"
 
 
 def test_too_many_tags_are_refused(fleet: Api) -> None:
@@ -503,8 +500,8 @@ def test_operator_approves_a_pending_device(api: Api) -> None:
     response = api.call("POST", "/api/v1/devices/p-1/approve", role="operator")
     assert response.status_code == 200
     assert response.json()["status"] == "active"
-    [row], _ = api.store.list_audit(target="p-1")
-    assert row["actor"] == f"token:{api.tokens['operator'].id}"
+    [row] = api.store.audit.page(target="p-1").items
+    assert row.actor == f"token:{api.tokens['operator'].id}"
 
 
 def test_admin_revokes_a_device(fleet: Api) -> None:
@@ -537,7 +534,7 @@ def test_desired_state_is_set_read_and_cleared(fleet: Api) -> None:
 )
 def test_bad_desired_state_is_refused(fleet: Api, body: dict[str, Any], status: int) -> None:
     problem_of(fleet.call("PUT", f"/api/v1/devices/{DEVICE}/desired", json=body), status)
-    assert fleet.store.find("desired", DEVICE) is None
+    assert fleet.store.desired.find(DEVICE) is None
 
 
 # ---------------------------------------------------------------------- enrollment tokens
@@ -598,9 +595,9 @@ def test_hostile_model_upload_is_refused_and_audited(api: Api) -> None:
     response = api.call("POST", "/api/v1/models", role="operator", **form)
     assert 400 <= response.status_code < 500
     assert response.headers["content-type"] == PROBLEM
-    assert api.store.count("versions") == 0
-    [row], _ = api.store.list_audit(action="model.register", outcome="rejected")
-    assert row["actor"] == f"token:{api.tokens['operator'].id}"
+    assert api.store.registry.models() == []
+    [row] = api.store.audit.page(action="model.register", outcome="rejected").items
+    assert row.actor == f"token:{api.tokens['operator'].id}"
 
 
 def test_versions_and_lineage_are_listed(fleet: Api) -> None:

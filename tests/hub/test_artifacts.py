@@ -9,7 +9,7 @@ import pytest
 
 from hub.errors import InvalidRequest
 from hub.registry.artifacts import MAX_RANGE_BYTES, ArtifactCorrupt, ArtifactStore
-from hub.store.database import NotFound
+from hub.store import NotFound
 
 DATA = bytes(range(256)) * 40
 

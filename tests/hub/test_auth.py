@@ -11,17 +11,19 @@ from hub.api import auth
 from hub.cli import token as cli_token
 from hub.errors import InvalidRequest, Unauthenticated
 from hub.settings import HubSettings
-from hub.store.database import NotFound, Store
+from hub.store import NotFound, Store
+from hub.store.sqlite import SqliteStore
 from tests.clock import FakeClock
+from tests.hub.tables import rows
 
 
 @pytest.fixture
 def store() -> Store:
-    return Store.open(":memory:")
+    return SqliteStore.open(":memory:")
 
 
 def issue(store: Store, role: str = "operator", name: str = "ci") -> auth.IssuedToken:
-    return auth.create_token(store, role=role, name=name, actor="cli", now=FakeClock().now_ms())
+    return auth.create_token(store, role=role, name=name, actor="cli", now_ms=FakeClock().now_ms())
 
 
 def test_token_reads_as_prefix_id_and_256_bit_secret(store: Store) -> None:
@@ -33,10 +35,10 @@ def test_token_reads_as_prefix_id_and_256_bit_secret(store: Store) -> None:
 
 def test_store_keeps_only_the_digest(store: Store) -> None:
     issued = issue(store)
-    row = store.get("api_tokens", issued.id)
+    [row] = rows(store, "api_tokens")
     assert row["hash"] == auth.digest(issued.token)
-    assert issued.token not in str(store.query("SELECT * FROM api_tokens"))
-    assert issued.token not in str(store.query("SELECT * FROM audit"))
+    assert issued.token not in str(rows(store, "api_tokens"))
+    assert issued.token not in str(rows(store, "audit"))
 
 
 def test_authenticate_names_the_token_and_its_role(store: Store) -> None:
@@ -70,15 +72,15 @@ def test_anything_but_a_known_token_is_unauthenticated(store: Store, token: str)
 
 def test_revoked_token_is_refused_and_revoking_again_is_harmless(store: Store) -> None:
     issued = issue(store)
-    auth.revoke_token(store, issued.id, actor="cli", now=1)
-    auth.revoke_token(store, issued.id, actor="cli", now=2)
+    auth.revoke_token(store, issued.id, actor="cli", now_ms=1)
+    auth.revoke_token(store, issued.id, actor="cli", now_ms=2)
     with pytest.raises(Unauthenticated):
         auth.authenticate(store, issued.token)
 
 
 def test_revoking_an_unknown_token_is_not_found(store: Store) -> None:
     with pytest.raises(NotFound):
-        auth.revoke_token(store, "0123456789ab", actor="cli", now=1)
+        auth.revoke_token(store, "0123456789ab", actor="cli", now_ms=1)
 
 
 @pytest.mark.parametrize(
@@ -108,16 +110,16 @@ def test_roles_are_ordered_viewer_operator_admin(
 )
 def test_create_refuses_bad_role_or_name(store: Store, role: str, name: str) -> None:
     with pytest.raises(InvalidRequest):
-        auth.create_token(store, role=role, name=name, actor="cli", now=1)
-    assert store.count("api_tokens") == 0
+        auth.create_token(store, role=role, name=name, actor="cli", now_ms=1)
+    assert auth.list_tokens(store) == []
 
 
 def test_creation_and_revocation_are_audited_without_the_secret(store: Store) -> None:
     issued = issue(store)
-    auth.revoke_token(store, issued.id, actor="token:abc", now=5)
-    rows, total = store.list_audit()
-    assert total == 2
-    assert [(r["actor"], r["action"], r["target"]) for r in rows] == [
+    auth.revoke_token(store, issued.id, actor="token:abc", now_ms=5)
+    page = store.audit.page()
+    assert page.total == 2
+    assert [(e.actor, e.action, e.target) for e in page.items] == [
         ("token:abc", "api_token.revoke", issued.id),
         ("cli", "api_token.create", issued.id),
     ]
@@ -139,7 +141,7 @@ def test_cli_creates_a_token_that_the_store_accepts(
 ) -> None:
     assert run(["hub", "token", "create", "--data", str(tmp_path), "--role", "admin"]) == 0
     token = capsys.readouterr().out.strip()
-    store = Store.open(HubSettings(data_dir=tmp_path).db_path)
+    store = SqliteStore.open(HubSettings(data_dir=tmp_path).db_path)
     assert auth.authenticate(store, token).role == "admin"
 
 

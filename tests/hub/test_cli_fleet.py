@@ -10,22 +10,17 @@ import pytest
 
 from edgefleet.cli import main
 from hub.cli.common import open_store
-from hub.fleet import enrollment
+from hub.fleet.identity import token_hash
+from hub.store.rows import Device
+from tests.hub.tables import rows
 
 
 @pytest.fixture
 def data(tmp_path: Path) -> Path:
     path = tmp_path / "hub"
     with closing(open_store(path, create=True)) as store:
-        store.insert(
-            "devices",
-            {
-                "id": "pump-17",
-                "public_key": "11" * 32,
-                "status": "pending",
-                "tags": json.dumps({"site": "plant-3"}),
-                "first_seen": 1,
-            },
+        store.devices.add(
+            Device("pump-17", "11" * 32, "pending", first_seen=1, tags={"site": "plant-3"})
         )
     return path
 
@@ -37,8 +32,8 @@ def test_enroll_create_prints_a_secret_the_hub_stores_only_hashed(
     assert main([*args, "--expires-in", "3600", "--tag", "site=plant-3"]) == 0
     secret = capsys.readouterr().out.splitlines()[0]
     with closing(open_store(data)) as store:
-        [row] = store.query("SELECT * FROM enrollment_tokens")
-    assert row["hash"] == enrollment.token_hash(secret)
+        [row] = rows(store, "enrollment_tokens")
+    assert row["hash"] == token_hash(secret)
     assert secret not in json.dumps(row)
     assert json.loads(row["tags"]) == {"site": "plant-3"}
 
@@ -73,9 +68,10 @@ def test_device_approve_then_revoke_changes_status_and_audits_who(
     assert main(["hub", "device", "approve", "pump-17", "--data", str(data)]) == 0
     assert main(["hub", "device", "revoke", "pump-17", "--data", str(data)]) == 0
     with closing(open_store(data)) as store:
-        assert store.get("devices", "pump-17")["status"] == "revoked"
-        actions = [r["action"] for r in store.query("SELECT action FROM audit ORDER BY id")]
-        actors = {r["actor"] for r in store.query("SELECT actor FROM audit")}
+        assert store.devices.get("pump-17").status == "revoked"
+        entries = list(reversed(store.audit.page().items))
+        actions = [e.action for e in entries]
+        actors = {e.actor for e in entries}
     assert actions == ["device.approve", "device.revoke"]
     assert actors == {"cli"}
 

@@ -11,7 +11,8 @@ from hub.errors import InvalidRequest
 from hub.fleet.delivery import Bucket, Delivery, FlowLimits, Refuse, Serve, decide, http_artifact
 from hub.fleet.desired import set_desired
 from hub.settings import HubSettings
-from hub.store.database import NotFound
+from hub.store import NotFound
+from hub.store.rows import AuditEntry
 from protocol.messages import Chunk, FetchRequest
 from tests import models
 from tests.clock import FakeClock
@@ -28,11 +29,7 @@ def hub(tmp_path: Path, clock: FakeClock) -> Hub:
     add_device(hub.store)
     hub.register()
     set_desired(
-        hub.store,
-        hub.ring,
-        None,
-        clock,
-        SETTINGS,
+        hub.context(None, SETTINGS),
         device_id=DEVICE,
         model_name="iris",
         model_version=1,
@@ -48,6 +45,10 @@ def downlink() -> RecordingDownlink:
 
 def delivery(hub: Hub, downlink: RecordingDownlink, **limits: float) -> Delivery:
     return Delivery(hub.store, hub.artifacts, downlink, hub.clock, SETTINGS, FlowLimits(**limits))  # type: ignore[arg-type]
+
+
+def fetch_audits(hub: Hub) -> list[AuditEntry]:
+    return hub.store.audit.page(action="artifact.fetch").items
 
 
 def chunks(downlink: RecordingDownlink) -> list[Chunk]:
@@ -82,8 +83,8 @@ def test_fetch_of_an_unassigned_artifact_is_refused_and_audited(
     assert outcome == "refused"
     assert downlink.sent == []
     assert snapshot(hub.store) == before
-    [row] = hub.store.query("SELECT * FROM audit WHERE action = 'artifact.fetch'")
-    assert (row["outcome"], row["reason"], row["actor"]) == (
+    [row] = fetch_audits(hub)
+    assert (row.outcome, row.reason, row.actor) == (
         "rejected",
         "not_assigned",
         "device:dev-1",
@@ -98,7 +99,7 @@ def test_device_without_an_assignment_gets_nothing(hub: Hub, downlink: Recording
 
 
 def test_revoked_device_gets_nothing(hub: Hub, downlink: RecordingDownlink) -> None:
-    hub.store.update("devices", DEVICE, {"status": "revoked"})
+    hub.store.devices.revoke(DEVICE)
     sha = hub.registry.get_version("iris", 1).sha256
     assert delivery(hub, downlink).on_fetch(DEVICE, FetchRequest(sha, 0, 100)) == "refused"
     assert downlink.sent == []
@@ -108,18 +109,18 @@ def test_out_of_range_offset_is_refused(hub: Hub, downlink: RecordingDownlink) -
     version = hub.registry.get_version("iris", 1)
     request = FetchRequest(version.sha256, version.length, 100)
     assert delivery(hub, downlink).on_fetch(DEVICE, request) == "refused"
-    [row] = hub.store.query("SELECT reason FROM audit WHERE action = 'artifact.fetch'")
-    assert row["reason"] == "out_of_range"
+    [row] = fetch_audits(hub)
+    assert row.reason == "out_of_range"
 
 
 def test_refusals_are_audited_at_a_bounded_rate(hub: Hub, downlink: RecordingDownlink) -> None:
     serve = delivery(hub, downlink, audits_per_device_per_min=3)
     for _ in range(50):
         serve.on_fetch(DEVICE, FetchRequest(SHA, 0, 100))
-    assert hub.store.count("audit", "action = 'artifact.fetch'") == 3
+    assert hub.store.audit.count(action="artifact.fetch") == 3
     hub.clock.advance(20)
     serve.on_fetch(DEVICE, FetchRequest(SHA, 0, 100))
-    assert hub.store.count("audit", "action = 'artifact.fetch'") == 4
+    assert hub.store.audit.count(action="artifact.fetch") == 4
 
 
 def test_per_device_token_bucket_sheds_and_refills(hub: Hub, downlink: RecordingDownlink) -> None:
@@ -136,11 +137,7 @@ def test_per_device_token_bucket_sheds_and_refills(hub: Hub, downlink: Recording
 def test_hub_wide_byte_budget_sheds_across_devices(hub: Hub, downlink: RecordingDownlink) -> None:
     add_device(hub.store, "dev-2")
     set_desired(
-        hub.store,
-        hub.ring,
-        None,
-        hub.clock,
-        SETTINGS,
+        hub.context(None, SETTINGS),
         device_id="dev-2",
         model_name="iris",
         model_version=1,
@@ -202,7 +199,7 @@ def test_http_serves_released_artifacts_only(tmp_path: Path, clock: FakeClock) -
     assert hashlib.sha256(whole.data).hexdigest() == reg.sha256
     part = http_artifact(hub.store, hub.artifacts, reg.sha256, offset=10, length=20)
     assert (part.data, part.total_length) == (whole.data[10:30], reg.length)
-    hub.store.update("versions", ("iris", 1), {"status": "pending_release"})
+    hub.store.registry.set_status("iris", 1, "pending_release")
     with pytest.raises(NotFound):
         http_artifact(hub.store, hub.artifacts, reg.sha256)
     with pytest.raises(InvalidRequest):
@@ -218,5 +215,5 @@ def test_artifact_corrupted_on_disk_is_refused_not_served(
     outcome = delivery(hub, downlink).on_fetch(DEVICE, FetchRequest(version.sha256, 0, 100))
     assert outcome == "refused"
     assert downlink.sent == []
-    [row] = hub.store.query("SELECT reason FROM audit WHERE action = 'artifact.fetch'")
-    assert row["reason"] == "artifact_corrupt"
+    [row] = fetch_audits(hub)
+    assert row.reason == "artifact_corrupt"

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from hub import keyring
 from hub.errors import Conflict, KeyUnavailable
 from hub.fleet.desired import clear_desired, publish_desired, set_desired
 from hub.fleet.documents import issue_heartbeat
 from hub.settings import HubSettings
-from hub.store.database import NotFound, Store
+from hub.store import NotFound, Store
+from hub.store.rows import Device, DeviceStatus
 from protocol import metadata, trust
 from protocol.frame import Message
 from protocol.messages import DesiredState, DeviceConfig
@@ -26,7 +27,7 @@ DEVICE = "dev-1"
 
 @dataclass
 class RecordingDownlink:
-    """The downlink seam (:class:`hub.fleet.desired.Sender`): records what would be signed and
+    """The downlink seam (:class:`hub.context.Sender`): records what would be signed and
     published, as seq 1, 2, ...; ``up`` False: the link is down."""
 
     up: bool = True
@@ -46,10 +47,9 @@ class RecordingDownlink:
 
 
 def add_device(
-    store: Store, device_id: str = DEVICE, status: str = "active", **columns: object
+    store: Store, device_id: str = DEVICE, status: DeviceStatus = "active", **columns: Any
 ) -> None:
-    row = {"id": device_id, "public_key": "ab" * 32, "status": status, "first_seen": 0}
-    store.insert("devices", {**row, **columns})
+    store.devices.add(Device(device_id, "ab" * 32, status, first_seen=0, **columns))
 
 
 def settings(root: Path) -> HubSettings:
@@ -72,11 +72,7 @@ def assign(
     hub: Hub, downlink: RecordingDownlink | None, version: int, **kwargs: object
 ) -> Assignment:
     return set_desired(
-        hub.store,
-        hub.ring,
-        downlink,
-        hub.clock,
-        settings(hub.root),
+        hub.context(downlink),
         device_id=kwargs.pop("device_id", DEVICE),  # type: ignore[arg-type]
         model_name="iris",
         model_version=version,
@@ -90,7 +86,7 @@ def device_accepts(hub: Hub, desired: DesiredState) -> trust.AssignmentVerdict:
     assert desired.assignment is not None
     assert desired.release_list is not None
     now = hub.clock.now_ms()
-    beat = issue_heartbeat(hub.store, hub.ring, hub.clock, settings(hub.root))
+    beat = issue_heartbeat(replace(hub.context(), fleet=None))
     assert beat is not None
     state = trust.TrustedState.initial(hub.ring.chain[0])
     state = trust.update_heartbeat(state, beat, now)
@@ -109,10 +105,10 @@ def test_assignment_verifies_against_the_release_list_it_names(hub: Hub) -> None
     verdict = device_accepts(hub, desired)
     assert verdict.status == "new"
     assert verdict.assignment == assignment
-    row = hub.store.get("desired", DEVICE)
-    assert (row["model_name"], row["model_version"], row["assignment_version"]) == ("iris", 1, 1)
-    assert row["published_at"] == hub.clock.now_ms()
-    assert hub.store.count("audit", "action = 'desired.set'") == 1
+    row = hub.store.desired.get(DEVICE)
+    assert (row.model_name, row.model_version, row.assignment_version) == ("iris", 1, 1)
+    assert row.published_at == hub.clock.now_ms()
+    assert hub.store.audit.count(action="desired.set") == 1
 
 
 def test_unknown_device_is_not_found(hub: Hub) -> None:
@@ -147,7 +143,7 @@ def test_unreleased_version_is_refused(tmp_path: Path, clock: FakeClock) -> None
 def test_version_missing_from_the_signed_list_is_not_released_yet(hub: Hub) -> None:
     hub.register()
     (hub.root / "keys" / "release.pem").rename(hub.root / "release.pem")
-    hub.registry.keyring = keyring.load(hub.root / "keys")  # the release key goes offline
+    hub.reload_keys()  # the release key goes offline
     hub.register(models.mlp_classifier().model, reference=npz(X=models.mlp_classifier().x))
     before = snapshot(hub.store)
     with pytest.raises(Conflict, match="version 2 of iris is not released yet"):
@@ -185,12 +181,12 @@ def test_rollback_below_the_floor_is_refused(tmp_path: Path, clock: FakeClock) -
 def test_without_a_downlink_the_change_is_stored_for_the_hub_to_publish(hub: Hub) -> None:
     hub.register()
     assign(hub, None, 1)
-    assert hub.store.get("desired", DEVICE)["published_at"] is None
+    assert hub.store.desired.get(DEVICE).published_at is None
     downlink = RecordingDownlink(up=False)
-    assert not publish_desired(hub.store, hub.ring, downlink, hub.clock, settings(hub.root), DEVICE)
+    assert not publish_desired(hub.context(downlink), DEVICE)
     downlink.up = True
-    assert publish_desired(hub.store, hub.ring, downlink, hub.clock, settings(hub.root), DEVICE)
-    assert hub.store.get("desired", DEVICE)["published_at"] == hub.clock.now_ms()
+    assert publish_desired(hub.context(downlink), DEVICE)
+    assert hub.store.desired.get(DEVICE).published_at == hub.clock.now_ms()
     assert device_accepts(hub, downlink.desired()).status == "new"
 
 
@@ -199,7 +195,7 @@ def test_a_new_release_needs_no_new_assignment(hub: Hub) -> None:
     downlink = RecordingDownlink()
     first = assign(hub, downlink, 1)
     hub.register(models.mlp_classifier().model, reference=npz(X=models.mlp_classifier().x))
-    assert publish_desired(hub.store, hub.ring, downlink, hub.clock, settings(hub.root), DEVICE)
+    assert publish_desired(hub.context(downlink), DEVICE)
     desired = downlink.desired()
     assert desired.assignment is not None
     assert desired.release_list is not None
@@ -213,7 +209,7 @@ def test_an_assignment_past_half_its_life_is_reissued(hub: Hub) -> None:
     downlink = RecordingDownlink()
     first = assign(hub, downlink, 1)
     hub.clock.advance(settings(hub.root).assignment_expiry_s / 2 + 1)
-    publish_desired(hub.store, hub.ring, downlink, hub.clock, settings(hub.root), DEVICE)
+    publish_desired(hub.context(downlink), DEVICE)
     assert downlink.desired().assignment is not None
     reissued = metadata.parse(Assignment, downlink.desired().assignment)  # type: ignore[arg-type]
     assert reissued.version == first.version + 1
@@ -224,15 +220,15 @@ def test_clear_desired_publishes_no_assignment(hub: Hub) -> None:
     hub.register()
     downlink = RecordingDownlink()
     assign(hub, downlink, 1, config=DeviceConfig(window_s=7.0))
-    clear_desired(hub.store, downlink, hub.clock, device_id=DEVICE, actor="operator")
+    clear_desired(hub.context(downlink), device_id=DEVICE, actor="operator")
     assert downlink.desired() == DesiredState(DeviceConfig(window_s=7.0))
-    assert hub.store.find("desired", DEVICE) is None
+    assert hub.store.desired.find(DEVICE) is None
 
 
 def test_missing_rollout_key_is_key_unavailable(hub: Hub) -> None:
     hub.register()
     (hub.root / "keys" / "rollout.pem").rename(hub.root / "rollout.pem")
-    hub.ring = keyring.load(hub.root / "keys")
+    hub.reload_keys()
     before = snapshot(hub.store)
     with pytest.raises(KeyUnavailable):
         assign(hub, RecordingDownlink(), 1)
@@ -259,8 +255,8 @@ def test_cli_rollout_set_stores_the_desired_state_for_the_hub(
         == 0
     )
     assert "dev-1 should run iris v1 (assignment v1)" in capsys.readouterr().out
-    row = hub.store.get("desired", DEVICE)
-    assert (row["model_version"], row["published_at"]) == (1, None)
+    row = hub.store.desired.get(DEVICE)
+    assert (row.model_version, row.published_at) == (1, None)
     code = cli(
         "rollout",
         "set",

@@ -10,7 +10,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from hub.fleet import enrollment
 from hub.metrics import sample
-from hub.store.database import Store
+from hub.store import Store
+from hub.store.sqlite import SqliteStore
 from hub.transport.downlink import MAX_ACK_ENTRIES, SEQ_COUNTER, Downlink, hub_acks, seq_ranges
 from protocol import frame
 from protocol.errors import BadSignature, Malformed
@@ -24,7 +25,7 @@ TOPICS = Topics("sim/ef")
 
 @pytest.fixture
 def store(tmp_path: Path) -> Store:
-    store = Store.open(tmp_path / "hub.db")
+    store: Store = SqliteStore.open(tmp_path / "hub.db")
     for device in ("dev-1", "dev-2"):
         enrollment.preauthorize(store, device, "00" * 32, by="cli", now_ms=0)
     return store
@@ -62,7 +63,7 @@ def test_seqs_increase_and_are_never_reused_after_a_restart(store: Store) -> Non
 
     assert used == [1, 2, 3]
     assert later == list(range(11, 23))
-    assert store.counter(SEQ_COUNTER) == 30  # one store write per block of 10
+    assert store.counters.get(SEQ_COUNTER) == 30  # one store write per block of 10
 
 
 def test_nothing_is_published_to_revoked_or_unknown_devices(store: Store) -> None:

@@ -1,6 +1,6 @@
 """Hub ingest against an in-memory simulator: what is stored, what is acknowledged, and
-every bad frame refused with its reason and nothing else changed (THREATS.md T10, T11,
-B1-B14, B31, B33)."""
+every bad frame refused with its reason and nothing else changed (forgery, replay, reused
+seqs, floods, a failing disk)."""
 
 from __future__ import annotations
 
@@ -15,11 +15,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hub.fleet import enrollment
+from hub.health import Health, derive
 from hub.ingest.batch import AuditLimiter
-from hub.ingest.rules import health
 from hub.ingest.worker import mark_offline
 from hub.metrics import sample
-from hub.store.database import Store
+from hub.store.rows import DeltaRecord, Desired, StateRecord, TelemetryRecord, UplinkRecord
+from hub.store.sqlite import SqliteStore
 from protocol import canonical, frame, keys, schema
 from protocol.frame import Limits, Message
 from protocol.messages import (
@@ -35,6 +36,7 @@ from protocol.messages import (
 from protocol.replay import WIDTH
 from protocol.sketches import FeatureSketch
 from tests.hub.hubsim import UPLINK_TABLES, HubSim, SimDevice
+from tests.hub.tables import rows
 
 MODEL = ModelRef("digits", 3, "ab" * 32)
 DAY_MS = 86_400_000
@@ -83,18 +85,18 @@ def test_hub_stores_every_kind_and_acks_the_committed_seqs(hub: HubSim, dev: Sim
     )
 
     assert hub.acks(dev) == [HubAck(committed=((1, 7),))]
-    counts = {t: hub.store.count(t) for t in UPLINK_TABLES}
+    counts = {t: len(rows(hub.store, t)) for t in UPLINK_TABLES}
     assert counts == dict.fromkeys(UPLINK_TABLES, 1)
-    [stored] = hub.store.query("SELECT * FROM deltas")
-    assert (stored["tensors"], stored["status"], stored["base_version"]) == (
+    [stored] = hub.store.uplink.records(DeltaRecord)
+    assert (stored.tensors, stored.status, stored.base_version) == (
         b"EFT\x00tensors",
         "received",
         3,
     )
     assert hub.fetches == [("dev-1", FetchRequest("cd" * 32, offset=0, length=1024))]
-    device = hub.store.get("devices", "dev-1")
-    assert (device["online"], device["last_seen"], device["active_name"]) == (1, now, "digits")
-    assert device["health"] == "clock_suspect"
+    device = hub.store.devices.get("dev-1")
+    assert (device.online, device.last_seen, device.active_name) == (True, now, "digits")
+    assert device.health == Health.CLOCK_SUSPECT
     assert hub.rejections() == []
 
 
@@ -118,7 +120,7 @@ def test_hub_accepts_frames_overtaken_in_transit(hub: HubSim, dev: SimDevice) ->
     hub.send(frames[2], frames[1], frames[3])
 
     assert [a.committed for a in hub.acks(dev)] == [((1, 1), (5, 5)), ((2, 4),)]
-    assert hub.store.count("telemetry") == 5
+    assert hub.store.uplink.count(TelemetryRecord) == 5
 
 
 def test_state_reports_set_the_twin_and_the_last_will_marks_offline(
@@ -129,16 +131,32 @@ def test_state_reports_set_the_twin_and_the_last_will_marks_offline(
     hub.send(dev.frame(StateReport(active=newer)))
     hub.send(will)
 
-    device = hub.store.get("devices", "dev-1")
-    assert (device["online"], device["active_version"], device["health"]) == (0, 4, "ok")
-    assert hub.store.count("states") == 2
+    device = hub.store.devices.get("dev-1")
+    assert (device.online, device.active_version, device.health) == (False, 4, Health.OK)
+    assert hub.store.uplink.count(StateRecord) == 2
+
+
+def test_a_state_report_from_a_stuck_device_keeps_it_stuck(hub: HubSim, dev: SimDevice) -> None:
+    hub.send(dev.frame(StateReport(active=MODEL)))
+    stuck = Desired("dev-1", "digits", 4, 1, "{}", 0, "operator", 10**13, stuck_at=5)
+    hub.store.desired.put(stuck)
+    hub.store.devices.set_health("dev-1", derive(None, stuck=True))
+
+    hub.send(dev.frame(StateReport(active=MODEL, flags=("freeze_suspected",))))
+
+    device = hub.store.devices.get("dev-1")
+    assert device.health == Health.STUCK
+    assert '"freeze_suspected"' in (device.reported or "")  # the cause stays readable
+    hub.store.desired.set_stuck("dev-1", at_ms=None)
+    hub.send(dev.frame(StateReport(active=MODEL, flags=("freeze_suspected",))))
+    assert hub.store.devices.get("dev-1").health == Health.FREEZE_SUSPECTED
 
 
 def test_a_later_frame_brings_the_device_back_online(hub: HubSim, dev: SimDevice) -> None:
     hub.send(dev.frame(StateReport(active=MODEL, flags=("offline",))))
     hub.send(dev.frame(telemetry()))
 
-    assert hub.store.get("devices", "dev-1")["online"] == 1
+    assert hub.store.devices.get("dev-1").online
 
 
 def test_mark_offline_marks_devices_not_seen_recently(hub: HubSim, dev: SimDevice) -> None:
@@ -148,22 +166,28 @@ def test_mark_offline_marks_devices_not_seen_recently(hub: HubSim, dev: SimDevic
     hub.send(dev.frame(telemetry()))
     hub.clock.advance(30)
 
-    assert mark_offline(hub.store, hub.clock.now_ms(), after_s=120) == ["dev-2"]
-    assert mark_offline(hub.store, hub.clock.now_ms(), after_s=120) == []
-    assert hub.store.get("devices", "dev-1")["online"] == 1
+    ctx = hub.context(offline_after_s=120)
+    assert mark_offline(ctx) == ["dev-2"]
+    assert mark_offline(ctx) == []
+    assert hub.store.devices.get("dev-1").online
 
 
 @pytest.mark.parametrize(
-    ("flags", "expected"),
+    ("flags", "stuck", "expected"),
     [
-        ((), "ok"),
-        (("offline",), "ok"),
-        (("outbox_dropped", "freeze_suspected"), "freeze_suspected"),
-        (("something_new",), "degraded"),
+        ((), False, "ok"),
+        (("offline",), False, "ok"),
+        (("outbox_dropped", "freeze_suspected"), False, "freeze_suspected"),
+        (("something_new",), False, "degraded"),
+        (None, False, "unknown"),
+        (None, True, "stuck"),
+        (("freeze_suspected",), True, "stuck"),
     ],
 )
-def test_health_names_the_most_serious_flag(flags: tuple[str, ...], expected: str) -> None:
-    assert health(flags) == expected
+def test_health_names_the_most_serious_finding(
+    flags: tuple[str, ...] | None, stuck: bool, expected: str
+) -> None:
+    assert derive(flags, stuck=stuck) == expected
 
 
 def test_hub_records_clock_skew(hub: HubSim, dev: SimDevice) -> None:
@@ -171,7 +195,7 @@ def test_hub_records_clock_skew(hub: HubSim, dev: SimDevice) -> None:
     hub.send(dev.frame(telemetry(), sent_at=hub.clock.now_ms() + 2 * 3600 * 1000))
 
     assert sample("edgefleet_hub_clock_skew_seconds_count", {"direction": "ahead"}) == before + 1
-    assert hub.store.count("telemetry") == 1  # two hours ahead: informational only
+    assert hub.store.uplink.count(TelemetryRecord) == 1  # two hours ahead: informational only
 
 
 # ---------------------------------------------------------------------- refused frames
@@ -273,9 +297,9 @@ def test_hub_refuses_bad_frame_and_changes_nothing_else(
 def test_hub_never_writes_frame_content_to_the_audit_log(hub: HubSim, dev: SimDevice) -> None:
     hub.send((hub.topics.up(dev.id, "telemetry"), b"EF\x01" + b"SECRET-CONTENT" * 10))
 
-    [row] = hub.store.query("SELECT * FROM audit WHERE outcome = 'rejected'")
+    [row] = hub.store.audit.page(outcome="rejected").items
     assert "SECRET" not in str(row)
-    assert row["detail"] == '{"bytes":143,"error":"Oversize","seq":null}'
+    assert row.detail == '{"bytes":143,"error":"Oversize","seq":null}'
 
 
 def test_hub_refuses_a_reused_seq_with_other_content_and_alerts(
@@ -349,7 +373,7 @@ def test_hub_refuses_signed_frames_that_break_the_schema_for_good(
     hub.send((topic, signed))
 
     assert hub.acks(dev) == [HubAck(committed=(), refused=((1, "malformed"),))]
-    assert hub.store.count("telemetry") == 0
+    assert hub.store.uplink.count(TelemetryRecord) == 0
 
 
 def test_hub_rate_limits_rejection_audit_per_device(tmp_path: Path) -> None:
@@ -387,7 +411,7 @@ def test_hub_prunes_rejected_audit_rows_beyond_the_kept_number(tmp_path: Path) -
     for i in range(10):
         hub.send(*[(hub.topics.up(f"ghost-{i}-{j}", "state"), b"x") for j in range(10)])
 
-    kept = hub.store.count("audit", "outcome = 'rejected'")
+    kept = hub.store.audit.count(outcome="rejected")
     assert 20 <= kept < 22
 
 
@@ -397,11 +421,11 @@ def test_hub_acks_nothing_when_the_commit_fails(
     frames = [dev.frame(telemetry(i)) for i in range(3)]
     before = hub.snapshot(audit=True)
 
-    def broken_disk(table: str, rows: object) -> int:
+    def broken_disk(records: list[UplinkRecord]) -> int:
         raise OSError("disk I/O error")
 
     with monkeypatch.context() as patch:
-        patch.setattr(hub.store, "insert_new", broken_disk)
+        patch.setattr(hub.store.uplink, "add", broken_disk)
         assert hub.send(*frames).committed == 0
 
     assert hub.acks(dev) == []
@@ -438,17 +462,17 @@ def test_revocation_applies_from_the_next_batch(hub: HubSim, dev: SimDevice) -> 
 
 def test_hub_restarted_on_the_same_store_still_knows_the_window(tmp_path: Path) -> None:
     path = tmp_path / "hub.db"
-    hub = HubSim(tmp_path, store=Store.open(path))
+    hub = HubSim(tmp_path, store=SqliteStore.open(path))
     dev = hub.device("dev-1", enrolled=True)
     first = dev.frame(telemetry())
     hub.send(first)
     hub.store.close()
 
-    again = HubSim(tmp_path, store=Store.open(path))
+    again = HubSim(tmp_path, store=SqliteStore.open(path))
     again.send(first, dev.frame(telemetry()))
 
     assert again.acks(dev) == [HubAck(committed=((1, 2),))]
-    assert again.store.count("telemetry") == 2
+    assert again.store.uplink.count(TelemetryRecord) == 2
 
 
 @settings(

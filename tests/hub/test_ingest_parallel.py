@@ -12,7 +12,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from hub.fleet import enrollment
-from hub.ingest import worker as ingest_module
+from hub.fleet.identity import ACTIVE
+from hub.ingest import verify_ahead as ingest_module
 from hub.ingest.rules import Admitted, Decoded, Device, Refused, judge, predecode
 from protocol import canonical, frame, keys, schema
 from protocol.messages import HubAck, Telemetry
@@ -66,7 +67,7 @@ def batches(devs: dict[str, SimDevice]) -> list[list[tuple[str, bytes]]]:
 
 def run(tmp_path: Path, keys_by_id: dict[str, Ed25519PrivateKey], workers: int) -> Any:
     hub = HubSim(tmp_path)
-    hub.ingest.verify_workers = workers
+    hub.ingest.ahead.workers = workers
     devs = {}
     for device_id in DEVICES:
         dev = SimDevice(device_id, hub.topics, hub.clock, key=keys_by_id[device_id])
@@ -93,7 +94,7 @@ def test_verify_workers_change_nothing_but_speed(
     assert ahead == []
     parallel_hub, parallel = run(tmp_path / "parallel", keys_by_id, workers=2)
 
-    assert inline_hub.ingest._pool is None
+    assert inline_hub.ingest.ahead.pool is None
     # the mixed batch went through the workers; what is not plain valid was left to judge
     assert sum(result is not None for result in ahead) == 12 * len(DEVICES) + 3
     assert parallel == inline
@@ -114,7 +115,7 @@ def test_a_frame_verified_ahead_with_another_key_is_verified_again(tmp_path: Pat
 
     def device(key: Ed25519PrivateKey) -> Device:
         public = key.public_key()
-        return Device("dev-0", enrollment.ACTIVE, keys.public_hex(public), public, SeqWindow())
+        return Device("dev-0", ACTIVE, keys.public_hex(public), public, SeqWindow())
 
     ahead = predecode([(topic, payload)], rules=rules, lookup={"dev-0": device(old)}.get)[0]
     assert ahead is not None
@@ -139,7 +140,7 @@ def test_a_result_for_other_bytes_is_ignored(tmp_path: Path) -> None:
     hub = HubSim(tmp_path)
     dev = SimDevice("dev-0", hub.topics, hub.clock)
     public = dev.key.public_key()
-    known = Device("dev-0", enrollment.ACTIVE, dev.public_hex, public, SeqWindow())
+    known = Device("dev-0", ACTIVE, dev.public_hex, public, SeqWindow())
     rules = hub.ingest.rules
     topic, good = dev.frame(telemetry(1), seq=1)
     ahead = predecode([(topic, good)], rules=rules, lookup={"dev-0": known}.get)[0]

@@ -10,7 +10,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from hub.cli import inspect as inspect_cmd
-from hub.store.database import Store
+from hub.store.rows import Device
+from hub.store.sqlite import SqliteStore
 from protocol import frame, keys
 from protocol import messages as m
 
@@ -48,16 +49,8 @@ def test_inspect_reports_garbage_as_malformed_with_the_audit_reason() -> None:
 
 
 def test_inspect_uses_the_key_the_hub_pinned(tmp_path: Path) -> None:
-    store = Store.open(tmp_path / "hub.db")
-    store.insert(
-        "devices",
-        {
-            "id": "dev-1",
-            "public_key": keys.public_hex(KEY.public_key()),
-            "status": "active",
-            "first_seen": 1,
-        },
-    )
+    store = SqliteStore.open(tmp_path / "hub.db")
+    store.devices.add(Device("dev-1", keys.public_hex(KEY.public_key()), "active", first_seen=1))
     store.close()
     assert inspect_cmd.inspect(telemetry_frame(), hub_data=tmp_path)["verdict"] == "valid"
     other = Ed25519PrivateKey.generate()

@@ -31,7 +31,7 @@ def mode(path: Path) -> int:
 
 @pytest.fixture
 def ring_dir(tmp_path: Path) -> Path:
-    keyring.init(tmp_path / "keys", now=NOW)
+    keyring.init(tmp_path / "keys", now_ms=NOW)
     return tmp_path / "keys"
 
 
@@ -61,7 +61,7 @@ def test_init_writes_every_key_0600_and_root_v1(ring_dir: Path) -> None:
 def test_init_refuses_to_overwrite_a_key_ring(ring_dir: Path) -> None:
     before = {p: p.read_bytes() for p in ring_dir.rglob("*") if p.is_file()}
     with pytest.raises(KeyringError, match="already"):
-        keyring.init(ring_dir, now=NOW)
+        keyring.init(ring_dir, now_ms=NOW)
     assert {p: p.read_bytes() for p in ring_dir.rglob("*") if p.is_file()} == before
 
 
@@ -75,7 +75,7 @@ def test_init_refuses_to_overwrite_a_key_ring(ring_dir: Path) -> None:
 )
 def test_init_refuses_an_impossible_threshold(tmp_path: Path, threshold: int, count: int) -> None:
     with pytest.raises(KeyringError):
-        keyring.init(tmp_path, now=NOW, root_keys=count, root_threshold=threshold)
+        keyring.init(tmp_path, now_ms=NOW, root_keys=count, root_threshold=threshold)
     assert not list(tmp_path.iterdir())
 
 
@@ -109,7 +109,7 @@ def test_offline_keys_may_be_absent(ring_dir: Path) -> None:
 
 
 def test_a_tampered_root_file_does_not_load(ring_dir: Path) -> None:
-    keyring.rotate(ring_dir, "rollout", now=NOW)
+    keyring.rotate(ring_dir, "rollout", now_ms=NOW)
     second = ring_dir / "root" / "2.root.json"
     doc = SignedDocument.from_bytes(second.read_bytes())
     second.write_bytes(SignedDocument(doc.payload, doc.payloadType, ()).to_bytes())
@@ -135,7 +135,7 @@ def test_a_tampered_root_file_does_not_load(ring_dir: Path) -> None:
     ],
 )
 def test_a_damaged_chain_does_not_load(ring_dir: Path, damage: Any, message: str) -> None:
-    keyring.rotate(ring_dir, "rollout", now=NOW)
+    keyring.rotate(ring_dir, "rollout", now_ms=NOW)
     damage(ring_dir)
     with pytest.raises(KeyringError, match=message):
         keyring.load(ring_dir)
@@ -151,7 +151,7 @@ def test_a_key_file_the_root_does_not_list_is_ignored_with_a_warning(
     assert stray not in ring.files.values()
     assert "rollout.next.pem" in caplog.text
     with pytest.raises(KeyringError, match="interrupted rotation"):
-        keyring.rotate(ring_dir, "rollout", now=NOW)
+        keyring.rotate(ring_dir, "rollout", now_ms=NOW)
 
 
 # ---------------------------------------------------------------- rotation
@@ -171,7 +171,7 @@ def test_rotated_rollout_key_is_accepted_by_devices_which_reset_their_mark(ring_
     assert state.assignment_version == 999_999
     old_rollout = (ring_dir / "rollout.pem").read_bytes()
 
-    ring = keyring.rotate(ring_dir, "rollout", now=NOW)
+    ring = keyring.rotate(ring_dir, "rollout", now_ms=NOW)
 
     assert ring.root.version == 2
     assert (ring_dir / "rollout.pem").read_bytes() != old_rollout
@@ -191,7 +191,7 @@ def test_rotated_rollout_key_is_accepted_by_devices_which_reset_their_mark(ring_
 
 def test_rotating_one_root_key_keeps_the_others(ring_dir: Path) -> None:
     before = keyring.load(ring_dir).root.roles["root"].keyids
-    ring = keyring.rotate(ring_dir, "root", now=NOW, index=2)
+    ring = keyring.rotate(ring_dir, "root", now_ms=NOW, index=2)
     after = ring.root.roles["root"].keyids
     assert (after[0], after[2]) == (before[0], before[2])
     assert after[1] != before[1]
@@ -204,13 +204,13 @@ def test_rotation_needs_the_root_threshold_present(ring_dir: Path) -> None:
         (ring_dir / name).unlink()
     before = {p: p.read_bytes() for p in ring_dir.rglob("*") if p.is_file()}
     with pytest.raises(KeyringError, match="root keys present: 1 of 3"):
-        keyring.rotate(ring_dir, "heartbeat", now=NOW)
+        keyring.rotate(ring_dir, "heartbeat", now_ms=NOW)
     assert {p: p.read_bytes() for p in ring_dir.rglob("*") if p.is_file()} == before
 
 
 def test_rotating_all_root_keys_is_a_verifiable_step(ring_dir: Path) -> None:
     first = keyring.load(ring_dir)
-    ring = keyring.rotate(ring_dir, "root", now=NOW + DAY)
+    ring = keyring.rotate(ring_dir, "root", now_ms=NOW + DAY)
     assert not set(ring.root.roles["root"].keyids) & set(first.root.roles["root"].keyids)
     state = trust.update_root(trust.TrustedState.initial(first.chain[0]), ring.chain)
     assert state.root == metadata.parse(Root, ring.chain[-1])
@@ -223,7 +223,7 @@ def test_rotating_all_root_keys_is_a_verifiable_step(ring_dir: Path) -> None:
 )
 def test_rotate_refuses_a_bad_index(ring_dir: Path, role: metadata.Role, index: int) -> None:
     with pytest.raises(KeyringError):
-        keyring.rotate(ring_dir, role, now=NOW, index=index)
+        keyring.rotate(ring_dir, role, now_ms=NOW, index=index)
     assert keyring.load(ring_dir).root.version == 1
 
 
@@ -260,13 +260,13 @@ def test_signing_an_expired_release_list_is_refused(ring_dir: Path, tmp_path: Pa
     keyring.write_pending_release(pending, release_list(expires=NOW))
     key = keyring.read_private_key(ring_dir / "release.pem")
     with pytest.raises(KeyringError, match="expired"):
-        keyring.sign_release(pending, key, now=NOW)
+        keyring.sign_release(pending, key, now_ms=NOW)
 
 
 def test_signing_something_else_as_a_release_list_is_refused(ring_dir: Path) -> None:
     key = keyring.read_private_key(ring_dir / "release.pem")
     with pytest.raises(WrongKind):
-        keyring.sign_release(ring_dir / "root" / "1.root.json", key, now=NOW)
+        keyring.sign_release(ring_dir / "root" / "1.root.json", key, now_ms=NOW)
 
 
 # ---------------------------------------------------------------- the CLI
@@ -335,7 +335,7 @@ def test_cli_init_show_and_rotate(tmp_path: Path, capsys: pytest.CaptureFixture[
 def test_cli_errors_are_one_line_and_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
 ) -> None:
-    keyring.init(tmp_path / "ring", now=NOW)
+    keyring.init(tmp_path / "ring", now_ms=NOW)
     (tmp_path / "garbage.json").write_bytes(b"{not json")
     assert run_cli(*(a.format(tmp=tmp_path) for a in argv)) == 2
     err = capsys.readouterr().err

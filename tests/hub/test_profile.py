@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from hub.errors import InvalidRequest
-from hub.registry import profile
+from hub.registry import datasets, profile
 from protocol.manifest import TensorSpec
 from tests import models
 
@@ -28,7 +28,7 @@ def rows(n: int = 200, features: int = 4, seed: int = 1) -> np.ndarray:
 
 def test_load_reads_x_y_and_names() -> None:
     x = rows(10, 3)
-    data = profile.load_dataset(
+    data = datasets.load_dataset(
         npz(X=x.astype(np.float64), y=np.arange(10), feature_names=np.array(["a", "b", "c"])),
         what="reference",
     )
@@ -80,12 +80,12 @@ BAD_DATA = [
 @pytest.mark.parametrize(("data", "message"), BAD_DATA)
 def test_bad_data_is_refused_with_a_reason(data: bytes, message: str) -> None:
     with pytest.raises(InvalidRequest, match=message):
-        profile.load_dataset(data, what="reference")
+        datasets.load_dataset(data, what="reference")
 
 
 def test_oversize_upload_is_refused_before_parsing() -> None:
     with pytest.raises(InvalidRequest, match="exceeds"):
-        profile.load_dataset(npz(X=rows(100)), what="reference", max_bytes=100)
+        datasets.load_dataset(npz(X=rows(100)), what="reference", max_bytes=100)
 
 
 @pytest.mark.parametrize(

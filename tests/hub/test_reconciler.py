@@ -3,17 +3,21 @@ fleet documents it republishes (heartbeats, the root chain)."""
 
 from __future__ import annotations
 
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from hub import keyring
-from hub.fleet import reconciler
+from hub.context import HubContext
+from hub.fleet import reconcile_plan, reconciler
 from hub.fleet.desired import set_desired
-from hub.fleet.documents import RELEASE_PUBLISHED, issue_heartbeat, signed_release
+from hub.fleet.documents import issue_heartbeat, signed_release
+from hub.health import Health, derive
 from hub.settings import HubSettings
-from protocol import metadata, trust
+from hub.store.rows import Desired, Device, ReportedTwin, Twin, UplinkSeen
+from protocol import canonical, metadata, trust
 from protocol.documents import SignedDocument
 from protocol.messages import DesiredState, Nudge
 from protocol.metadata import Heartbeat, decode_root_chain, encode_root_chain
@@ -39,13 +43,14 @@ def downlink() -> RecordingDownlink:
     return RecordingDownlink()
 
 
+def ctx(hub: Hub, downlink: RecordingDownlink | None = None) -> HubContext:
+    """The running hub's context: its fleet documents reach the broker (are recorded)."""
+    return replace(hub.context(downlink, SETTINGS), fleet=hub.publish)
+
+
 def desire(hub: Hub, downlink: RecordingDownlink | None) -> None:
     set_desired(
-        hub.store,
-        hub.ring,
-        downlink,
-        hub.clock,
-        SETTINGS,
+        ctx(hub, downlink),
         device_id=DEVICE,
         model_name="iris",
         model_version=1,
@@ -54,12 +59,22 @@ def desire(hub: Hub, downlink: RecordingDownlink | None) -> None:
 
 
 def tick(hub: Hub, downlink: RecordingDownlink) -> reconciler.Actions:
-    return reconciler.reconcile_job(hub.store, hub.ring, downlink, hub.clock, SETTINGS, hub.publish)
+    return reconciler.reconcile_job(ctx(hub, downlink))
 
 
-def heard(hub: Hub, **columns: Any) -> None:
+def heard(hub: Hub) -> None:
     """The device sent a frame just now (ingest updates ``last_seen``)."""
-    hub.store.update("devices", DEVICE, {"last_seen": hub.clock.now_ms(), **columns})
+    hub.store.devices.note_uplink([UplinkSeen(DEVICE, b"", hub.clock.now_ms(), online=True)])
+
+
+def reported(hub: Hub, version: int, flags: tuple[str, ...] = ()) -> None:
+    """The device sent a state report running iris v``version`` (as ingest applies it)."""
+    heard(hub)
+    body = canonical.dumps({"flags": list(flags)}).decode()
+    now = hub.clock.now_ms()
+    hub.store.devices.report_state(DEVICE, now, ReportedTwin("iris", version, "ab" * 32, body, now))
+    stuck = DEVICE in hub.store.desired.stuck_among([DEVICE])
+    hub.store.devices.set_health(DEVICE, derive(flags, stuck=stuck))
 
 
 def kinds(downlink: RecordingDownlink) -> list[str]:
@@ -83,7 +98,7 @@ def test_lagging_device_is_nudged_once_per_interval(hub: Hub, downlink: Recordin
     hub.clock.advance(60)
     heard(hub)
     assert tick(hub, downlink).nudge == (DEVICE,)
-    assert hub.store.get("desired", DEVICE)["nudged_at"] == hub.clock.now_ms()
+    assert hub.store.desired.get(DEVICE).nudged_at == hub.clock.now_ms()
 
 
 def test_nudge_asks_the_device_to_reread_its_desired_state(
@@ -113,15 +128,15 @@ def test_stuck_after_the_timeout_audited_once(hub: Hub, downlink: RecordingDownl
     hub.clock.advance(1)
     heard(hub)
     assert tick(hub, downlink).stuck == (DEVICE,)
-    assert hub.store.get("devices", DEVICE)["health"] == "stuck"
+    assert hub.store.devices.get(DEVICE).health == Health.STUCK
     for _ in range(3):
         hub.clock.advance(60)
         heard(hub)
         assert tick(hub, downlink).stuck == ()
-    heard(hub, health="ok")  # ingest rewrote the health from a state report
-    assert tick(hub, downlink).stuck == (DEVICE,)
-    assert hub.store.get("devices", DEVICE)["health"] == "stuck"
-    assert hub.store.count("audit", "action = 'device.stuck'") == 1
+    reported(hub, version=2, flags=("freeze_suspected",))  # still lagging, and says why
+    assert tick(hub, downlink).stuck == ()
+    assert hub.store.devices.get(DEVICE).health == Health.STUCK
+    assert hub.store.audit.count(action="device.stuck") == 1
 
 
 def test_offline_device_is_not_marked_stuck(hub: Hub, downlink: RecordingDownlink) -> None:
@@ -135,10 +150,10 @@ def test_back_in_sync_clears_stuck(hub: Hub, downlink: RecordingDownlink) -> Non
     hub.clock.advance(900)
     heard(hub)
     tick(hub, downlink)
-    heard(hub, active_name="iris", active_version=1)
+    reported(hub, version=1)
     assert tick(hub, downlink).recovered == (DEVICE,)
-    assert hub.store.get("devices", DEVICE)["health"] == "ok"
-    assert hub.store.get("desired", DEVICE)["stuck_at"] is None
+    assert hub.store.devices.get(DEVICE).health == Health.OK
+    assert hub.store.desired.get(DEVICE).stuck_at is None
     hub.clock.advance(120)
     heard(hub)
     assert tick(hub, downlink) == reconciler.Actions()
@@ -158,10 +173,10 @@ def test_release_list_the_broker_missed_is_published_with_a_heartbeat(
 ) -> None:
     hub = make_hub(tmp_path, clock, publisher=lambda kind, payload: False)
     hub.register()
-    assert hub.store.counter(RELEASE_PUBLISHED) == 0
+    assert hub.store.counters.get("release_published") == 0
     assert tick(hub, downlink).publish_release
     assert [kind for kind, _ in hub.published] == ["release", "heartbeat"]
-    assert hub.store.counter(RELEASE_PUBLISHED) == 1
+    assert hub.store.counters.get("release_published") == 1
     assert not tick(hub, downlink).publish_release
 
 
@@ -171,7 +186,7 @@ def test_republish_all_restores_every_retained_message(
     desire(hub, downlink)
     hub.published.clear()
     kinds(downlink)
-    sent = reconciler.republish_all(hub.store, hub.ring, downlink, hub.clock, SETTINGS, hub.publish)
+    sent = reconciler.republish_all(ctx(hub, downlink))
     assert sent == 1
     assert [kind for kind, _ in hub.published] == ["root", "release", "heartbeat"]
     assert kinds(downlink) == ["DesiredState"]
@@ -179,23 +194,16 @@ def test_republish_all_restores_every_retained_message(
     assert SignedDocument.from_bytes(hub.ring.chain[0].to_bytes()).payload in root_chain.decode()
 
 
-def twin(**columns: Any) -> dict[str, Any]:
-    row = {
-        "device_id": DEVICE,
-        "status": "active",
-        "model_name": "iris",
-        "model_version": 2,
-        "set_at": 0,
-        "published_at": 0,
-        "nudged_at": None,
-        "assignment_expires": 10**12,
-        "stuck_at": None,
-        "last_seen": 0,
-        "active_name": "iris",
-        "active_version": 1,
-        "health": "ok",
-    }
-    return {**row, **columns}
+def twin(**columns: Any) -> Twin:
+    desired = Desired(DEVICE, "iris", 2, 1, "{}", set_at=0, set_by="op",
+                      assignment_expires=10**12, published_at=0)  # fmt: skip
+    device = Device(DEVICE, "ab" * 32, "active", first_seen=0, last_seen=0,
+                    active_name="iris", active_version=1, health=Health.OK)  # fmt: skip
+    desired_fields = {f.name for f in fields(Desired)}
+    return Twin(
+        replace(desired, **{k: v for k, v in columns.items() if k in desired_fields}),
+        replace(device, **{k: v for k, v in columns.items() if k not in desired_fields}),
+    )
 
 
 @pytest.mark.parametrize(
@@ -216,8 +224,8 @@ def twin(**columns: Any) -> dict[str, Any]:
         ),
     ],
 )
-def test_plan_is_a_pure_function_of_the_rows(row: dict[str, Any], expected: dict[str, Any]) -> None:
-    actions = reconciler.plan(
+def test_plan_is_a_pure_function_of_the_rows(row: Twin, expected: dict[str, Any]) -> None:
+    actions = reconcile_plan.plan(
         [row], now_ms=100_000, settings=SETTINGS, release_version=1, release_published=1
     )
     assert actions == reconciler.Actions(**expected)
@@ -229,32 +237,32 @@ def test_plan_is_a_pure_function_of_the_rows(row: dict[str, Any], expected: dict
 def test_no_heartbeat_until_a_release_list_is_signed(tmp_path: Path, clock: FakeClock) -> None:
     hub = make_hub(tmp_path, clock, release_online=False)
     hub.register()
-    assert issue_heartbeat(hub.store, hub.ring, clock, SETTINGS, hub.publish) is None
+    assert issue_heartbeat(ctx(hub)) is None
     assert hub.published == []
 
 
 def test_heartbeats_pin_the_signed_release_list_with_growing_versions(hub: Hub) -> None:
-    first = issue_heartbeat(hub.store, hub.ring, hub.clock, SETTINGS, hub.publish)
+    first = issue_heartbeat(ctx(hub))
     hub.clock.advance(60)
-    second = issue_heartbeat(hub.store, hub.ring, hub.clock, SETTINGS, hub.publish)
+    second = issue_heartbeat(ctx(hub))
     assert first is not None
     assert second is not None
     beats = [metadata.parse(Heartbeat, doc) for doc in (first, second)]
-    assert [b.version for b in beats] == [1, 2]
+    assert [b.version for b in beats] == [2, 3]  # v1 pinned the release list at once
     assert beats[1].issued_at == hub.clock.now_ms()
     assert beats[1].expires == hub.clock.now_ms() + SETTINGS.heartbeat_expiry_s * 1000
-    release_doc, release = signed_release(hub.store) or pytest.fail("no signed release")
+    current = signed_release(hub.store) or pytest.fail("no signed release")
     assert (beats[1].release_version, beats[1].release_sha256) == (
-        release.version,
-        metadata.payload_sha256(release_doc),
+        current.version,
+        metadata.payload_sha256(current.document),
     )
     state = trust.TrustedState.initial(hub.ring.chain[0])
     trust.update_heartbeat(state, second, hub.clock.now_ms())
 
 
 def test_root_chain_round_trips_through_its_wire_form(tmp_path: Path, clock: FakeClock) -> None:
-    keyring.init(tmp_path / "keys", now=clock.now_ms())
-    ring = keyring.rotate(tmp_path / "keys", "rollout", now=clock.now_ms())
+    keyring.init(tmp_path / "keys", now_ms=clock.now_ms())
+    ring = keyring.rotate(tmp_path / "keys", "rollout", now_ms=clock.now_ms())
     assert decode_root_chain(encode_root_chain(ring.chain)) == list(ring.chain)
     state = trust.update_root(trust.TrustedState.initial(ring.chain[0]), ring.chain)
     assert state.root.version == 2
@@ -266,8 +274,8 @@ def test_a_new_desired_state_ends_a_stuck_episode(hub: Hub, downlink: RecordingD
     heard(hub)
     assert tick(hub, downlink).stuck == (DEVICE,)
     desire(hub, downlink)
-    assert hub.store.get("devices", DEVICE)["health"] == "unknown"
+    assert hub.store.devices.get(DEVICE).health == Health.UNKNOWN  # it never reported
     hub.clock.advance(900)
     heard(hub)
     assert tick(hub, downlink).stuck == (DEVICE,)
-    assert hub.store.count("audit", "action = 'device.stuck'") == 2
+    assert hub.store.audit.count(action="device.stuck") == 2

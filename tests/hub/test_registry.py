@@ -20,12 +20,14 @@ import pytest
 
 from hub import keyring
 from hub.cli import model as cli_model
+from hub.context import FleetPublisher, HubContext, Sender
 from hub.errors import Conflict, InvalidRequest
-from hub.fleet.documents import RELEASE_PUBLISHED
 from hub.keyring import Keyring
 from hub.registry.artifacts import ArtifactStore
 from hub.registry.registry import Registry
-from hub.store.database import NotFound, Store
+from hub.settings import HubSettings
+from hub.store import NotFound, Store
+from hub.store.sqlite import SqliteStore
 from protocol import metadata, trust
 from protocol.documents import SignedDocument, add_signature
 from protocol.errors import ThresholdNotMet
@@ -35,6 +37,7 @@ from protocol.package import decode_package
 from protocol.tensors import decode_tensors
 from tests import models
 from tests.clock import FakeClock
+from tests.hub.tables import snapshot as tables_snapshot
 
 TABLES = ("models", "versions", "artifacts", "release_lists", "assignments", "desired", "meta")
 
@@ -51,20 +54,48 @@ def reference(n: int = 200, features: int = 4, seed: int = 1) -> bytes:
 
 @dataclass
 class Hub:
-    """A hub's registry over a real SQLite file and artifact directory."""
+    """A hub's registry over a real SQLite file and artifact directory; fleet documents
+    are recorded in ``published`` (or go to ``publisher``)."""
 
     root: Path
     clock: FakeClock
     store: Store
     artifacts: ArtifactStore
     ring: Keyring
-    registry: Registry
     published: list[tuple[str, bytes]] = field(default_factory=list)
     offline_release_key: Path | None = None
+    publisher: FleetPublisher | None = None
+    registry: Registry = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.registry = Registry(self.context(), self.artifacts)
 
     def publish(self, kind: str, payload: bytes) -> bool:
         self.published.append((kind, payload))
         return True
+
+    def context(
+        self, downlink: Sender | None = None, settings: HubSettings | None = None
+    ) -> HubContext:
+        """The hub context over this store, key ring and clock, publishing fleet
+        documents to :attr:`publisher` (or :attr:`published`)."""
+        return HubContext(
+            self.store,
+            self.ring,
+            self.clock,
+            settings or HubSettings(data_dir=self.root),
+            downlink,
+            self.publisher or self.publish,
+        )
+
+    def reload_keys(self) -> None:
+        """Read the key ring again (a key was moved offline) into the context and registry."""
+        self.ring = keyring.load(self.root / "keys")
+        self.registry.ctx = self.context()
+
+    def releases(self) -> list[bytes]:
+        """The release lists published, oldest first."""
+        return [payload for kind, payload in self.published if kind == "release"]
 
     def register(self, model: bytes | None = None, name: str = "iris", **kwargs: Any) -> Any:
         return self.registry.register(
@@ -84,22 +115,22 @@ def make_hub(
     publisher: Callable[[str, bytes], bool] | None = None,
 ) -> Hub:
     """Key ring, store and registry under ``root``; the release key moved out when offline."""
-    keyring.init(root / "keys", now=clock.now_ms())
+    keyring.init(root / "keys", now_ms=clock.now_ms())
     offline = None
     if not release_online:
         offline = root / "usb" / "release.pem"
         offline.parent.mkdir()
         (root / "keys" / "release.pem").rename(offline)
     ring = keyring.load(root / "keys")
-    store = Store.open(root / "hub.db")
+    store = SqliteStore.open(root / "hub.db")
     artifacts = ArtifactStore(root / "artifacts")
-    hub = Hub(root, clock, store, artifacts, ring, None, offline_release_key=offline)  # type: ignore[arg-type]
-    hub.registry = Registry(store, artifacts, ring, clock, publisher or hub.publish)
-    return hub
+    return Hub(
+        root, clock, store, artifacts, ring, offline_release_key=offline, publisher=publisher
+    )
 
 
 def snapshot(store: Store, tables: tuple[str, ...] = TABLES) -> dict[str, list[dict[str, Any]]]:
-    return {t: store.query(f"SELECT * FROM [{t}] ORDER BY rowid") for t in tables}  # noqa: S608
+    return tables_snapshot(store, tables)
 
 
 def files(root: Path) -> set[Path]:
@@ -157,22 +188,22 @@ def test_register_a_classifier_releases_version_1(
     smoke = decode_tensors(decoded.files["smoke.eft"])
     assert smoke[reg.manifest.inputs[0].name].shape == (8, 4)
 
-    [(kind_published, payload)] = hub.published
-    assert kind_published == "release"
+    [(kind_published, payload), (then, _)] = hub.published
+    assert (kind_published, then) == ("release", "heartbeat")  # a heartbeat pins it at once
     release = trusted_release(hub, SignedDocument.from_bytes(payload))
     [entry] = release.entries
     assert (entry.name, entry.version, entry.release_counter) == ("iris", 1, 1)
     assert (entry.sha256, entry.length) == (reg.sha256, reg.length)
     assert entry.compat.io_signature == reg.manifest.io_signature()
     assert hub.registry.get_version("iris", 1).status == "released"
-    assert hub.store.counter(RELEASE_PUBLISHED) == 1
+    assert hub.store.counters.get("release_published") == 1
 
 
 def test_second_registration_gets_version_2_and_counter_2(hub: Hub) -> None:
     hub.register()
     second = hub.register(models.mlp_classifier().model, reference=npz(X=models.mlp_classifier().x))
     assert (second.version, second.release_counter, second.release_version) == (2, 2, 2)
-    release = trusted_release(hub, SignedDocument.from_bytes(hub.published[-1][1]))
+    release = trusted_release(hub, SignedDocument.from_bytes(hub.releases()[-1]))
     assert [(e.version, e.release_counter) for e in release.entries] == [(1, 1), (2, 2)]
     assert [v.version for v in hub.registry.list_versions("iris")] == [1, 2]
     [summary] = hub.registry.list_models()
@@ -187,8 +218,8 @@ def test_second_registration_gets_version_2_and_counter_2(hub: Hub) -> None:
 def test_registration_survives_a_reopen_of_the_store(hub: Hub) -> None:
     reg = hub.register()
     hub.store.close()
-    reopened = Store.open(hub.root / "hub.db")
-    registry = Registry(reopened, hub.artifacts, hub.ring, hub.clock)
+    hub.store = SqliteStore.open(hub.root / "hub.db")
+    registry = Registry(hub.context(), hub.artifacts)
     assert registry.get_version("iris", 1).sha256 == reg.sha256
     assert registry.download("iris", 1)
 
@@ -238,12 +269,12 @@ def refused(
 ) -> None:
     """``call`` raises ``error``; no table (but the audit log) and no file changed."""
     before, disk = snapshot(hub.store), files(hub.root)
-    audits = hub.store.count("audit", "outcome = 'rejected'")
+    audits = hub.store.audit.count(outcome="rejected")
     with pytest.raises(error, match=match):
         call()
     assert snapshot(hub.store) == before
     assert files(hub.root) == disk
-    assert hub.store.count("audit", "outcome = 'rejected'") == audits + 1
+    assert hub.store.audit.count(outcome="rejected") == audits + 1
 
 
 @pytest.mark.parametrize(
@@ -320,8 +351,8 @@ def test_offline_signed_release_list_is_published(offline: Hub) -> None:
     assert release.version == 2
     assert len(release.entries) == 2
     assert [v.status for v in offline.registry.list_versions("iris")] == ["released"] * 2
-    [(kind, payload)] = offline.published
-    assert kind == "release"
+    [(kind, payload), (then, _)] = offline.published
+    assert (kind, then) == ("release", "heartbeat")
     assert trusted_release(offline, SignedDocument.from_bytes(payload)) == release
     assert offline.registry.pending_release() is None
 
@@ -494,7 +525,7 @@ def test_cli_offline_release_round_trip(offline: Hub, capsys: pytest.CaptureFixt
     assert str(pending) in capsys.readouterr().out
     assert offline.offline_release_key is not None
     key = keyring.read_private_key(offline.offline_release_key)
-    keyring.sign_release(pending, key, now=offline.clock.now_ms(), out=data / "signed.json")
+    keyring.sign_release(pending, key, now_ms=offline.clock.now_ms(), out=data / "signed.json")
     assert cli("model", "publish", data / "signed.json", "--data", data) == 0
     assert "published release list v1 with 1 entries" in capsys.readouterr().out
     assert offline.registry.get_version("iris", 1).status == "released"

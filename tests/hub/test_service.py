@@ -18,12 +18,13 @@ import pytest
 from edgefleet.clock import SystemClock
 from hub import keyring
 from hub.api import auth
+from hub.context import HubContext
 from hub.fleet import enrollment
 from hub.registry.artifacts import ArtifactStore
 from hub.registry.registry import Registry
 from hub.service import HubService
 from hub.settings import HubSettings
-from hub.store.database import Store
+from hub.store.dialects import open_store
 from protocol.topics import Topics
 from tests import models
 from tests.brokers import BrokerRunner
@@ -51,10 +52,11 @@ def data(tmp_path: Path) -> Path:
     """A hub data directory with a key ring and one released model (so a release list
     and heartbeats exist to publish)."""
     path = tmp_path / "hub"
-    ring = keyring.init(path / "keys", now=CLOCK.now_ms())
-    store = Store.open(path / "hub.db")
+    ring = keyring.init(path / "keys", now_ms=CLOCK.now_ms())
+    store = open_store(path / "hub.db")
     try:
-        registry = Registry(store, ArtifactStore(path / "artifacts"), ring, CLOCK)
+        ctx = HubContext(store, ring, CLOCK, HubSettings(data_dir=path))
+        registry = Registry(ctx, ArtifactStore(path / "artifacts"))
         registry.register(
             models.gemm_classifier(), name="churn", reference=reference(), actor="test"
         )
@@ -99,7 +101,7 @@ def test_hub_serves_rest_and_enrolls_a_device_over_mqtt(
     hub: HubService, broker: BrokerRunner, topics: Topics
 ) -> None:
     assert httpx.get(f"{hub.http_url}/healthz").json() == {"status": "ok", "store": True}
-    admin = auth.create_token(hub.store, role="admin", name="t", actor="cli", now=CLOCK.now_ms())
+    admin = auth.create_token(hub.store, role="admin", name="t", actor="cli", now_ms=CLOCK.now_ms())
     token = enrollment.create_token(hub.store, kind="single", by="test", now_ms=CLOCK.now_ms())
     device = DeviceDouble(broker, topics, "dev-1", hub.keyring.chain[0], now=CLOCK.now_ms)
 

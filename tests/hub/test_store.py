@@ -1,29 +1,25 @@
-"""The store's device listing: filters that operators type, including awkward tag keys."""
+"""The store's typed methods on the SQLite dialect: filters that operators type (awkward tag
+keys included), the ordering rules ingest relies on, and the transactions."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
-from hub.store.database import Store
+from hub.errors import InvalidRequest
+from hub.health import Health
+from hub.store import NotFound, Store, StoreError
+from hub.store.dialects import open_store
+from hub.store.rows import Device, ReportedTwin, StateRecord, UplinkSeen
+from hub.store.sqlite import SqliteStore
 
 
 @pytest.fixture
 def store(tmp_path: Path) -> Store:
-    opened = Store.open(tmp_path / "hub.db")
+    opened = SqliteStore.open(tmp_path / "hub.db")
     for i, tags in enumerate([{"hw.rev": "2", "region": "eu"}, {"hw.rev": "3", "x-y": "1"}]):
-        opened.insert(
-            "devices",
-            {
-                "id": f"dev-{i}",
-                "public_key": "0" * 64,
-                "status": "active",
-                "tags": json.dumps(tags),
-                "first_seen": 1,
-            },
-        )
+        opened.devices.add(Device(f"dev-{i}", "0" * 64, "active", first_seen=1, tags=tags))
     return opened
 
 
@@ -39,6 +35,91 @@ def store(tmp_path: Path) -> Store:
 def test_store_filters_devices_by_tags_whose_keys_hold_dots_and_dashes(
     store: Store, tag: tuple[str, str], expected: list[str]
 ) -> None:
-    rows, total = store.list_devices(tag=tag)
-    assert [r["id"] for r in rows] == expected
-    assert total == len(expected)
+    page = store.devices.page(tag=tag)
+    assert [d.id for d in page.items] == expected
+    assert page.total == len(expected)
+
+
+def test_a_device_reads_back_as_it_was_written(store: Store) -> None:
+    device = Device(
+        "dev-9",
+        "ab" * 32,
+        "pending",
+        first_seen=5,
+        tags={"site": "plant-3"},
+        agent_version="1.2",
+        last_seen=7,
+        online=True,
+        active_name="iris",
+        active_version=2,
+        active_sha256="cd" * 32,
+        reported='{"flags":[]}',
+        reported_at=7,
+        health=Health.DEGRADED,
+    )
+    store.devices.add(device)
+    assert store.devices.get("dev-9") == device
+    with pytest.raises(StoreError):
+        store.devices.add(device)
+    with pytest.raises(NotFound):
+        store.devices.get("dev-404")
+
+
+def test_an_older_state_report_does_not_overwrite_a_newer_one(store: Store) -> None:
+    def report(seq: int, version: int) -> bool:
+        twin = ReportedTwin("iris", version, "ab" * 32, f'{{"v":{version}}}', seq)
+        store.uplink.add([StateRecord("dev-0", seq, seq, seq, twin.reported)])
+        return store.devices.report_state("dev-0", seq, twin)
+
+    assert report(5, 2)
+    assert not report(4, 1)  # overtaken in transit
+    assert store.devices.get("dev-0").active_version == 2
+
+
+def test_last_seen_never_moves_backwards(store: Store) -> None:
+    store.devices.note_uplink([UplinkSeen("dev-0", b"w", last_seen=100, online=True)])
+    store.devices.note_uplink([UplinkSeen("dev-0", b"w", last_seen=50, online=True)])
+    assert store.devices.get("dev-0").last_seen == 100
+    assert store.devices.mark_offline(seen_before_ms=101) == ["dev-0"]
+    assert not store.devices.get("dev-0").online
+
+
+def test_atomic_undoes_everything_inside_it_on_error(store: Store) -> None:
+    def change_then_fail() -> None:
+        with store.atomic():
+            store.devices.set_tags("dev-0", {"gone": "yes"})
+            store.counters.bump("devices_epoch")
+            with store.atomic():  # a savepoint inside the transaction
+                store.audit.append(at=1, actor="test", action="inner")
+            raise RuntimeError("rolled back")
+
+    with pytest.raises(RuntimeError):
+        change_then_fail()
+    assert store.devices.get("dev-0").tags == {"hw.rev": "2", "region": "eu"}
+    assert store.counters.get("devices_epoch") == 0
+    assert store.audit.count() == 0
+
+
+def test_counters_count_from_zero(store: Store) -> None:
+    assert store.counters.get("down_seq") == 0
+    assert store.counters.bump("down_seq", 1000) == 1000
+    assert store.counters.bump("down_seq", 1000) == 2000
+    store.counters.set("release_published", 3)
+    assert store.counters.get("release_published") == 3
+
+
+def test_audit_prune_keeps_the_newest(store: Store) -> None:
+    for i in range(5):
+        store.audit.append(at=i, actor="device:x", action="frame_rejected", outcome="rejected")
+    store.audit.append(at=9, actor="cli", action="device.approve")
+    assert store.audit.prune(outcome="rejected", keep=2) == 3
+    assert [e.at for e in store.audit.page(outcome="rejected").items] == [4, 3]
+    assert store.audit.count(action="device.approve") == 1
+
+
+def test_a_store_location_with_an_unknown_scheme_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(InvalidRequest, match="no store dialect for 'postgresql'"):
+        open_store("postgresql://db/hub")
+    opened = open_store(f"sqlite:///{tmp_path / 'other.db'}")
+    assert opened.ping()
+    opened.close()

@@ -28,19 +28,20 @@ from prometheus_client import CollectorRegistry
 from edgefleet.clock import SystemClock
 from hub import keyring
 from hub.api import HubServices, auth, create_app
+from hub.context import HubContext
 from hub.fleet import enrollment
 from hub.fleet.delivery import Delivery
 from hub.fleet.desired import set_desired
-from hub.fleet.documents import fleet_publisher, issue_heartbeat
 from hub.fleet.reconciler import Actions, reconcile, republish_all
 from hub.ingest.worker import Ingest
 from hub.keyring import Keyring
 from hub.registry.artifacts import ArtifactStore
 from hub.registry.registry import Registry
 from hub.settings import HubSettings
-from hub.store.database import Store
+from hub.store import Store
+from hub.store.dialects import open_store
 from hub.transport.downlink import Downlink
-from hub.transport.mqtt import HubLink, Inbound
+from hub.transport.mqtt import HubLink, Inbound, fleet_publisher
 from protocol.messages import ModelRef
 from protocol.topics import Topics
 from tests import models
@@ -55,20 +56,26 @@ READY_S = 15.0
 
 @dataclass
 class RunningHub:
-    settings: HubSettings
+    ctx: HubContext
     clock: FakeClock
-    store: Store
-    ring: Keyring
     link: HubLink
     topics: Topics
     registry: Registry
-    downlink: Downlink
+
+    @property
+    def settings(self) -> HubSettings:
+        return self.ctx.settings
+
+    @property
+    def store(self) -> Store:
+        return self.ctx.store
+
+    @property
+    def ring(self) -> Keyring:
+        return self.ctx.keyring
 
     def republish_all(self) -> int:
-        publish = fleet_publisher(self.link, self.topics)
-        return republish_all(
-            self.store, self.ring, self.downlink, self.clock, self.settings, publish
-        )
+        return republish_all(self.ctx)
 
 
 @pytest.fixture
@@ -81,8 +88,8 @@ def hub(
         topic_prefix=topics.prefix,
         chunk_bytes=512,
     )
-    ring = keyring.init(settings.keys_dir, now=clock.now_ms())
-    store = Store.open(settings.db_path)
+    ring = keyring.init(settings.keys_dir, now_ms=clock.now_ms())
+    store = open_store(settings.db_path)
     artifacts = ArtifactStore(settings.artifacts_dir)
     inbox: queue.Queue[Inbound] = queue.Queue(maxsize=10_000)
     link = HubLink(
@@ -94,12 +101,13 @@ def hub(
     downlink = Downlink(store, link, topics, ring.signing_keys("rollout")[0], clock)
     delivery = Delivery(store, artifacts, downlink, clock, settings)
     ingest = Ingest(store, settings, clock, downlink, on_fetch=delivery.on_fetch, inbox=inbox)
-    registry = Registry(store, artifacts, ring, clock, fleet_publisher(link, topics))
+    ctx = HubContext(store, ring, clock, settings, downlink, fleet_publisher(link, topics))
+    registry = Registry(ctx, artifacts)
     link.start()
     try:
         assert link.wait_ready(READY_S), f"hub link not ready on {broker}"
         ingest.start()
-        yield RunningHub(settings, clock, store, ring, link, topics, registry, downlink)
+        yield RunningHub(ctx, clock, link, topics, registry)
     finally:
         ingest.stop()
         link.stop()
@@ -124,14 +132,11 @@ def enroll(hub: RunningHub, broker: BrokerRunner, device_id: str = DEVICE) -> De
 def rest_get(hub: RunningHub, path: str) -> Any:
     """GET ``path`` from the hub's REST API, as a viewer."""
     services = HubServices(
-        registry=hub.registry,
-        artifacts=hub.registry.artifacts,
-        downlink=hub.downlink,
-        metrics=CollectorRegistry(),
+        registry=hub.registry, artifacts=hub.registry.artifacts, metrics=CollectorRegistry()
     )
-    app = create_app(hub.settings, hub.store, hub.clock, services)
+    app = create_app(hub.ctx, services)
     viewer = auth.create_token(
-        hub.store, role="viewer", name="it", actor="cli", now=hub.clock.now_ms()
+        hub.store, role="viewer", name="it", actor="cli", now_ms=hub.clock.now_ms()
     )
     with TestClient(app) as client:
         response = client.get(path, headers={"Authorization": f"Bearer {viewer.token}"})
@@ -141,18 +146,11 @@ def rest_get(hub: RunningHub, path: str) -> Any:
 
 def release_and_assign(hub: RunningHub) -> None:
     model = models.mlp_classifier()
-    hub.registry.register(
+    hub.registry.register(  # publishes the release list and a heartbeat pinning it
         model.model, name="churn", reference=reference(features=4), actor="operator"
     )
-    issue_heartbeat(
-        hub.store, hub.ring, hub.clock, hub.settings, fleet_publisher(hub.link, hub.topics)
-    )
     set_desired(
-        hub.store,
-        hub.ring,
-        hub.downlink,
-        hub.clock,
-        hub.settings,
+        hub.ctx,
         device_id=DEVICE,
         model_name="churn",
         model_version=1,
@@ -169,27 +167,25 @@ def test_device_downloads_its_assigned_model_over_chunks_and_converges(
     device = DeviceDouble(broker, hub.topics, DEVICE, hub.ring.chain[0], now=hub.clock.now_ms)
     with device:
         device.hello(token.secret)
-        eventually(lambda: hub.store.device_status(DEVICE) == "active", "enrollment")
+        eventually(lambda: hub.store.devices.status(DEVICE) == "active", "enrollment")
         release_and_assign(hub)
         assignment = device.sync()
         entry = assignment.entry
         assert (entry.name, entry.version, entry.release_counter) == ("churn", 1, 1)
-        assert reconcile(hub.store, hub.clock.now_ms(), hub.settings) == Actions()
+        assert reconcile(hub.ctx) == Actions()
 
         package = device.download(entry, chunk=64 * 1024)
         assert package == hub.registry.download("churn", 1)
         assert len(package) > 4 * hub.settings.chunk_bytes  # it took several chunks
         device.report(ModelRef(entry.name, entry.version, entry.sha256))
 
-        eventually(
-            lambda: hub.store.get("devices", DEVICE)["active_version"] == 1, "the state report"
-        )
+        eventually(lambda: hub.store.devices.get(DEVICE).active_version == 1, "the state report")
     shown = rest_get(hub, f"/api/v1/devices/{DEVICE}")
     assert shown["active"] == {"name": "churn", "version": 1, "sha256": entry.sha256}
     assert (shown["desired"]["model"], shown["desired"]["version"]) == ("churn", 1)
     hub.clock.advance(hub.settings.stuck_after_s)
-    assert reconcile(hub.store, hub.clock.now_ms(), hub.settings) == Actions()
-    assert hub.store.count("audit", "outcome = 'rejected'") == 0
+    assert reconcile(hub.ctx) == Actions()
+    assert hub.store.audit.count(outcome="rejected") == 0
 
 
 def test_retained_state_is_restored_after_a_broker_restart(
@@ -220,6 +216,6 @@ def test_cli_publishes_release_and_desired_state_through_the_broker(
     via = ("--data", data, "--broker", broker.url, "--topic-prefix", hub.topics.prefix)
     assert cli("model", "register", model, "--name", "churn", "--reference", ref, *via) == 0
     assert cli("rollout", "set", "--device", DEVICE, "--model", "churn", "--version", 1, *via) == 0
-    assert hub.store.get("desired", DEVICE)["published_at"] is not None
+    assert hub.store.desired.get(DEVICE).published_at is not None
     with device:
         assert device.sync().entry.name == "churn"

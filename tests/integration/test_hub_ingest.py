@@ -32,7 +32,9 @@ from hub.fleet import enrollment
 from hub.ingest import pipeline as ingest_run
 from hub.metrics import sample
 from hub.settings import HubSettings
-from hub.store.database import Store
+from hub.store import Store
+from hub.store.rows import TelemetryRecord
+from hub.store.sqlite import SqliteStore
 from protocol import frame, keys
 from protocol.frame import Message
 from protocol.messages import (
@@ -52,6 +54,7 @@ from protocol.topics import UP_KINDS, Topics
 from tests.brokers import BrokerRunner
 from tests.clock import FakeClock
 from tests.hub.hubsim import SimDevice
+from tests.hub.tables import snapshot
 from tests.mqtt import Received, TestClient
 
 MODEL = ModelRef("digits", 3, "ab" * 32)
@@ -84,7 +87,7 @@ def wait_until(condition: Any, timeout_s: float = WAIT_S) -> bool:
 def table_rows(store: Store) -> dict[str, list[dict[str, Any]]]:
     tables = ["devices", "enrollment_tokens", "telemetry", "states", "deltas", "data_windows"]
     tables += ["device_acks"]
-    return {t: store.query(f"SELECT * FROM [{t}] ORDER BY rowid") for t in tables}  # noqa: S608
+    return snapshot(store, tuple(tables))
 
 
 def publish_oversized(broker: BrokerRunner, topic: str, size: int) -> None:
@@ -147,7 +150,7 @@ def test_garbage_on_every_up_kind_is_audited_and_changes_nothing(
             attacker.publish(*mover)
             acked(WIDTH + 100)
             before = table_rows(service.store)
-            audited = service.store.count("audit", "outcome = 'rejected'")
+            audited = service.store.audit.count(outcome="rejected")
             counted = sample("edgefleet_hub_rejected_total", {"reason": "replay"})
 
             expected = []
@@ -174,10 +177,8 @@ def test_garbage_on_every_up_kind_is_audited_and_changes_nothing(
             publish_oversized(broker, topics.up(dev.id, "telemetry"), 10 * 1024 * 1024)
 
             def rejections() -> list[tuple[str, str]]:
-                rows = service.store.query(
-                    "SELECT target, reason FROM audit WHERE outcome = 'rejected' ORDER BY id"
-                )
-                return [(r["target"], r["reason"]) for r in rows[audited:]]
+                entries = service.store.audit.page(outcome="rejected", limit=10**6).items
+                return [(e.target, e.reason) for e in list(reversed(entries))[audited:]]
 
             wait_until(lambda: len(rejections()) >= len(expected))
             acked(WIDTH + 100)
@@ -327,7 +328,7 @@ def test_kill_9_during_ingest_loses_nothing_and_stores_each_frame_once(
     data, key_path, hub_key = hub_files
     per_device = FRAMES[broker.name] // DEVICES
     publisher = ResendingPublisher(broker, topics, hub_key, per_device)
-    store = Store.open(data / "hub.db")
+    store = SqliteStore.open(data / "hub.db")
     for sim in publisher.devices:
         enrollment.preauthorize(store, sim.id, sim.public_hex, by="cli", now_ms=0)
     store.close()
@@ -354,10 +355,10 @@ def test_kill_9_during_ingest_loses_nothing_and_stores_each_frame_once(
         hub.wait(10)
 
     expected = {(d.id, seq) for d in publisher.devices for seq in range(1, per_device + 1)}
-    store = Store.open(data / "hub.db")
-    rows = store.query("SELECT device_id, seq, body FROM telemetry")
+    store = SqliteStore.open(data / "hub.db")
+    rows = store.uplink.records(TelemetryRecord)
     assert len(rows) == total
-    assert {(r["device_id"], r["seq"]) for r in rows} == expected
-    assert all(f'"uptime_s":{float(r["seq"])}' in r["body"] for r in rows)
-    assert store.query("SELECT count(*) AS n FROM audit WHERE outcome = 'rejected'")[0]["n"] == 0
+    assert {(r.device_id, r.seq) for r in rows} == expected
+    assert all(f'"uptime_s":{float(r.seq)}' in r.body for r in rows)
+    assert store.audit.count(outcome="rejected") == 0
     store.close()

@@ -30,7 +30,7 @@ STOP_S = 10.0
 
 def keyed_data(tmp_path: Path) -> Path:
     data = tmp_path / "hub"
-    keyring.init(data / "keys", now=SystemClock().now_ms())
+    keyring.init(data / "keys", now_ms=SystemClock().now_ms())
     return data
 
 

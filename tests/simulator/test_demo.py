@@ -56,12 +56,12 @@ def test_demo_refuses_a_fleet_of_zero_in_one_line() -> None:
 def test_sim_runs_devices_that_enrol_with_a_hub_and_stops_on_sigterm(tmp_path: Path) -> None:
     clock = SystemClock()
     settings = HubSettings(data_dir=tmp_path / "hub", http_port=0)
-    ring = keyring.init(settings.keys_dir, now=clock.now_ms())
+    ring = keyring.init(settings.keys_dir, now_ms=clock.now_ms())
     root = tmp_path / "root.json"
     root.write_bytes(ring.chain[0].to_bytes())
     with HubService.start(settings, embedded_broker=EmbeddedBroker()) as hub:
         now = clock.now_ms()
-        admin = auth.create_token(hub.store, role="admin", name="t", actor="test", now=now)
+        admin = auth.create_token(hub.store, role="admin", name="t", actor="test", now_ms=now)
         token = httpx.post(
             f"{hub.http_url}/api/v1/enrollment-tokens",
             json={"kind": "fleet", "expires_in_s": 600},
@@ -75,7 +75,7 @@ def test_sim_runs_devices_that_enrol_with_a_hub_and_stops_on_sigterm(tmp_path: P
         )  # fmt: skip
         try:
             deadline = time.monotonic() + 60
-            while hub.store.count("devices", "status = 'active' AND online = 1") < 2:
+            while hub.store.devices.page(status="active", online=True).total < 2:
                 assert sim.poll() is None, sim.communicate()
                 assert time.monotonic() < deadline, "sim devices did not enrol"
                 time.sleep(0.2)

@@ -1,0 +1,281 @@
+"""SQLite: the ``devices`` table (see :class:`hub.store.interface.Devices`)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+from hub.health import Health
+from hub.store.interface import NotFound
+from hub.store.rows import (
+    Device,
+    DeviceIdentity,
+    DeviceStatus,
+    HelloUpdate,
+    Page,
+    ReportedTwin,
+    UplinkSeen,
+)
+from protocol import canonical
+
+if TYPE_CHECKING:
+    from hub.store.sqlite import Connection
+
+COLUMNS = (
+    "id",
+    "public_key",
+    "status",
+    "first_seen",
+    "tags",
+    "agent_version",
+    "enrolled_at",
+    "enrolled_by",
+    "last_seen",
+    "online",
+    "active_name",
+    "active_version",
+    "active_sha256",
+    "reported",
+    "reported_at",
+    "health",
+    "stale",
+)
+"""Every column but the replay window, in :class:`~hub.store.rows.Device`'s order."""
+SELECT = ", ".join(COLUMNS)
+PREFIXED = ", ".join(f"v.{c}" for c in COLUMNS)
+_PUT = (
+    f"INSERT INTO devices ({SELECT}) VALUES ({', '.join('?' for _ in COLUMNS)}) "  # noqa: S608
+    "ON CONFLICT(id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in COLUMNS if c != "id")
+)
+
+
+def encode_tags(tags: Mapping[str, str]) -> str:
+    return canonical.dumps(dict(tags)).decode()
+
+
+@lru_cache(maxsize=4096)
+def decode_tags(text: str | None) -> Mapping[str, str]:
+    """Tags as stored, read-only; anything but a JSON object reads as no tags (never a
+    crash). Cached: a fleet shares a few tag sets between many devices."""
+    try:
+        value = json.loads(text or "{}")
+    except ValueError:
+        return _NO_TAGS
+    if not isinstance(value, dict):
+        return _NO_TAGS
+    return MappingProxyType({str(k): str(v) for k, v in value.items()})
+
+
+_NO_TAGS: Mapping[str, str] = MappingProxyType({})
+_HEALTH = {h.value: h for h in Health}
+
+
+def to_device(row: Sequence[Any]) -> Device:
+    """A :class:`Device` from the values of :data:`COLUMNS`, in that order (positional:
+    listings build thousands of these)."""
+    (id_, key, status, first_seen, tags, agent_version, enrolled_at, enrolled_by, last_seen,
+     online, active_name, active_version, active_sha256, reported, reported_at, health,
+     stale) = row  # fmt: skip
+    return Device(
+        id_,
+        key,
+        status,
+        first_seen,
+        decode_tags(tags),
+        agent_version,
+        enrolled_at,
+        enrolled_by,
+        last_seen,
+        bool(online),
+        active_name,
+        active_version,
+        active_sha256,
+        reported,
+        reported_at,
+        _HEALTH.get(health, Health.UNKNOWN),
+        bool(stale),
+    )
+
+
+def _values(device: Device) -> list[Any]:
+    return [
+        device.id,
+        device.public_key,
+        device.status,
+        device.first_seen,
+        encode_tags(device.tags),
+        device.agent_version,
+        device.enrolled_at,
+        device.enrolled_by,
+        device.last_seen,
+        int(device.online),
+        device.active_name,
+        device.active_version,
+        device.active_sha256,
+        device.reported,
+        device.reported_at,
+        device.health.value,
+        int(device.stale),
+    ]
+
+
+class SqliteDevices:
+    def __init__(self, connection: Connection) -> None:
+        self._c = connection
+
+    def add(self, device: Device) -> None:
+        self._c.write(
+            f"INSERT INTO devices ({SELECT}) VALUES ({', '.join('?' for _ in COLUMNS)})",  # noqa: S608
+            _values(device),
+        )
+
+    def put(self, device: Device) -> None:
+        self._c.write(_PUT, _values(device))
+
+    def get(self, device_id: str) -> Device:
+        found = self.find(device_id)
+        if found is None:
+            raise NotFound(f"no device {device_id[:64]!r}")
+        return found
+
+    def find(self, device_id: str) -> Device | None:
+        rows = self._c.tuples(f"SELECT {SELECT} FROM devices WHERE id = ?", [device_id])  # noqa: S608
+        return to_device(rows[0]) if rows else None
+
+    def status(self, device_id: str) -> DeviceStatus | None:
+        status: DeviceStatus | None = self._c.scalar(
+            "SELECT status FROM devices WHERE id = ?", [device_id]
+        )
+        return status
+
+    def identity(self, device_id: str) -> DeviceIdentity | None:
+        row = self._c.row(
+            "SELECT id, status, public_key, up_window FROM devices WHERE id = ?", [device_id]
+        )
+        if row is None:
+            return None
+        return DeviceIdentity(row["id"], row["status"], row["public_key"], row["up_window"])
+
+    def page(
+        self,
+        *,
+        status: DeviceStatus | None = None,
+        tag: tuple[str, str] | None = None,
+        model: tuple[str, int | None] | None = None,
+        online: bool | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> Page[Device]:
+        where: list[str] = []
+        params: list[Any] = []
+        if status is not None:
+            where.append("status = ?")
+            params.append(status)
+        if tag is not None:
+            # quoted: tag keys may hold '.' or '-', which a bare JSON path would misread
+            where.append("json_extract(tags, '$.\"' || ? || '\"') = ?")
+            params.extend(tag)
+        if model is not None:
+            where.append("active_name = ?")
+            params.append(model[0])
+            if model[1] is not None:
+                where.append("active_version = ?")
+                params.append(model[1])
+        if online is not None:
+            where.append("online = ?")
+            params.append(int(online))
+        clause = " AND ".join(where) or "1"
+        # clause is built above from fixed fragments; every value is a bound parameter
+        total = self._c.scalar(f"SELECT count(*) FROM devices WHERE {clause}", params)  # noqa: S608
+        rows = self._c.tuples(
+            f"SELECT {SELECT} FROM devices WHERE {clause} ORDER BY id LIMIT ? OFFSET ?",  # noqa: S608
+            [*params, limit, offset],
+        )
+        return Page([to_device(row) for row in rows], int(total))
+
+    def count(self, *, status: DeviceStatus | None = None) -> int:
+        if status is None:
+            return int(self._c.scalar("SELECT count(*) FROM devices"))
+        return int(self._c.scalar("SELECT count(*) FROM devices WHERE status = ?", [status]))
+
+    def approve(self, device_id: str, *, at_ms: int, by: str) -> None:
+        self._c.update_one(
+            "UPDATE devices SET status = 'active', enrolled_at = ?, enrolled_by = ? WHERE id = ?",
+            [at_ms, by, device_id],
+            f"device {device_id[:64]!r}",
+        )
+
+    def revoke(self, device_id: str) -> None:
+        self._c.update_one(
+            "UPDATE devices SET status = 'revoked', online = 0 WHERE id = ?",
+            [device_id],
+            f"device {device_id[:64]!r}",
+        )
+
+    def set_tags(self, device_id: str, tags: Mapping[str, str]) -> None:
+        self._c.update_one(
+            "UPDATE devices SET tags = ? WHERE id = ?",
+            [encode_tags(tags), device_id],
+            f"device {device_id[:64]!r}",
+        )
+
+    def note_hellos(self, hellos: Mapping[str, HelloUpdate]) -> None:
+        # a hello that names no active model leaves the reported one as it is
+        self._c.write_many(
+            "UPDATE devices SET agent_version = ?, tags = ?, "
+            "active_name = coalesce(?, active_name), "
+            "active_version = coalesce(?, active_version), "
+            "active_sha256 = coalesce(?, active_sha256) WHERE id = ?",
+            [
+                (
+                    h.agent_version,
+                    encode_tags(h.tags),
+                    h.active_name,
+                    h.active_version,
+                    h.active_sha256,
+                    device_id,
+                )
+                for device_id, h in hellos.items()
+            ],
+        )
+
+    def report_state(self, device_id: str, seq: int, twin: ReportedTwin) -> bool:
+        cursor = self._c.write(
+            "UPDATE devices SET active_name = ?, active_version = ?, active_sha256 = ?, "
+            "reported = ?, reported_at = ? WHERE id = ? AND NOT EXISTS "
+            "(SELECT 1 FROM states WHERE device_id = ? AND seq > ?)",
+            [
+                twin.active_name,
+                twin.active_version,
+                twin.active_sha256,
+                twin.reported,
+                twin.reported_at,
+                device_id,
+                device_id,
+                seq,
+            ],
+        )
+        return bool(cursor.rowcount)
+
+    def note_uplink(self, seen: Sequence[UplinkSeen]) -> None:
+        self._c.write_many(
+            "UPDATE devices SET up_window = ?, online = ?, "
+            "last_seen = max(coalesce(last_seen, 0), ?) WHERE id = ?",
+            [(s.up_window, int(s.online), s.last_seen, s.device_id) for s in seen],
+        )
+
+    def mark_offline(self, *, seen_before_ms: int) -> list[str]:
+        with self._c.atomic():
+            rows = self._c.conn.execute(
+                "UPDATE devices SET online = 0 WHERE online = 1 AND "
+                "coalesce(last_seen, 0) < ? RETURNING id",
+                [seen_before_ms],
+            ).fetchall()
+        return sorted(row[0] for row in rows)
+
+    def set_health(self, device_id: str, health: Health) -> None:
+        self._c.write("UPDATE devices SET health = ? WHERE id = ?", [health.value, device_id])
