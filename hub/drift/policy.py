@@ -33,7 +33,8 @@ class DriftPolicy:
     device_alpha: float = 0.01
     """Per-device significance level of the drifting-device fraction."""
     fraction_alpha: float = 0.001
-    """The binomial test of that fraction against chance."""
+    """Family-wise level per bucket of the binomial tests of that fraction against chance
+    (Bonferroni over the cohorts and rows tested in the bucket)."""
     min_excess_fraction: float = 0.02
     """...and the fraction must exceed ``device_alpha`` by this much (an effect size)."""
     min_devices: int = 10
@@ -67,8 +68,15 @@ class DriftPolicy:
                 continue
             if not isinstance(value, int | float) or value != value or value < 0:
                 raise InvalidRequest(f"drift policy {spec.name} must be a number >= 0")
-        for name in ("warn_alpha", "device_alpha", "fraction_alpha", "resolve_alpha",
-                     "performance_alpha", "nan_tolerance", "hysteresis"):  # fmt: skip
+        for name in (
+            "warn_alpha",
+            "device_alpha",
+            "fraction_alpha",
+            "resolve_alpha",
+            "performance_alpha",
+            "nan_tolerance",
+            "hysteresis",
+        ):
             if not 0 < getattr(self, name) < 1:
                 raise InvalidRequest(f"drift policy {name} must be in (0, 1)")
         if self.bucket_ms < 1000 or self.min_rows < 2 or self.min_expected <= 0:
