@@ -30,7 +30,7 @@ import numpy.typing as npt
 from hub.drift.errors import IncompatibleWindow, OverlappingParts
 from hub.drift.reference import Reference
 from protocol.messages import DataDelta
-from protocol.sketches import FeatureSketch, PredictionSketch
+from protocol.sketches import PredictionSketch
 
 Floats = npt.NDArray[np.float64]
 Ints = npt.NDArray[np.int64]
@@ -112,9 +112,18 @@ def from_window(
                 f"window features {_preview(names)} differ from the reference's "
                 f"{_preview(reference.names[: reference.features])}"
             )
+        rows = []
         for r, sketch in enumerate(delta.features):
-            _put(counts[r], sketch, int(reference.bins[r]), width, reference.names[r])
-            moments[r] = (sketch.n, sketch.mean, sketch.m2)
+            bins = int(reference.bins[r])
+            if len(sketch.counts) != bins:
+                raise IncompatibleWindow(
+                    f"feature {sketch.name[:60]!r} has {len(sketch.counts)} bins; "
+                    f"the reference has {bins}"
+                )
+            padding = (0,) * (width - bins)
+            rows.append((*sketch.counts, *padding, sketch.underflow, sketch.overflow, sketch.nan))
+        counts[: len(rows)] = rows
+        moments[:] = [(f.n, f.mean, f.m2) for f in delta.features]
     if delta.predictions is not None:
         _put_predictions(counts, delta.predictions, reference)
     performance = result.performance
@@ -133,15 +142,6 @@ def from_window(
         windows=1,
         parts=frozenset({(device_id, seq)}),
     )
-
-
-def _put(row: Ints, sketch: FeatureSketch, bins: int, width: int, name: str) -> None:
-    if len(sketch.counts) != bins:
-        raise IncompatibleWindow(
-            f"feature {name[:60]!r} has {len(sketch.counts)} bins; the reference has {bins}"
-        )
-    row[:bins] = sketch.counts
-    row[width:] = (sketch.underflow, sketch.overflow, sketch.nan)
 
 
 def _put_predictions(counts: Ints, sketch: PredictionSketch, reference: Reference) -> None:

@@ -148,6 +148,9 @@ def chi2_test(
     folded: Ints, reference: Reference, policy: DriftPolicy
 ) -> tuple[Floats, Ints, Floats, Bools]:
     """Pearson's two-sample χ² per row (module docstring): statistic, df, p, sufficient."""
+    if folded.ndim == 2:  # one count matrix: give it a leading axis and take it off again
+        chi2, df, pvalue, sufficient = chi2_test(folded[None], reference, policy)
+        return chi2[0], df[0], pvalue[0], sufficient[0]
     n = folded.sum(axis=-1)
     m = float(reference.rows)
     p = reference.proportions
@@ -157,23 +160,49 @@ def chi2_test(
     pooled = (small * lightest < policy.min_expected) & (n >= policy.min_rows)
     chi2 = _pearson(folded.astype(np.float64), n, p, m)
     df = np.broadcast_to(reference.bins - 1, n.shape).copy()
-    if pooled.any():
-        where = np.nonzero(pooled)
-        keys = np.stack([where[-1], small[where].astype(np.int64)], axis=-1)
-        for row, size in np.unique(keys, axis=0):
-            match = tuple(w[(keys[:, 0] == row) & (keys[:, 1] == size)] for w in where)
-            bins = int(reference.bins[row])
-            groups = _groups(p[row, :bins], policy.min_expected / size)
-            onehot = np.eye(int(groups.max()) + 1)[groups]  # [bins, cells]
-            cells = folded[match][:, :bins] @ onehot
-            chi2[match] = _pearson(cells, n[match], p[row, :bins] @ onehot, m)
-            df[match] = onehot.shape[1] - 1
+    for row in np.flatnonzero(pooled.reshape(-1, len(reference.names)).any(axis=0)):
+        _pool_row(int(row), folded, n, small, pooled, chi2, df, reference, policy)
     sufficient = (n >= policy.min_rows) & (df >= 1)
     pvalue = np.ones(n.shape)
     for d in np.unique(df[sufficient]):
         where = sufficient & (df == d)
         pvalue[where] = stats.chi2_sf(chi2[where], int(d))
     return chi2, df, pvalue, sufficient
+
+
+def _pool_row(
+    row: int,
+    folded: Ints,
+    n: Ints,
+    small: Floats,
+    pooled: Bools,
+    chi2: Floats,
+    df: Ints,
+    reference: Reference,
+    policy: DriftPolicy,
+) -> None:
+    """Re-test row ``row`` of the ``pooled`` windows over pooled cells, in place: one
+    grouping per distinct window size, then one vectorised sum into the groups."""
+    bins = int(reference.bins[row])
+    p = reference.proportions[row, :bins]
+    where = np.nonzero(pooled[..., row])
+    sizes, inverse = np.unique(small[..., row][where], return_inverse=True)
+    groups = np.stack([_groups(p, policy.min_expected / size) for size in sizes])
+    group = groups[inverse]  # [windows, bins]: each bin's cell
+    count = len(inverse)
+    flat = (np.arange(count)[:, None] * bins + group).ravel()
+    cells = (
+        np.bincount(flat, weights=folded[..., row, :bins][where].ravel(), minlength=count * bins)
+        .reshape(count, bins)
+        .astype(np.float64)
+    )
+    shares = (
+        np.bincount(flat, weights=np.broadcast_to(p, group.shape).ravel(), minlength=count * bins)
+        .reshape(count, bins)
+        .astype(np.float64)
+    )
+    chi2[..., row][where] = _pearson(cells, n[..., row][where], shares, float(reference.rows))
+    df[..., row][where] = groups.max(axis=1)[inverse]
 
 
 def _pearson(counts: Floats, n: npt.ArrayLike, p: Floats, m: float) -> Floats:
