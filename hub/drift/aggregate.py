@@ -21,14 +21,17 @@ windows) and a roll-up (its sealed children), never the whole fleet's windows.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from hub.drift.errors import IncompatibleWindow, OverlappingParts
 from hub.drift.reference import Reference
+from protocol import canonical
+from protocol.errors import ProtocolError
 from protocol.messages import DataDelta
 from protocol.sketches import PredictionSketch
 
@@ -234,6 +237,69 @@ def seal(aggregate: Aggregate, part: PartId) -> Aggregate:
     return replace(aggregate, parts=frozenset({part}))
 
 
+def to_columns(aggregate: Aggregate) -> dict[str, object]:
+    """The aggregate as store columns: arrays as little-endian bytes, parts as JSON text.
+
+    Round trip: ``from_columns(to_columns(a), reference).same(a)`` for ``a`` of that scope.
+    """
+    return {
+        "scope": aggregate.scope,
+        "counts": aggregate.counts.astype("<i8").tobytes(),
+        "moments": aggregate.moments.astype("<f8").tobytes(),
+        "performance": aggregate.performance.astype("<f8").tobytes(),
+        "inferences": aggregate.inferences,
+        "errors": aggregate.errors,
+        "windows": aggregate.windows,
+        "parts": canonical.dumps(sorted(aggregate.parts)).decode(),
+    }
+
+
+def from_columns(row: Mapping[str, object], reference: Reference) -> Aggregate:
+    """The aggregate stored by :func:`to_columns`.
+
+    Raises:
+        IncompatibleWindow: columns of another scope or shape (a reference changed under
+            stored buckets).
+    """
+    template = empty(reference)
+    if row.get("scope") != reference.digest:
+        raise IncompatibleWindow("stored aggregate of another scope")
+    try:
+        parts = canonical.loads(_bytes(row, "parts", text=True))
+        return Aggregate(
+            scope=reference.digest,
+            counts=_array(row, "counts", "<i8", template.counts).astype(np.int64),
+            moments=_array(row, "moments", "<f8", template.moments),
+            performance=_array(row, "performance", "<f8", template.performance),
+            inferences=_int(row, "inferences"),
+            errors=_int(row, "errors"),
+            windows=_int(row, "windows"),
+            parts=frozenset((str(d), int(s)) for d, s in parts),
+        )
+    except (ValueError, TypeError, ProtocolError) as e:
+        raise IncompatibleWindow(f"stored aggregate does not fit its reference: {e}") from e
+
+
+def _bytes(row: Mapping[str, object], name: str, *, text: bool = False) -> bytes:
+    value = row.get(name)
+    if text and isinstance(value, str):
+        return value.encode()
+    if not isinstance(value, bytes):
+        raise TypeError(f"column {name} holds {type(value).__name__}")
+    return value
+
+
+def _array(row: Mapping[str, object], name: str, dtype: str, like: npt.NDArray[Any]) -> Any:
+    return np.frombuffer(_bytes(row, name), dtype=dtype).reshape(like.shape).astype(like.dtype)
+
+
+def _int(row: Mapping[str, object], name: str) -> int:
+    value = row.get(name)
+    if not isinstance(value, int):
+        raise TypeError(f"column {name} holds {type(value).__name__}")
+    return value
+
+
 def _combine_moments(stack: Floats) -> Floats:
     """Chan et al.: ``[k, F, 3]`` moments ``(n, mean, m2)`` combined into ``[F, 3]``."""
     n_i, mean_i, m2_i = stack[..., 0], stack[..., 1], stack[..., 2]
@@ -244,4 +310,14 @@ def _combine_moments(stack: Floats) -> Floats:
     return np.stack([n, np.where(n > 0, mean, 0.0), np.maximum(m2, 0.0)], axis=-1)
 
 
-__all__ = ["Aggregate", "PartId", "empty", "from_window", "merge", "merge_all", "seal"]
+__all__ = [
+    "Aggregate",
+    "PartId",
+    "empty",
+    "from_columns",
+    "from_window",
+    "merge",
+    "merge_all",
+    "seal",
+    "to_columns",
+]

@@ -8,7 +8,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.sketches import bin_counts
-from hub.drift.aggregate import Aggregate, empty, from_window, merge, merge_all, seal
+from hub.drift.aggregate import (
+    Aggregate,
+    empty,
+    from_columns,
+    from_window,
+    merge,
+    merge_all,
+    seal,
+    to_columns,
+)
 from hub.drift.buckets import (
     DAY_MS,
     FLEET,
@@ -233,3 +242,22 @@ def test_retention_keeps_cohort_trends_longer_than_device_buckets() -> None:
     assert retention.expired(device, end + 2 * DAY_MS)
     assert not retention.expired(cohort, end + 2 * DAY_MS)
     assert retention.expired(BucketKey("s", FLEET, DAY_MS, EPOCH_MS), EPOCH_MS + 731 * DAY_MS)
+
+
+@settings(max_examples=50, deadline=None)
+@given(windows())
+def test_an_aggregate_round_trips_through_store_columns(ws: list[Aggregate]) -> None:
+    merged = merge_all(ws, REFERENCE)
+    columns = to_columns(merged)
+    assert from_columns(columns, REFERENCE).same(merged)
+
+
+def test_stored_columns_of_another_shape_are_refused() -> None:
+    columns = to_columns(
+        from_window(delta(np.random.default_rng(8), 20), REFERENCE, device_id="d", seq=1)
+    )
+    other = Reference.from_profile(Profile(PROFILE.features, None, rows=1000))
+    with pytest.raises(IncompatibleWindow, match="scope"):
+        from_columns(columns, other)
+    with pytest.raises(IncompatibleWindow, match="fit"):
+        from_columns({**columns, "counts": b"\x00" * 8}, REFERENCE)
