@@ -175,3 +175,30 @@ def test_no_drift_p_values_are_calibrated_from_20_rows_up() -> None:
             assert ratios[1] <= 1.4  # the per-device level of the fraction test
             assert ratios[2] <= 2.0  # 60 expected events: wide sampling noise at this tail
     print(f"  worst rate/α at α=0.01: {worst:.2f}")
+
+
+def test_psi_with_no_drift_behaves_like_a_scaled_chi_square() -> None:
+    """PSI's no-drift mean is ``(b-1)(1/n + 1/m)`` and ``psi_null`` its 99.9th percentile,
+    from about 5 rows per bin; a fixed PSI >= 0.1 fires on most small windows (printed)."""
+    rng = np.random.default_rng(4)
+    print("\n  bins     n  mean PSI  (b-1)(1/n+1/m)  simulated p99.9  psi_null  PSI>=0.1")
+    for bins, n in ((10, 30), (10, 100), (10, 1000), (20, 100), (20, 1000)):
+        psi, null = [], []
+        for _ in range(10):
+            reference, edges = make_reference(rng, features=1, bins=bins, m=5000)
+            s = score(
+                window_counts(reference, edges, rng.normal(size=(3000, n, 1))), reference, POLICY
+            )
+            psi.append(s.psi[:, 0])
+            null.append(s.psi_null[:, 0])
+        values = np.concatenate(psi)
+        formula = (bins - 1) * (1 / n + 1 / 5000)
+        p999, shown = float(np.quantile(values, 0.999)), float(np.median(np.concatenate(null)))
+        fixed = float(np.mean(values >= 0.1))
+        print(
+            f"  {bins:4d} {n:5d}  {values.mean():8.4f}  {formula:14.4f}  {p999:15.4f}  "
+            f"{shown:8.4f}  {fixed:8.1%}"
+        )
+        if n / bins >= 5:
+            assert values.mean() == pytest.approx(formula, rel=0.12)
+            assert p999 == pytest.approx(shown, rel=0.15)
