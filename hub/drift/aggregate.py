@@ -38,7 +38,7 @@ from protocol.sketches import PredictionSketch
 Floats = npt.NDArray[np.float64]
 Ints = npt.NDArray[np.int64]
 PartId = tuple[str, int]
-PERFORMANCE_ROWS = 5  # hub.drift.performance.ConfidenceSketch: one row per field
+PERFORMANCE_ROWS = 5  # hub.drift.performance: the confidence sketch's five sums per bin
 
 
 @dataclass(frozen=True, eq=False)
@@ -98,7 +98,7 @@ def from_window(
     """One window as an aggregate whose single part is ``(device_id, seq)``.
 
     ``confidence`` is the window's confidence sketch as a ``[5, confidence_bins]`` array
-    (:func:`hub.drift.performance.ConfidenceSketch.rows`); windows sent before devices
+    (:func:`hub.drift.performance.sketch`); windows sent before devices
     compute one leave it zero.
 
     Raises:

@@ -4,7 +4,7 @@ NannyML's CBPE estimates a classifier's accuracy without labels as the mean of i
 *calibrated* confidence: if the top-label confidence ``c`` is calibrated
 (``P(correct | c) = c``) and ``P(y | x)`` does not change, then under covariate shift
 the expected accuracy of any set of rows is the mean of their ``c``. CBPE keeps the rows;
-a fleet cannot. So each device sends, per window, a :class:`ConfidenceSketch`: per bin of
+a fleet cannot. So each device sends, per window, a *confidence sketch*: per bin of
 calibrated confidence, the number of predictions and the sum of their confidences, and
 for the rows that received labelled feedback, their number, how many were correct, and
 the sum of their confidences. All five are sums, so sketches merge by addition like the
