@@ -48,6 +48,7 @@ import numpy.typing as npt
 
 from hub.drift import stats
 from hub.drift.policy import DriftPolicy
+from hub.errors import InvalidRequest
 
 Floats = npt.NDArray[np.float64]
 PREDICTIONS, CONFIDENCE, LABELLED, CORRECT, LABELLED_CONFIDENCE = range(5)
@@ -62,9 +63,11 @@ class Calibration:
 
     def __post_init__(self) -> None:
         if len(self.knots_x) != len(self.knots_y) or not self.knots_x:
-            raise ValueError("calibration needs as many x as y knots, at least one")
+            raise InvalidRequest("calibration needs as many x as y knots, at least one")
         if any(b < a for a, b in zip(self.knots_x, self.knots_x[1:], strict=False)):
-            raise ValueError("calibration knots_x must be sorted")
+            raise InvalidRequest("calibration knots_x must be sorted")
+        if not all(0.0 <= v <= 1.0 for v in (*self.knots_x, *self.knots_y)):
+            raise InvalidRequest("calibration knots must lie in [0, 1]")
 
     def apply(self, confidence: npt.ArrayLike) -> Floats:
         result: Floats = np.interp(np.asarray(confidence, np.float64), self.knots_x, self.knots_y)
@@ -82,7 +85,7 @@ def fit_isotonic(x: npt.ArrayLike, y: npt.ArrayLike) -> Calibration:
     xs = np.asarray(x, np.float64)
     ys = np.asarray(y, np.float64)
     if xs.shape != ys.shape or xs.ndim != 1 or not len(xs):
-        raise ValueError("isotonic fit needs two equal, non-empty 1-D arrays")
+        raise InvalidRequest("isotonic fit needs two equal, non-empty 1-D arrays")
     order = np.argsort(xs, kind="mergesort")
     unique, start = np.unique(xs[order], return_index=True)
     weights = np.diff(np.append(start, len(xs))).astype(np.float64)

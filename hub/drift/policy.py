@@ -79,8 +79,12 @@ class DriftPolicy:
         ):
             if not 0 < getattr(self, name) < 1:
                 raise InvalidRequest(f"drift policy {name} must be in (0, 1)")
-        if self.bucket_ms < 1000 or self.min_rows < 2 or self.min_expected <= 0:
-            raise InvalidRequest("drift policy needs bucket_ms >= 1000, min_rows >= 2")
+        if self.bucket_ms < 1000 or 3_600_000 % self.bucket_ms or self.min_rows < 2:
+            raise InvalidRequest(
+                "drift policy needs bucket_ms >= 1000 dividing an hour, min_rows >= 2"
+            )
+        if self.min_expected <= 0:
+            raise InvalidRequest("drift policy min_expected must be > 0")
         if not 1 <= self.alert_hits <= self.alert_window or self.resolve_after < 1:
             raise InvalidRequest("drift policy needs 1 <= alert_hits <= alert_window")
         if self.psi_alert < self.psi_warn or self.out_of_range_alert < self.out_of_range_warn:
