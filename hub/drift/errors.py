@@ -1,0 +1,54 @@
+"""The drift core's branch of the hub's exception tree (who is at fault decides where)::
+
+    HubError (hub.errors)
+    ├─ InvalidRequest (hub.errors)
+    │  ├─ IncompatibleWindow    a window that does not fit its reference (names, bins) (422)
+    │  └─ UnusableReference     a profile the drift tests cannot use (no rows, a name clash) (422)
+    └─ Conflict (hub.errors)
+       ├─ OverlappingParts      two aggregates sharing some windows but not all (409)
+       └─ IllegalTransition     an alert event its lifecycle table does not allow (409)
+
+A window's shape is checked against the reference when it is merged: a device that sends
+sketches over other bins is refused like any other bad input, never half-merged.
+"""
+
+from __future__ import annotations
+
+from hub.errors import Conflict, InvalidRequest
+
+
+class IncompatibleWindow(InvalidRequest):
+    """A window whose features, bins or prediction shape differ from its reference."""
+
+    reason = "incompatible_window"
+
+
+class UnusableReference(InvalidRequest):
+    """A reference profile the drift tests cannot use."""
+
+    reason = "unusable_reference"
+
+
+class OverlappingParts(Conflict):
+    """Two aggregates share some windows but not all: their union cannot be computed.
+
+    Aggregates are sums over disjoint windows; a window already inside is skipped, but
+    a partial overlap means one side holds windows the other lacks *and* some in common,
+    and the common ones cannot be subtracted out.
+    """
+
+    reason = "overlapping_parts"
+
+
+class IllegalTransition(Conflict):
+    """An alert event that the lifecycle table does not hold for the alert's state."""
+
+    reason = "illegal_transition"
+
+    def __init__(self, state: str, event: str) -> None:
+        super().__init__(f"an alert cannot {event} while {state}")
+        self.state = state
+        self.event = event
+
+
+__all__ = ["IllegalTransition", "IncompatibleWindow", "OverlappingParts", "UnusableReference"]
