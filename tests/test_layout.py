@@ -120,8 +120,14 @@ PURE_CORES = (
     "hub/store/__init__.py",
     "hub/store/interface.py",  # the store's contract
     "hub/store/rows.py",  # the typed rows
-    # staged rollouts: the whole package is a pure core (spec, cohorts, gates, tables, planner)
-    *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "hub" / "rollouts").glob("*.py")),
+    # whole packages that are pure cores: staged rollouts (spec, cohorts, gates, tables,
+    # planner), fleet drift (merging, scores, alerts) and federated rounds (screening,
+    # strategies, lifecycle); their shells live beside them in the hub's other packages
+    *sorted(
+        p.relative_to(ROOT).as_posix()
+        for package in ("rollouts", "drift", "rounds")
+        for p in (ROOT / "hub" / package).glob("*.py")
+    ),
 )
 """Modules of agent/ and hub/ that do no I/O; the shells around them do."""
 
