@@ -13,20 +13,7 @@ from hub.rounds.errors import InvalidPolicy, NothingToAggregate
 from hub.rounds.layout import Layout
 from hub.rounds.strategies import coordinate_median, krum_select, trimmed_mean
 from hub.rounds.weighting import Submission, Weighting
-from protocol.tensors import l2_norm
-
-LAYOUT = Layout.from_shapes({"b": (3,), "w": (5, 3)})
-
-
-def make_round(n: int, seed: int) -> tuple[list[Submission], dict[str, dict]]:
-    rng = np.random.default_rng(seed)
-    deltas, subs = {}, []
-    for i in range(n):
-        delta = {name: rng.normal(size=shape).astype(np.float32) for name, shape in LAYOUT.shapes}
-        key = f"d{i}:7"
-        deltas[key] = delta
-        subs.append(Submission(key, f"d{i}", 1, int(rng.integers(50, 150)), l2_norm(delta)))
-    return subs, deltas
+from tests.hub.rounds.helpers import LAYOUT, make_round
 
 
 def flat(tensors: dict) -> np.ndarray:
