@@ -110,8 +110,9 @@ class Aggregation:
 
     ``update`` is the step to add to the base head (after momentum); ``velocity`` is the
     momentum state to keep (``None`` without momentum); ``shares`` gives each planned
-    delta's say in the result (summing to 1: weight shares for the mean rules, ``1/n``
-    for median and trimmed mean, the kept deltas' shares for Krum), by key.
+    delta's factor in the result, by key: weight shares for the mean rules (summing to
+    1 when all are fresh, less when stale ones shrink the step), ``1/n`` for median and
+    trimmed mean, the kept deltas' shares for Krum.
     """
 
     update: dict[str, Floats32]
@@ -146,7 +147,8 @@ def aggregate(
         mean = strategies.WeightedMean(layout)
         for entry in plan.entries:
             mean.add(load(entry.key), entry.weight, entry.scale)
-        result, shares = mean.result(), _weight_shares(plan, range(len(plan.entries)))
+        result = mean.result(plan.denominator)
+        shares = _weight_shares(plan, range(len(plan.entries)))
     else:
         result, shares = _rank_based(plan, load, layout, strategy)
     if strategy.server_momentum == 0.0:
@@ -202,8 +204,10 @@ def _scaled(tensors: Tensors, factor: float) -> dict[str, Floats32]:
 
 
 def _weight_shares(plan: WeightPlan, used: Sequence[int] | range) -> dict[str, float]:
+    """Each delta's factor in the result: weight over the undiscounted total of the
+    deltas used (below 1 in all when some are stale: the step shrinks)."""
     chosen = set(used)
-    total = math.fsum(plan.entries[i].weight for i in chosen)
+    total = math.fsum(plan.entries[i].weight / plan.entries[i].staleness_factor for i in chosen)
     return {
         e.key: (e.weight / total if i in chosen and total > 0 else 0.0)
         for i, e in enumerate(plan.entries)

@@ -79,9 +79,14 @@ class WeightedMean:
             self._sum[where] += product
         self._weights.append(weight)
 
-    def result(self) -> dict[str, Floats32]:
-        """The weighted mean so far; zeros when nothing (or only zero weight) was added."""
-        total = math.fsum(self._weights)
+    def result(self, total: float | None = None) -> dict[str, Floats32]:
+        """The sum so far divided by ``total`` (default: the sum of the weights, the
+        weighted mean); zeros when that is zero.
+
+        FedBuff divides by the deltas' undiscounted weight, so that a buffer of stale
+        deltas moves the model less (:mod:`hub.rounds.weighting`).
+        """
+        total = math.fsum(self._weights) if total is None else total
         if total == 0.0:
             return self.layout.zeros()
         return self.layout.unflatten(self._sum / total)

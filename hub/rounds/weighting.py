@@ -16,8 +16,11 @@ plan is made first and the tensors are then read once (streaming, O(parameters) 
    or sign-flipped delta cannot outweigh an honest one however large it is. Scaling
    keeps the direction; the weight is unchanged.
 
-The aggregate is then ``Σ wᵢ sᵢ Δᵢ / Σ wᵢ`` with ``wᵢ = usedᵢ × (1 + τᵢ)^-a`` and
+The aggregate is then ``Σ wᵢ sᵢ Δᵢ / Σ usedᵢ`` with ``wᵢ = usedᵢ × (1 + τᵢ)^-a`` and
 ``sᵢ = min(1, bound / ‖Δᵢ‖)`` (for the mean; rank-based combiners use ``sᵢ Δᵢ`` only).
+The denominator leaves the staleness discount out, as FedBuff's ``(1/K) Σ s(τᵢ) Δᵢ``
+does: a buffer of stale deltas takes a smaller step, where a plain weighted mean would
+only shift weight among them. With every delta fresh it is the weighted mean.
 """
 
 from __future__ import annotations
@@ -114,7 +117,15 @@ class WeightPlan:
 
     @property
     def total_weight(self) -> float:
+        """The sum of the weights, staleness discounts included."""
         return math.fsum(e.weight for e in self.entries)
+
+    @property
+    def denominator(self) -> float:
+        """What the mean divides by: the weights *without* their staleness discounts
+        (FedBuff's ``(1/K) Σ s(τᵢ) Δᵢ``), so stale deltas shrink the step rather than
+        only shifting it between deltas. Equals :attr:`total_weight` when all are fresh."""
+        return math.fsum(e.weight / e.staleness_factor for e in self.entries)
 
 
 def staleness_weight(staleness: int, exponent: float = 0.5) -> float:
