@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import tracemalloc
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -157,3 +158,13 @@ def test_memory_estimates_separate_streaming_from_stacking() -> None:
 def test_impossible_strategies_are_refused(knobs: dict) -> None:
     with pytest.raises(InvalidPolicy):
         Strategy(**knobs)
+
+
+def test_a_buffer_of_stale_deltas_takes_a_smaller_step() -> None:
+    """FedBuff divides by the undiscounted weight: all three versions behind, half the step."""
+    subs, deltas = make_round(6, seed=12)
+    fresh = aggregate(subs, deltas.__getitem__, LAYOUT, PRESETS["default"])
+    stale_subs = [replace(s, staleness=3) for s in subs]
+    stale = aggregate(stale_subs, deltas.__getitem__, LAYOUT, PRESETS["default"])
+    np.testing.assert_allclose(flat(stale.update), 0.5 * flat(fresh.update), rtol=1e-6)
+    assert sum(stale.shares.values()) == pytest.approx(0.5)
