@@ -1,7 +1,7 @@
 """Screening one delta upload before it may count: a verdict with a reason, never an exception.
 
 Ingest calls :func:`screen` after the frame's signature, the device and replay window
-have checked out, and stores the verdict beside the delta (THREATS T14, B25-B28). The
+have checked out, and stores the verdict beside the delta (docs/rounds.md, Screening). The
 checks run cheapest first and the tensors are decoded only once everything the header
 claims has passed (the base is known, released and the one the round is on):
 
@@ -10,23 +10,23 @@ reason              status    when
 ==================  ========  =======================================================
 unknown_base        refused   the base model version is not in the registry
 stale_base          refused   the base's sha256 differs from the registered one, or the
-                              round is on another base version (B25)
+                              round is on another base version
 base_not_released   refused   the base was never released: no device should run it
 bad_round           refused   a round that is unknown, on another model, or no longer
-                              open; or no round named while the model runs rounds (B25)
+                              open; or no round named while the model runs rounds
 too_stale           refused   buffered mode: more than ``max_staleness`` versions behind
 replayed            refused   the very same tensor bytes were already stored (a resend
                               under a new seq counts once)
 duplicate           flagged   the device already has a delta in this round or buffer:
-                              the first is kept, this one is stored but never used (B25)
+                              the first is kept, this one is stored but never used
 oversize            refused   the container exceeds ``max_bytes``, or holds more than
-                              twice the head's parameters (T4; up to that, extra
-                              tensors decode and are refused as ``shape_mismatch``)
-malformed           refused   the container does not decode (B29)
-non_finite          refused   a NaN or Inf anywhere (B27)
-shape_mismatch      refused   names, shapes or dtype differ from the base's head (B26)
+                              twice the head's parameters (a decompression bomb; below
+                              that, extra tensors decode and are ``shape_mismatch``)
+malformed           refused   the container does not decode (never unpickled)
+non_finite          refused   a NaN or Inf anywhere
+shape_mismatch      refused   names, shapes or dtype differ from the base's head
 norm_exceeded       refused   L2 norm above the model's bound by more than the codec's
-                              slack (B28); within the slack it is accepted and the
+                              slack; within the slack it is accepted and the
                               aggregation clips it to the bound
 ==================  ========  =======================================================
 
