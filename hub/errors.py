@@ -19,7 +19,13 @@ all seen together, and ``tests/hub/test_errors.py`` keeps it complete and accura
     │  └─ Invalid               hub.ingest.rules          400  authentic, well-formed, nonsense
     ├─ HubError                 hub.errors                500  what the hub raises on purpose
     │  ├─ InvalidRequest        hub.errors                422  bad operator input; names the field
+    │  │  ├─ IncompatibleWindow hub.drift.errors          422  a window that misfits its reference
+    │  │  ├─ UnusableReference  hub.drift.errors          422  a profile drift tests cannot use
+    │  │  └─ InvalidPolicy      hub.rounds.errors         422  a round policy that cannot work
     │  ├─ Conflict              hub.errors                409  valid, not in the current state
+    │  │  ├─ IllegalTransition  hub.errors                409  no such move in a state table
+    │  │  ├─ OverlappingParts   hub.drift.errors          409  aggregates sharing some windows
+    │  │  └─ NothingToAggregate hub.rounds.errors         409  a round closed with no usable delta
     │  ├─ PermissionDenied      hub.errors                403  the token's role may not do this
     │  ├─ Unauthenticated       hub.errors                401  no token, or an unknown one
     │  ├─ KeyUnavailable        hub.errors                409  the signing key is kept offline
@@ -32,7 +38,6 @@ all seen together, and ``tests/hub/test_errors.py`` keeps it complete and accura
     │  ├─ BrokerUnreachable     hub.service               503  no broker at start-up
     │  └─ RolloutError          hub.rollouts.errors       409  the rollout rules refuse it
     │     ├─ InvalidRolloutSpec hub.rollouts.errors       422  the spec is wrong; names the field
-    │     ├─ IllegalTransition  hub.rollouts.errors       409  no such move in the state table
     │     ├─ RolloutConflict    hub.rollouts.errors       409  another rollout has these devices
     │     └─ InvalidGateInput   hub.rollouts.errors       422  metrics no device can report
     └─ KeyringError             hub.keyring               500  keys missing or unreadable (set-up)
@@ -80,6 +85,18 @@ class Unauthenticated(HubError):
 
     reason = "unauthenticated"
     status_hint = 401
+
+
+class IllegalTransition(Conflict):
+    """A state table (a rollout, a round, a drift alert) holds no move for this event in
+    this state, e.g. approving a rollout that is not awaiting approval. Nothing changed."""
+
+    reason = "illegal_transition"
+
+    def __init__(self, state: str, event: str, *, what: str) -> None:
+        super().__init__(f"{event} is not allowed while the {what} is {state}")
+        self.state = state
+        self.event = event
 
 
 class KeyUnavailable(HubError):

@@ -107,6 +107,7 @@ PURE_CORES = (
     "agent/__init__.py",
     "agent/errors.py",
     "agent/trainer.py",  # the head's training, numpy only
+    "agent/slot_table.py",  # the model slots as a state table, no disk
     "hub/__init__.py",
     "hub/errors.py",
     "hub/health.py",  # device health: the vocabulary and its derivation

@@ -93,7 +93,7 @@ def step(alert: Alert, event: Event, now_ms: int, *, by: str | None = None) -> A
     """
     state = TRANSITIONS.get((alert.state, event))
     if state is None:
-        raise IllegalTransition(alert.state, event)
+        raise IllegalTransition(alert.state, event, what="alert")
     changed = replace(alert, state=state, updated_at_ms=now_ms)
     if event == "acknowledge" and alert.state == "open":
         changed = replace(changed, acknowledged_by=by, acknowledged_at_ms=now_ms)

@@ -5,8 +5,10 @@
     │  ├─ IncompatibleWindow    a window that does not fit its reference (names, bins) (422)
     │  └─ UnusableReference     a profile the drift tests cannot use (no rows, a name clash) (422)
     └─ Conflict (hub.errors)
-       ├─ OverlappingParts      two aggregates sharing some windows but not all (409)
-       └─ IllegalTransition     an alert event its lifecycle table does not allow (409)
+       └─ OverlappingParts      two aggregates sharing some windows but not all (409)
+
+An alert event its lifecycle table does not allow raises the hub's one
+:class:`~hub.errors.IllegalTransition`.
 
 A window's shape is checked against the reference when it is merged: a device that sends
 sketches over other bins is refused like any other bad input, never half-merged.
@@ -14,7 +16,7 @@ sketches over other bins is refused like any other bad input, never half-merged.
 
 from __future__ import annotations
 
-from hub.errors import Conflict, InvalidRequest
+from hub.errors import Conflict, IllegalTransition, InvalidRequest
 
 
 class IncompatibleWindow(InvalidRequest):
@@ -38,17 +40,6 @@ class OverlappingParts(Conflict):
     """
 
     reason = "overlapping_parts"
-
-
-class IllegalTransition(Conflict):
-    """An alert event that the lifecycle table does not hold for the alert's state."""
-
-    reason = "illegal_transition"
-
-    def __init__(self, state: str, event: str) -> None:
-        super().__init__(f"an alert cannot {event} while {state}")
-        self.state = state
-        self.event = event
 
 
 __all__ = ["IllegalTransition", "IncompatibleWindow", "OverlappingParts", "UnusableReference"]

@@ -5,11 +5,11 @@ devices and their metrics as values, and decisions go out as a :class:`Plan` for
 shell to apply (docs/rollouts.md, "Integration plan").
 """
 
+from hub.errors import IllegalTransition
 from hub.rollouts.cohorts import DryRun, dry_run, order_key
 from hub.rollouts.conflicts import Covered, check_conflict
 from hub.rollouts.devices import DeviceView, InstallReport, ShadowProgress, StageCounts, tally
 from hub.rollouts.errors import (
-    IllegalTransition,
     InvalidGateInput,
     InvalidRolloutSpec,
     RolloutConflict,

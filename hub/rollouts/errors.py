@@ -1,6 +1,7 @@
-"""The rollouts' branch of the hub's exception tree: ``RolloutError`` and its four
-refusals (an invalid spec, an illegal transition, a conflicting rollout, impossible gate
-input), drawn with the rest of the tree, once, in :mod:`hub.errors`.
+"""The rollouts' branch of the hub's exception tree: ``RolloutError`` and its three
+refusals (an invalid spec, a conflicting rollout, impossible gate input; an illegal move in
+a state table is the hub's one :class:`~hub.errors.IllegalTransition`), drawn with the rest
+of the tree, once, in :mod:`hub.errors`.
 
 ``InvalidRolloutSpec`` is also a ``ValueError``, so :func:`protocol.schema.from_json`
 turns it into ``Malformed`` with the JSON path of the offending value; the spec's own
@@ -26,19 +27,6 @@ class InvalidRolloutSpec(RolloutError, ValueError):
 
     reason = "invalid_rollout"
     status_hint = 422
-
-
-class IllegalTransition(RolloutError):
-    """The state table holds no move for this event in this state (e.g. approve a
-    rollout that is not awaiting approval). Nothing changed."""
-
-    reason = "illegal_transition"
-    status_hint = 409
-
-    def __init__(self, state: str, event: str, *, what: str = "rollout") -> None:
-        super().__init__(f"{event} is not allowed while the {what} is {state}")
-        self.state = state
-        self.event = event
 
 
 class RolloutConflict(RolloutError):

@@ -36,7 +36,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from hub.rollouts.errors import IllegalTransition
+from hub.errors import IllegalTransition
 from hub.rollouts.spec import RolloutSpec
 from protocol.messages import MAX_REASON
 
@@ -203,7 +203,7 @@ def step(rollout: Rollout, event: RolloutEvent, now_ms: int) -> Rollout:
     """
     target = ROLLOUT_TRANSITIONS[rollout.phase].get(type(event))
     if target is None:
-        raise IllegalTransition(rollout.phase, type(event).__name__)
+        raise IllegalTransition(rollout.phase, type(event).__name__, what="rollout")
     moved = replace(rollout, phase=target, changed_ms=now_ms)
     match event:
         case Start():
@@ -376,5 +376,5 @@ def operate(rollout: Rollout, event: OperatorEvent, now_ms: int) -> Rollout:
             not awaiting approval, resume one that is not paused, abort a finished one).
     """
     if not isinstance(event, OPERATOR_EVENTS):
-        raise IllegalTransition(rollout.phase, type(event).__name__)
+        raise IllegalTransition(rollout.phase, type(event).__name__, what="rollout")
     return step(rollout, event, now_ms)

@@ -8,13 +8,15 @@ that ingest audits and carries on from. These errors are the operator's and the 
     ├─ InvalidRequest
     │  └─ InvalidPolicy          a round/aggregation policy that cannot work (422)
     └─ Conflict
-       ├─ IllegalTransition      a round event the lifecycle table does not allow (409)
        └─ NothingToAggregate     a round or buffer closed with no usable delta (409)
+
+A round event the lifecycle table does not allow raises the hub's one
+:class:`~hub.errors.IllegalTransition`.
 """
 
 from __future__ import annotations
 
-from hub.errors import Conflict, InvalidRequest
+from hub.errors import Conflict, IllegalTransition, InvalidRequest
 
 
 class InvalidPolicy(InvalidRequest):
@@ -22,17 +24,6 @@ class InvalidPolicy(InvalidRequest):
     ``target_deltas``, a trimmed mean that trims everything); the message names the field."""
 
     reason = "invalid_policy"
-
-
-class IllegalTransition(Conflict):
-    """A round event that the lifecycle table holds no move for in the round's state."""
-
-    reason = "illegal_transition"
-
-    def __init__(self, state: str, event: str) -> None:
-        super().__init__(f"cannot handle {event} while the round is {state}")
-        self.state = state
-        self.event = event
 
 
 class NothingToAggregate(Conflict):

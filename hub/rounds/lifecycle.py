@@ -157,7 +157,7 @@ def step(state: Round, event: Event) -> Round:
     """
     target = TRANSITIONS[state.state].get(type(event))
     if target is None:
-        raise IllegalTransition(state.state, type(event).__name__)
+        raise IllegalTransition(state.state, type(event).__name__, what="round")
     moved = replace(state, state=target)
     match event:
         case Close(now_ms, reason):

@@ -61,7 +61,13 @@ def test_scores_equal_scipy_on_the_same_counts(data: st.DataObject, b: int) -> N
     q_s, p_s = (folded + 0.5) / (n + b / 2), (r + 0.5) / (m + b / 2)
     psi = special.rel_entr(q_s, p_s).sum() + special.rel_entr(p_s, q_s).sum()
     assert s.psi[0, 0] == pytest.approx(psi, rel=1e-9, abs=1e-12)
-    assert s.js[0, 0] == pytest.approx(distance.jensenshannon(r / m, folded / n, base=2), abs=1e-9)
+    # The distance is the square root of a divergence: near zero, float64 rounding of the
+    # divergence (~1e-16) becomes ~1e-8 in the distance for any implementation, so the two
+    # agree to 1e-9 on the divergence, and on the distance wherever it is not rounding noise.
+    js = distance.jensenshannon(r / m, folded / n, base=2)
+    assert s.js[0, 0] ** 2 == pytest.approx(js**2, abs=1e-9)
+    if js**2 > 1e-12:
+        assert s.js[0, 0] == pytest.approx(js, abs=1e-9)
 
     x = np.repeat(np.arange(b), folded.astype(np.int64))
     y = np.repeat(np.arange(b), r.astype(np.int64))

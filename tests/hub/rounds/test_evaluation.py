@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy.special import log_softmax  # type: ignore[import-untyped]
+from scipy.special import log_softmax
 
 from hub.rounds.evaluation import (
     HeadMetrics,
