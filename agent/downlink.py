@@ -186,6 +186,11 @@ class Downlink:
         """Frames by outcome: accepted, duplicate, failed, and ``refused.<reason>``."""
         return dict(self._counts)
 
+    @property
+    def window(self) -> DownlinkWindow:
+        """The window as last persisted (its key epoch, high seq and recent seqs)."""
+        return self._window
+
     def problem(self) -> str | None:
         """Why this device cannot hear the hub, or None while it can (module docstring)."""
         if self._blocked < BLOCKED_AFTER:

@@ -132,10 +132,11 @@ def clear_desired(ctx: HubContext, *, device_id: str, actor: str) -> None:
         logger.warning("cleared desired state of %s not published: broker out of reach", device_id)
 
 
-def publish_desired(ctx: HubContext, device_id: str) -> bool:
+def publish_desired(ctx: HubContext, device_id: str, *, reissue: bool = False) -> bool:
     """Publish the device's desired state (retained), re-signing its assignment first
-    when due. Returns False when there is no downlink or nothing to publish, the
-    assigned entry left the release list, or the broker is out of reach.
+    when due or ``reissue`` asks (the rollout key was rotated). Returns False when there
+    is no downlink or nothing to publish, the assigned entry left the release list, or
+    the broker is out of reach.
 
     Raises:
         KeyUnavailable: a re-signature is due and the rollout key is not on the hub.
@@ -149,6 +150,7 @@ def publish_desired(ctx: HubContext, device_id: str) -> bool:
         signed_release(store),
         now_ms=now_ms,
         lifetime_ms=int(ctx.settings.assignment_expiry_s * 1000),
+        reissue=reissue,
     )
     if isinstance(plan, Skip):
         if plan.reason == "left_release_list" and desired is not None:

@@ -11,9 +11,10 @@ can act on, and otherwise says which release entry to assign:
   an older assignment replayed; devices accept it above the floor (docs/decisions.md).
 
 :func:`plan_publish` decides how to (re)publish a stored desired state: as it is, or
-with a re-signed assignment first when less than half of its lifetime is left (same
-entry, next version), or not at all (nothing to publish, no signed list yet, or the
-assigned entry left the release list).
+with a re-signed assignment first when less than half of its lifetime is left or the
+rollout key was rotated (``reissue``: the old key's signature no longer verifies on any
+device that saw the new root), same entry, next version; or not at all (nothing to
+publish, no signed list yet, or the assigned entry left the release list).
 
 Refusals are values (:class:`Refusal`, with a ``reason`` code) that the shell,
 :mod:`hub.fleet.desired`, raises as the matching hub error; nothing here reads the
@@ -121,16 +122,23 @@ class Skip:
 
 
 def plan_publish(
-    desired: Desired | None, current: SignedRelease | None, *, now_ms: int, lifetime_ms: int
+    desired: Desired | None,
+    current: SignedRelease | None,
+    *,
+    now_ms: int,
+    lifetime_ms: int,
+    reissue: bool = False,
 ) -> Publish | Reissue | Skip:
     """How to publish ``desired`` with the ``current`` signed release list (devices
     check an assignment built on an older list against the newest they trust, so a new
-    release needs no new assignments); ``lifetime_ms``: an assignment's lifetime."""
+    release needs no new assignments); ``lifetime_ms``: an assignment's lifetime;
+    ``reissue``: re-sign whatever the expiry (a rotated rollout key)."""
     if desired is None:
         return Skip("no_desired_state")
     if current is None:
         return Skip("unsigned")
-    if not needs_reissue(desired.assignment_expires, now_ms=now_ms, lifetime_ms=lifetime_ms):
+    due = needs_reissue(desired.assignment_expires, now_ms=now_ms, lifetime_ms=lifetime_ms)
+    if not (due or reissue):
         return Publish(current)
     entry = current.entry(desired.model_name, desired.model_version)
     if entry is None:

@@ -15,9 +15,10 @@ again, which may be days. So the hub watches its own topics (THREATS T13, B15):
   ``d/+/down/desired``. A message the ledger does not name is *judged* at most
   ``settle_s`` after it arrived, on the newest message of its topic, so the hub's own
   publication racing a stale echo of its previous one raises nothing. If the topic still
-  holds something else, ``restore(route, payload)`` (the hub service's: republish the
-  current document, clear what has no owner, or keep an older message that is the hub's
-  own and still right) runs, and the event is audited as ``retained.restored``.
+  holds something else, ``restore(route, payload)`` (:func:`hub.fleet.restore.restore_retained`:
+  republish the current document, keep an older message that is the hub's own and still
+  right, or have the watch clear a topic the hub owns nothing on) runs, and the event is
+  audited as ``retained.restored``.
 
 A flood on one topic costs at most one restore per ``restore_every_s``, every topic
 together at most ``max_restores_per_s``, and audit rows at most one per topic per
@@ -50,12 +51,12 @@ from protocol.topics import Route, Topics
 
 logger = logging.getLogger(__name__)
 
-Restored = Literal["kept", "restored", "cleared", "failed"]
+Restored = Literal["kept", "restored", "clear", "failed"]
 Restore = Callable[[Route, bytes], Restored]
 """``restore(route, payload)``: put the hub's own message back on ``route``'s topic given
 the foreign ``payload`` found there: ``kept`` (it is the hub's and right after all),
-``restored`` (republished), ``cleared`` (the hub owns nothing there: emptied) or
-``failed`` (try again later)."""
+``restored`` (republished), ``clear`` (the hub owns nothing there: the watch empties the
+topic) or ``failed`` (try again later)."""
 
 
 def digest(payload: bytes) -> str:
@@ -224,12 +225,21 @@ class RetainedWatch:
             except Exception:  # a bug of ours: the watch keeps watching
                 logger.exception("restoring %s failed", topic)
                 outcome = "failed"
+            if outcome == "clear" and not self._clear(topic):
+                outcome = "failed"
             if outcome == "failed":
                 entry.due = now + self._restore_every_s
                 continue
             del self._pending[topic]
-            if outcome != "kept":
+            if outcome == "kept":
+                self._ledger.published(topic, entry.payload)
+            else:
                 self._record(topic, entry, outcome)
+
+    def _clear(self, topic: str) -> bool:
+        """Empty a retained topic (an empty retained message deletes it)."""
+        self._ledger.published(topic, b"")
+        return self.link.publish(topic, b"", qos=1, retain=True)
 
     def _spend(self, now: float) -> bool:
         self._budget = min(
@@ -242,14 +252,15 @@ class RetainedWatch:
         return True
 
     def _record(self, topic: str, entry: _Topic, outcome: Restored) -> None:
-        RETAINED_RESTORED.labels(entry.route.kind, outcome).inc()
+        done = "cleared" if outcome == "clear" else outcome
+        RETAINED_RESTORED.labels(entry.route.kind, done).inc()
         now_ms = self._clock.now_ms()
         minute = now_ms // 60_000
         logger.warning(
             "retained %s held a message the hub did not publish (%d bytes): %s",
             topic,
             len(entry.payload),
-            outcome,
+            done,
         )
         if self._audited[0] != minute:
             self._audited = (minute, set())
@@ -265,7 +276,7 @@ class RetainedWatch:
             detail={
                 "kind": entry.route.kind,
                 "device": entry.route.device_id,
-                "done": outcome,
+                "done": done,
                 "found_sha256": digest(entry.payload),
                 "found_bytes": len(entry.payload),
             },
