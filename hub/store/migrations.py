@@ -214,3 +214,13 @@ def m005_desired_tracking(db: Database) -> None:
     desired = db.table("desired")
     desired.add_column("assignment_expires", int)
     desired.add_column("stuck_at", int)
+
+
+@migrations()
+def m006_device_refusals(db: Database) -> None:
+    # hub.ingest: the last install or desired state a device refused, and why; why a
+    # pending device waits (no token, an expired one...), as the device list shows it.
+    devices = db.table("devices")
+    devices.add_column("refusal", str)
+    devices.add_column("refusal_at", int)
+    devices.add_column("pending_reason", str)
