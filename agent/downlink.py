@@ -9,13 +9,14 @@ Every message arriving on the device's ``down/<kind>`` topics goes through, in o
    caller's ``rollout_keys()`` returns *now* (the trust module rotates them);
 3. the persisted downlink :class:`~protocol.replay.DownlinkWindow` of the current **key
    epoch** (the rollout keys that verified the frame): a seq already accepted is a
-   **duplicate** and a no-op (the retained ``desired`` is redelivered on every reconnect,
-   THREATS B14); one more than a minute older than the newest accepted is a **replay**
-   and refused (B13); one stamped more than a day ahead of trusted time (``now_ms``: the
+   **duplicate** and a no-op (the retained ``desired`` is redelivered on every reconnect);
+   one more than a minute older than the newest accepted is a **replay** and refused; one
+   stamped more than a day ahead of trusted time (``now_ms``: the
    clock lifted to the time floor the heartbeats attest) is refused as ``seq_ahead``,
    so no frame, not even one signed with a stolen rollout key, moves the window where the
    hub's seqs cannot follow. A root rotation that changes the rollout keys changes the
-   epoch and starts a fresh window (the recovery path for a stolen key, as in TUF);
+   epoch and starts a fresh window (the recovery path for a stolen key, as in TUF;
+   docs/decisions.md, "Downlink sequence numbers");
 4. the handlers registered for the kind run, in registration order; only when all of
    them returned is the seq recorded in the window (a crash in between means the frame is
    handled again on redelivery, so handlers must be idempotent; desired-state handling is

@@ -6,7 +6,7 @@ there (a hostile client the broker lets in, a stale tool, a second hub on the wr
 directory) can leave a stale release list, another device's desired state or garbage in
 their place. Devices refuse all of it (signatures, versions, device binding), but a
 device that finds garbage where its desired state should be waits until the hub speaks
-again, which may be days. So the hub watches its own topics (THREATS T13, B15):
+again, which may be days. So the hub watches its own topics (docs/threat-model.md):
 
 - :class:`RetainedLedger` remembers what the hub left last on each topic (its sha256), fed
   by the fleet publisher and the downlink as they publish;
