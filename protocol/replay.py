@@ -39,6 +39,8 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import itertools
+import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
@@ -148,8 +150,9 @@ def key_epoch(keyids: Iterable[str]) -> str:
 class DownlinkWindow:
     """What one device has accepted from the hub under one key epoch (module docstring).
 
-    ``seen`` holds the accepted seqs above :attr:`floor`, ascending. ``DownlinkWindow()``
-    has seen nothing and belongs to no epoch.
+    ``seen`` holds the accepted seqs above :attr:`floor`, ascending (checked when read from
+    storage; :meth:`accept` keeps it so). ``DownlinkWindow()`` has seen nothing and belongs
+    to no epoch.
 
     Round-trip law: ``DownlinkWindow.from_bytes(w.to_bytes()) == w``.
     """
@@ -163,8 +166,8 @@ class DownlinkWindow:
             raise Malformed("key epoch must be at most 64 ASCII characters")
         if self.high < 0 or len(self.seen) > DOWNLINK_MAX_SEEN:
             raise Malformed("downlink window out of range")
-        if list(self.seen) != sorted(set(self.seen)) or (self.seen and self.seen[-1] > self.high):
-            raise Malformed("downlink window's seen seqs must ascend, up to its high")
+        if self.seen and (self.seen[0] <= 0 or self.seen[-1] > self.high):
+            raise Malformed("downlink window's seen seqs must lie between 1 and its high")
 
     @property
     def floor(self) -> int:
@@ -207,7 +210,7 @@ class DownlinkWindow:
             return self
         high = max(self.high, seq)
         reach = high - (DOWNLINK_REACH_MS << DOWNLINK_SEQ_SHIFT)
-        kept = [s for s in self.seen if s > reach]
+        kept = list(self.seen[bisect.bisect_right(self.seen, reach) :])
         bisect.insort(kept, seq)
         return DownlinkWindow(self.epoch, high, tuple(kept[-DOWNLINK_MAX_SEEN:]))
 
@@ -215,14 +218,13 @@ class DownlinkWindow:
         """``EFW2``, the epoch (1-byte length, ASCII), high (8 bytes), the seen count
         (2 bytes) and each seen seq (8 bytes), big-endian."""
         epoch = self.epoch.encode("ascii")
+        count = len(self.seen)
         return b"".join(
             [
                 _MAGIC,
                 len(epoch).to_bytes(1, "big"),
                 epoch,
-                self.high.to_bytes(8, "big"),
-                len(self.seen).to_bytes(2, "big"),
-                *(s.to_bytes(8, "big") for s in self.seen),
+                struct.pack(f">QH{count}Q", self.high, count, *self.seen),
             ]
         )
 
@@ -246,5 +248,7 @@ class DownlinkWindow:
             epoch = data[5 : 5 + size].decode("ascii")
         except UnicodeDecodeError as e:
             raise Malformed("downlink window epoch is not ASCII") from e
-        seen = tuple(int.from_bytes(body[10 + 8 * i : 18 + 8 * i], "big") for i in range(count))
-        return cls(epoch, int.from_bytes(body[:8], "big"), seen)
+        high, _, *seen = struct.unpack(f">QH{count}Q", body)
+        if any(a >= b for a, b in itertools.pairwise(seen)):
+            raise Malformed("downlink window's seen seqs must ascend")
+        return cls(epoch, high, tuple(seen))

@@ -180,9 +180,22 @@ def test_a_full_window_forgets_its_oldest_and_refuses_below_them() -> None:
         window.check(downlink_seq(T0, 4), now_ms=T0)
 
 
-def test_an_older_agents_window_is_not_mistaken_for_a_downlink_window() -> None:
+@pytest.mark.parametrize(
+    "stored",
+    [
+        pytest.param(SeqWindow().accept(7).to_bytes(), id="an-older-agents-window"),
+        pytest.param(DownlinkWindow("e", 9, (3, 5)).to_bytes()[:-1], id="truncated"),
+        pytest.param(
+            DownlinkWindow("e", 9, (3, 5)).to_bytes()[:-16]
+            + (5).to_bytes(8, "big")
+            + (3).to_bytes(8, "big"),
+            id="seen-out-of-order",
+        ),
+    ],
+)
+def test_what_is_not_a_stored_downlink_window_is_refused(stored: bytes) -> None:
     with pytest.raises(Malformed):
-        DownlinkWindow.from_bytes(SeqWindow().accept(7).to_bytes())
+        DownlinkWindow.from_bytes(stored)
 
 
 stamps = st.tuples(st.integers(-3 * DOWNLINK_REACH_MS, 3 * DOWNLINK_REACH_MS), st.integers(0, 3))
