@@ -199,7 +199,10 @@ class RetainedWatch:
         try:
             route = self._topics.parse(topic)
         except Malformed:
-            return  # not a topic of ours: the subscriptions cannot deliver one
+            return  # not a topic of ours (amqtt may hand a client retained topics it never
+            # subscribed to)
+        if route.direction != "fleet" and (route.direction, route.kind) != ("down", "desired"):
+            return
         entry = self._pending.get(topic)
         now = time.monotonic()
         if entry is None:
