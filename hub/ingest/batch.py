@@ -188,6 +188,11 @@ class Batch:
     enrolled: set[str] = field(default_factory=set)
     refusals: dict[str, tuple[str, int]] = field(default_factory=dict)
 
+    def note_refusal(self, device_id: str, message: object) -> None:
+        """Keep what ``message`` says the device refused (:func:`refusal`), if anything."""
+        if (refused := refusal(message)) is not None:
+            self.refusals[device_id] = (refused, self.now_ms)
+
     def write(self, store: Store) -> None:
         """Write it all (the caller holds the transaction): uplink records first, so a
         state report's twin update sees its own row. A state report that applies sets

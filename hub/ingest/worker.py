@@ -57,15 +57,7 @@ from edgefleet.clock import Clock
 from hub.context import HubContext
 from hub.fleet import enrollment
 from hub.fleet.identity import ACTIVE, PENDING, Enroll, Pend, Refuse
-from hub.ingest.batch import (
-    AuditLimiter,
-    Batch,
-    SeenDevice,
-    StateUpdate,
-    record,
-    refusal,
-    reported_twin,
-)
+from hub.ingest.batch import AuditLimiter, Batch, SeenDevice, StateUpdate, record, reported_twin
 from hub.ingest.rules import (
     Admitted,
     Claimed,
@@ -327,8 +319,7 @@ class Ingest:
             )
         if isinstance(decision, Refuse):
             known = lookup(claim.device_id)
-            pending = decision.reason == "pending" and known is not None
-            if known is not None and pending and self._answer(claim.device_id, batch):
+            if decision.reason == "pending" and known and self._answer(claim.device_id, batch):
                 seen = batch.seen.setdefault(claim.device_id, SeenDevice(known))
                 seen.refused.append((claim.seq, f"pending: {decision.why}"))
             return Refused(
@@ -354,9 +345,7 @@ class Ingest:
         return claimed.frame
 
     def _answer(self, device_id: str, batch: Batch) -> bool:
-        """Whether to answer a pending device's hello now (signed ``HubAck.refused`` with
-        ``pending: <why>``, so the agent can say why it waits); a few per minute per
-        device, so a looping device cannot make the hub sign without end."""
+        """Answer a pending hello now? A few per minute: a loop must not make us sign."""
         return self.pending_answers.allow(device_id, known=False, now_ms=batch.now_ms)
 
     def _admit(self, frame: Admitted, batch: Batch, lookup: Lookup) -> None:
@@ -380,8 +369,7 @@ class Ingest:
             batch.hellos[frame.device_id] = enrollment.hello_update(self.store, known, message)
         elif isinstance(message, FetchRequest):
             batch.fetches.append((frame.device_id, message))
-        if (refused := refusal(message)) is not None:
-            batch.refusals[frame.device_id] = (refused, batch.now_ms)
+        batch.note_refusal(frame.device_id, message)
         if stored is not None:
             batch.records.append(stored)
         seen.accept(frame, batch.now_ms)
