@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import cli as agent_cli
+from hub.cli import broker as cli_broker
 from hub.cli import fleet as cli_fleet
 from hub.cli import inspect
 from hub.cli import keys as cli_keys
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_fleet.add_fleet_commands(hub_commands)
     cli_model.register(subparsers)
     cli_keys.register(subparsers)
+    cli_broker.register(subparsers)
     inspect.register(subparsers)
     _add_sim(subparsers)
     _add_demo(subparsers)

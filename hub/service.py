@@ -11,7 +11,9 @@ at once::
 
 What runs, started in this order and stopped in the reverse one:
 
-1. the embedded broker, when one is given (the one-machine tier);
+1. the embedded broker, when one is given (the one-machine tier), with access control:
+   the hub's own login and every active device's (:mod:`hub.transport.broker_accounts`,
+   which also keeps a Mosquitto's accounts set up by ``edgefleet broker config``);
 2. the store and the pipeline of :func:`hub.ingest.pipeline.assemble`: the broker link, the
    downlink signed with the **rollout** key, the ingest worker and chunk delivery (the
    worker and the link start once 4 and 5 run, so no connect goes unnoticed);
@@ -61,6 +63,7 @@ from hub.registry.artifacts import ArtifactStore
 from hub.registry.registry import Registry
 from hub.settings import HubSettings
 from hub.store import Store
+from hub.transport import broker_accounts
 from hub.transport.broker import EmbeddedBroker
 from hub.transport.http_server import HttpServer
 from hub.transport.mqtt import TlsFiles, fleet_publisher
@@ -180,6 +183,7 @@ class HubService:
         clock = clock or SystemClock()
         ring = load_keyring(settings.keys_dir)
         with ExitStack() as stops:
+            accounts = broker_accounts.prepare(settings, embedded_broker)
             if embedded_broker is not None:
                 embedded_broker.start()
                 stops.callback(embedded_broker.stop)
@@ -193,8 +197,13 @@ class HubService:
                 artifacts=artifacts,
                 tls=tls,
                 on_ready=connected.set,
+                login=accounts.login.pair() if accounts else None,
             )
             stops.callback(pipeline.stop)
+            if accounts is not None:
+                pipeline.ingest.on_credentials = accounts.request
+                accounts.start(pipeline.store)
+                stops.callback(accounts.stop)
             ctx = HubContext(
                 store=pipeline.store,
                 keyring=ring,

@@ -11,10 +11,12 @@ The verifier is the line format ``mosquitto_passwd`` writes for Mosquitto 2.0::
     $7$<iterations>$<base64 salt>$<base64 PBKDF2-HMAC-SHA512(password, salt, iterations)>
 
 (standard base64 with padding; ``mosquitto_passwd`` uses 101 iterations, a 12-byte salt and
-the full 64-byte digest). Mosquitto 2.0.11 accepts any iteration count; we accept 1 to
-:data:`MAX_ITERATIONS`, because the embedded broker runs PBKDF2 on every CONNECT and a
-verifier is chosen by the device. The password is 32 random bytes, so the iteration count
-adds nothing against guessing: 101 is Mosquitto's own default and costs ~0.1 ms.
+the full 64-byte digest). Mosquitto 2.0.11 accepts any iteration count but only a 12-byte
+salt: with an 8- or 16-byte salt every login fails (tried), so :func:`check_verifier`
+refuses any other salt length. We accept 1 to :data:`MAX_ITERATIONS` iterations, because
+the embedded broker runs PBKDF2 on every CONNECT and a verifier is chosen by the device.
+The password is 32 random bytes, so the iteration count adds nothing against guessing: 101
+is Mosquitto's own default and costs ~0.1 ms.
 
 Law: ``check_password(make_verifier(p, salt), p)`` is True, and False for any other ``p``.
 No I/O, no randomness: the salt is an argument.
@@ -35,7 +37,7 @@ MAX_ITERATIONS = 10_000
 SALT_BYTES = 12
 MAX_VERIFIER_CHARS = 256
 _DIGEST_BYTES = 64
-_VERIFIER = re.compile(r"\$7\$([1-9][0-9]{0,5})\$([A-Za-z0-9+/=]{4,88})\$([A-Za-z0-9+/=]{88})")
+_VERIFIER = re.compile(r"\$7\$([1-9][0-9]{0,5})\$([A-Za-z0-9+/]{16})\$([A-Za-z0-9+/=]{88})")
 
 
 def make_verifier(password: str, salt: bytes, iterations: int = ITERATIONS) -> str:
@@ -44,8 +46,10 @@ def make_verifier(password: str, salt: bytes, iterations: int = ITERATIONS) -> s
     Raises:
         Malformed: an empty password or salt, or iterations outside [1, MAX_ITERATIONS].
     """
-    if not password or not salt:
-        raise Malformed("a broker password and its salt must not be empty")
+    if not password:
+        raise Malformed("a broker password must not be empty")
+    if len(salt) != SALT_BYTES:
+        raise Malformed(f"the salt must be {SALT_BYTES} bytes (all Mosquitto 2.0 reads)")
     if not 1 <= iterations <= MAX_ITERATIONS:
         raise Malformed(f"iterations must be in [1, {MAX_ITERATIONS}]")
     digest = _pbkdf2(password, salt, iterations)
@@ -83,8 +87,8 @@ def _parse(verifier: str) -> tuple[int, bytes, bytes]:
         digest = base64.b64decode(match[3], validate=True)
     except (binascii.Error, ValueError) as e:
         raise Malformed("broker verifier is not valid base64") from e
-    if len(digest) != _DIGEST_BYTES or not salt:
-        raise Malformed("broker verifier digest must be 64 bytes and its salt not empty")
+    if len(digest) != _DIGEST_BYTES or len(salt) != SALT_BYTES:
+        raise Malformed("broker verifier digest must be 64 bytes and its salt 12")
     return iterations, salt, digest
 
 

@@ -65,7 +65,7 @@ MESSAGES: dict[str, st.SearchStrategy[Message]] = {
         | st.builds(
             make_verifier,
             password=st.text(min_size=1, max_size=20),
-            salt=st.binary(min_size=1, max_size=16),
+            salt=st.binary(min_size=12, max_size=12),
             iterations=st.integers(1, 3),
         ),
     ),

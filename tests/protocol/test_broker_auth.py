@@ -16,7 +16,7 @@ from protocol.errors import Malformed
 passwords = st.text(min_size=1, max_size=40).filter(lambda p: "\x00" not in p)
 
 
-@given(password=passwords, other=passwords, salt=st.binary(min_size=1, max_size=16))
+@given(password=passwords, other=passwords, salt=st.binary(min_size=12, max_size=12))
 def test_a_verifier_accepts_its_password_and_no_other(
     password: str, other: str, salt: bytes
 ) -> None:
@@ -42,9 +42,15 @@ def test_mosquitto_passwd_hashes_verify_with_our_check(tmp_path: Path) -> None:
     [
         pytest.param("", id="empty"),
         pytest.param("$6$salt$hash", id="sha512-crypt"),
-        pytest.param(make_verifier("p", b"salt")[:-4], id="truncated"),
-        pytest.param(make_verifier("p", b"salt").replace("$7$101$", "$7$99999$"), id="costly"),
-        pytest.param("$7$101$c2FsdA==$" + "!" * 88, id="not-base64"),
+        pytest.param(make_verifier("p", b"twelve bytes")[:-4], id="truncated"),
+        pytest.param(
+            make_verifier("p", b"twelve bytes").replace("$7$101$", "$7$99999$"), id="costly"
+        ),
+        pytest.param("$7$101$dHdlbHZlIGJ5dGVz$" + "!" * 88, id="not-base64"),
+        pytest.param(
+            make_verifier("p", b"twelve bytes").replace("dHdlbHZlIGJ5dGVz", "c2FsdHNhbHQ="),
+            id="short-salt",
+        ),
         pytest.param("x" * 300, id="too-long"),
     ],
 )
@@ -56,4 +62,9 @@ def test_bad_verifiers_are_refused_and_match_nothing(verifier: str) -> None:
 
 def test_iterations_are_capped_because_the_broker_runs_them_on_every_connect() -> None:
     with pytest.raises(Malformed):
-        make_verifier("p", b"salt", iterations=MAX_ITERATIONS + 1)
+        make_verifier("p", b"twelve bytes", iterations=MAX_ITERATIONS + 1)
+
+
+def test_only_a_twelve_byte_salt_makes_a_verifier_because_mosquitto_reads_no_other() -> None:
+    with pytest.raises(Malformed):
+        make_verifier("p", b"saltsalt")
