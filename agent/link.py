@@ -131,7 +131,9 @@ class Link:
         self._subscriptions: tuple[str, ...] = ()
         self._will_factory: WillFactory | None = None
         self._rng = rng or random.Random()
-        self._tls = _tls_context(settings) if settings.broker.tls else None
+        enroll = settings.enroll_broker
+        uses_tls = settings.broker.tls or (enroll is not None and enroll.tls)
+        self._tls = _tls_context(settings) if uses_tls else None
         self._lock = threading.Lock()
         self._client: mqtt.Client | None = None
         self._up = False
@@ -141,6 +143,7 @@ class Link:
         self._suback_mid: int | None = None
         self._enrolling = False  # this connection is an enrollment session
         self._login_refused = False
+        self._closing = False  # the supervisor is ending the session itself
         self.connections = 0
         self.enrollment_sessions = 0
 
@@ -224,9 +227,7 @@ class Link:
         ``quiet`` logs a failure to connect at DEBUG: only the first of a streak is a
         warning, so a device offline for a day does not fill its log.
         """
-        broker = self.settings.broker
-        if self._enrolling and self.settings.enroll_broker is not None:
-            broker = self.settings.enroll_broker
+        broker = self._target()
         self._ended.clear()
         before = self.connections
         try:
@@ -253,9 +254,16 @@ class Link:
             with self._lock:
                 self._up = False
                 self._client = None
+            self._closing = True
             client.disconnect()
             client.loop_stop()
+            self._closing = False
         return self.connections > before
+
+    def _target(self) -> BrokerUrl:
+        """The broker of the next session: the enrollment one for an enrollment session."""
+        enroll = self.settings.enroll_broker
+        return enroll if self._enrolling and enroll is not None else self.settings.broker
 
     def _new_client(self, will: tuple[str, bytes] | None) -> mqtt.Client:
         """A paho client for the next session: logged in, or anonymous and without a
@@ -268,7 +276,7 @@ class Link:
             reconnect_on_failure=False,
         )
         client.max_inflight_messages_set(PAHO_MAX_INFLIGHT)
-        if self._tls is not None:
+        if self._tls is not None and self._target().tls:
             client.tls_set_context(self._tls)
         if not self._enrolling and self.settings.username is not None:
             client.username_pw_set(self.settings.username, self.settings.password)
@@ -320,7 +328,7 @@ class Link:
         with self._lock:
             self._up = True
             self.connections += 1
-        broker = self.settings.broker
+        broker = self._target()
         logger.info("connected to broker %s:%d", broker.host, broker.port)
         self._put(Connected())
 
@@ -329,7 +337,7 @@ class Link:
     ) -> None:
         with self._lock:
             self._up = False
-        if not self._stopping.is_set():
+        if not (self._stopping.is_set() or self._closing):
             logger.warning("lost the broker connection: %s", reason)
         self._ended.set()
 
