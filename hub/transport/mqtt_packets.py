@@ -7,7 +7,7 @@ client's CONNECT and decides before amqtt sees it, and the evil broker of the te
 clients and a real broker. Bytes in, values out; no sockets.
 
 Laws (tested with hypothesis): ``parse_publish(*split(encode_publish(p))) == p`` and
-``parse_connect(encode_connect(c)) == c``; :func:`read_remaining_length` inverts
+``parse_connect(split(encode_connect(c))[1]) == c``; :func:`read_remaining_length` inverts
 :func:`remaining_length`. Every parser raises :class:`PacketError` on anything malformed,
 never another exception.
 """

@@ -17,7 +17,12 @@ from pathlib import Path
 
 import pytest
 
+from edgefleet.clock import SystemClock
+from hub import keyring
+from hub.service import HubService
+from hub.settings import HubSettings
 from hub.store.sqlite import SqliteStore
+from hub.transport.broker import EmbeddedBroker
 from hub.transport.broker_access import HUB_USERNAME
 from hub.transport.broker_accounts import new_password, new_verifier
 from protocol.topics import Topics
@@ -190,3 +195,23 @@ def test_a_revoked_device_is_cut_off_and_cannot_log_in_again(
         dev_a.close()
     again = TestClient(secured, "dev-a", login=devices.login("dev-a")).connect_refused()
     assert again.value in (134, 135)
+
+
+def test_the_hub_runs_its_embedded_broker_with_access_control_on(
+    tmp_path: Path, topics: Topics
+) -> None:
+    settings = HubSettings(data_dir=tmp_path / "hub", topic_prefix=topics.prefix, http_port=0)
+    keyring.init(settings.keys_dir, now_ms=SystemClock().now_ms())
+    with HubService.start(settings, embedded_broker=EmbeddedBroker()) as hub:
+        broker = hub.embedded_broker
+        assert broker is not None
+        with TestClient(broker, "dev-x") as anonymous:
+            with pytest.raises(AssertionError, match="refused subscription"):
+                anonymous.subscribe(topics.all_fleet())
+            anonymous.publish(topics.up("dev-x", "state"), b"dropped by the broker")
+        guessed = TestClient(broker, "dev-x", login=("dev-x", "a guess")).connect_refused()
+        impostor = TestClient(broker, HUB_USERNAME, login=(HUB_USERNAME, "a guess"))
+
+        assert guessed.value in (134, 135)
+        assert impostor.connect_refused().value in (134, 135)
+        assert hub.store.audit.count(outcome="rejected") == 0  # nothing reached ingest
