@@ -17,6 +17,7 @@ from hub.ingest.rules import Refused
 from hub.ingest.security import CLONED_DEVICE, Ledger, TakeoverWatch, is_alert
 from hub.metrics import AUDIT_SUPPRESSED, CLONED_DEVICES, SECURITY_EVENTS, SESSION_TAKEOVERS
 from hub.settings import HubSettings
+from hub.store import Store
 from hub.store.rows import AuditRecord
 from protocol import canonical
 from protocol.messages import StateReport
@@ -80,3 +81,13 @@ class Sentry:
 
     def summaries(self, now_ms: int, *, flush: bool = False) -> list[AuditRecord]:
         return self.ledger.summaries(now_ms, flush=flush)
+
+    def write_summaries(self, store: Store, now_ms: int, *, flush: bool = False) -> None:
+        """Write the summaries of the intervals that ended (all so far, with ``flush``)
+        outside a batch: when ingest is idle or stopping."""
+        rows = self.summaries(now_ms, flush=flush)
+        if rows:
+            try:
+                store.audit.append_many(rows)
+            except Exception:
+                logger.exception("could not write %d rejection summaries", len(rows))

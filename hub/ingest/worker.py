@@ -23,17 +23,11 @@ truth. The cache is updated only after a commit, dropped when a batch fails, and
 when the ``devices_epoch`` counter moved (approve/revoke/preauthorize bump it), checked
 inside each batch's transaction, so a revocation applies from the next batch on.
 
-**Rejections** are counted (``edgefleet_hub_rejected_total{reason}``, and attacks in
-``edgefleet_hub_security_events_total{action}``) and audited by
-:class:`hub.ingest.security.Ledger`: attacks always get a row (outcome ``alert``, pruned
-beyond ``audit_alerts_keep``), garbage a few rows per sender and then a summary per reason
-per interval (outcome ``rejected``, pruned beyond ``audit_rejections_keep``). Audit rows
-never hold frame content or error text, only reason, kind, seq and size. Last wills feed
-:class:`~hub.ingest.security.TakeoverWatch` (cloned devices).
-
-**Broker credentials.** A hello that carries a broker verifier stores it in the same
-transaction; after the commit ``on_credentials`` runs, so the hub provisions the broker
-account of a device it just admitted (:mod:`hub.transport.broker_accounts`).
+**Rejections** are counted (``edgefleet_hub_rejected_total{reason}``) and audited by
+:mod:`hub.ingest.sentry`: attacks always (outcome ``alert``), garbage a few rows per sender
+then summarised per reason; last wills count towards ``cloned_device``. Audit rows never
+hold frame content or error text. A hello's broker verifier is stored with the batch, and
+``on_credentials`` runs after the commit (:mod:`hub.transport.broker_accounts`).
 
 Never crashes on input: the rules return refusals as values, and anything unexpected in
 one frame is logged (without content) and counted as ``internal``; a failed transaction
@@ -438,14 +432,8 @@ class Ingest:
                 logger.exception("fetch hook failed for %s", device_id)
 
     def _write_summaries(self, *, flush: bool = False) -> None:
-        """Rejection summaries of the intervals that ended (all so far, with ``flush``),
-        when no batch is there to carry them."""
-        rows = self.sentry.summaries(self.clock.now_ms(), flush=flush)
-        if rows:
-            try:
-                self.store.audit.append_many(rows)
-            except Exception:
-                logger.exception("could not write %d rejection summaries", len(rows))
+        """Summaries of rejections when no batch is there to carry them."""
+        self.sentry.write_summaries(self.store, self.clock.now_ms(), flush=flush)
 
     def _prune(self) -> None:
         self._audited = 0

@@ -12,7 +12,7 @@ import pytest
 from hub.transport import tls
 from hub.transport.broker_access import HUB_USERNAME, AccessPolicy, Principal
 from hub.transport.broker_gate import Accounts, Gate
-from hub.transport.mosquitto import render_passwd
+from hub.transport.mosquitto import TlsFiles, render_passwd
 from hub.transport.mqtt_packets import (
     ACCEPTED,
     BAD_CREDENTIALS,
@@ -136,7 +136,7 @@ def test_the_generated_broker_certificate_verifies_against_its_ca(tmp_path: Path
     assert oct(files.key.stat().st_mode & 0o777) == "0o600"
 
 
-def handshake(files: tls.TlsFiles, name: str) -> ssl.SSLError | None:
+def handshake(files: TlsFiles, name: str) -> ssl.SSLError | None:
     """A TLS handshake in memory: a client pinning the CA against the broker's cert."""
     server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_ctx.load_cert_chain(files.cert, files.key)
