@@ -153,7 +153,7 @@ def test_a_login_never_takes_over_another_devices_session(
         TestClient(secured, "dev-b", login=devices.login("dev-b")) as dev_b,
     ):
         dev_b.subscribe(topics.device_down("dev-b"))
-        intruder = TestClient(secured, "dev-b", login=devices.login("dev-a"))
+        intruder = TestClient(secured, "dev-b", login=devices.login("dev-a"), timeout_s=2.0)
         try:  # Mosquitto renames it to its user name; the embedded broker refuses it
             intruder.connect()
             intruder.close()
