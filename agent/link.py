@@ -336,8 +336,8 @@ class Link:
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
     ) -> None:
         with self._lock:
-            self._up = False
-        if not (self._stopping.is_set() or self._closing):
+            was_up, self._up = self._up, False
+        if was_up and not (self._stopping.is_set() or self._closing):
             logger.warning("lost the broker connection: %s", reason)
         self._ended.set()
 

@@ -14,9 +14,9 @@ all seen together, and ``tests/hub/test_errors.py`` keeps it complete and accura
     │  │  └─ RevokedKeyInUse    hub.ingest.rules          403  ... signing with its key (alert)
     │  ├─ IdentityMismatch      protocol.errors           403  a frame not its sender's
     │  │  ├─ KeyChangeRefused   hub.ingest.rules          403  an active device, another key (alert)
-    │  │  └─ CrossDeviceFrame   hub.ingest.rules          403  signed by the device its header names (alert)
+    │  │  └─ CrossDeviceFrame   hub.ingest.rules          403  signed by the named device (alert)
     │  ├─ WrongKind             protocol.errors           400  a message of one kind as another
-    │  │  └─ WrongRole          hub.ingest.rules          400  a hub-signed frame sent back up (alert)
+    │  │  └─ WrongRole          hub.ingest.rules          400  the hub's frame sent up (alert)
     │  ├─ Replayed              protocol.errors           409  a seq already seen
     │  │  └─ SeqReused          hub.ingest.rules          409  ... with other content (alert)
     │  └─ Invalid               hub.ingest.rules          400  authentic, well-formed, nonsense

@@ -35,6 +35,11 @@ How amqtt 0.12.1 is driven, and why:
 - With a gate, each connection's CONNECT is read here first and handed to amqtt only if
   the gate admits it (amqtt acts on a CONNECT before its auth plugins answer, see
   :mod:`hub.transport.broker_gate`); the bytes read are replayed to amqtt's reader.
+- On every CONNECT amqtt 0.12.1 sends the new session every retained message that
+  matches *any* filter *any* client holds (``_handle_client_session`` loops over the
+  broker's whole subscription table), bypassing topic checks: a device connecting after
+  another had subscribed got that device's retained desired state. :class:`_Broker`
+  delivers retained messages only for filters the session itself holds.
 - amqtt logs every connection at INFO; its loggers are set to WARNING unless told otherwise.
 """
 
@@ -108,6 +113,17 @@ class _CappedReader:
 
     def feed_eof(self) -> None:
         self._reader.feed_eof()
+
+
+class _Broker(Broker):  # type: ignore[misc]  # amqtt ships no types
+    """amqtt's broker, sending retained messages only for the session's own filters."""
+
+    async def _publish_retained_messages_for_subscription(
+        self, subscription: tuple[str, int], session: Any
+    ) -> None:
+        holders = self._subscriptions.get(subscription[0], ())
+        if any(held.client_id == session.client_id for held, _ in holders):
+            await super()._publish_retained_messages_for_subscription(subscription, session)
 
 
 class EmbeddedBroker:
@@ -280,7 +296,7 @@ class EmbeddedBroker:
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
         clients: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}
-        broker = Broker(self._config(), loop=self._loop)
+        broker = _Broker(self._config(), loop=self._loop)
         await broker.start()
         try:
             server = await asyncio.start_server(

@@ -215,3 +215,28 @@ def test_the_hub_runs_its_embedded_broker_with_access_control_on(
         assert guessed.value in (134, 135)
         assert impostor.connect_refused().value in (134, 135)
         assert hub.store.audit.count(outcome="rejected") == 0  # nothing reached ingest
+
+
+def test_a_device_never_receives_another_devices_retained_downlink_when_it_connects(
+    secured: SecuredBroker, topics: Topics
+) -> None:
+    devices = provision(secured, "dev-a", "dev-b")
+    with (
+        hub_client(secured, topics) as hub,
+        TestClient(secured, "dev-b", login=devices.login("dev-b")) as dev_b,
+    ):
+        dev_b.subscribe(topics.device_down("dev-b"))
+        hub.publish(topics.down("dev-b", "desired"), b"b's desired", retain=True)
+        hub.publish(topics.down("dev-a", "desired"), b"a's desired", retain=True)
+        dev_b.wait_for(1)
+        with TestClient(secured, "dev-a", login=devices.login("dev-a")) as dev_a:
+            dev_a.subscribe(topics.device_down("dev-a"))
+
+            got = dev_a.wait_for(1)
+            hub.publish(topics.down("dev-a", "ack"), b"sentinel")
+            got += dev_a.wait_for(1)
+
+    assert [(m.topic, m.payload) for m in got] == [
+        (topics.down("dev-a", "desired"), b"a's desired"),
+        (topics.down("dev-a", "ack"), b"sentinel"),
+    ]
