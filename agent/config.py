@@ -53,6 +53,7 @@ class AgentConfig:
     device_id: str
     state_dir: Path
     broker_url: str = "mqtt://127.0.0.1:1883"
+    enroll_broker_url: str | None = None  # where to say hello before the hub admits us
     ca_file: Path | None = None  # PEM bundle that signs the broker's certificate (mqtts)
     cert_file: Path | None = None  # client certificate for mutual TLS (mqtts)
     key_file: Path | None = None  # its private key, when not inside cert_file
@@ -81,6 +82,7 @@ class AgentConfig:
         except Malformed as e:
             raise ConfigError(str(e)) from e
         broker = self.broker
+        _ = self.enroll_broker
         for key in ("ca_file", "cert_file", "key_file"):
             if getattr(self, key) is not None and not broker.tls:
                 raise ConfigError(f"{key} is set but broker_url is not mqtts://")
@@ -122,6 +124,20 @@ class AgentConfig:
             return BrokerUrl.parse(self.broker_url)
         except BadBrokerUrl as e:
             raise ConfigError(f"broker_url: {e}") from e
+
+    @property
+    def enroll_broker(self) -> BrokerUrl | None:
+        """The parsed ``enroll_broker_url`` (None: enrollment sessions use ``broker_url``).
+
+        Raises:
+            ConfigError: it is not ``mqtt://host[:port]`` or ``mqtts://host[:port]``.
+        """
+        if self.enroll_broker_url is None:
+            return None
+        try:
+            return BrokerUrl.parse(self.enroll_broker_url)
+        except BadBrokerUrl as e:
+            raise ConfigError(f"enroll_broker_url: {e}") from e
 
     @property
     def topics(self) -> Topics:
@@ -270,6 +286,8 @@ device_id = "sensor-0001"              # [a-z0-9][a-z0-9._-]{0,63}; also the MQT
 state_dir = "state"                    # device key (0600), outbox, model slots
 
 broker_url = "mqtt://127.0.0.1:1883"   # or mqtts://broker.example:8883
+# enroll_broker_url = "mqtt://127.0.0.1:1884"  # Mosquitto's enrollment listener, if separate
+                                       # (the login is the device id and state/broker.json)
 # ca_file = "ca.pem"                   # mqtts: CA bundle for the broker's certificate
 # cert_file = "device.crt"             # mqtts: client certificate (mutual TLS)
 # key_file = "device.key.pem"          # mqtts: its key, if not inside cert_file

@@ -27,6 +27,15 @@ the outbox resends until the hub acknowledges.
   the will.
 - **TLS** for ``mqtts://``: the system trust store or ``ca_file``, optional client
   certificate (``cert_file``/``key_file``), host name checked.
+- **Login and enrollment.** The agent logs in with user name = client id = its device id
+  and its own password (:mod:`agent.broker_login`). A broker with access control refuses
+  that login until the hub has admitted the device and provisioned its verifier; then
+  the next connection is an *enrollment session*: anonymous, to ``enroll_broker_url``
+  (or the same broker), no last will, no subscriptions, and only the hello may be
+  published (everything else stays in the outbox). It lasts ``enroll_hold_s``, long
+  enough for the hello to reach the hub, then the link tries to log in again, with the
+  usual backoff between rounds (docs/broker-security.md). A broker without access
+  control accepts the login at once and none of this happens.
 
 :meth:`Link.publish` refuses (returns False) while no connection is up, so paho never
 queues frames in memory across connections; the outbox keeps them instead.
@@ -39,13 +48,14 @@ import random
 import ssl
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from agent import broker_login
 from agent.config import AgentConfig
 from agent.errors import ConfigError
 from agent.transport import Connected, EventSink, Inbound, LinkEvent, WillFactory
@@ -55,6 +65,8 @@ logger = logging.getLogger(__name__)
 
 PAHO_MAX_INFLIGHT = 100
 """QoS 1 publishes paho keeps awaiting the broker's PUBACK before queueing the next."""
+LOGIN_REFUSED = (134, 135)  # CONNACK: bad user name or password, not authorized
+HELLO_SUFFIX = "/up/hello"
 
 
 @dataclass(frozen=True)
@@ -70,13 +82,26 @@ class LinkSettings:
     reconnect_min_s: float = 0.5
     reconnect_max_s: float = 30.0
     connect_timeout_s: float = 10.0
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    enroll_broker: BrokerUrl | None = None  # None: enrollment sessions go to ``broker``
+    enroll_hold_s: float = 3.0
 
     @classmethod
     def from_config(cls, config: AgentConfig) -> LinkSettings:
-        """The agent's link: client id ``ef-<device_id>``, broker and TLS from its config."""
+        """The agent's link: client id and user name are the device id, the password its
+        own (made on first start), broker and TLS from its config.
+
+        Raises:
+            IdentityError: the broker login file is damaged or cannot be written.
+        """
+        login = broker_login.load_or_create(config.state_dir, config.device_id)
         return cls(
             broker=config.broker,
-            client_id=f"ef-{config.device_id}",
+            client_id=config.device_id,
+            username=login.username,
+            password=login.password,
+            enroll_broker=config.enroll_broker,
             ca_file=config.ca_file,
             cert_file=config.cert_file,
             key_file=config.key_file,
@@ -106,7 +131,9 @@ class Link:
         self._subscriptions: tuple[str, ...] = ()
         self._will_factory: WillFactory | None = None
         self._rng = rng or random.Random()
-        self._tls = _tls_context(settings) if settings.broker.tls else None
+        enroll = settings.enroll_broker
+        uses_tls = settings.broker.tls or (enroll is not None and enroll.tls)
+        self._tls = _tls_context(settings) if uses_tls else None
         self._lock = threading.Lock()
         self._client: mqtt.Client | None = None
         self._up = False
@@ -114,11 +141,20 @@ class Link:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._suback_mid: int | None = None
+        self._enrolling = False  # this connection is an enrollment session
+        self._login_refused = False
+        self._closing = False  # the supervisor is ending the session itself
         self.connections = 0
+        self.enrollment_sessions = 0
 
     @property
     def connected(self) -> bool:
         return self._up
+
+    @property
+    def enrolling(self) -> bool:
+        """The connection up now is an enrollment session (only the hello goes out)."""
+        return self._up and self._enrolling
 
     def subscribe(self, *topics: str) -> None:
         """Subscribe to ``topics`` on every connection from the next one on (call it before
@@ -140,6 +176,8 @@ class Link:
         """Hand one QoS 1 frame to the current connection; False when none is up."""
         with self._lock:
             client = self._client if self._up else None
+            if self._enrolling and not topic.endswith(HELLO_SUFFIX):
+                client = None
         if client is None:
             return False
         info = client.publish(topic, payload, qos=1)
@@ -158,14 +196,22 @@ class Link:
         failures = 0
         will: tuple[str, bytes] | None = None
         while not self._stopping.is_set():
-            if will is None and self._will_factory is not None:
-                try:
-                    will = self._will_factory()
-                except Exception:
-                    logger.exception("cannot prepare the last will; connecting without one")
-            came_up = self._session(self._new_client(will), quiet=failures > 0)
-            if came_up:
-                failures, will = 0, None
+            if self._enrolling:
+                self._session(self._new_client(None), quiet=failures > 0)
+                self._enrolling = False  # log in again next, after the backoff
+            else:
+                if will is None and self._will_factory is not None:
+                    try:
+                        will = self._will_factory()
+                    except Exception:
+                        logger.exception("cannot prepare the last will; connecting without one")
+                came_up = self._session(self._new_client(will), quiet=failures > 0)
+                if came_up:
+                    failures, will = 0, None
+                elif self._login_refused and self.settings.username is not None:
+                    self._login_refused = False
+                    self._enrolling = True  # say hello anonymously, at once
+                    continue
             if self._stopping.is_set():
                 break
             delay = backoff_delay(
@@ -181,7 +227,7 @@ class Link:
         ``quiet`` logs a failure to connect at DEBUG: only the first of a streak is a
         warning, so a device offline for a day does not fill its log.
         """
-        broker = self.settings.broker
+        broker = self._target()
         self._ended.clear()
         before = self.connections
         try:
@@ -195,19 +241,33 @@ class Link:
         client.loop_start()
         try:
             deadline = time.monotonic() + self.settings.connect_timeout_s
-            while not self._ended.wait(0.5):
+            hold_until: float | None = None
+            while not self._ended.wait(0.1 if self._enrolling else 0.5):
                 if self.connections == before and time.monotonic() > deadline:
                     logger.warning("broker %s:%d did not accept in time", broker.host, broker.port)
                     break
+                if self._enrolling and self.connections > before:
+                    hold_until = hold_until or time.monotonic() + self.settings.enroll_hold_s
+                    if time.monotonic() > hold_until:
+                        break
         finally:
             with self._lock:
                 self._up = False
                 self._client = None
+            self._closing = True
             client.disconnect()
             client.loop_stop()
+            self._closing = False
         return self.connections > before
 
+    def _target(self) -> BrokerUrl:
+        """The broker of the next session: the enrollment one for an enrollment session."""
+        enroll = self.settings.enroll_broker
+        return enroll if self._enrolling and enroll is not None else self.settings.broker
+
     def _new_client(self, will: tuple[str, bytes] | None) -> mqtt.Client:
+        """A paho client for the next session: logged in, or anonymous and without a
+        will for an enrollment session."""
         client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=self.settings.client_id,
@@ -216,8 +276,10 @@ class Link:
             reconnect_on_failure=False,
         )
         client.max_inflight_messages_set(PAHO_MAX_INFLIGHT)
-        if self._tls is not None:
+        if self._tls is not None and self._target().tls:
             client.tls_set_context(self._tls)
+        if not self._enrolling and self.settings.username is not None:
+            client.username_pw_set(self.settings.username, self.settings.password)
         if will is not None:
             client.will_set(will[0], will[1], qos=1, retain=False)
         client.on_connect = self._on_connect
@@ -232,8 +294,17 @@ class Link:
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
     ) -> None:
         if reason.is_failure:
-            logger.warning("broker refused the connection: %s", reason)
+            if reason.value in LOGIN_REFUSED and not self._enrolling:
+                self._login_refused = True
+                logger.info("broker refused the login (%s): not provisioned yet", reason)
+            else:
+                logger.warning("broker refused the connection: %s", reason)
             self._ended.set()
+            return
+        if self._enrolling:
+            self.enrollment_sessions += 1
+            logger.info("enrollment session: saying hello until the hub admits this device")
+            self._came_up()
             return
         if not self._subscriptions:
             self._came_up()
@@ -257,7 +328,7 @@ class Link:
         with self._lock:
             self._up = True
             self.connections += 1
-        broker = self.settings.broker
+        broker = self._target()
         logger.info("connected to broker %s:%d", broker.host, broker.port)
         self._put(Connected())
 
@@ -265,8 +336,8 @@ class Link:
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
     ) -> None:
         with self._lock:
-            self._up = False
-        if not self._stopping.is_set():
+            was_up, self._up = self._up, False
+        if was_up and not (self._stopping.is_set() or self._closing):
             logger.warning("lost the broker connection: %s", reason)
         self._ended.set()
 

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
-from agent import enrollment
+from agent import broker_login, enrollment
 from agent.config import AgentConfig
 from agent.identity import Identity
 from agent.outbox import TRANSIENT_KINDS, Outbox, OutboxLimits, Settlement
@@ -67,6 +67,9 @@ class Uplink:
     ) -> None:
         self._config = config
         self._identity = identity
+        self._broker_verifier = broker_login.load_or_create(
+            config.state_dir, config.device_id
+        ).verifier
         self._transport = transport
         self._clock = clock
         self._active = active
@@ -137,6 +140,7 @@ class Uplink:
             tags=dict(self._config.tags),
             enrollment_token=self._config.enrollment_token,
             active=self._active(),
+            broker_verifier=self._broker_verifier,
         )
 
     def seal(self, message: Message) -> tuple[str, bytes]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import cli as agent_cli
+from hub.cli import broker as cli_broker
 from hub.cli import fleet as cli_fleet
 from hub.cli import inspect
 from hub.cli import keys as cli_keys
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_fleet.add_fleet_commands(hub_commands)
     cli_model.register(subparsers)
     cli_keys.register(subparsers)
+    cli_broker.register(subparsers)
     inspect.register(subparsers)
     _add_sim(subparsers)
     _add_demo(subparsers)
@@ -69,6 +71,8 @@ example:
 
 Each device prints its local API (POST /predict, POST /feedback, GET /status) and runs
 until Ctrl-C or SIGTERM. Device ids are PREFIX-0, PREFIX-1, ...; state survives restarts.
+Devices log in to the broker as themselves (a password each makes, in its state); against
+Mosquitto set up by `edgefleet broker config`, add --enroll-broker mqtt://HOST:1884.
 """
 
 
@@ -97,6 +101,11 @@ def _add_sim(subparsers: Any) -> None:
     )
     parser.add_argument("--devices", type=int, default=3, help="how many (default 3)")
     parser.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="the hub's broker")
+    parser.add_argument(
+        "--enroll-broker",
+        metavar="URL",
+        help="Mosquitto's enrollment listener (edgefleet broker config), if separate",
+    )
     parser.add_argument(
         "--root-metadata", type=Path, required=True, metavar="FILE", help="root v1 to pin"
     )

@@ -13,7 +13,10 @@ all seen together, and ``tests/hub/test_errors.py`` keeps it complete and accura
     │  ├─ DeviceRevoked         hub.fleet.identity        403  a revoked device
     │  │  └─ RevokedKeyInUse    hub.ingest.rules          403  ... signing with its key (alert)
     │  ├─ IdentityMismatch      protocol.errors           403  a frame not its sender's
-    │  │  └─ KeyChangeRefused   hub.ingest.rules          403  an active device, another key (alert)
+    │  │  ├─ KeyChangeRefused   hub.ingest.rules          403  an active device, another key (alert)
+    │  │  └─ CrossDeviceFrame   hub.ingest.rules          403  signed by the named device (alert)
+    │  ├─ WrongKind             protocol.errors           400  a message of one kind as another
+    │  │  └─ WrongRole          hub.ingest.rules          400  the hub's frame sent up (alert)
     │  ├─ Replayed              protocol.errors           409  a seq already seen
     │  │  └─ SeqReused          hub.ingest.rules          409  ... with other content (alert)
     │  └─ Invalid               hub.ingest.rules          400  authentic, well-formed, nonsense
@@ -34,6 +37,7 @@ all seen together, and ``tests/hub/test_errors.py`` keeps it complete and accura
     │  ├─ ArtifactCorrupt       hub.registry.artifacts    500  a stored artifact's hash changed
     │  ├─ StoreUnavailable      hub.api.system            503  /healthz: the store does not answer
     │  ├─ BrokerError           hub.transport.broker      500  the embedded broker will not run
+    │  ├─ ProvisioningError     hub.transport.broker_accounts 503  broker accounts cannot be written
     │  ├─ HttpUnavailable       hub.transport.http_server 500  the REST address cannot be bound
     │  ├─ BrokerUnreachable     hub.service               503  no broker at start-up
     │  ├─ DataDirInUse          hub.service               409  another hub runs on the data dir

@@ -4,9 +4,11 @@ A device's health is derived from two sources, and :func:`derive` is the only pl
 they meet:
 
 - what the **device reports**: the ``flags`` of its last state report;
-- what the **hub derives** about it: ``stuck``, a device still short of its desired
-  model ``stuck_after_s`` after the desired state was set although it has been heard
-  from since (:mod:`hub.fleet.reconcile_plan` decides, ``desired.stuck_at`` remembers).
+- what the **hub derives** about it: ``cloned_device``, sessions with its id keep
+  replacing each other (ingest counts its last wills, :mod:`hub.ingest.security`), and
+  ``stuck``, a device still short of its desired model ``stuck_after_s`` after the
+  desired state was set although it has been heard from since
+  (:mod:`hub.fleet.reconcile_plan` decides, ``desired.stuck_at`` remembers).
 
 The store keeps the result in ``devices.health``, written by one method,
 ``store.devices.set_health``; ingest (a state report), the reconciler (stuck,
@@ -24,6 +26,10 @@ from enum import StrEnum
 class Health(StrEnum):
     """A device's health, most serious first; precedence is top to bottom.
 
+    ``CLONED_DEVICE`` comes first: two devices share one identity (or one restarts in a
+    loop), so nothing else it reports can be taken at its word. It lasts while ingest
+    sees takeovers, and only ingest derives it (the reconciler and desired state, which
+    re-derive health on a stuck episode, do not know it; the next will restores it).
     ``STUCK`` (the hub's finding) outranks everything the device says about itself: a
     device may report ``ok`` and still not converge, and only the hub can see that. The
     flags it reports stay readable in its last report (``devices.reported``), so the
@@ -33,6 +39,7 @@ class Health(StrEnum):
     report (``offline``, the last will's flag, says nothing about health).
     """
 
+    CLONED_DEVICE = "cloned_device"
     STUCK = "stuck"
     FREEZE_SUSPECTED = "freeze_suspected"
     CLOCK_SUSPECT = "clock_suspect"
@@ -54,9 +61,12 @@ DEVICE_FLAGS = (
 """Flags that name a device's health, most serious first; any other flag is ``DEGRADED``."""
 
 
-def derive(flags: Sequence[str] | None, *, stuck: bool) -> Health:
+def derive(flags: Sequence[str] | None, *, stuck: bool, cloned: bool = False) -> Health:
     """The device's health from its last reported ``flags`` (None: no state report
-    yet) and whether the hub finds it ``stuck``; see :class:`Health` for the order."""
+    yet) and whether the hub finds it ``cloned`` or ``stuck``; see :class:`Health` for
+    the order."""
+    if cloned:
+        return Health.CLONED_DEVICE
     if stuck:
         return Health.STUCK
     if flags is None:

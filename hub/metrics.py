@@ -53,7 +53,26 @@ SHED = Counter(
 )
 AUDIT_SUPPRESSED = Counter(
     "edgefleet_hub_audit_suppressed",
-    "Rejections not written to the audit log because the sender exceeded its rate limit.",
+    "Garbage rejections past the sender's audit budget: only summarised, per reason.",
+    registry=REGISTRY,
+)
+SECURITY_EVENTS = Counter(
+    "edgefleet_hub_security_events",
+    "Rejections that mean an attack (another key for an active device, a revoked key, "
+    "another device's signature, a hub-signed frame sent back, a reused seq), by action; "
+    "never rate-limited.",
+    ["action"],
+    registry=REGISTRY,
+)
+SESSION_TAKEOVERS = Counter(
+    "edgefleet_hub_session_takeovers",
+    "Last wills of devices that came back within seconds: one session replaced another "
+    "with the same client id.",
+    registry=REGISTRY,
+)
+CLONED_DEVICES = Counter(
+    "edgefleet_hub_cloned_device_alerts",
+    "Times a device was flagged cloned_device (repeated session takeovers).",
     registry=REGISTRY,
 )
 CLOCK_SKEW = Histogram(
@@ -77,6 +96,25 @@ BATCH_FAILURES = Counter(
 QUEUE_DEPTH = Gauge(
     "edgefleet_hub_ingest_queue_depth",
     "Frames waiting in the ingest queue at the start of the last batch.",
+    registry=REGISTRY,
+)
+
+# ---------------------------------------------------------------------- broker
+
+BROKER_REFUSED = Counter(
+    "edgefleet_hub_broker_refused",
+    "Embedded broker: connections and topic operations refused by the access policy, by reason.",
+    ["reason"],
+    registry=REGISTRY,
+)
+BROKER_TAKEOVERS = Counter(
+    "edgefleet_hub_broker_takeovers",
+    "Embedded broker: logins that took over a live session with the same client id.",
+    registry=REGISTRY,
+)
+BROKER_ACCOUNTS = Gauge(
+    "edgefleet_hub_broker_accounts",
+    "Broker accounts the hub provisioned at its last sync (active devices plus the hub).",
     registry=REGISTRY,
 )
 

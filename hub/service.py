@@ -15,7 +15,9 @@ What runs, started in this order and stopped in the reverse one:
    reads the keys, opens the store or connects: a second hub on the same directory fails
    at once with :class:`DataDirInUse`, and the first one never notices (it keeps its
    MQTT session: each hub's client id is its own, ``HubSettings.mqtt_client_id``);
-1. the embedded broker, when one is given (the one-machine tier);
+1. the embedded broker, when one is given (the one-machine tier), with access control:
+   the hub's own login and every active device's (:mod:`hub.transport.broker_accounts`,
+   which also keeps a Mosquitto's accounts set up by ``edgefleet broker config``);
 2. the store and the pipeline of :func:`hub.ingest.pipeline.assemble`: the broker link, the
    downlink signed with the **rollout** key, the ingest worker and chunk delivery (the
    worker and the link start once 4 and 5 run, so no connect goes unnoticed);
@@ -71,6 +73,7 @@ from hub.registry.artifacts import ArtifactStore
 from hub.registry.registry import Registry
 from hub.settings import HubSettings
 from hub.store import Store
+from hub.transport import broker_accounts
 from hub.transport.broker import EmbeddedBroker
 from hub.transport.downlink import Downlink
 from hub.transport.http_server import HttpServer
@@ -244,6 +247,7 @@ class HubService:
             stops.callback(lock.release)
             ring = LiveKeyring(load_keyring(settings.keys_dir))
             settings = replace(settings, client_id=settings.mqtt_client_id(os.getpid()))
+            accounts = broker_accounts.prepare(settings, embedded_broker)
             if embedded_broker is not None:
                 embedded_broker.start()
                 stops.callback(embedded_broker.stop)
@@ -257,8 +261,13 @@ class HubService:
                 artifacts=artifacts,
                 tls=tls,
                 on_ready=connected.set,
+                login=accounts.login.pair() if accounts else None,
             )
             stops.callback(pipeline.stop)
+            if accounts is not None:
+                pipeline.ingest.on_credentials = accounts.request
+                accounts.start(pipeline.store)
+                stops.callback(accounts.stop)
             topics, ledger = Topics(settings.topic_prefix), RetainedLedger()
             pipeline.downlink.ledger = ledger
             ctx = HubContext(
@@ -272,6 +281,7 @@ class HubService:
             watch = RetainedWatch.connect(
                 settings.broker_url,
                 client_id=f"{settings.client_id}-w",
+                login=accounts.login.watch().pair() if accounts else None,
                 tls=tls,
                 topics=topics,
                 ledger=ledger,

@@ -40,8 +40,12 @@ class HubSettings:
     ingest_batch_max: int = 500  # frames per transaction
     ingest_batch_wait_ms: int = 20  # how long a batch may wait to fill
     ingest_queue_max: int = 50_000  # frames buffered before the hub sheds load
-    audit_rejections_per_device_per_min: int = 30  # beyond this, rejections are only counted
-    audit_rejections_keep: int = 100_000  # newest rejected rows kept in the audit log
+    audit_rejections_per_device_per_min: int = 30  # garbage rows per sender; then summarised
+    audit_rejections_keep: int = 100_000  # newest rejected (garbage) rows kept in the audit log
+    audit_alerts_per_device_per_min: int = 120  # attack rows per sender and kind; then summarised
+    audit_alerts_keep: int = 1_000_000  # newest alert rows kept (never pruned by garbage)
+    cloned_takeovers: int = 5  # session takeovers (last wills) within the window: cloned_device
+    cloned_window_s: float = 60.0
     max_pending_devices: int = 1000  # beyond this, hellos without a valid token are refused
 
     # fleet state

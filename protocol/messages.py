@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from protocol.broker_auth import check_verifier
 from protocol.documents import SignedDocument
 from protocol.errors import Malformed
 from protocol.frame import Message, body_field, register
@@ -52,13 +53,16 @@ class ModelRef:
 @dataclass(frozen=True)
 class Hello(Message):
     """First words of a device: its public key (proof of possession: the frame is signed
-    with it), what it runs, and the enrollment token that lets the hub pin the key."""
+    with it), what it runs, the enrollment token that lets the hub pin the key, and the
+    verifier of the device's own broker password (:mod:`protocol.broker_auth`), which the
+    hub provisions on the broker once it trusts the key (docs/broker-security.md)."""
 
     public_key: str
     agent_version: str
     tags: dict[str, str] = field(default_factory=dict)
     enrollment_token: str | None = None
     active: ModelRef | None = None
+    broker_verifier: str | None = None
 
     def __post_init__(self) -> None:
         if len(self.public_key) != 64:
@@ -73,6 +77,8 @@ class Hello(Message):
             raise Malformed("agent_version longer than 64")
         if self.enrollment_token is not None and len(self.enrollment_token) > 256:
             raise Malformed("enrollment_token longer than 256")
+        if self.broker_verifier is not None:
+            check_verifier(self.broker_verifier)
 
 
 InstallStatus = Literal["downloading", "installed", "refused", "failed", "rolled_back", "unchanged"]

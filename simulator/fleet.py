@@ -52,6 +52,10 @@ class SimulatedFleet:
     ) -> SimulatedFleet:
         """Start ``count`` devices ``{prefix}-0`` ... (``settings``: more AgentConfig fields).
 
+        Each logs in to the broker as itself with a password it made (access control is on
+        wherever the hub runs the broker, and on Mosquitto configured by ``edgefleet broker
+        config``: pass ``enroll_broker_url`` for its enrollment listener).
+
         Raises:
             ConfigError, StateCorrupt, IdentityError: a device cannot be built.
             AgentError: a local API port cannot be bound.
@@ -131,6 +135,7 @@ def main(args: argparse.Namespace) -> int:
             root_metadata=args.root_metadata,
             enrollment_token=args.enrollment_token,
             prefix=args.prefix,
+            enroll_broker_url=args.enroll_broker,
         )
     except AgentError as e:
         print(f"edgefleet sim: error: {e}", file=sys.stderr)

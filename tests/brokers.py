@@ -11,6 +11,12 @@ at the same address, and its clients reconnect by themselves::
 
 ``start()`` returns only once the broker answers a real MQTT CONNECT with a CONNACK, not
 merely when its port accepts TCP. Nothing here mocks a broker (STYLE.md 3.12).
+
+With access control on (docs/broker-security.md): :class:`SecuredMosquitto` runs the
+configuration ``edgefleet broker config`` writes (device, enrollment and TLS listeners on
+free ports, ``passwd``, ACLs, a generated CA); :class:`SecuredEmbedded` runs the embedded
+broker behind its gate. Both are :class:`SecuredBroker`: ``login_url``, ``enroll_url``,
+``provision(verifiers)`` and the hub's ``hub_login``.
 """
 
 from __future__ import annotations
@@ -23,11 +29,19 @@ import socket
 import subprocess
 import time
 from abc import ABC, abstractmethod
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
+from hub.store import Store
+from hub.transport import broker_accounts, tls
 from hub.transport.broker import EmbeddedBroker
+from hub.transport.broker_access import HUB_USERNAME, AccessPolicy
+from hub.transport.broker_accounts import BrokerLogin, MosquittoTarget, hub_accounts
+from hub.transport.broker_gate import Accounts, Gate
+from hub.transport.mosquitto import MosquittoLayout, render_conf
+from protocol.topics import Topics
 
 MAX_PAYLOAD_BYTES = 1024 * 1024  # both brokers: a 256 KiB frame fits four times over
 _HEADER_ROOM = 64 * 1024  # Mosquitto counts the whole packet: topic, packet id, lengths
@@ -105,8 +119,9 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-def mqtt_ping(host: str, port: int, timeout_s: float = 1.0) -> bool:
-    """True if an MQTT 3.1.1 broker at ``host:port`` accepts a CONNECT (CONNACK code 0)."""
+def mqtt_ping(host: str, port: int, timeout_s: float = 1.0, *, any_code: bool = False) -> bool:
+    """True if an MQTT 3.1.1 broker at ``host:port`` accepts a CONNECT (CONNACK code 0;
+    any CONNACK at all with ``any_code``, for a broker that refuses anonymous clients)."""
     try:
         with socket.create_connection((host, port), timeout=timeout_s) as sock:
             sock.sendall(_CONNECT_PROBE)
@@ -117,7 +132,7 @@ def mqtt_ping(host: str, port: int, timeout_s: float = 1.0) -> bool:
                     return False
                 reply += chunk
             sock.sendall(_DISCONNECT)
-            return reply == _CONNACK_OK
+            return reply == _CONNACK_OK or (any_code and reply[:3] == _CONNACK_OK[:3])
     except OSError:
         return False
 
@@ -185,7 +200,7 @@ class MosquittoBroker(BrokerRunner):
             stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + self._timeout_s
-        while not mqtt_ping(self._host, self._port, timeout_s=0.5):
+        while not mqtt_ping(self._host, self._port, timeout_s=0.5, any_code=True):
             exited = self._process.poll()
             if exited is not None or time.monotonic() > deadline:
                 self.stop()
@@ -262,3 +277,95 @@ class EmbeddedTestBroker(BrokerRunner):
 
     def stop(self) -> None:
         self._broker.stop()
+
+
+class SecuredBroker(BrokerRunner):
+    """A broker with access control: logins, client ids bound to them, topic ACLs."""
+
+    hub_login: BrokerLogin
+
+    @property
+    def login_url(self) -> str:
+        """Where devices and the hub log in."""
+        return self.url
+
+    @property
+    def enroll_url(self) -> str:
+        """Where a device not yet admitted says hello (anonymously)."""
+        return self.url
+
+    @abstractmethod
+    def provision(self, verifiers: dict[str, str]) -> None:
+        """Make the broker hold exactly these device accounts (and the hub's)."""
+
+
+class SecuredMosquitto(MosquittoBroker, SecuredBroker):
+    """Mosquitto with what ``edgefleet broker config`` writes for ``data_dir`` (free ports:
+    devices, enrollment, TLS with a generated CA for ``localhost``)."""
+
+    name = "mosquitto"
+
+    def __init__(self, workdir: Path, data_dir: Path, store: Store, topics: Topics) -> None:
+        super().__init__(workdir)
+        self._port = free_port()
+        self.enroll_port, self.tls_port = free_port(), free_port()
+        files = tls.issue(workdir / "tls", ["localhost", "127.0.0.1"], now=datetime.now(UTC))
+        self.layout = MosquittoLayout(
+            workdir,
+            topics,
+            host="127.0.0.1",
+            port=self._port,
+            enroll_port=self.enroll_port,
+            tls_port=self.tls_port,
+            tls=files,
+            max_frame_bytes=MAX_PAYLOAD_BYTES,
+            user=pwd.getpwuid(os.geteuid()).pw_name,
+            log_file=self.log_path,
+        )
+        setup = broker_accounts.write_mosquitto(data_dir, self.layout, store)
+        self.config_path = self.layout.conf
+        self.hub_login = setup.login
+        self._hub_verifier = setup.hub_verifier
+        self.ca_file = files.ca
+
+    @property
+    def enroll_url(self) -> str:
+        return f"mqtt://{self.host}:{self.enroll_port}"
+
+    @property
+    def tls_url(self) -> str:
+        return f"mqtts://localhost:{self.tls_port}"
+
+    def provision(self, verifiers: dict[str, str]) -> None:
+        target = MosquittoTarget(self.layout.passwd, self.layout.pid_file)
+        target.apply({**verifiers, **hub_accounts(self._hub_verifier)})
+        time.sleep(0.3)  # SIGHUP is asynchronous: give Mosquitto time to reread passwd
+
+    def _config(self) -> str:
+        return render_conf(self.layout)
+
+
+class SecuredEmbedded(EmbeddedTestBroker, SecuredBroker):
+    """The embedded broker behind its gate, with the hub's account in it."""
+
+    def __init__(self, topics: Topics) -> None:
+        super().__init__()
+        password = broker_accounts.new_password()
+        self._hub_verifier = broker_accounts.new_verifier(password)
+        self.hub_login = BrokerLogin(HUB_USERNAME, password)
+        self.accounts = Accounts(hub_accounts(self._hub_verifier))
+        self._broker.protect(Gate(AccessPolicy(topics), self.accounts))
+
+    @property
+    def broker(self) -> EmbeddedBroker:
+        return self._broker
+
+    def start(self) -> None:
+        self._broker.start()
+        if not mqtt_ping(self.host, self.port, any_code=True):
+            self._broker.stop()
+            raise RuntimeError(f"embedded broker on {self.url} did not answer a CONNECT")
+
+    def provision(self, verifiers: dict[str, str]) -> None:
+        self.accounts.replace({**verifiers, **hub_accounts(self._hub_verifier)})
+        self._broker.drop_unprovisioned()

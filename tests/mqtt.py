@@ -66,6 +66,7 @@ class TestClient:
         broker: where to connect (a :class:`~tests.brokers.BrokerRunner`, say).
         client_id: default a fresh random one.
         timeout_s: default wait for CONNACK, PUBACK and SUBACK.
+        login: ``(username, password)`` for a broker with access control.
     """
 
     __test__ = False  # a helper, not a test class for pytest to collect
@@ -76,8 +77,11 @@ class TestClient:
         client_id: str | None = None,
         *,
         timeout_s: float = DEFAULT_TIMEOUT_S,
+        login: tuple[str, str] | None = None,
     ) -> None:
         self.client_id = client_id or f"test-{uuid.uuid4().hex[:12]}"
+        self.refusals: list[ReasonCode] = []
+        self.disconnects = 0
         self.messages: queue.Queue[Received] = queue.Queue()
         self._broker = broker
         self._timeout_s = timeout_s
@@ -93,7 +97,10 @@ class TestClient:
             clean_session=True,
         )
         self._client.reconnect_delay_set(min_delay=1, max_delay=2)
+        if login is not None:
+            self._client.username_pw_set(*login)
         self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
         self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
 
@@ -128,6 +135,22 @@ class TestClient:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+    def connect_refused(self, timeout_s: float | None = None) -> ReasonCode:
+        """Connect expecting a refusal; the CONNACK's reason (paho stops retrying).
+
+        Raises:
+            AssertionError: the broker accepted, or said nothing within the timeout.
+        """
+        host, port = self._broker.host, self._broker.port
+        self._client.connect(host, port, keepalive=30)
+        self._client.loop_start()
+        refused = self._wait(lambda: bool(self.refusals) or self._connections > 0, timeout_s)
+        self._client.disconnect()
+        self._client.loop_stop()
+        if not refused or not self.refusals:
+            raise AssertionError(f"{self.client_id} was not refused by {host}:{port}")
+        return self.refusals[0]
 
     def wait_connected(self, times: int = 1, timeout_s: float | None = None) -> None:
         """Wait until the client has connected ``times`` times in all (2 = one reconnect).
@@ -233,10 +256,20 @@ class TestClient:
 
     # paho callbacks: run on paho's network thread; they only record and hand off.
 
+    def _on_disconnect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
+        with self._changed:
+            self.disconnects += 1
+            self._changed.notify_all()
+
     def _on_connect(
         self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
     ) -> None:
         if reason.is_failure:
+            with self._changed:
+                self.refusals.append(reason)
+                self._changed.notify_all()
             return
         with self._changed:
             filters = list(self._filters.items())

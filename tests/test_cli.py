@@ -13,7 +13,7 @@ import pytest
 from edgefleet.cli import build_parser
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
-TOP_LEVEL = {"agent", "hub", "model", "rollout", "sim", "demo", "keys", "inspect"}
+TOP_LEVEL = {"agent", "hub", "model", "rollout", "sim", "demo", "keys", "inspect", "broker"}
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

@@ -118,9 +118,14 @@ PURE_CORES = (
     "hub/fleet/releases.py",  # the fleet documents' pure part: payloads on the release list
     "hub/ingest/__init__.py",
     "hub/ingest/rules.py",  # one frame in, one verdict out
+    "hub/ingest/security.py",  # alerts apart from garbage; takeovers and clones
     "hub/store/__init__.py",
     "hub/store/interface.py",  # the store's contract
     "hub/store/rows.py",  # the typed rows
+    "hub/transport/__init__.py",
+    "hub/transport/broker_access.py",  # who may touch which topic, for both brokers
+    "hub/transport/mosquitto.py",  # Mosquitto's configuration as text
+    "hub/transport/mqtt_packets.py",  # MQTT 3.1.1 packets as values
     # whole packages that are pure cores: staged rollouts (spec, cohorts, gates, tables,
     # planner), fleet drift (merging, scores, alerts) and federated rounds (screening,
     # strategies, lifecycle); their shells live beside them in the hub's other packages
@@ -201,8 +206,8 @@ def test_the_store_contract_names_no_table_and_takes_no_sql() -> None:
     members = {name for name in dir(Store) if not name.startswith("_")}
     assert not members & generic, "the Store facade offers generic table access"
     assert members == {
-        "api_tokens", "atomic", "audit", "close", "counters", "desired", "devices",
-        "enrollment_tokens", "immediate", "ping", "registry", "uplink",
+        "api_tokens", "atomic", "audit", "broker_credentials", "close", "counters",
+        "desired", "devices", "enrollment_tokens", "immediate", "ping", "registry", "uplink",
     }  # fmt: skip
 
 

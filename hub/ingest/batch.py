@@ -5,7 +5,7 @@ state twins, re-hello updates, device windows and last_seen, rejection audit row
 :meth:`Batch.write` can write it with a few statement batches inside the worker's single
 transaction. :func:`record` and :func:`reported_twin` turn an admitted frame into the
 store's typed rows. :class:`SeenDevice` is one device's part, including what its HubAck
-will say. :class:`AuditLimiter` bounds how many rejections per sender reach the audit log.
+will say. Which rejections reach the audit log is :mod:`hub.ingest.security`'s business.
 
 Bookkeeping plus one write method; the worker (:mod:`hub.ingest.worker`) owns the
 transaction, the caches and the acknowledgements.
@@ -40,38 +40,6 @@ from protocol.messages import (
 )
 
 REFUSED_INSTALLS = frozenset({"refused", "failed", "rolled_back"})
-
-
-class AuditLimiter:
-    """At most ``per_minute`` audited rejections per sender per clock minute.
-
-    Senders are keyed by the device id in the topic. Ids the hub does not know are
-    attacker-chosen, so at most ``max_unknown`` of them are tracked per minute; the rest
-    share one bucket, ``"*"``. Memory stays bounded by the fleet plus ``max_unknown``.
-    """
-
-    def __init__(self, per_minute: int, max_unknown: int = 256) -> None:
-        self.per_minute = per_minute
-        self.max_unknown = max_unknown
-        self._minute = -1
-        self._counts: dict[str, int] = {}
-        self._unknown = 0
-
-    def allow(self, key: str, *, known: bool, now_ms: int) -> bool:
-        """Count one rejection from ``key``; True if it may still be audited."""
-        minute = now_ms // 60_000
-        if minute != self._minute:
-            self._minute, self._counts, self._unknown = minute, {}, 0
-        if not known and key not in self._counts:
-            if self._unknown >= self.max_unknown:
-                key = "*"
-            else:
-                self._unknown += 1
-        used = self._counts.get(key, 0)
-        if used >= self.per_minute:
-            return False
-        self._counts[key] = used + 1
-        return True
 
 
 def record(frame: Admitted, received_at: int) -> UplinkRecord | None:
@@ -186,6 +154,8 @@ class Batch:
     fetches: list[tuple[str, FetchRequest]] = field(default_factory=list)
     admitted: list[Admitted] = field(default_factory=list)
     enrolled: set[str] = field(default_factory=set)
+    credentials: dict[str, str] = field(default_factory=dict)  # device id -> broker verifier
+    cloned: set[str] = field(default_factory=set)  # devices in a cloned_device episode
     refusals: dict[str, tuple[str, int]] = field(default_factory=dict)
 
     def note_refusal(self, device_id: str, message: object) -> None:
@@ -196,19 +166,26 @@ class Batch:
     def write(self, store: Store) -> None:
         """Write it all (the caller holds the transaction): uplink records first, so a
         state report's twin update sees its own row. A state report that applies sets
-        the device's health from its flags, keeping a stuck episode the hub found."""
+        the device's health from its flags, keeping a stuck or cloned episode the hub
+        found. Broker verifiers of hellos go in with the devices they belong to."""
         if self.records:
             store.uplink.add(self.records)
         if self.states:
             stuck = store.desired.stuck_among({s.device_id for s in self.states})
             for state in self.states:
                 if store.devices.report_state(state.device_id, state.seq, state.twin):
-                    health = derive(state.flags, stuck=state.device_id in stuck)
+                    health = derive(
+                        state.flags,
+                        stuck=state.device_id in stuck,
+                        cloned=state.device_id in self.cloned,
+                    )
                     store.devices.set_health(state.device_id, health)
         if self.hellos:
             store.devices.note_hellos(self.hellos)
         if self.refusals:
             store.devices.note_refusals(self.refusals)
+        if self.credentials:
+            store.broker_credentials.put_many(self.credentials, at_ms=self.now_ms)
         store.devices.note_uplink(
             [
                 UplinkSeen(s.device.id, s.device.window.to_bytes(), s.last_seen, s.online)

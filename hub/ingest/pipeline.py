@@ -72,11 +72,14 @@ def assemble(
     artifacts: ArtifactStore | None = None,
     tls: TlsFiles | None = None,
     on_ready: Callable[[], None] | None = None,
+    login: tuple[str, str] | None = None,
 ) -> IngestService:
     """Wire the pipeline without starting it; the store is opened unless given.
 
     ``key`` is the rollout key downlink frames are signed with; ``on_ready`` is
     :class:`~hub.transport.mqtt.HubLink`'s (runs on paho's thread after every (re)connect).
+    ``login``: the hub's broker user name and password; its client id is then the user
+    name, as brokers with access control require (docs/broker-security.md).
 
     Raises:
         hub.errors.InvalidRequest: a bad broker URL or TLS files.
@@ -86,11 +89,12 @@ def assemble(
     inbox: queue.Queue[Inbound] = queue.Queue(settings.ingest_queue_max)
     link = HubLink(
         settings.broker_url,
-        client_id=settings.mqtt_client_id(os.getpid()),
+        client_id=login[0] if login else settings.mqtt_client_id(os.getpid()),
         inbox=inbox,
         subscriptions=[topics.all_up()],
         tls=tls,
         on_ready=on_ready,
+        login=login,
     )
     store = store or open_store(settings.db_path)
     downlink = Downlink(store, link, topics, key, clock, limits=settings.limits)
@@ -104,6 +108,7 @@ def assemble(
         downlink,
         on_fetch=delivery.on_fetch,
         inbox=inbox,
+        hub_keys=(key.public_key(),),
     )
     return IngestService(store, link, downlink, delivery, ingest)
 

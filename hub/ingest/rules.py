@@ -16,7 +16,12 @@ and returns one of
 - :class:`Refused`: with the error's ``reason``, whether the frame authenticated as its
   (active) device, so the hub lists it in ``HubAck.refused`` and the agent's outbox does
   not clog (``ack``), and the audit ``action`` (``frame_rejected``, or an alert such as
-  ``revoked_key_in_use``).
+  ``revoked_key_in_use``: :mod:`hub.ingest.security` records alerts apart from garbage).
+
+A frame refused for naming another device or another kind than its topic costs one more
+signature check, to tell an attack from garbage: signed by the device its header names
+(a device publishing as another: ``identity_mismatch`` alert), or a downlink frame signed
+by the hub sent back up (``wrong_role`` alert).
 
 :func:`judge` never raises for anything a peer can send. Refusing leaves the replay window
 alone: only admitted frames enter it, so a refused frame sent again is refused again.
@@ -49,6 +54,7 @@ from protocol.errors import (
     Oversize,
     ProtocolError,
     Replayed,
+    WrongKind,
 )
 from protocol.frame import (
     Envelope,
@@ -88,6 +94,19 @@ class RevokedKeyInUse(DeviceRevoked):
     action: ClassVar[str] = "revoked_key_in_use"
 
 
+class CrossDeviceFrame(IdentityMismatch):
+    """A frame on one device's topic, validly signed by the device its header names."""
+
+    action: ClassVar[str] = "identity_mismatch"
+
+
+class WrongRole(WrongKind):
+    """A frame on an uplink topic validly signed by the hub's own (downlink) key."""
+
+    reason = "wrong_role"
+    action: ClassVar[str] = "wrong_role"
+
+
 class SeqReused(Replayed):
     """A seq already committed, presented again with different signed content (T10 b)."""
 
@@ -101,6 +120,8 @@ class Rules:
     topics: Topics
     limits: Limits
     freshness: Freshness
+    hub_keys: tuple[Ed25519PublicKey, ...] = ()
+    """The hub's downlink keys, to recognise its own frames sent back (``wrong_role``)."""
 
 
 @dataclass(frozen=True)
@@ -261,7 +282,7 @@ def judge(
             raise Oversize(f"{len(payload)} bytes")
         route = _route(rules.topics, topic)
         opened = decoded.opened if decoded is not None else open_frame(payload, limits=rules.limits)
-        check_topic(opened.header, expect_kind=route.qualified_kind, expect_device=route.device_id)
+        _check_topic(opened, route, rules, lookup)
         assert route.device_id is not None  # an up route always names its device
         device = lookup(route.device_id)
         if route.kind == "hello" and (device is None or device.status == PENDING):
@@ -298,6 +319,22 @@ def judge(
             known=device is not None,
             action=getattr(e, "action", "frame_rejected"),
         )
+
+
+def _check_topic(opened: Opened, route: Route, rules: Rules, lookup: Lookup) -> None:
+    """:func:`check_topic`, telling attacks (a verified signature) from garbage."""
+    header = opened.header
+    try:
+        check_topic(header, expect_kind=route.qualified_kind, expect_device=route.device_id)
+    except WrongKind:
+        if header.kind.startswith("down.") and any(_signed_by(opened, k) for k in rules.hub_keys):
+            raise WrongRole(f"a hub-signed {header.kind} frame on an uplink topic") from None
+        raise
+    except IdentityMismatch:
+        named = lookup(header.device_id)
+        if named is not None and _signed_by(opened, named.key):
+            raise CrossDeviceFrame("frame signed by the device its header names") from None
+        raise
 
 
 @lru_cache(maxsize=65_536)

@@ -23,10 +23,11 @@ truth. The cache is updated only after a commit, dropped when a batch fails, and
 when the ``devices_epoch`` counter moved (approve/revoke/preauthorize bump it), checked
 inside each batch's transaction, so a revocation applies from the next batch on.
 
-**Rejections** are counted (``edgefleet_hub_rejected_total{reason}``) and written to the
-audit log with their reason, at most ``audit_rejections_per_device_per_min`` per sender
-(:class:`AuditLimiter`); rows beyond ``audit_rejections_keep`` are pruned. Audit rows never
-hold frame content or error text, only reason, kind, seq and size.
+**Rejections** are counted (``edgefleet_hub_rejected_total{reason}``) and audited by
+:mod:`hub.ingest.sentry`: attacks always (outcome ``alert``), garbage a few rows per sender
+then summarised per reason; last wills count towards ``cloned_device``. Audit rows never
+hold frame content or error text. A hello's broker verifier is stored with the batch, and
+``on_credentials`` runs after the commit (:mod:`hub.transport.broker_accounts`).
 
 **Pending devices hear why.** A hello that leaves its device pending (no token, or one
 that is unknown, expired, revoked or used) is answered with a signed ``HubAck`` refusing
@@ -53,11 +54,13 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from edgefleet.clock import Clock
 from hub.context import HubContext
 from hub.fleet import enrollment
 from hub.fleet.identity import ACTIVE, PENDING, Enroll, Pend, Refuse
-from hub.ingest.batch import AuditLimiter, Batch, SeenDevice, StateUpdate, record, reported_twin
+from hub.ingest.batch import Batch, SeenDevice, StateUpdate, record, reported_twin
 from hub.ingest.rules import (
     Admitted,
     Claimed,
@@ -69,9 +72,10 @@ from hub.ingest.rules import (
     Rules,
     judge,
 )
+from hub.ingest.security import MinuteBudget
+from hub.ingest.sentry import Sentry
 from hub.ingest.verify_ahead import VerifyAhead, default_workers
 from hub.metrics import (
-    AUDIT_SUPPRESSED,
     BATCH_FAILURES,
     BATCH_SECONDS,
     CLOCK_SKEW,
@@ -82,9 +86,9 @@ from hub.metrics import (
 )
 from hub.settings import HubSettings
 from hub.store import Store
-from hub.store.rows import AuditRecord, DeviceIdentity
+from hub.store.rows import DeviceIdentity
 from hub.transport.mqtt import Inbound
-from protocol import canonical, keys
+from protocol import keys
 from protocol.messages import FetchRequest, Hello, StateReport
 from protocol.replay import SeqWindow
 from protocol.topics import Topics
@@ -126,6 +130,8 @@ class Ingest:
         verify_workers: threads that open and verify a batch's frames ahead of the
             worker, in parallel (Ed25519 releases the GIL); 0 verifies inline. Default:
             one per CPU (up to 4), none on a single CPU.
+        hub_keys: the hub's downlink public keys (its frames sent back are ``wrong_role``).
+        on_credentials: called after a commit that stored a device's broker verifier.
     """
 
     def __init__(
@@ -138,6 +144,8 @@ class Ingest:
         on_fetch: FetchHook | None = None,
         inbox: queue.Queue[Inbound] | None = None,
         verify_workers: int | None = None,
+        hub_keys: tuple[Ed25519PublicKey, ...] = (),
+        on_credentials: Callable[[], object] | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -146,9 +154,12 @@ class Ingest:
         self.on_fetch = on_fetch
         self.max_pending_devices = settings.max_pending_devices
         self.inbox = inbox if inbox is not None else queue.Queue(settings.ingest_queue_max)
-        self.rules = Rules(Topics(settings.topic_prefix), settings.limits, settings.freshness)
-        self.limiter = AuditLimiter(settings.audit_rejections_per_device_per_min)
-        self.pending_answers = AuditLimiter(
+        self.on_credentials = on_credentials
+        self.rules = Rules(
+            Topics(settings.topic_prefix), settings.limits, settings.freshness, hub_keys
+        )
+        self.sentry = Sentry(settings)
+        self.pending_answers = MinuteBudget(
             PENDING_ANSWERS_PER_MIN, max_unknown=settings.max_pending_devices
         )
         self._devices: dict[str, Device] = {}
@@ -171,12 +182,14 @@ class Ingest:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Finish the batch in hand (and the next, if already taken from the queue to be
-        verified ahead) and stop; frames still queued are left (not acked)."""
+        verified ahead), write the rejection summaries so far, and stop; frames still
+        queued are left (not acked)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
             self._thread = None
         self.ahead.shutdown()
+        self._write_summaries(flush=True)
 
     def _run(self) -> None:
         ahead: tuple[list[Inbound], Iterator[Decoded | None]] | None = None
@@ -184,6 +197,7 @@ class Ingest:
             if ahead is None:
                 items = self.drain(timeout_s=0.2)
                 if not items:
+                    self._write_summaries()
                     continue
                 ahead = items, self.ahead.start(items)
             items, decoded = ahead
@@ -249,6 +263,7 @@ class Ingest:
                 lookup = self._lookup(batch)
                 for (topic, payload), ahead in zip(items, decoded, strict=True):
                     self._one(topic, payload, batch, lookup, ahead)
+                batch.audits.extend(self.sentry.summaries(batch.now_ms))
                 batch.write(self.store)
         except Exception:
             BATCH_FAILURES.inc()
@@ -259,6 +274,8 @@ class Ingest:
         self._committed(batch)
         acks = self._acknowledge(batch)
         self._hand_off(batch)
+        if batch.credentials and self.on_credentials is not None:
+            self.on_credentials()
         if batch.audits:
             self._audited += len(batch.audits)
             if self._audited >= max(1, self.settings.audit_rejections_keep // 10):
@@ -333,6 +350,8 @@ class Ingest:
                 action=decision.action,
             )
         active = isinstance(decision, Enroll)
+        if claim.hello.broker_verifier is not None:
+            batch.credentials[claim.device_id] = claim.hello.broker_verifier
         identity = DeviceIdentity(
             claim.device_id, ACTIVE if active else PENDING, claim.hello.public_key, None
         )
@@ -363,10 +382,13 @@ class Ingest:
         message = frame.message
         if isinstance(message, StateReport):
             twin = reported_twin(frame, message, batch.now_ms)
+            self.sentry.report(frame.device_id, message, batch)
             batch.states.append(StateUpdate(frame.device_id, frame.seq, twin, message.flags))
         elif isinstance(message, Hello) and frame.device_id not in batch.enrolled:
             known = self.store.devices.get(frame.device_id)  # a re-hello: update the device
             batch.hellos[frame.device_id] = enrollment.hello_update(self.store, known, message)
+            if message.broker_verifier is not None:  # a new one rotates its broker password
+                batch.credentials[frame.device_id] = message.broker_verifier
         elif isinstance(message, FetchRequest):
             batch.fetches.append((frame.device_id, message))
         batch.note_refusal(frame.device_id, message)
@@ -385,20 +407,7 @@ class Ingest:
                     seen = batch.seen[refused.key] = SeenDevice(device)
             if seen is not None:
                 seen.refused.append((refused.seq, refused.reason))
-        if not self.limiter.allow(refused.key, known=refused.known, now_ms=batch.now_ms):
-            AUDIT_SUPPRESSED.inc()
-            return
-        batch.audits.append(
-            AuditRecord(
-                at=batch.now_ms,
-                actor=f"device:{refused.key}",
-                action=refused.action,
-                target=f"up.{refused.kind}",
-                outcome="rejected",
-                reason=refused.reason,
-                detail=canonical.dumps(refused.detail()).decode("utf-8"),
-            )
-        )
+        self.sentry.refused(refused, batch)
 
     def _sync_epoch(self) -> None:
         epoch = self.store.counters.get("devices_epoch")
@@ -444,9 +453,14 @@ class Ingest:
             except Exception:
                 logger.exception("fetch hook failed for %s", device_id)
 
+    def _write_summaries(self, *, flush: bool = False) -> None:
+        """Summaries of rejections when no batch is there to carry them."""
+        self.sentry.write_summaries(self.store, self.clock.now_ms(), flush=flush)
+
     def _prune(self) -> None:
         self._audited = 0
         self.store.audit.prune(outcome="rejected", keep=self.settings.audit_rejections_keep)
+        self.store.audit.prune(outcome="alert", keep=self.settings.audit_alerts_keep)
 
 
 def _device(identity: DeviceIdentity) -> Device:

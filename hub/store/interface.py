@@ -334,6 +334,20 @@ class EnrollmentTokens(Protocol):
         """Raises NotFound: no such token."""
 
 
+class BrokerCredentials(Protocol):
+    """Each device's broker password verifier (``$7$`` form, never a password)."""
+
+    def put_many(self, verifiers: Mapping[str, str], *, at_ms: int) -> None:
+        """Set each device's verifier (a row per device; an unchanged one is kept as is)."""
+
+    def get(self, device_id: str) -> str | None: ...
+
+    def active(self) -> dict[str, str]:
+        """Device id -> verifier for every active device that has one: the accounts the
+        broker should hold."""
+        ...
+
+
 class Counters(Protocol):
     """Named integer counters that only the hub's own code names (:data:`Counter`)."""
 
@@ -374,6 +388,9 @@ class Store(Protocol):
 
     @property
     def counters(self) -> Counters: ...
+
+    @property
+    def broker_credentials(self) -> BrokerCredentials: ...
 
     def atomic(self) -> AbstractContextManager[None]: ...
 

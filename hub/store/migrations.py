@@ -12,7 +12,8 @@ Tables, by concern:
 - uplink records: ``telemetry``, ``states``, ``deltas``, ``data_windows``, ``device_acks``;
 - registry: ``models``, ``versions`` (manifest, lineage, release counter), ``artifacts``
   (content-addressed files), ``release_lists``, ``roots``, ``assignments``;
-- operations: ``api_tokens``, ``audit``, ``meta`` (counters such as the downlink seq).
+- operations: ``api_tokens``, ``audit``, ``meta`` (counters such as the downlink seq);
+- broker: ``broker_credentials`` (each device's broker password verifier).
 """
 
 from __future__ import annotations
@@ -224,3 +225,14 @@ def m006_device_refusals(db: Database) -> None:
     devices.add_column("refusal", str)
     devices.add_column("refusal_at", int)
     devices.add_column("pending_reason", str)
+
+
+@migrations()
+def m007_broker_credentials(db: Database) -> None:
+    # hub.fleet.broker_accounts: the verifier of each device's own broker password, from
+    # its hello; provisioned on the broker while the device is active.
+    db.table("broker_credentials").create(
+        {"device_id": str, "verifier": str, "updated_at": int},
+        pk="device_id",
+        not_null={"verifier", "updated_at"},
+    )

@@ -261,7 +261,7 @@ class AuditRecord:
     actor: str  # device:<id> | token:<id> | system | cli...
     action: str
     target: str = ""
-    outcome: Literal["ok", "rejected"] = "ok"
+    outcome: Literal["ok", "rejected", "alert"] = "ok"  # alert: a rejection proving an attack
     reason: str = ""
     detail: str = "{}"  # canonical JSON object
 

@@ -27,11 +27,13 @@ from sqlite_utils import Database
 
 from hub.store.audit import SqliteAudit
 from hub.store.counters import SqliteCounters
+from hub.store.credentials import SqliteBrokerCredentials
 from hub.store.desired import SqliteDesired
 from hub.store.devices import SqliteDevices
 from hub.store.interface import (
     ApiTokens,
     Audit,
+    BrokerCredentials,
     Counters,
     DesiredStates,
     Devices,
@@ -160,6 +162,7 @@ class SqliteStore:
         self.api_tokens: ApiTokens = SqliteApiTokens(self.connection)
         self.enrollment_tokens: EnrollmentTokens = SqliteEnrollmentTokens(self.connection)
         self.counters: Counters = SqliteCounters(self.connection)
+        self.broker_credentials: BrokerCredentials = SqliteBrokerCredentials(self.connection)
 
     @classmethod
     def open(cls, path: str | Path) -> SqliteStore:

@@ -7,10 +7,15 @@ can use it as if it were a separate process::
     with EmbeddedBroker(port=0) as broker:      # port 0: pick a free port
         hub_settings = HubSettings(data_dir, broker_url=broker.url)
 
-What it does not do: TLS, passwords or topic ACLs. Anyone who can reach the port may
-connect anonymously, which is why it binds to loopback by default; deployments that need
-authentication or ACLs run Mosquitto (the "one site" tier). Frames are signed end to end,
-so a broker, embedded or not, is never trusted with integrity.
+Access control is off unless a :class:`~hub.transport.broker_gate.Gate` is given (the hub
+gives one whenever it runs the broker: ``hub serve --embedded-broker``, the demo): then
+devices log in with the credentials the hub provisioned, each client id is bound to its
+user name, anonymous clients may only say hello, and every topic operation follows the
+same policy Mosquitto gets as an ``acl_file`` (:mod:`hub.transport.broker_gate`,
+docs/broker-security.md). Without a gate anyone who can reach the port may connect
+anonymously and publish anywhere, which is why it binds to loopback by default. It does
+not do TLS. Frames are signed end to end, so a broker, embedded or not, is never trusted
+with integrity.
 
 How amqtt 0.12.1 is driven, and why:
 
@@ -27,6 +32,14 @@ How amqtt 0.12.1 is driven, and why:
 - Persistent sessions are broken in amqtt 0.12.1 (a QoS 1 message queued for a
   disconnected ``clean_session=False`` client is dropped; upstream Yakifo/amqtt issue
   401); edgefleet uses clean sessions only, so this class does not try to fix them.
+- With a gate, each connection's CONNECT is read here first and handed to amqtt only if
+  the gate admits it (amqtt acts on a CONNECT before its auth plugins answer, see
+  :mod:`hub.transport.broker_gate`); the bytes read are replayed to amqtt's reader.
+- On every CONNECT amqtt 0.12.1 sends the new session every retained message that
+  matches *any* filter *any* client holds (``_handle_client_session`` loops over the
+  broker's whole subscription table), bypassing topic checks: a device connecting after
+  another had subscribed got that device's retained desired state. :class:`_Broker`
+  delivers retained messages only for filters the session itself holds.
 - amqtt logs every connection at INFO; its loggers are set to WARNING unless told otherwise.
 """
 
@@ -44,6 +57,16 @@ from amqtt.adapters import StreamWriterAdapter
 from amqtt.broker import Broker
 
 from hub.errors import HubError
+from hub.transport.broker_gate import AclPlugin, Gate
+from hub.transport.mqtt_packets import (
+    CONNECT,
+    Connect,
+    PacketError,
+    connack,
+    packet_type,
+    parse_connect,
+    read_remaining_length,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +75,7 @@ _LISTENER = "default"
 _AMQTT_LOGGERS = ("amqtt", "transitions")  # transitions: amqtt's state machines
 _CLOSE_GRACE_S = 1.0  # after amqtt's shutdown, connections still open are aborted
 _SHUTDOWN_S = 2.0  # amqtt's own shutdown may hang (a session cleanup that never ends)
+_CONNECT_TIMEOUT_S = 10.0  # a connection must send its CONNECT within this
 
 
 class BrokerError(HubError):
@@ -69,10 +93,11 @@ class _CappedReader:
     than ``max_bytes`` per packet. Duck-typed: amqtt calls only ``read`` and ``feed_eof``.
     """
 
-    def __init__(self, reader: asyncio.StreamReader, max_bytes: int) -> None:
+    def __init__(self, reader: asyncio.StreamReader, max_bytes: int, read: bytes = b"") -> None:
         self._reader = reader
         self._max_bytes = max_bytes
         self._refused = False
+        self._replay = read  # what the gate read already (the CONNECT), served first
 
     async def read(self, n: int = -1) -> bytes:
         if self._refused:
@@ -81,10 +106,24 @@ class _CappedReader:
             self._refused = True
             logger.warning("closing a client that sent %d bytes (cap %d)", n, self._max_bytes)
             return b""
+        if self._replay:
+            head, self._replay = self._replay[:n], self._replay[n:]
+            return head + (await self._reader.readexactly(n - len(head)) if n > len(head) else b"")
         return await self._reader.readexactly(n)
 
     def feed_eof(self) -> None:
         self._reader.feed_eof()
+
+
+class _Broker(Broker):  # type: ignore[misc]  # amqtt ships no types
+    """amqtt's broker, sending retained messages only for the session's own filters."""
+
+    async def _publish_retained_messages_for_subscription(
+        self, subscription: tuple[str, int], session: Any
+    ) -> None:
+        holders = self._subscriptions.get(subscription[0], ())
+        if any(held.client_id == session.client_id for held, _ in holders):
+            await super()._publish_retained_messages_for_subscription(subscription, session)
 
 
 class EmbeddedBroker:
@@ -98,6 +137,8 @@ class EmbeddedBroker:
         start_timeout_s: how long :meth:`start` and :meth:`stop` may take.
         amqtt_log_level: level for amqtt's own loggers (its INFO is one line per
             connection).
+        gate: access control (None: anyone may connect and publish anywhere); see also
+            :meth:`protect`.
     """
 
     def __init__(
@@ -108,7 +149,9 @@ class EmbeddedBroker:
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         start_timeout_s: float = 10.0,
         amqtt_log_level: int = logging.WARNING,
+        gate: Gate | None = None,
     ) -> None:
+        self.gate = gate
         self._host = host
         self._port = port
         self._max_message_bytes = max_message_bytes
@@ -140,6 +183,32 @@ class EmbeddedBroker:
         """True between a successful :meth:`start` and the next :meth:`stop`."""
         return self._thread is not None
 
+    def protect(self, gate: Gate) -> None:
+        """Turn access control on with ``gate`` (from the next :meth:`start` on).
+
+        Raises:
+            BrokerError: the broker runs already (its clients were let in unchecked).
+        """
+        with self._lock:
+            if self._thread is not None:
+                raise BrokerError("protect() must come before start()")
+            self.gate = gate
+
+    def drop_unprovisioned(self) -> None:
+        """Disconnect every login whose account the gate's accounts no longer hold (a
+        revoked device). Thread-safe; returns at once."""
+        loop, gate = self._loop, self.gate
+        if loop is None or gate is None:
+            return
+
+        def drop() -> None:
+            for writer in gate.unprovisioned():
+                if isinstance(writer, asyncio.StreamWriter):
+                    writer.transport.abort()
+
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(drop)
+
     def start(self) -> None:
         """Start serving; returns once the listener accepts connections. No-op if running.
 
@@ -151,7 +220,7 @@ class EmbeddedBroker:
             if self._thread is not None:
                 return
             self._quiet_amqtt()
-            if not _is_loopback(self._host):
+            if self.gate is None and not _is_loopback(self._host):
                 logger.warning("embedded broker on %s accepts anonymous clients", self._host)
             self._ready.clear()
             thread = threading.Thread(target=self._run, name="edgefleet-broker", daemon=True)
@@ -227,7 +296,7 @@ class EmbeddedBroker:
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
         clients: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}
-        broker = Broker(self._config(), loop=self._loop)
+        broker = _Broker(self._config(), loop=self._loop)
         await broker.start()
         try:
             server = await asyncio.start_server(
@@ -258,17 +327,51 @@ class EmbeddedBroker:
         task = asyncio.current_task()
         assert task is not None  # always true: asyncio.start_server runs us in a task
         clients[task] = writer
+        gate, connect = self.gate, None
         try:
+            read = b""
+            if gate is not None:
+                connect, read = await self._gate(gate, reader, writer)
+                if connect is None:
+                    return
             await broker.external_connected(
-                _CappedReader(reader, self._max_message_bytes),
+                _CappedReader(reader, self._max_message_bytes, read),
                 StreamWriterAdapter(writer),
                 _LISTENER,
             )
         finally:
+            if gate is not None and connect is not None:
+                gate.closed(writer, connect.client_id)
             # Not ``await writer.wait_closed()``: amqtt may cancel that shared future
             # while closing the same writer, which would end this task as cancelled.
             writer.close()
             del clients[task]
+
+    async def _gate(
+        self, gate: Gate, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> tuple[Connect | None, bytes]:
+        """Read the CONNECT and ask ``gate``: the admitted CONNECT and its bytes, or
+        ``(None, b"")`` once a refusal was sent (or the client sent no valid CONNECT)."""
+        try:
+            data = await asyncio.wait_for(
+                _read_packet(reader, self._max_message_bytes), _CONNECT_TIMEOUT_S
+            )
+            if packet_type(data[0]) != CONNECT:
+                raise PacketError("first packet is not a CONNECT")
+            start = read_remaining_length(data)
+            assert start is not None  # _read_packet read it whole
+            connect = parse_connect(data[start[1] :])
+        except (PacketError, TimeoutError, asyncio.IncompleteReadError, OSError) as e:
+            logger.info("closing a client that sent no valid CONNECT: %s", e)
+            return None, b""
+        admission = gate.admit(connect)
+        if admission.principal is None:
+            with contextlib.suppress(OSError):
+                writer.write(connack(admission.code))
+                await writer.drain()
+            return None, b""
+        gate.opened(writer, connect.client_id, admission.principal)
+        return connect, data
 
     async def _close_clients(self, clients: dict[asyncio.Task[Any], asyncio.StreamWriter]) -> None:
         """Let each connection's task end after amqtt's shutdown, aborting laggards.
@@ -285,13 +388,17 @@ class EmbeddedBroker:
             await asyncio.wait(lagging, timeout=self._timeout_s)
 
     def _config(self) -> dict[str, Any]:
+        # the gate has authenticated whoever reaches amqtt: its auth plugin only says yes
+        plugins: dict[str, Any] = {
+            "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
+        }
+        if self.gate is not None:
+            plugins[f"{AclPlugin.__module__}.{AclPlugin.__name__}"] = {"policy": self.gate.policy}
         return {
             "listeners": {
                 _LISTENER: {"type": "external", "bind": f"{self._host}:{self._port}"},
             },
-            "plugins": {
-                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
-            },
+            "plugins": plugins,
         }
 
 
@@ -304,6 +411,21 @@ async def _shutdown(broker: Broker) -> None:
         logger.warning(
             "amqtt did not shut down within %.0f s; closing its connections", _SHUTDOWN_S
         )
+
+
+async def _read_packet(reader: asyncio.StreamReader, max_bytes: int) -> bytes:
+    """One whole MQTT packet from ``reader``, refusing one longer than ``max_bytes``."""
+    data = await reader.readexactly(2)
+    while data[-1] & 0x80:
+        if len(data) >= 5:
+            raise PacketError("remaining length longer than four bytes")
+        data += await reader.readexactly(1)
+    parsed = read_remaining_length(data)
+    assert parsed is not None
+    length, _ = parsed
+    if length > max_bytes:
+        raise PacketError(f"a {length}-byte packet before CONNECT was accepted")
+    return data + await reader.readexactly(length)
 
 
 def _is_loopback(host: str) -> bool:

@@ -106,6 +106,8 @@ class HubLink:
         max_queued_publishes: QoS 1 publishes paho may hold awaiting PUBACK.
         on_ready: called on paho's network thread each time the link becomes ready
             (connected, subscriptions granted); must return at once and not raise.
+        login: ``(username, password)`` for a broker with access control
+            (docs/broker-security.md); None connects without credentials.
 
     Raises:
         InvalidRequest: a bad URL or unreadable TLS files.
@@ -124,6 +126,7 @@ class HubLink:
         reconnect_max_s: int = 30,
         max_queued_publishes: int = 10_000,
         on_ready: Callable[[], None] | None = None,
+        login: tuple[str, str] | None = None,
     ) -> None:
         self.url = url if isinstance(url, BrokerUrl) else parse_broker_url(url)
         self.inbox = inbox
@@ -142,6 +145,8 @@ class HubLink:
         self._client.reconnect_delay_set(reconnect_min_s, reconnect_max_s)
         self._client.max_inflight_messages_set(1000)
         self._client.max_queued_messages_set(max_queued_publishes)
+        if login is not None:
+            self._client.username_pw_set(*login)
         if self.url.tls:
             self._client.tls_set_context((tls or TlsFiles()).context())
         self._client.on_connect = self._on_connect

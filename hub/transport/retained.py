@@ -145,6 +145,7 @@ class RetainedWatch:
         url: str,
         *,
         client_id: str,
+        login: tuple[str, str] | None = None,
         tls: TlsFiles | None,
         topics: Topics,
         ledger: RetainedLedger,
@@ -159,7 +160,12 @@ class RetainedWatch:
         """
         inbox: queue.Queue[Inbound] = queue.Queue(10_000)
         link = HubLink(
-            url, client_id=client_id, inbox=inbox, subscriptions=cls.subscriptions(topics), tls=tls
+            url,
+            client_id=login[0] if login else client_id,
+            inbox=inbox,
+            subscriptions=cls.subscriptions(topics),
+            tls=tls,
+            login=login,
         )
         return cls(
             link, inbox, topics=topics, ledger=ledger, restore=restore, store=store, clock=clock

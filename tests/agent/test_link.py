@@ -20,7 +20,7 @@ from tests.mqtt import TestClient
 def settings(port: int, **extra) -> LinkSettings:
     return LinkSettings(
         broker=BrokerUrl("127.0.0.1", port, tls=False),
-        client_id="ef-dev-1",
+        client_id="dev-1",
         reconnect_min_s=0.05,
         reconnect_max_s=0.5,
         **extra,
@@ -84,7 +84,7 @@ def test_link_renews_its_subscriptions_after_a_broker_restart(
 def test_link_names_an_unreadable_ca_file(tmp_path: Path) -> None:
     tls = LinkSettings(
         broker=BrokerUrl("broker", 8883, tls=True),
-        client_id="ef-dev-1",
+        client_id="dev-1",
         ca_file=tmp_path / "missing.pem",
     )
     with pytest.raises(ConfigError, match="ca_file"):

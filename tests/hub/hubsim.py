@@ -12,6 +12,7 @@ what it was given, so acks are real signed frames, decoded here with the hub's p
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -113,6 +114,7 @@ class HubSim:
             self.clock,
             self.downlink,
             on_fetch=lambda device_id, request: self.fetches.append((device_id, request)),
+            hub_keys=(self.hub_key.public_key(),),
         )
 
     def context(self, **settings: Any) -> HubContext:
@@ -165,6 +167,17 @@ class HubSim:
         return rows
 
     def rejections(self) -> list[tuple[str, str, str]]:
-        """(actor, action, reason) of every rejected audit row, oldest first."""
-        entries = self.store.audit.page(outcome="rejected", limit=10**6).items
-        return [(e.actor, e.action, e.reason) for e in reversed(entries)]
+        """(actor, action, reason) of every audit row of one refused frame (garbage and
+        alerts, not the summaries), oldest first."""
+        entries = [
+            e
+            for outcome in ("rejected", "alert")
+            for e in self.store.audit.page(outcome=outcome, limit=10**6).items
+            if e.action != "frames_rejected" and e.actor != "system"
+        ]
+        return [(e.actor, e.action, e.reason) for e in sorted(entries, key=lambda e: e.id)]
+
+    def summaries(self) -> list[dict[str, Any]]:
+        """The garbage summaries written so far: reason and detail, oldest first."""
+        entries = self.store.audit.page(action="frames_rejected", limit=10**6).items
+        return [{"reason": e.reason, **json.loads(e.detail)} for e in reversed(entries)]

@@ -17,7 +17,6 @@ from hypothesis import strategies as st
 
 from hub.fleet import enrollment
 from hub.health import Health, derive
-from hub.ingest.batch import AuditLimiter
 from hub.ingest.worker import mark_offline
 from hub.metrics import sample
 from hub.store.rows import DeltaRecord, Desired, StateRecord, TelemetryRecord, UplinkRecord
@@ -397,15 +396,12 @@ def test_hub_rate_limits_rejection_audit_per_device(tmp_path: Path) -> None:
     ]
     assert sample("edgefleet_hub_audit_suppressed_total") == suppressed + 7
     assert rejected("malformed") == counted + 11
-
-
-def test_audit_limiter_tracks_a_bounded_number_of_unknown_ids() -> None:
-    limiter = AuditLimiter(per_minute=2, max_unknown=3)
-    now = 1_000_000
-    allowed = [limiter.allow(f"ghost-{i}", known=False, now_ms=now) for i in range(10)]
-    # three ids get their own budget; the other seven share one bucket of two
-    assert allowed == [True, True, True, True, True] + [False] * 5
-    assert limiter.allow("dev-1", known=True, now_ms=now)
+    # the first minute's garbage is summarised, every frame counted, the top sender named
+    first = {s["reason"]: s for s in hub.summaries()}
+    assert first["malformed"]["count"] == 10
+    assert first["malformed"]["audited"] == 3
+    assert first["malformed"]["top"] == [["dev-1", 10]]
+    assert first["unknown_device"]["count"] == 1
 
 
 def test_hub_prunes_rejected_audit_rows_beyond_the_kept_number(tmp_path: Path) -> None:

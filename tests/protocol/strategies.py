@@ -8,6 +8,7 @@ import string
 from hypothesis import strategies as st
 
 from protocol import messages as m
+from protocol.broker_auth import make_verifier
 from protocol.documents import DocSignature, SignedDocument
 from protocol.frame import Message
 from protocol.sketches import FeatureSketch, PredictionSketch
@@ -60,6 +61,13 @@ MESSAGES: dict[str, st.SearchStrategy[Message]] = {
         tags=st.dictionaries(names, st.text(max_size=20), max_size=4),
         enrollment_token=st.none() | st.text(max_size=40),
         active=st.none() | model_refs,
+        broker_verifier=st.none()
+        | st.builds(
+            make_verifier,
+            password=st.text(min_size=1, max_size=20),
+            salt=st.binary(min_size=12, max_size=12),
+            iterations=st.integers(1, 3),
+        ),
     ),
     "up.state": st.builds(
         m.StateReport,

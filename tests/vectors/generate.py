@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from protocol import frame, keys, schema
 from protocol import messages as m
+from protocol.broker_auth import make_verifier
 from protocol.sketches import FeatureSketch, PredictionSketch
 from protocol.tensors import encode_tensors
 
@@ -31,6 +32,7 @@ FRAMES: dict[str, frame.Message] = {
         agent_version="0.1.0",
         tags={"region": "eu-west", "hardware": "rpi4"},
         enrollment_token="tok-123",
+        broker_verifier=make_verifier("device broker password", bytes(range(12))),
     ),
     "state": m.StateReport(
         active=MODEL,
