@@ -79,9 +79,13 @@ class OctetStreamResponse(Response):
     tags=["models"],
     status_code=201,
     response_model=Registered,
-    responses=problem_responses(409),
+    responses={
+        200: {"description": "This upload was registered before: the version it made"},
+        **problem_responses(409),
+    },
 )
 def register_model(
+    response: Response,
     model: Annotated[UploadFile, File(description="The ONNX model, at most 64 MiB")],
     name: Annotated[str, Form(pattern=NAME_PATTERN)],
     reference: Annotated[UploadFile, File(description=".npz with X, at most 64 MiB")],
@@ -95,6 +99,7 @@ def register_model(
     ] = None,
 ) -> Registered:
     """Everything is checked before anything is written; see ``hub.registry.registry``.
+    The same upload again answers 200 with the version it made the first time.
     \f
     Raises:
         Oversize: a file over its cap (413).
@@ -109,6 +114,8 @@ def register_model(
         head=head,
         actor=operator.actor,
     )
+    if not registration.created:
+        response.status_code = 200
     return Registered(
         name=registration.name,
         version=registration.version,
@@ -119,6 +126,7 @@ def register_model(
         release_pending=registration.release_pending,
         head_reason=registration.head_reason,
         metrics=registration.metrics,
+        created=registration.created,
     )
 
 

@@ -262,6 +262,9 @@ class Registered(BaseModel):
     release_pending: bool = Field(description="The release key is offline: sign the pending list")
     head_reason: str | None = Field(description="Why local retraining is off, if it is")
     metrics: dict[str, float]
+    created: bool = Field(
+        description="False: this upload was registered before; this is that version (200)"
+    )
 
 
 class SignatureIn(_In):

@@ -205,6 +205,11 @@ class Registry(Protocol):
 
     def version(self, name: str, version: int) -> ModelVersion | None: ...
 
+    def find_upload(self, name: str, upload_sha256: str) -> ModelVersion | None:
+        """The version of ``name`` registered from the upload with this digest (its
+        lineage's ``upload_sha256``), if any."""
+        ...
+
     def versions(self, name: str) -> list[ModelVersion]:
         """Oldest first; empty for an unknown model."""
         ...

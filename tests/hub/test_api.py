@@ -574,6 +574,14 @@ def test_multipart_registration_creates_version_1(api: Api) -> None:
     assert models_page["items"][0]["latest_version"] == 1
 
 
+def test_registering_the_same_upload_again_is_200_with_the_same_version(api: Api) -> None:
+    first = api.call("POST", "/api/v1/models", role="operator", **register_form())
+    again = api.call("POST", "/api/v1/models", role="operator", **register_form())
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json() == {**first.json(), "created": False}
+    assert [v.version for v in api.hub.registry.list_versions("iris")] == [1]
+
+
 def test_registration_with_validation_data_records_metrics(api: Api) -> None:
     exported = models.mlp_classifier()
     form: dict[str, Any] = {
@@ -601,7 +609,7 @@ def test_hostile_model_upload_is_refused_and_audited(api: Api) -> None:
 
 
 def test_versions_and_lineage_are_listed(fleet: Api) -> None:
-    fleet.hub.register()
+    fleet.hub.register(reference=reference(seed=2))  # other bytes: a new version
     versions = fleet.call("GET", "/api/v1/models/iris/versions", role="viewer").json()
     assert [v["version"] for v in versions["items"]] == [1, 2]
     lineage = fleet.call("GET", "/api/v1/models/iris/versions/2/lineage", role="viewer").json()
