@@ -54,7 +54,40 @@ class HubAPI(FastAPI):
             problem = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(problem.pop("$defs", {}))
             components["Problem"] = problem
+            for name in _multipart_bodies(schema):
+                _tighten_form(components[name])
         return schema
+
+
+def _multipart_bodies(schema: dict[str, Any]) -> set[str]:
+    """Names of the component schemas that describe multipart request bodies."""
+    names = set()
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            content = operation.get("requestBody", {}).get("content", {})
+            ref = content.get("multipart/form-data", {}).get("schema", {}).get("$ref", "")
+            if ref:
+                names.add(ref.rsplit("/", 1)[-1])
+    return names
+
+
+def _tighten_form(body: dict[str, Any]) -> None:
+    """Make a multipart body's schema say what the routes accept.
+
+    FastAPI writes an optional form field as ``anyOf: [T, null]``, but a form cannot
+    carry null: a field is sent or left out. And an uploaded file must not be empty
+    (the routes refuse one). Both were schema-valid requests the hub refused.
+    """
+    required = set(body.get("required", ()))
+    for name, field in body.get("properties", {}).items():
+        options = field.get("anyOf")
+        if name not in required and options:
+            kept = [o for o in options if o != {"type": "null"}]
+            if len(kept) == 1:
+                del field["anyOf"]
+                field.update(kept[0])
+        if field.get("contentMediaType") == "application/octet-stream":
+            field["minLength"] = 1
 
 
 def create_app(ctx: HubContext, services: HubServices) -> FastAPI:

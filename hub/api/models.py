@@ -280,10 +280,13 @@ def get_artifact(
 
 
 def _read(file: BinaryIO, limit: int, what: str) -> bytes:
-    """Raises Oversize: more than ``limit`` bytes."""
+    """Raises Oversize: more than ``limit`` bytes; InvalidRequest: an empty file (the
+    schema says ``minLength: 1``: an empty validation file is not "no validation")."""
     data = file.read(limit + 1)
     if len(data) > limit:
         raise Oversize(f"{what} exceeds {limit} bytes")
+    if not data:
+        raise InvalidRequest(f"{what} is an empty file")
     return data
 
 

@@ -389,6 +389,27 @@ def test_malformed_json_is_a_422_problem(fleet: Api) -> None:
     problem_of(response, 422)
 
 
+@pytest.mark.parametrize(
+    ("body", "key"),
+    [
+        pytest.param(b'{"tags": {}, "tags": {"site": "x"}}', "tags", id="top-level"),
+        pytest.param(b'{"tags": {"site": "a", "site": "b"}}', "site", id="nested"),
+    ],
+)
+def test_json_body_naming_a_key_twice_is_a_422_problem_naming_it(
+    fleet: Api, body: bytes, key: str
+) -> None:
+    before = rows(fleet.store, "devices")
+    response = fleet.call(
+        "PATCH",
+        f"/api/v1/devices/{DEVICE}",
+        content=body,
+        headers={"Content-Type": "application/json"},
+    )
+    assert f"names {key!r} more than once" in problem_of(response, 422)["detail"]
+    assert rows(fleet.store, "devices") == before
+
+
 def test_unknown_body_field_is_a_422_problem(fleet: Api) -> None:
     response = fleet.call("PATCH", f"/api/v1/devices/{DEVICE}", json={"tags": {}, "status": "x"})
     problem_of(response, 422)
@@ -679,7 +700,7 @@ def test_unsigned_release_list_is_refused(tmp_path: Path, clock: FakeClock) -> N
     pending = api.hub.registry.pending_release()
     assert pending is not None
     response = api.call("POST", "/api/v1/releases", json=json.loads(pending.to_bytes()))
-    assert problem_of(response, 403)["reason"] == "unsigned"
+    assert problem_of(response, 422)["errors"][0]["loc"] == ["body", "signatures"]
 
 
 # ---------------------------------------------------------------------- audit, system
