@@ -6,7 +6,8 @@ and the simulator can build as many as they like, each with its own settings.
 
 Layout: ``GET /healthz`` and ``GET /metrics`` at the root, everything else under
 ``/api/v1`` (devices, enrollment and API tokens, models, versions, releases, artifacts,
-audit). The schema is at ``/openapi.json`` (interactive docs at ``/docs``); each route's
+audit). The schema is at ``/openapi.json`` (interactive docs at ``/docs``, served from
+local files: :mod:`hub.api.docs`); each route's
 ``name`` is both its OpenAPI ``operationId`` and the action its audit rows record.
 
 Request metrics (``edgefleet_hub_http_requests_total{method,route,status}`` and
@@ -26,7 +27,7 @@ from fastapi.routing import APIRoute
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from hub.api import audit, devices, errors, models, system, tokens
+from hub.api import audit, devices, docs, errors, models, system, tokens
 from hub.api.deps import AppContext
 from hub.api.schemas import Problem
 from hub.api.services import HubServices
@@ -97,6 +98,7 @@ def create_app(ctx: HubContext, services: HubServices) -> FastAPI:
         version="1",
         summary="Register and release models, manage a fleet of devices, read the audit log.",
         openapi_url="/openapi.json",
+        docs_url=None,  # served from local files by hub.api.docs
         redoc_url=None,
         generate_unique_id_function=_operation_id,
     )
@@ -104,6 +106,7 @@ def create_app(ctx: HubContext, services: HubServices) -> FastAPI:
     app.state.context = AppContext(ctx, services, api_metrics)
     for prefix, router in _ROUTERS:
         app.include_router(router, prefix=prefix)
+    docs.install(app)
     errors.install(app)
     app.add_middleware(
         RequestMetrics,
