@@ -14,7 +14,9 @@ Request metrics (``edgefleet_hub_http_requests_total{method,route,status}`` and
 ``edgefleet_hub_http_request_seconds{method,route}``) live in a registry of the app's
 own, so two apps in one process never collide; ``/metrics`` serves it after the hub's
 registry (``services.metrics``). ``route`` is the route's name, never the raw path, so
-the label set stays bounded whatever clients send.
+the label set stays bounded whatever clients send. The fleet's gauges
+(:mod:`hub.api.fleet_metrics`) are counted from the store at each scrape, in the same
+registry.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hub.api import audit, devices, docs, errors, models, system, tokens
 from hub.api.deps import AppContext
+from hub.api.fleet_metrics import FleetCollector
 from hub.api.schemas import Problem
 from hub.api.services import HubServices
 from hub.context import HubContext
@@ -103,6 +106,7 @@ def create_app(ctx: HubContext, services: HubServices) -> FastAPI:
         generate_unique_id_function=_operation_id,
     )
     api_metrics = CollectorRegistry(auto_describe=True)
+    api_metrics.register(FleetCollector(ctx.store))
     app.state.context = AppContext(ctx, services, api_metrics)
     for prefix, router in _ROUTERS:
         app.include_router(router, prefix=prefix)

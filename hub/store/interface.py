@@ -42,10 +42,12 @@ from hub.store.rows import (
     Counter,
     Desired,
     Device,
+    DeviceCount,
     DeviceIdentity,
     DeviceStatus,
     EnrollmentToken,
     HelloUpdate,
+    InstallCount,
     ModelSummary,
     ModelVersion,
     Page,
@@ -111,6 +113,15 @@ class Devices(Protocol):
 
     def count(self, *, status: DeviceStatus | None = None) -> int: ...
 
+    def census(self) -> list[DeviceCount]:
+        """Devices grouped by status, online, reported model and health."""
+        ...
+
+    def install_outcomes(self) -> list[InstallCount]:
+        """Active devices grouped by the install outcome and reason they last reported
+        (devices that reported none are left out)."""
+        ...
+
     def approve(self, device_id: str, *, at_ms: int, by: str) -> None:
         """Make the device active, enrolled by ``by``. Raises NotFound."""
 
@@ -168,6 +179,10 @@ class DesiredStates(Protocol):
 
     def twins(self, device_id: str | None = None) -> list[Twin]:
         """Each desired state with its device, ordered by device id (one, if given)."""
+        ...
+
+    def unconverged(self) -> int:
+        """Active devices whose reported model is not (yet) the desired one."""
         ...
 
     def stuck_among(self, device_ids: Collection[str]) -> set[str]:

@@ -146,6 +146,29 @@ class AssignmentRecord:
     created_at: int
 
 
+@dataclass(frozen=True, slots=True)
+class DeviceCount:
+    """How many devices share a status, presence, reported model and health (the fleet
+    gauges of ``/metrics``, counted when scraped)."""
+
+    status: DeviceStatus
+    online: bool
+    model_name: str | None
+    model_version: int | None
+    health: Health
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class InstallCount:
+    """How many devices last reported this install outcome, and why (``reason`` is empty
+    for an install that went through)."""
+
+    status: str
+    reason: str
+    count: int
+
+
 # ---------------------------------------------------------------------- registry
 
 
