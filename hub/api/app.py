@@ -29,7 +29,7 @@ from fastapi.routing import APIRoute
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from hub.api import audit, devices, docs, errors, models, system, tokens
+from hub.api import audit, devices, docs, errors, models, reports, system, tokens
 from hub.api.deps import AppContext
 from hub.api.fleet_metrics import FleetCollector
 from hub.api.schemas import Problem
@@ -44,6 +44,7 @@ _ROUTERS: tuple[tuple[str, APIRouter], ...] = (
     (API_PREFIX, tokens.router),
     (API_PREFIX, models.router),
     (API_PREFIX, models.uploads),
+    (API_PREFIX, reports.router),
     (API_PREFIX, audit.router),
 )
 

@@ -40,6 +40,7 @@ from hub.store.rows import (
     AuditEntry,
     AuditRecord,
     Counter,
+    DeltaSummary,
     Desired,
     Device,
     DeviceCount,
@@ -53,7 +54,9 @@ from hub.store.rows import (
     Page,
     ReleaseListRecord,
     ReportedTwin,
+    StateRecord,
     Twin,
+    UplinkQuery,
     UplinkRecord,
     UplinkSeen,
     VersionStatus,
@@ -266,6 +269,20 @@ class Uplink(Protocol):
         ...
 
     def count(self, kind: type[UplinkRecord]) -> int: ...
+
+    def page(self, kind: type[R], query: UplinkQuery) -> Page[R]:
+        """Records of one kind matching ``query``, newest received first (then by
+        device and seq, descending), and how many match in all."""
+        ...
+
+    def delta_page(self, query: UplinkQuery) -> Page[DeltaSummary]:
+        """Like ``page(DeltaRecord, query)``, without reading the tensors."""
+        ...
+
+    def last_install_refusal(self, device_id: str) -> StateRecord | None:
+        """The device's newest state report whose install was refused, failed or rolled
+        back, if any."""
+        ...
 
 
 class Audit(Protocol):

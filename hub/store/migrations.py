@@ -214,3 +214,10 @@ def m005_desired_tracking(db: Database) -> None:
     desired = db.table("desired")
     desired.add_column("assignment_expires", int)
     desired.add_column("stuck_at", int)
+
+
+@migrations()
+def m006_uplink_time_indexes(db: Database) -> None:
+    # hub.api.uplink: reads of what devices sent, newest first and by time range
+    for table in ("telemetry", "states", "data_windows", "deltas"):
+        db.table(table).create_index(["received_at"])

@@ -265,6 +265,43 @@ class DeltaRecord(UplinkRecord):
     status: Literal["received", "used", "rejected"] = "received"
 
 
+@dataclass(frozen=True, slots=True)
+class DeltaSummary:
+    """A stored delta without its tensors (``tensors_bytes`` says how large they are)."""
+
+    device_id: str
+    seq: int
+    sent_at: int
+    received_at: int
+    base_name: str
+    base_version: int
+    base_sha256: str
+    round_id: str | None
+    num_samples: int
+    metric: str
+    before: float
+    after: float
+    clip_norm: float
+    status: str
+    tensors_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class UplinkQuery:
+    """Which uplink records to read: every filter given must hold. ``model_name`` and
+    ``model_version`` are the model the record is about (a delta's base, a window's or a
+    telemetry report's model, a state report's active model); ``since_ms`` (inclusive)
+    and ``until_ms`` (exclusive) bound the hub's ``received_at``."""
+
+    device_id: str | None = None
+    model_name: str | None = None
+    model_version: int | None = None
+    since_ms: int | None = None
+    until_ms: int | None = None
+    limit: int = 100
+    offset: int = 0
+
+
 # ---------------------------------------------------------------------- operations
 
 

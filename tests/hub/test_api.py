@@ -202,6 +202,11 @@ ROUTES = [
     ),
     Route("GET", "/api/v1/artifacts/{sha256}", f"/api/v1/artifacts/{SHA}", "viewer"),
     Route("GET", "/api/v1/audit", "/api/v1/audit", "viewer"),
+    Route("GET", "/api/v1/deltas", "/api/v1/deltas", "viewer"),
+    Route("GET", "/api/v1/windows", "/api/v1/windows", "viewer"),
+    Route("GET", "/api/v1/telemetry", "/api/v1/telemetry", "viewer"),
+    Route("GET", "/api/v1/states", "/api/v1/states", "viewer"),
+    Route("GET", "/api/v1/devices/{device_id}/twin", f"/api/v1/devices/{DEVICE}/twin", "viewer"),
 ]
 CHANGES = [r for r in ROUTES if r.changes]
 GUARDED = [r for r in ROUTES if r.role is not None]
