@@ -30,6 +30,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hub.api import audit, devices, docs, errors, models, reports, system, tokens
+from hub.api.auth import Principal
 from hub.api.deps import AppContext
 from hub.api.fleet_metrics import FleetCollector
 from hub.api.schemas import Problem
@@ -95,8 +96,13 @@ def _tighten_form(body: dict[str, Any]) -> None:
             field["minLength"] = 1
 
 
-def create_app(ctx: HubContext, services: HubServices) -> FastAPI:
-    """A new REST API over the hub context ``ctx``; see the module docstring."""
+def create_app(
+    ctx: HubContext, services: HubServices, *, local: Principal | None = None
+) -> FastAPI:
+    """A new REST API over the hub context ``ctx``; see the module docstring.
+
+    ``local`` is for the CLI's ``--data`` mode only (:class:`hub.api.deps.AppContext`).
+    """
     app = HubAPI(
         title="edgefleet hub",
         version="1",
@@ -108,7 +114,7 @@ def create_app(ctx: HubContext, services: HubServices) -> FastAPI:
     )
     api_metrics = CollectorRegistry(auto_describe=True)
     api_metrics.register(FleetCollector(ctx.store))
-    app.state.context = AppContext(ctx, services, api_metrics)
+    app.state.context = AppContext(ctx, services, api_metrics, local)
     for prefix, router in _ROUTERS:
         app.include_router(router, prefix=prefix)
     docs.install(app)

@@ -65,6 +65,10 @@ class AppContext:
     services: HubServices
     api_metrics: CollectorRegistry
     """The API's own request metrics, served on ``/metrics`` after ``services.metrics``."""
+    local: Principal | None = None
+    """Set only by the CLI's ``--data`` mode, which serves the API in its own process over
+    the hub's files: requests without a token act as this admin (whoever can write the
+    store can do anything anyway). ``hub serve`` never sets it."""
 
 
 def get_context(request: Request) -> AppContext:
@@ -100,10 +104,13 @@ def authorize(request: Request, role: Role, action: str) -> Principal:
         PermissionDenied: the token's role is below ``role`` (audited as ``action``).
     """
     principal: Principal | None = getattr(request.state, "principal", None)
-    hub = get_hub(request)
+    context = get_context(request)
+    hub = context.hub
+    if principal is None and context.local is not None and "authorization" not in request.headers:
+        principal = context.local
     if principal is None:
         principal = auth.authenticate(hub.store, _bearer(request))
-        request.state.principal = principal
+    request.state.principal = principal
     if not principal.may(role):
         hub.store.audit.append(
             at=hub.now_ms(),

@@ -17,6 +17,7 @@ looks at the disk (no name a caller sends ever becomes a path).
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import asdict
 from typing import Annotated, Any, BinaryIO
@@ -42,6 +43,7 @@ from hub.api.schemas import (
     ModelSummary,
     ModelVersion,
     Registered,
+    ReleaseListDocument,
     ReleaseListIn,
     ReleasePublished,
     VersionPage,
@@ -50,6 +52,7 @@ from hub.errors import InvalidRequest
 from hub.fleet.delivery import http_artifact
 from hub.registry.artifacts import MAX_RANGE_BYTES
 from hub.registry.registry import VersionInfo
+from hub.store import NotFound
 from protocol import canonical, schema
 from protocol.documents import SignedDocument
 from protocol.errors import Oversize
@@ -234,6 +237,26 @@ def publish_release(
     return ReleasePublished(
         version=release.version, expires=release.expires, entries=len(release.entries)
     )
+
+
+@router.get(
+    "/releases/pending",
+    name="release.pending",
+    summary="The release list waiting for the offline release key (to sign elsewhere)",
+    tags=["models"],
+    response_model=ReleaseListDocument,
+    responses=problem_responses(404),
+)
+def pending_release(_: ViewerDep, services: ServicesDep) -> ReleaseListDocument:
+    """\f
+    Raises:
+        NotFound: no release list is waiting (the release key is on the hub, or the
+            newest list is signed).
+    """
+    pending = services.registry.pending_release()
+    if pending is None:
+        raise NotFound("no release list is pending")
+    return ReleaseListDocument(**json.loads(pending.to_bytes()))
 
 
 @router.get(

@@ -301,6 +301,15 @@ class ReleaseListIn(_In):
     signatures: list[SignatureIn] = Field(min_length=1, max_length=16)
 
 
+class ReleaseListDocument(BaseModel):
+    """A DSSE envelope holding a release list, as the hub holds it (the pending one is
+    unsigned: ``signatures`` is empty until ``edgefleet keys sign-release``)."""
+
+    payload: str
+    payloadType: str  # DSSE spells it so
+    signatures: list[dict[str, str]]
+
+
 class ReleasePublished(BaseModel):
     version: int
     expires: int

@@ -201,6 +201,7 @@ ROUTES = [
         {"json": {"payload": "", "payloadType": "x", "signatures": []}},
     ),
     Route("GET", "/api/v1/artifacts/{sha256}", f"/api/v1/artifacts/{SHA}", "viewer"),
+    Route("GET", "/api/v1/releases/pending", "/api/v1/releases/pending", "viewer"),
     Route("GET", "/api/v1/audit", "/api/v1/audit", "viewer"),
     Route("GET", "/api/v1/deltas", "/api/v1/deltas", "viewer"),
     Route("GET", "/api/v1/windows", "/api/v1/windows", "viewer"),
@@ -287,7 +288,8 @@ def test_viewer_reads_everything_readable(fleet: Api, route: Route) -> None:
     fleet.call("PUT", "/api/v1/devices/d-1/desired", json={"model": "iris", "version": 1})
     sha = fleet.hub.registry.get_version("iris", 1).sha256
     path = route.path.replace(SHA, sha)
-    assert fleet.call("GET", path, role="viewer").status_code == 200
+    nothing_pending = route.template == "/api/v1/releases/pending"  # the release key is online
+    assert fleet.call("GET", path, role="viewer").status_code == (404 if nothing_pending else 200)
 
 
 @pytest.mark.parametrize("route", CHANGES, ids=route_id)
@@ -697,6 +699,17 @@ def test_release_list_signed_offline_is_published(tmp_path: Path, clock: FakeClo
     assert response.json()["version"] == 1
     assert api.hub.registry.get_version("iris", 1).status == "released"
     problem_of(api.call("POST", "/api/v1/releases", json=document), 409)
+
+
+def test_pending_release_list_is_read_for_signing(tmp_path: Path, clock: FakeClock) -> None:
+    api = make_api(tmp_path, clock, release_online=False)
+    problem_of(api.call("GET", "/api/v1/releases/pending", role="viewer"), 404)
+    api.call("POST", "/api/v1/models", **register_form())
+    pending = api.call("GET", "/api/v1/releases/pending", role="viewer")
+    assert pending.status_code == 200
+    expected = api.hub.registry.pending_release()
+    assert expected is not None
+    assert pending.json() == json.loads(expected.to_bytes())
 
 
 def test_unsigned_release_list_is_refused(tmp_path: Path, clock: FakeClock) -> None:
