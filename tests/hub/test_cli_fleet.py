@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 from contextlib import closing
 from pathlib import Path
@@ -9,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from edgefleet.cli import main
+from edgefleet.clock import SystemClock
+from hub import keyring
 from hub.cli.common import open_store
 from hub.fleet.identity import token_hash
 from hub.store.rows import Device
@@ -18,6 +21,7 @@ from tests.hub.tables import rows
 @pytest.fixture
 def data(tmp_path: Path) -> Path:
     path = tmp_path / "hub"
+    keyring.init(path / "keys", now_ms=SystemClock().now_ms())
     with closing(open_store(path, create=True)) as store:
         store.devices.add(
             Device("pump-17", "11" * 32, "pending", first_seen=1, tags={"site": "plant-3"})
@@ -46,9 +50,9 @@ def test_enroll_create_prints_a_secret_the_hub_stores_only_hashed(
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        pytest.param(["--kind", "fleet"], "needs expires_at", id="fleet-without-expiry"),
+        pytest.param(["--kind", "fleet"], "needs --expires-in", id="fleet-without-expiry"),
         pytest.param(["--tag", "site"], "KEY=VALUE", id="tag-without-value"),
-        pytest.param(["--tag", "Bad Key=x"], "tag key", id="bad-tag-key"),
+        pytest.param(["--tag", "Bad Key=x"], "tags.Bad Key", id="bad-tag-key"),
     ],
 )
 def test_enroll_create_refuses_bad_input_in_one_line(
@@ -73,7 +77,7 @@ def test_device_approve_then_revoke_changes_status_and_audits_who(
         actions = [e.action for e in entries]
         actors = {e.actor for e in entries}
     assert actions == ["device.approve", "device.revoke"]
-    assert actors == {"cli"}
+    assert actors == {f"cli:{getpass.getuser()}"}
 
 
 @pytest.mark.parametrize(
