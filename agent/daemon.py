@@ -98,6 +98,9 @@ class Agent:
         rollout_keys: returns the rollout-role public keys downlink frames must verify
             under, asked anew for every frame; the default trusts none, so every downlink
             frame (acks included) is refused until the trust module provides them.
+        trusted_now: lifts the clock's ``now_ms`` to trusted time (the trust store's time
+            floor) for the downlink window's bound on seqs from the future; default the
+            clock as it is.
         transport: the broker session; default a :class:`~agent.link.Link` from config.
         scheduler: runs the jobs; default one of its own (started and shut down here).
         lock: the state directory's lock, already held by the caller (who releases it);
@@ -115,6 +118,7 @@ class Agent:
         *,
         clock: Clock | None = None,
         rollout_keys: KeySource = tuple,
+        trusted_now: Callable[[int], int] | None = None,
         transport: Transport | None = None,
         scheduler: Scheduler | None = None,
         lock: DirectoryLock | None = None,
@@ -143,11 +147,13 @@ class Agent:
                 self._own_lock.release()
             raise
         self.outbox = self.uplink.outbox
+        lift = trusted_now or (lambda now_ms: now_ms)
         self.downlink = Downlink(
             device_id=config.device_id,
             topics=self.topics,
             rollout_keys=rollout_keys,
             store=self._window,
+            now_ms=lambda: lift(self.clock.now_ms()),
         )
         self.downlink.register("ack", self.uplink.on_ack)
         self.downlink.register("nudge", self.uplink.on_nudge)

@@ -107,10 +107,12 @@ class Device:
             config,
             clock=clock,
             rollout_keys=self.trust.rollout_keys,
+            trusted_now=self.trust.now_ms,
             transport=transport,
             scheduler=scheduler,
             lock=self._lock,
         )
+        self.trust.watch_downlink(self.agent.downlink.problem)
         self.manager = ModelManager(
             config.state_dir,
             self.trust,

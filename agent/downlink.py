@@ -7,9 +7,16 @@ Every message arriving on the device's ``down/<kind>`` topics goes through, in o
 2. :func:`protocol.frame.decode`: size cap, layout, the kind and device id in the header
    match the topic, and the signature verifies under one of the rollout-role keys the
    caller's ``rollout_keys()`` returns *now* (the trust module rotates them);
-3. the persisted downlink :class:`~protocol.replay.SeqWindow`: a seq already accepted is a
-   **duplicate** and a no-op (the retained ``desired`` is redelivered on every reconnect,
-   THREATS B14); one below the window is a **replay** and refused (B13);
+3. the persisted downlink :class:`~protocol.replay.DownlinkWindow` of the current **key
+   epoch** (the rollout keys that verified the frame): a seq already accepted is a
+   **duplicate** and a no-op (the retained ``desired`` is redelivered on every reconnect);
+   one more than a minute older than the newest accepted is a **replay** and refused; one
+   stamped more than a day ahead of trusted time (``now_ms``: the
+   clock lifted to the time floor the heartbeats attest) is refused as ``seq_ahead``,
+   so no frame, not even one signed with a stolen rollout key, moves the window where the
+   hub's seqs cannot follow. A root rotation that changes the rollout keys changes the
+   epoch and starts a fresh window (the recovery path for a stolen key, as in TUF;
+   docs/decisions.md, "Downlink sequence numbers");
 4. the handlers registered for the kind run, in registration order; only when all of
    them returned is the seq recorded in the window (a crash in between means the frame is
    handled again on redelivery, so handlers must be idempotent; desired-state handling is
@@ -19,9 +26,19 @@ Every message arriving on the device's ``down/<kind>`` topics goes through, in o
 (the key source, a parser bug, the window store), is logged with a traceback but without
 the payload, counted as ``failed``, and the next frame is handled as usual.
 
-Refused frames are logged with the topic kind and the reason code only, never the payload,
-and counted by reason (:meth:`Downlink.counters`). Device time is not checked: the seq
-window decides replays, and the trust module checks expiry of what the frames carry.
+Refused frames are counted by reason (:meth:`Downlink.counters`) and logged with the
+topic kind and the reason code only, never the payload, and summarised: the first refusal
+of each reason in an interval (``log_every_s``, 60 s) is a WARNING, the rest of the
+interval one line per reason with their count (a flood of 20,000 junk frames once wrote
+16,648 warnings). Device time is not checked beyond the seq's stamp: the window decides
+replays, and the trust module checks expiry of what the frames carry.
+
+**A device that cannot hear the hub says so.** Frames that verify but are refused by the
+window are the hub's own (or a key holder's): when :data:`BLOCKED_AFTER` of them in a row,
+live ones, were refused with nothing accepted in between, :meth:`Downlink.problem` says so
+(the trust store turns it into the ``downlink_refused`` flag of the state report, and an
+install that starves names it as the cause instead of ``slow_retrieval``), logged once at
+ERROR, until a frame is accepted again.
 
 Fleet topics (``fleet/root``, ``fleet/release``, ``fleet/heartbeat``) carry signed
 documents, not frames: their raw bytes go to the registered fleet handlers, which verify
@@ -47,10 +64,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlite_utils import Database
 
 from agent.transport import Connected, LinkEvent
-from protocol import frame
-from protocol.errors import IdentityMismatch, ProtocolError, Replayed
+from edgefleet.clock import SystemClock
+from protocol import frame, keys
+from protocol.errors import IdentityMismatch, Malformed, ProtocolError, Replayed, Stale
 from protocol.frame import DEFAULT_LIMITS, Envelope, Limits
-from protocol.replay import SeqWindow
+from protocol.replay import DownlinkWindow, key_epoch
 from protocol.topics import DOWN_KINDS, FLEET_KINDS, Topics
 
 logger = logging.getLogger(__name__)
@@ -60,10 +78,18 @@ FleetHandler = Callable[[bytes], None]
 KeySource = Callable[[], Iterable[Ed25519PublicKey]]
 Verdict = Literal["accepted", "duplicate", "refused", "failed", "ignored"]
 EVENT_QUEUE_SIZE = 10_000
+BLOCKED_AFTER = 3
+"""Authentic live frames refused by the window in a row before the device says it cannot
+hear the hub."""
+LOG_EVERY_S = 60.0
 
 
 class WindowStore:
-    """The downlink seq window, one row in the agent's SQLite file (own connection)."""
+    """The downlink window, one row in the agent's SQLite file (own connection).
+
+    A window an older agent stored (a counter-based ``SeqWindow``) reads as a fresh one:
+    the hub's time-ordered seqs lie far above anything it held.
+    """
 
     def __init__(self, path: Path) -> None:
         self._lock = threading.Lock()
@@ -74,12 +100,18 @@ class WindowStore:
         table = self._db.table("downlink_window")
         table.create({"id": int, "window": bytes}, pk="id", if_not_exists=True)
 
-    def load(self) -> SeqWindow:
+    def load(self) -> DownlinkWindow:
         with self._lock:
             row = self._db.execute("SELECT window FROM downlink_window WHERE id = 1").fetchone()
-        return SeqWindow() if row is None else SeqWindow.from_bytes(row[0])
+        if row is None:
+            return DownlinkWindow()
+        try:
+            return DownlinkWindow.from_bytes(row[0])
+        except Malformed:
+            logger.info("downlink window of an older agent replaced by a fresh one")
+            return DownlinkWindow()
 
-    def save(self, window: SeqWindow) -> None:
+    def save(self, window: DownlinkWindow) -> None:
         with self._lock:
             self._db.execute(
                 "INSERT INTO downlink_window (id, window) VALUES (1, ?)"
@@ -93,7 +125,17 @@ class WindowStore:
 
 
 class Downlink:
-    """Guard and dispatch table for one device's downlink and the fleet topics."""
+    """Guard and dispatch table for one device's downlink and the fleet topics.
+
+    Args:
+        device_id, topics: whose downlink, under which prefix.
+        rollout_keys: the keys every frame must verify under, asked per frame.
+        store: where the window persists.
+        now_ms: trusted time for the window's ``seq_ahead`` bound (the trust store's clock
+            lifted to its time floor); default the system clock.
+        limits: frame size caps.
+        log_every_s: the refusal log's summary interval.
+    """
 
     def __init__(
         self,
@@ -102,17 +144,24 @@ class Downlink:
         topics: Topics,
         rollout_keys: KeySource,
         store: WindowStore,
+        now_ms: Callable[[], int] | None = None,
         limits: Limits = DEFAULT_LIMITS,
+        log_every_s: float = LOG_EVERY_S,
     ) -> None:
         self.device_id = device_id
         self._topics = topics
         self._keys = rollout_keys
         self._store = store
+        self._now_ms = now_ms or SystemClock().now_ms
         self._limits = limits
         self._window = store.load()
+        self._epochs: tuple[tuple[Ed25519PublicKey, ...], str] = ((), key_epoch(()))
         self._handlers: dict[str, list[DownlinkHandler]] = {}
         self._fleet: dict[str, list[FleetHandler]] = {}
         self._counts: Counter[str] = Counter()
+        self._log = RefusalLog(log_every_s)
+        self._blocked = 0  # authentic live frames the window refused since one was accepted
+        self._blocked_reason = ""
 
     def register(self, kind: str, handler: DownlinkHandler) -> None:
         """Call ``handler(envelope)`` for every new, verified ``down/<kind>`` frame.
@@ -138,6 +187,24 @@ class Downlink:
         """Frames by outcome: accepted, duplicate, failed, and ``refused.<reason>``."""
         return dict(self._counts)
 
+    @property
+    def window(self) -> DownlinkWindow:
+        """The window as last persisted (its key epoch, high seq and recent seqs)."""
+        return self._window
+
+    def problem(self) -> str | None:
+        """Why this device cannot hear the hub, or None while it can (module docstring)."""
+        if self._blocked < BLOCKED_AFTER:
+            return None
+        return (
+            f"downlink_refused: {self._blocked} hub frames in a row refused by the replay "
+            f"window ({self._blocked_reason}); a root rotation of the rollout key resets it"
+        )
+
+    def flush_log(self) -> None:
+        """Write the refusal summaries that are due (the downlink job calls it)."""
+        self._log.flush(self._now_ms())
+
     def dispatch(self, topic: str, payload: bytes, *, retained: bool = False) -> Verdict:
         """Guard one inbound message and run its handlers; never raises."""
         try:
@@ -146,17 +213,25 @@ class Downlink:
                 return self._run_fleet(route.kind, payload)
             if route.direction != "down" or route.device_id != self.device_id:
                 raise IdentityMismatch("not this device's downlink")
+            rollout = tuple(self._keys())
             envelope = frame.decode(
                 payload,
-                list(self._keys()),
+                list(rollout),
                 expect_kind=route.qualified_kind,
                 expect_device=self.device_id,
                 limits=self._limits,
             )
-            verdict = self._window.check(envelope.header.seq)
         except ProtocolError as e:
             return self._refuse(topic, e, retained=retained)
         except Exception:  # a fault of ours (the key source, a parser): never the worker's end
+            return self._fail(topic, "could not be checked")
+        try:
+            window = self._window.for_epoch(self._epoch(rollout))
+            now_ms = self._now_ms()
+            verdict = window.check(envelope.header.seq, now_ms=now_ms)
+        except ProtocolError as e:
+            return self._refuse(topic, e, retained=retained, authentic=True)
+        except Exception:  # a fault of ours (the clock, the window): never the worker's end
             return self._fail(topic, "could not be checked")
         if verdict == "duplicate":
             self._counts["duplicate"] += 1
@@ -169,14 +244,26 @@ class Downlink:
                 self._counts["failed"] += 1
                 logger.exception("%s handler failed on seq %d", route.kind, envelope.header.seq)
                 return "failed"
-        window = self._window.accept(envelope.header.seq)
+        window = window.accept(envelope.header.seq, now_ms=now_ms)
         try:
             self._store.save(window)
         except Exception:  # handled but not recorded: handled again if redelivered
             return self._fail(topic, "handled, but its seq could not be recorded")
+        if self._window.epoch and window.epoch != self._window.epoch:
+            logger.info("rollout keys rotated: a fresh downlink window")
         self._window = window
         self._counts["accepted"] += 1
+        if self._blocked >= BLOCKED_AFTER:
+            logger.warning("hub frames are accepted again after %d refused", self._blocked)
+        self._blocked = 0
         return "accepted"
+
+    def _epoch(self, rollout: tuple[Ed25519PublicKey, ...]) -> str:
+        cached, epoch = self._epochs
+        if rollout != cached:
+            epoch = key_epoch(keys.keyid(key) for key in rollout)
+            self._epochs = rollout, epoch
+        return epoch
 
     def _run_fleet(self, kind: str, payload: bytes) -> Verdict:
         handlers = self._fleet.get(kind, [])
@@ -194,14 +281,66 @@ class Downlink:
         logger.exception("downlink %s frame %s", _kind(topic), what)
         return "failed"
 
-    def _refuse(self, topic: str, error: ProtocolError, *, retained: bool) -> Verdict:
+    def _refuse(
+        self, topic: str, error: ProtocolError, *, retained: bool, authentic: bool = False
+    ) -> Verdict:
         self._counts[f"refused.{error.reason}"] += 1
         kind = _kind(topic)
         if retained and isinstance(error, Replayed):
             logger.info("stale retained %s frame ignored (%s)", kind, error.reason)
-        else:
-            logger.warning("downlink %s frame refused: %s", kind, error.reason)
+            return "refused"
+        self._log.refused(kind, error.reason, self._now_ms())
+        if authentic and not retained and isinstance(error, Replayed | Stale):
+            self._blocked += 1
+            self._blocked_reason = f"{error.reason}: {error}"[:200]
+            if self._blocked == BLOCKED_AFTER:
+                logger.error("this device cannot hear the hub: %s", self.problem())
         return "refused"
+
+
+class RefusalLog:
+    """Refused frames, logged without drowning the log: the first of each reason per
+    interval at WARNING, then one summary line per reason with the count."""
+
+    def __init__(self, every_s: float) -> None:
+        self._every_ms = int(every_s * 1000)
+        self._started: int | None = None
+        self._more: Counter[tuple[str, str]] = Counter()
+        self._said: set[str] = set()
+
+    def refused(self, kind: str, reason: str, now_ms: int) -> None:
+        self.flush(now_ms)
+        if self._started is None:
+            self._started = now_ms
+        if reason in self._said:
+            self._more[(reason, kind)] += 1
+            return
+        self._said.add(reason)
+        logger.warning(
+            "downlink %s frame refused: %s (more refusals are summarised every %d s)",
+            kind,
+            reason,
+            self._every_ms // 1000,
+        )
+
+    def flush(self, now_ms: int) -> None:
+        """Summarise the interval once it is over, and start the next."""
+        if self._started is None or now_ms - self._started < self._every_ms:
+            return
+        by_reason: Counter[str] = Counter()
+        kinds: dict[str, set[str]] = {}
+        for (reason, kind), count in self._more.items():
+            by_reason[reason] += count
+            kinds.setdefault(reason, set()).add(kind)
+        for reason, count in sorted(by_reason.items()):
+            logger.warning(
+                "downlink: %d more frames refused as %s in the last %d s (%s)",
+                count,
+                reason,
+                (now_ms - self._started) // 1000,
+                ", ".join(sorted(kinds[reason])),
+            )
+        self._started, self._more, self._said = None, Counter(), set()
 
 
 class Inbox:
@@ -237,6 +376,7 @@ class Inbox:
             try:
                 event = self._events.get_nowait()
             except queue.Empty:
+                self._downlink.flush_log()
                 return
             try:
                 if isinstance(event, Connected):

@@ -75,6 +75,9 @@ class Installer:
         clock: "now" for a swap's watch start and a newer decision's early watch end.
         send: where fetch requests go (the daemon's transient send).
         changed: called after every step that may change the state report.
+        starved_by: why the hub's frames do not reach the device, if they do not (the
+            downlink guard's problem); a download that starves then fails with that
+            reason rather than ``slow_retrieval``.
 
     Raises (constructor):
         StateCorrupt: ``slots.json`` cannot be read.
@@ -88,12 +91,14 @@ class Installer:
         send: Callable[[Message], None],
         changed: Callable[[], None],
         config: UpdaterConfig,
+        starved_by: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.slots = Slots(root)
         self._clock = clock
         self._send = send
         self._changed = changed
         self._config = config
+        self._starved_by = starved_by
         active = self.slots.state.active
         self.runtime: ModelRuntime | None = self._load(active) if active is not None else None
         """The runtime serving now (``None``: no model yet)."""
@@ -182,7 +187,7 @@ class Installer:
                 download.check_speed(now_ms)
             except SlowRetrieval as e:
                 self._drop_download()
-                self._end(table.Fail(_reason(e)))
+                self._end(table.Fail(self._starved_by() or _reason(e)))
             else:
                 self.pump(now_ms)
         self.watch(now_ms)

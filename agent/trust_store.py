@@ -21,10 +21,12 @@ root chain is logged and waits for the next publication of the chain (the hub pu
 it retained, so every reconnect retries it). Every refusal is counted by reason.
 
 Flags for the state report: ``freeze_suspected`` (no unexpired heartbeat at ``now_ms``:
-keep serving, install nothing) and ``clock_suspect``: the device clock is far ahead of
+keep serving, install nothing), ``clock_suspect``: the device clock is far ahead of
 hub time, detected when a newly received, authentic heartbeat is already expired by more
 than its own lifetime (a device clock set back is caught by the time floor instead:
-:func:`protocol.trust.effective_now`).
+:func:`protocol.trust.effective_now`), and ``downlink_refused``: the downlink guard
+refuses the hub's frames by its replay window (:meth:`TrustStore.watch_downlink`; the
+device cannot hear the hub, and says so rather than failing installs as slow downloads).
 
 Thread-safe: one lock around the state, since the downlink worker, the scheduler and
 the downlink guard (:meth:`TrustStore.rollout_keys`) read it from different threads.
@@ -73,6 +75,7 @@ class TrustStore:
             torn.unlink(missing_ok=True)
         self._state = self._load(pinned_root)
         self._rollout: tuple[Root | None, tuple[Ed25519PublicKey, ...]] = (None, ())
+        self._downlink: Callable[[], str | None] = lambda: None
 
     @classmethod
     def open(cls, state_dir: Path, root_metadata: Path | None) -> TrustStore:
@@ -119,7 +122,17 @@ class TrustStore:
     def flags(self, now_ms: int) -> tuple[str, ...]:
         """The trust flags for a state report at ``now_ms``."""
         flags = ("freeze_suspected",) if self.freeze_suspected(now_ms) else ()
-        return (*flags, "clock_suspect") if self.clock_suspect else flags
+        flags = (*flags, "clock_suspect") if self.clock_suspect else flags
+        return (*flags, "downlink_refused") if self.downlink_problem() else flags
+
+    def watch_downlink(self, problem: Callable[[], str | None]) -> None:
+        """Take ``problem`` (:meth:`agent.downlink.Downlink.problem`) into the flags."""
+        self._downlink = problem
+
+    def downlink_problem(self) -> str | None:
+        """Why the device cannot hear the hub (its downlink guard refuses the hub's
+        frames by seq), or None."""
+        return self._downlink()
 
     # ------------------------------------------------------------------ fleet documents
 

@@ -128,6 +128,7 @@ class ModelManager:
             send=self._send,
             changed=self._report,
             config=self._config,
+            starved_by=trust_store.downlink_problem,
         )
         self._pending_path = state_dir / MODELS_DIR / PENDING_FILE
         self._pending = self._load_pending()

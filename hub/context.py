@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from edgefleet.clock import Clock
-from hub.keyring import Keyring
+from hub.keyring import Keys
 from hub.settings import HubSettings
 from hub.store import Store
 from protocol.frame import Message
@@ -47,7 +47,7 @@ class HubContext:
     """The store, keys, clock, settings and publishers a hub shell acts with."""
 
     store: Store
-    keyring: Keyring
+    keyring: Keys  # a loaded Keyring; the running hub's LiveKeyring follows rotations
     clock: Clock
     settings: HubSettings
     downlink: Sender | None = None

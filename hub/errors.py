@@ -36,6 +36,7 @@ all seen together, and ``tests/hub/test_errors.py`` keeps it complete and accura
     │  ├─ BrokerError           hub.transport.broker      500  the embedded broker will not run
     │  ├─ HttpUnavailable       hub.transport.http_server 500  the REST address cannot be bound
     │  ├─ BrokerUnreachable     hub.service               503  no broker at start-up
+    │  ├─ DataDirInUse          hub.service               409  another hub runs on the data dir
     │  └─ RolloutError          hub.rollouts.errors       409  the rollout rules refuse it
     │     ├─ InvalidRolloutSpec hub.rollouts.errors       422  the spec is wrong; names the field
     │     ├─ RolloutConflict    hub.rollouts.errors       409  another rollout has these devices

@@ -18,6 +18,14 @@ Defaults: root 2-of-3, root expiry 365 days, one key for each other role. Releas
 expire after ``HubSettings.release_expiry_s`` (90 days), applied when the hub drafts one
 (:func:`write_pending_release`).
 
+A running hub holds a :class:`LiveKeyring`: the ring as loaded, reloaded by
+:meth:`LiveKeyring.reload` when the directory's :func:`generation` changes (a scheduler job
+polls it every ``keyring_check_interval_s``). Why polling the files rather than a signal or
+a socket: ``edgefleet keys rotate`` runs wherever the key directory is (another process,
+another container, an operator copying files by hand) and need not know which process to
+tell; a stat of a dozen files every two seconds costs nothing, and the chain version plus the
+key files' mtimes and sizes change with every rotation, every key moved offline or back.
+
 What this module does not do: keep keys in hardware tokens, encrypt them at rest, or
 decide when to rotate; it never deletes a key.
 """
@@ -26,10 +34,11 @@ from __future__ import annotations
 
 import logging
 import stat
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -37,7 +46,7 @@ from edgefleet.files import fsync_dir, write_atomic
 from protocol import keys, metadata, trust
 from protocol.documents import SignedDocument, add_signature
 from protocol.errors import EdgefleetError, ProtocolError
-from protocol.metadata import ReleaseList, Role, Root, make_root
+from protocol.metadata import ROLES, ReleaseList, Role, Root, make_root
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +90,104 @@ class Keyring:
                 f"{role} needs {self.root.threshold(role)} key(s); {len(present)} in {self.path}"
             )
         return present
+
+
+class Keys(Protocol):
+    """What the hub's shells use of a key ring: a loaded :class:`Keyring` or the running
+    hub's :class:`LiveKeyring`."""
+
+    @property
+    def path(self) -> Path: ...
+
+    @property
+    def chain(self) -> tuple[SignedDocument, ...]: ...
+
+    @property
+    def root(self) -> Root: ...
+
+    def signing_keys(self, role: Role) -> tuple[Ed25519PrivateKey, ...]: ...
+
+
+Generation = tuple[tuple[str, int, int], ...]
+
+
+def generation(path: Path) -> Generation:
+    """What changes whenever the ring does: name, mtime and size of each root document and
+    key file directly in ``path`` (``retired/`` is never loaded, so it does not count)."""
+    files = [*path.glob("*.pem"), *(path / ROOT_DIR).glob("*.root.json")]
+    stamps = []
+    for file in files:
+        try:
+            info = file.stat()
+        except FileNotFoundError:  # renamed while we looked: the next look sees it
+            continue
+        stamps.append((str(file.relative_to(path)), info.st_mtime_ns, info.st_size))
+    return tuple(sorted(stamps))
+
+
+class LiveKeyring:
+    """The running hub's key ring: the latest that loaded, replaced by :meth:`reload`.
+
+    Reads are lock-free (one reference), so a signer may see the ring before or after a
+    reload, never half of one. Satisfies :class:`Keys`.
+    """
+
+    def __init__(self, ring: Keyring) -> None:
+        self._ring = ring
+        self._generation = generation(ring.path)
+        self._lock = threading.Lock()
+
+    @property
+    def current(self) -> Keyring:
+        return self._ring
+
+    @property
+    def path(self) -> Path:
+        return self._ring.path
+
+    @property
+    def chain(self) -> tuple[SignedDocument, ...]:
+        return self._ring.chain
+
+    @property
+    def root(self) -> Root:
+        return self._ring.root
+
+    def signing_keys(self, role: Role) -> tuple[Ed25519PrivateKey, ...]:
+        """As :meth:`Keyring.signing_keys`, of the current ring."""
+        return self._ring.signing_keys(role)
+
+    def reload(self) -> tuple[Keyring, Keyring] | None:
+        """Load the ring again if its files changed: ``(old, new)``, or None when nothing
+        changed or the files do not load (yet: a rotation in progress); the current ring
+        stays until they do.
+
+        A rotation that is interrupted between writing root N+1 and renaming the new key
+        into place still loads: keys are matched by keyid, ``*.next.pem`` included.
+        """
+        with self._lock:
+            now = generation(self._ring.path)
+            if now == self._generation:
+                return None
+            try:
+                new = load(self._ring.path)
+            except KeyringError as e:
+                logger.warning("key ring changed but does not load (kept the loaded one): %s", e)
+                return None
+            self._generation = now
+            old, self._ring = self._ring, new
+            if new.root.version != old.root.version:
+                logger.info(
+                    "key ring reloaded: root v%d -> v%d", old.root.version, new.root.version
+                )
+            return old, new
+
+
+def rotated_roles(old: Root, new: Root) -> frozenset[Role]:
+    """The roles whose keys differ between ``old`` and ``new``."""
+    return frozenset(
+        role for role in ROLES if set(new.roles[role].keyids) != set(old.roles[role].keyids)
+    )
 
 
 def init(

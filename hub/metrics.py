@@ -96,6 +96,17 @@ DOWNLINK_DROPPED = Counter(
 )
 
 
+# ---------------------------------------------------------------------- retained topics
+
+RETAINED_RESTORED = Counter(
+    "edgefleet_hub_retained_restored",
+    "Retained hub topics found holding a message the hub did not publish, by topic kind and "
+    "what the hub did (restored its own, or cleared a topic it owns nothing on).",
+    ["kind", "done"],
+    registry=REGISTRY,
+)
+
+
 def sample(name: str, labels: dict[str, str] | None = None) -> float:
     """The current value of one sample in :data:`REGISTRY` (0.0 when it has none yet)."""
     value = REGISTRY.get_sample_value(name, labels or {})

@@ -11,29 +11,37 @@ at once::
 
 What runs, started in this order and stopped in the reverse one:
 
+0. the **data directory's lock** (:class:`edgefleet.lock.DirectoryLock`), before anything
+   reads the keys, opens the store or connects: a second hub on the same directory fails
+   at once with :class:`DataDirInUse`, and the first one never notices (it keeps its
+   MQTT session: each hub's client id is its own, ``HubSettings.mqtt_client_id``);
 1. the embedded broker, when one is given (the one-machine tier);
 2. the store and the pipeline of :func:`hub.ingest.pipeline.assemble`: the broker link, the
    downlink signed with the **rollout** key, the ingest worker and chunk delivery (the
    worker and the link start once 4 and 5 run, so no connect goes unnoticed);
-3. the hub context (:class:`hub.context.HubContext`: store, key ring, clock, settings,
-   the downlink and the fleet publisher), which every shell below is given whole;
+3. the hub context (:class:`hub.context.HubContext`: store, the live key ring, clock,
+   settings, the downlink and the fleet publisher), which every shell below is given whole;
 4. the republisher: after every (re)connect of the link it publishes the retained
    messages again (root chain, release list, a fresh heartbeat, every desired state,
    :func:`hub.fleet.reconciler.republish_all`), on a thread of its own since the link
-   reports the connect on paho's network thread;
-5. an APScheduler ``BackgroundScheduler`` with three jobs (:data:`JOBS`), each a one-line
+   reports the connect on paho's network thread; after the first, it arms the retained
+   watch (:mod:`hub.transport.retained`, a link of its own) that restores whatever else
+   appears on the hub's retained topics;
+5. an APScheduler ``BackgroundScheduler`` with the jobs of :data:`JOBS`, each a one-line
    shim calling a function with the context: reconcile (``reconcile_interval_s``),
-   heartbeat (``heartbeat_interval_s``) and marking silent devices offline
-   (``offline_check_interval_s``);
+   heartbeat (``heartbeat_interval_s``), marking silent devices offline
+   (``offline_check_interval_s``), and the ``keyring`` job (every
+   ``keyring_check_interval_s``) that reloads the key ring when its files change and
+   makes a rotation take effect at once (:func:`hub.fleet.reconciler.rekey`);
 6. the REST API (:func:`hub.api.create_app`) under uvicorn (:mod:`hub.transport.http_server`).
 
-The key ring is read once, at start: a key rotated while the hub runs is used after a
-restart. What this module does not do: handle signals (the CLI does) or retry a start.
+What this module does not do: handle signals (the CLI does) or retry a start.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -47,23 +55,27 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from fastapi import FastAPI
 
 from edgefleet.clock import Clock, SystemClock
+from edgefleet.lock import DirectoryInUse, DirectoryLock
 from hub import keyring, metrics
 from hub.api import HubServices, create_app
-from hub.context import HubContext
+from hub.context import FleetPublisher, HubContext
 from hub.errors import HubError
 from hub.fleet.documents import issue_heartbeat
-from hub.fleet.reconciler import reconcile_job, republish_all
+from hub.fleet.reconciler import reconcile_job, rekey, republish_all
+from hub.fleet.restore import restore_retained
 from hub.ingest import pipeline as ingest_run
 from hub.ingest.pipeline import IngestService
 from hub.ingest.worker import mark_offline
-from hub.keyring import Keyring, KeyringError
+from hub.keyring import Keyring, KeyringError, LiveKeyring
 from hub.registry.artifacts import ArtifactStore
 from hub.registry.registry import Registry
 from hub.settings import HubSettings
 from hub.store import Store
 from hub.transport.broker import EmbeddedBroker
+from hub.transport.downlink import Downlink
 from hub.transport.http_server import HttpServer
 from hub.transport.mqtt import TlsFiles, fleet_publisher
+from hub.transport.retained import RetainedLedger, RetainedWatch
 from protocol.errors import EdgefleetError
 from protocol.topics import Topics
 
@@ -86,6 +98,54 @@ class BrokerUnreachable(HubError):
 
     reason = "broker_unreachable"
     status_hint = 503
+
+
+class DataDirInUse(HubError):
+    """Another hub runs on this data directory (its pid is in the message)."""
+
+    reason = "data_dir_in_use"
+    status_hint = 409
+
+
+def lock_data_dir(data_dir: Path) -> DirectoryLock:
+    """Take ``data_dir``'s lock (creating the directory).
+
+    Raises:
+        DataDirInUse: another hub holds it.
+    """
+    try:
+        return DirectoryLock(data_dir).acquire()
+    except DirectoryInUse as e:
+        raise DataDirInUse(f"data directory {e}: another hub runs on it; not starting") from e
+
+
+class KeyringJob:
+    """The ``keyring`` job: reload the key ring when its files changed, and make the change
+    take effect (the downlink signs with the new rollout key, then
+    :func:`hub.fleet.reconciler.rekey` republishes what the old keys signed)."""
+
+    def __init__(self, ring: LiveKeyring, downlink: Downlink) -> None:
+        self.ring = ring
+        self.downlink = downlink
+
+    def __call__(self, ctx: HubContext) -> None:
+        change = self.ring.reload()
+        if change is None:
+            return
+        old, new = change
+        if "rollout" in keyring.rotated_roles(old.root, new.root):
+            self.downlink.set_key(new.signing_keys("rollout")[0])
+        rekey(ctx, old, new)
+
+
+def ledgered(publish: FleetPublisher, ledger: RetainedLedger, topics: Topics) -> FleetPublisher:
+    """``publish``, telling ``ledger`` what it leaves on each fleet topic."""
+
+    def fleet(kind: str, payload: bytes) -> bool:
+        ledger.published(topics.fleet(kind), payload)
+        return publish(kind, payload)
+
+    return fleet
 
 
 def load_keyring(keys_dir: Path) -> Keyring:
@@ -171,6 +231,7 @@ class HubService:
         stopped again before the error propagates.
 
         Raises:
+            DataDirInUse: another hub runs on ``settings.data_dir``; nothing was touched.
             KeyringError: no key ring in ``settings.keys_dir``, or an online key missing.
             hub.transport.broker.BrokerError: the embedded broker could not start.
             hub.errors.InvalidRequest: a bad broker URL or TLS files.
@@ -178,8 +239,11 @@ class HubService:
             hub.transport.http_server.HttpUnavailable: the HTTP address cannot be bound.
         """
         clock = clock or SystemClock()
-        ring = load_keyring(settings.keys_dir)
+        lock = lock_data_dir(settings.data_dir)
         with ExitStack() as stops:
+            stops.callback(lock.release)
+            ring = LiveKeyring(load_keyring(settings.keys_dir))
+            settings = replace(settings, client_id=settings.mqtt_client_id(os.getpid()))
             if embedded_broker is not None:
                 embedded_broker.start()
                 stops.callback(embedded_broker.stop)
@@ -195,18 +259,39 @@ class HubService:
                 on_ready=connected.set,
             )
             stops.callback(pipeline.stop)
+            topics, ledger = Topics(settings.topic_prefix), RetainedLedger()
+            pipeline.downlink.ledger = ledger
             ctx = HubContext(
                 store=pipeline.store,
                 keyring=ring,
                 clock=clock,
                 settings=settings,
                 downlink=pipeline.downlink,
-                fleet=fleet_publisher(pipeline.link, Topics(settings.topic_prefix)),
+                fleet=ledgered(fleet_publisher(pipeline.link, topics), ledger, topics),
             )
-            republisher = Republisher(connected, lambda: republish_all(ctx))
+            watch = RetainedWatch.connect(
+                settings.broker_url,
+                client_id=f"{settings.client_id}-w",
+                tls=tls,
+                topics=topics,
+                ledger=ledger,
+                restore=partial(restore_retained, ctx),
+                store=pipeline.store,
+                clock=clock,
+            )
+            watch.start()
+            stops.callback(watch.stop)
+
+            def republish() -> None:
+                try:
+                    republish_all(ctx)
+                finally:
+                    watch.arm()
+
+            republisher = Republisher(connected, republish)
             republisher.start()
             stops.callback(republisher.stop)
-            scheduler = _scheduler(ctx)
+            scheduler = _scheduler(ctx, KeyringJob(ring, pipeline.downlink))
             scheduler.start()
             stops.callback(scheduler.shutdown)
             pipeline.start()
@@ -242,7 +327,12 @@ class HubService:
 
     @property
     def keyring(self) -> Keyring:
-        return self.context.keyring
+        """The key ring as loaded now (it follows rotations)."""
+        ring = self.context.keyring
+        if isinstance(ring, LiveKeyring):
+            return ring.current
+        assert isinstance(ring, Keyring)  # start() builds the context with a live ring
+        return ring
 
     @property
     def clock(self) -> Clock:
@@ -281,12 +371,14 @@ class HubService:
         self.stop()
 
 
-def _scheduler(ctx: HubContext) -> BackgroundScheduler:
-    """The periodic jobs of :data:`JOBS`, each a one-line shim over a function."""
+def _scheduler(ctx: HubContext, keyring_job: Job) -> BackgroundScheduler:
+    """The periodic jobs of :data:`JOBS` and the ``keyring`` job, each a one-line shim
+    over a function."""
     scheduler = BackgroundScheduler(
         timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1}
     )
-    for name, (interval_s, job) in JOBS.items():
+    jobs = {**JOBS, "keyring": (lambda s: s.keyring_check_interval_s, keyring_job)}
+    for name, (interval_s, job) in jobs.items():
         scheduler.add_job(
             _logged(name, partial(job, ctx)),
             "interval",
@@ -310,4 +402,12 @@ def _logged(name: str, job: Callable[[], object]) -> Callable[[], None]:
     return run
 
 
-__all__ = ["BrokerUnreachable", "HubService", "Republisher", "load_keyring"]
+__all__ = [
+    "BrokerUnreachable",
+    "DataDirInUse",
+    "HubService",
+    "KeyringJob",
+    "Republisher",
+    "load_keyring",
+    "lock_data_dir",
+]

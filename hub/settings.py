@@ -7,6 +7,7 @@ environment variables.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +32,7 @@ class HubSettings:
     topic_prefix: str = "ef"
     http_host: str = "127.0.0.1"
     http_port: int = 8080
-    client_id: str = "edgefleet-hub"
+    client_id: str = ""  # MQTT client id; "" derives one per data directory and process
 
     # ingest
     limits: Limits = field(default_factory=Limits)
@@ -51,6 +52,7 @@ class HubSettings:
     nudge_every_s: float = 60.0  # re-publish desired / nudge a lagging device at most this often
 
     # trust
+    keyring_check_interval_s: float = 2.0  # how often the running hub looks for a rotation
     heartbeat_interval_s: float = 60.0
     heartbeat_expiry_s: float = 600.0
     assignment_expiry_s: float = 7 * 24 * 3600.0
@@ -59,6 +61,17 @@ class HubSettings:
     # delivery
     chunk_bytes: int = 96 * 1024  # fits a 256 KiB frame with room for the header
     delivery: FlowLimits = field(default_factory=FlowLimits)
+
+    def mqtt_client_id(self, pid: int) -> str:
+        """``client_id``, or one of its own for this data directory and process:
+        ``ef-hub-<8 hex of the directory's path>-<pid>`` (23 characters at most for pids
+        below ten million, what MQTT 3.1.1 brokers must accept). Two hubs never share a
+        client id, so neither takes the other's session over; replicas share the uplink
+        through ``$share/<group>/`` subscriptions, not through one client id."""
+        if self.client_id:
+            return self.client_id
+        where = hashlib.sha256(str(self.data_dir.resolve()).encode()).hexdigest()[:8]
+        return f"ef-hub-{where}-{pid}"
 
     @property
     def db_path(self) -> Path:

@@ -17,6 +17,7 @@ server answers when the error reaches it (as h11 does)::
        ├─ IdentityMismatch                 topic, header and key disagree on who sent it
        ├─ Replayed                         seq at or below what was already accepted
        ├─ Stale                            sent_at outside the freshness window
+       │  └─ SeqAhead                      a downlink seq stamped further ahead than time allows
        └─ TrustError                       the update trust chain refuses a document
           ├─ ThresholdNotMet               too few distinct trusted signatures
           ├─ Expired                       past its expiry at this cycle's ``now``
@@ -124,6 +125,13 @@ class Stale(ProtocolError):
     reason = "stale"
 
 
+class SeqAhead(Stale):
+    """A downlink seq whose time part lies further ahead of the receiver's trusted time
+    than any hub could have stamped it (:class:`protocol.replay.DownlinkWindow`)."""
+
+    reason = "seq_ahead"
+
+
 class TrustError(ProtocolError):
     """The TUF/Uptane-style trust chain refuses a document or an install."""
 
@@ -212,6 +220,7 @@ __all__ = [
     "ProtocolError",
     "Replayed",
     "Rollback",
+    "SeqAhead",
     "ShapeMismatch",
     "Stale",
     "ThresholdNotMet",

@@ -88,16 +88,15 @@ class ReportedSide(BaseModel):
 
 
 class Refusal(BaseModel):
-    at: int = Field(description="When the hub received the report, ms")
-    seq: int
+    at: int | None = Field(description="When the hub received the report, ms")
     outcome: str = Field(description="refused | failed | rolled_back")
     reason: str
     model: ModelRef | None = Field(description="The version it would not (or could not) run")
 
 
 class EnrollmentRefusal(BaseModel):
-    at: int
-    reason: str = Field(description="Why the device waits: no token, expired, used...")
+    at: int | None = Field(description="When the hub last answered its hello, ms")
+    reason: str = Field(description="no_token, token_expired, token_unknown, token_revoked...")
 
 
 class Twin(BaseModel):

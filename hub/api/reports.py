@@ -50,6 +50,7 @@ from hub.store.rows import (
     UplinkQuery,
     UplinkRecord,
 )
+from hub.store.rows import Device as DeviceRow
 from protocol.errors import Oversize
 from protocol.tensors import decode_tensors
 
@@ -235,38 +236,54 @@ def twin(store: Store, device_id: str) -> Twin:
             report=_object(device.reported) if device.reported else None,
         ),
         in_sync=in_sync,
-        last_refusal=_refusal(store.uplink.last_install_refusal(device_id)),
-        enrollment_refusal=_enrollment_refusal(store, device_id)
+        last_refusal=_refusal(device, store.uplink.last_install_refusal(device_id)),
+        enrollment_refusal=_enrollment_refusal(store, device)
         if device.status == "pending"
         else None,
     )
 
 
-def _refusal(record: StateRecord | None) -> Refusal | None:
+def _refusal(device: DeviceRow, record: StateRecord | None) -> Refusal | None:
+    """What ingest kept of the device's last refusal (``devices.refusal``, which also
+    covers a desired state refused outright), with the version named by the newest state
+    report that refused, failed or rolled back an install; the report alone before
+    ingest kept refusals."""
+    install: dict[str, Any] = {}
+    if record is not None:
+        found = _object(record.body).get("install")
+        install = found if isinstance(found, dict) else {}
+    ref = install.get("model") if isinstance(install.get("model"), dict) else None
+    model = None
+    if ref is not None:
+        model = ModelRef(
+            name=str(ref.get("name", "")), version=ref.get("version"), sha256=ref.get("sha256")
+        )
+    if device.refusal is not None:  # "failed: slow_retrieval" or "refused desired: ..."
+        outcome, _, reason = device.refusal.partition(": ")
+        if outcome in REFUSED:
+            return Refusal(at=device.refusal_at, outcome=outcome, reason=reason, model=model)
+        what = outcome.removeprefix("refused ")
+        return Refusal(
+            at=device.refusal_at, outcome="refused", reason=f"{what}: {reason}", model=None
+        )
     if record is None:
         return None
-    install = _object(record.body).get("install") or {}
-    model = install.get("model") if isinstance(install.get("model"), dict) else None
     return Refusal(
         at=record.received_at,
-        seq=record.seq,
         outcome=str(install.get("status", "")),
         reason=str(install.get("reason", "")),
-        model=ModelRef(
-            name=str(model.get("name", "")),
-            version=model.get("version"),
-            sha256=model.get("sha256"),
-        )
-        if model
-        else None,
+        model=model,
     )
 
 
-def _enrollment_refusal(store: Store, device_id: str) -> EnrollmentRefusal | None:
-    entries = store.audit.page(action="device.pending", target=device_id, limit=1).items
-    if not entries:
+def _enrollment_refusal(store: Store, device: DeviceRow) -> EnrollmentRefusal | None:
+    """Why a pending device waits: ``devices.pending_reason`` as ingest keeps it, dated
+    by the audit row of the hello it answered."""
+    entries = store.audit.page(action="device.pending", target=device.id, limit=1).items
+    reason = device.pending_reason or (entries[0].reason if entries else None)
+    if not reason:
         return None
-    return EnrollmentRefusal(at=entries[0].at, reason=entries[0].reason)
+    return EnrollmentRefusal(at=entries[0].at if entries else None, reason=reason)
 
 
 def _reports(

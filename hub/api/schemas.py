@@ -99,6 +99,14 @@ class Device(BaseModel):
     )
     stale: bool
     reported_at: int | None
+    refusal: str | None = Field(
+        description="The last install or desired state the device refused, and why "
+        "(refused: incompatible: ..., failed: slow_retrieval: ...)"
+    )
+    refusal_at: int | None
+    pending_reason: str | None = Field(
+        description="Why a pending device is not enrolled: no_token, token_expired, ..."
+    )
 
 
 class DevicePage(BaseModel):

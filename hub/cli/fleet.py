@@ -161,15 +161,17 @@ def _devices(args: argparse.Namespace) -> int:
         return 0
     print(
         f"{'DEVICE':<24}  {'STATUS':<8}  {'ONLINE':<6}  {'MODEL':<20}  {'HEALTH':<16}  "
-        f"{'LAST SEEN':<16}  TAGS"
+        f"{'LAST SEEN':<16}  {'TAGS':<24}  WHY"
     )
     for row in rows:
         active = row["active"]
         model = f"{active['name']} v{active['version']}" if active else "-"
         tags = ",".join(f"{k}={v}" for k, v in sorted(row["tags"].items())) or "-"
+        why = (row["pending_reason"] if row["status"] == "pending" else row["refusal"]) or "-"
         print(
             f"{row['id']:<24}  {row['status']:<8}  {'yes' if row['online'] else 'no':<6}  "
-            f"{model:<20}  {row['health']:<16}  {show_date(row['last_seen']):<16}  {tags}"
+            f"{model:<20}  {row['health']:<16}  {show_date(row['last_seen']):<16}  "
+            f"{tags:<24}  {why}"
         )
     print(f"{len(rows)} device(s)")
     return 0

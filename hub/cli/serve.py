@@ -5,7 +5,8 @@ A thin shell over :class:`hub.service.HubService`: settings come from flags, the
 defaults (one table, :data:`OPTIONS`, drives the flags, the variables and the help).
 Errors are one line on stderr, never a traceback: exit status 2 for settings to fix
 (missing keys, a bad URL or value), 1 when the broker or the HTTP address is not
-available; 0 after a clean shutdown on SIGTERM or SIGINT.
+available or another hub runs on the data directory (the line names the directory and
+that hub's pid); 0 after a clean shutdown on SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 
 from hub.cli.common import Subcommands
 from hub.errors import InvalidRequest
-from hub.service import BrokerUnreachable, HubService
+from hub.service import BrokerUnreachable, DataDirInUse, HubService
 from hub.settings import HubSettings
 from hub.transport.broker import BrokerError, EmbeddedBroker
 from hub.transport.http_server import HttpUnavailable
@@ -34,7 +35,7 @@ from protocol.errors import EdgefleetError
 ENV_PREFIX = "EDGEFLEET_HUB_"
 EMBEDDED_PORT = 1883
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
-_UNAVAILABLE = (BrokerUnreachable, HttpUnavailable, BrokerError)  # exit 1, not 2
+_UNAVAILABLE = (BrokerUnreachable, HttpUnavailable, BrokerError, DataDirInUse)  # exit 1, not 2
 
 
 # Parsers for flags and variables alike; argparse shows an ArgumentTypeError's message.
@@ -99,7 +100,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("--host", "HOST", str, "ADDR", "REST API address (127.0.0.1)"),
     Option("--port", "PORT", _port, "PORT", "REST API port (8080; 0 picks a free one)"),
     Option("--topic-prefix", "TOPIC_PREFIX", str, "P", "MQTT topic prefix (ef)"),
-    Option("--client-id", "CLIENT_ID", str, "ID", "the hub's MQTT client id (edgefleet-hub)"),
+    Option(
+        "--client-id",
+        "CLIENT_ID",
+        str,
+        "ID",
+        "the hub's MQTT client id (default: ef-hub-<data directory hash>-<pid>)",
+    ),
     Option("--tls-ca", "TLS_CA", Path, "FILE", "mqtts: CA bundle (default: system trust)"),
     Option("--tls-cert", "TLS_CERT", Path, "FILE", "mqtts: client certificate"),
     Option("--tls-key", "TLS_KEY", Path, "FILE", "mqtts: client certificate's key"),
@@ -143,9 +150,11 @@ variable (the flag wins):
 """
     + "".join(f"  {o.flag:<22} {o.variable}\n" for o in (*OPTIONS, EMBEDDED))
     + """
-The key ring must exist first: `edgefleet keys init --dir DIR/keys`. Exit status: 0
-after SIGTERM or SIGINT, 1 if the broker or HTTP address is unavailable, 2 for settings
-to fix (missing keys, a bad value).
+The key ring must exist first: `edgefleet keys init --dir DIR/keys`. One hub per data
+directory: a second one exits at once. Keys rotated with `edgefleet keys rotate` take
+effect within seconds, without a restart. Exit status: 0 after SIGTERM or SIGINT, 1 if
+the broker or HTTP address is unavailable or another hub runs on DIR, 2 for settings to
+fix (missing keys, a bad value).
 
 examples:
   edgefleet hub serve --data hub/ --embedded-broker

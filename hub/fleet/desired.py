@@ -30,9 +30,11 @@ from hub.fleet.releases import SignedRelease, assignment_for
 from hub.health import derive, reported_flags
 from hub.keyring import KeyringError
 from hub.store import NotFound
-from hub.store.rows import AssignmentRecord, Desired
+from hub.store.rows import AssignmentRecord, Desired, Device, ModelVersion
 from protocol import canonical, metadata, schema
 from protocol.documents import SignedDocument
+from protocol.errors import ProtocolError
+from protocol.manifest import ModelManifest
 from protocol.messages import DesiredState, DeviceConfig
 from protocol.metadata import Assignment, ReleaseEntry
 
@@ -56,21 +58,25 @@ def set_desired(
     Raises:
         NotFound: no such device, or no such version of the model.
         Conflict: the device is not active (pending or revoked), no release list has
-            been signed yet, the version is not in the signed release list, or its
-            release counter is below the list's rollback floor.
+            been signed yet, the version is not in the signed release list, its
+            release counter is below the list's rollback floor, or the device would
+            refuse it as incompatible with the model it last reported active.
         KeyUnavailable: the rollout key is not on the hub.
     """
     store, now_ms = ctx.store, ctx.now_ms()
     device = store.devices.find(device_id)
     previous = store.desired.find(device_id)
+    candidate = store.registry.version(model_name, model_version)
     plan = plan_set(
         device,
         device_id=device_id,
         model_name=model_name,
         model_version=model_version,
-        registered=store.registry.version(model_name, model_version) is not None,
+        registered=candidate is not None,
         current=signed_release(store),
         previous=previous,
+        active=_active_manifest(ctx, device) if device is not None else None,
+        candidate=_manifest(candidate) if candidate is not None else None,
     )
     if not isinstance(plan, Assign):
         raise plan.error()
@@ -132,10 +138,11 @@ def clear_desired(ctx: HubContext, *, device_id: str, actor: str) -> None:
         logger.warning("cleared desired state of %s not published: broker out of reach", device_id)
 
 
-def publish_desired(ctx: HubContext, device_id: str) -> bool:
+def publish_desired(ctx: HubContext, device_id: str, *, reissue: bool = False) -> bool:
     """Publish the device's desired state (retained), re-signing its assignment first
-    when due. Returns False when there is no downlink or nothing to publish, the
-    assigned entry left the release list, or the broker is out of reach.
+    when due or ``reissue`` asks (the rollout key was rotated). Returns False when there
+    is no downlink or nothing to publish, the assigned entry left the release list, or
+    the broker is out of reach.
 
     Raises:
         KeyUnavailable: a re-signature is due and the rollout key is not on the hub.
@@ -149,6 +156,7 @@ def publish_desired(ctx: HubContext, device_id: str) -> bool:
         signed_release(store),
         now_ms=now_ms,
         lifetime_ms=int(ctx.settings.assignment_expiry_s * 1000),
+        reissue=reissue,
     )
     if isinstance(plan, Skip):
         if plan.reason == "left_release_list" and desired is not None:
@@ -213,6 +221,25 @@ def _assign(
         "assignment v%d: %s runs %s v%d", assignment.version, device_id, entry.name, entry.version
     )
     return assignment
+
+
+def _active_manifest(ctx: HubContext, device: Device) -> ModelManifest | None:
+    """The manifest of the model the device last reported active, if the registry holds
+    those very bytes."""
+    name, version = device.active_name, device.active_version
+    if name is None or version is None:
+        return None
+    registered = ctx.store.registry.version(name, version)
+    if registered is None or registered.sha256 != device.active_sha256:
+        return None
+    return _manifest(registered)
+
+
+def _manifest(version: ModelVersion) -> ModelManifest | None:
+    try:
+        return schema.from_json(ModelManifest, canonical.loads(version.manifest.encode()))
+    except ProtocolError:  # a row of an older schema: the device still checks
+        return None
 
 
 def _config(desired: Desired) -> DeviceConfig:

@@ -8,12 +8,18 @@ can act on, and otherwise says which release entry to assign:
   list (a device installs only what that list names);
 - its release counter must be at or above the list's **rollback floor**
   (``min_counter``). A rollback is a new assignment pointing at an older entry, never
-  an older assignment replayed; devices accept it above the floor (docs/decisions.md).
+  an older assignment replayed; devices accept it above the floor (docs/decisions.md);
+- an application that feeds the model the device last reported active must be able to
+  feed the new one: the same number of inputs with the same dtypes and shapes (names
+  matter only between several inputs), :func:`protocol.manifest.inputs_differ`, the
+  check the device makes before it installs (``incompatible``). A device whose active
+  model the registry does not hold is not checked here; the device still checks.
 
 :func:`plan_publish` decides how to (re)publish a stored desired state: as it is, or
-with a re-signed assignment first when less than half of its lifetime is left (same
-entry, next version), or not at all (nothing to publish, no signed list yet, or the
-assigned entry left the release list).
+with a re-signed assignment first when less than half of its lifetime is left or the
+rollout key was rotated (``reissue``: the old key's signature no longer verifies on any
+device that saw the new root), same entry, next version; or not at all (nothing to
+publish, no signed list yet, or the assigned entry left the release list).
 
 Refusals are values (:class:`Refusal`, with a ``reason`` code) that the shell,
 :mod:`hub.fleet.desired`, raises as the matching hub error; nothing here reads the
@@ -30,10 +36,17 @@ from hub.fleet.releases import SignedRelease, needs_reissue
 from hub.health import Health
 from hub.store import NotFound
 from hub.store.rows import Desired, Device
+from protocol.manifest import ModelManifest, inputs_differ
 from protocol.metadata import ReleaseEntry
 
 RefusalReason = Literal[
-    "unknown_device", "inactive_device", "unknown_version", "unsigned", "unreleased", "below_floor"
+    "unknown_device",
+    "inactive_device",
+    "unknown_version",
+    "unsigned",
+    "unreleased",
+    "below_floor",
+    "incompatible",
 ]
 
 
@@ -70,10 +83,14 @@ def plan_set(
     registered: bool,
     current: SignedRelease | None,
     previous: Desired | None,
+    active: ModelManifest | None = None,
+    candidate: ModelManifest | None = None,
 ) -> Assign | Refusal:
     """Decide whether ``model_name`` v``model_version`` may become the device's desired
     model (``registered``: the registry holds that version; ``current``: the signed
-    release list; ``previous``: the device's desired state now)."""
+    release list; ``previous``: the device's desired state now; ``active`` and
+    ``candidate``: the manifests of the model the device last reported active, if the
+    registry holds it, and of the one asked for)."""
     if device is None:
         return Refusal("unknown_device", f"no device {device_id[:64]!r}")
     if device.status != "active":
@@ -94,6 +111,15 @@ def plan_set(
             f"{model_name} v{model_version} (release counter {entry.release_counter}) is "
             f"below the rollback floor {floor} the release key has set",
         )
+    if active is not None and candidate is not None:
+        why = inputs_differ(active.inputs, candidate.inputs)
+        if why is not None:
+            return Refusal(
+                "incompatible",
+                f"incompatible: device {device_id} runs {active.name} v{active.version}, and "
+                f"{model_name} v{model_version} would be refused there: its inputs differ "
+                f"from the active model's: {why}",
+            )
     stuck = previous is not None and previous.stuck_at is not None
     return Assign(entry, current, ends_stuck_episode=stuck or device.health == Health.STUCK)
 
@@ -121,16 +147,23 @@ class Skip:
 
 
 def plan_publish(
-    desired: Desired | None, current: SignedRelease | None, *, now_ms: int, lifetime_ms: int
+    desired: Desired | None,
+    current: SignedRelease | None,
+    *,
+    now_ms: int,
+    lifetime_ms: int,
+    reissue: bool = False,
 ) -> Publish | Reissue | Skip:
     """How to publish ``desired`` with the ``current`` signed release list (devices
     check an assignment built on an older list against the newest they trust, so a new
-    release needs no new assignments); ``lifetime_ms``: an assignment's lifetime."""
+    release needs no new assignments); ``lifetime_ms``: an assignment's lifetime;
+    ``reissue``: re-sign whatever the expiry (a rotated rollout key)."""
     if desired is None:
         return Skip("no_desired_state")
     if current is None:
         return Skip("unsigned")
-    if not needs_reissue(desired.assignment_expires, now_ms=now_ms, lifetime_ms=lifetime_ms):
+    due = needs_reissue(desired.assignment_expires, now_ms=now_ms, lifetime_ms=lifetime_ms)
+    if not (due or reissue):
         return Publish(current)
     entry = current.entry(desired.model_name, desired.model_version)
     if entry is None:

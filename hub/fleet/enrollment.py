@@ -74,6 +74,8 @@ def admit_claim(store: Store, claim: Claim, *, now_ms: int, max_pending: int) ->
         # only if another hello used up the token since it was read
         decision = Pend("token_used") if device is None else Refuse("pending")
     if isinstance(decision, Refuse):
+        if decision.reason == "pending" and decision.why:
+            store.devices.set_pending_reason(claim.device_id, decision.why)
         return decision
     hello = claim.hello
     known = device or Device(claim.device_id, hello.public_key, PENDING, first_seen=now_ms)
@@ -95,11 +97,12 @@ def admit_claim(store: Store, claim: Claim, *, now_ms: int, max_pending: int) ->
             enrolled_at=now_ms,
             enrolled_by=ENROLLED_BY_TOKEN + decision.token_id,
             online=True,
+            pending_reason=None,
         )
         detail = {"token": decision.token_id, "keyid": claim.keyid}
         action, reason = "device.enroll", ""
     else:
-        claimed = replace(claimed, status=PENDING, online=False)
+        claimed = replace(claimed, status=PENDING, online=False, pending_reason=decision.reason)
         detail = {"keyid": claim.keyid}
         action, reason = "device.pending", decision.reason
     store.devices.put(claimed)

@@ -13,7 +13,8 @@ none                       no token / invalid token        **pending** (key reco
 pending, same key          valid token                     active
 pending, other key         valid token                     active with the new key (the
                                                            pending key was never trusted)
-pending, same key          no valid token                  refused ``pending`` (keeps waiting)
+pending, same key          no valid token                  refused ``pending`` with why (keeps
+                                                           waiting)
 pending, other key         no valid token                  refused ``identity_mismatch``,
                                                            alert ``key_conflict``
 =========================  ==============================  ===================================
@@ -93,10 +94,12 @@ class Pend:
 
 @dataclass(frozen=True)
 class Refuse:
-    """Refuse the hello (audited under ingest's rate limit as ``action``)."""
+    """Refuse the hello (audited under ingest's rate limit as ``action``); ``why``: what
+    the device can do about it (for ``pending``: the token's problem)."""
 
     reason: str
     action: str = "frame_rejected"
+    why: str = ""
 
 
 Decision = Enroll | Pend | Refuse
@@ -147,4 +150,4 @@ def decide(
         return Pend(problem or "no_token") if pending < max_pending else Refuse("pending_full")
     if device.public_key != claim.hello.public_key:
         return Refuse("identity_mismatch", "key_conflict")
-    return Refuse("pending")
+    return Refuse("pending", why=problem or "no_token")

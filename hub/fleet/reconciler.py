@@ -11,6 +11,13 @@ one audit row per episode).
 Mosquitto with ``persistence false``), and devices must find the root chain, release
 list, a fresh heartbeat and their desired state whenever they connect.
 
+:func:`rekey` makes a key rotation take effect at once (the running hub calls it when its
+key ring reloaded): the new root chain first, so devices trust the new keys before they
+meet them, then a heartbeat, then every device's desired state with its assignment
+re-signed by the new rollout key. Before, the retired key's signature stayed on the
+retained topics until the assignment was half expired (3.5 days), and devices that had
+taken the new root refused it.
+
 What this module does not do: decide devices are offline (ingest keeps ``last_seen``),
 or touch devices without a desired state.
 """
@@ -25,11 +32,12 @@ from hub.fleet.desired import publish_desired
 from hub.fleet.documents import issue_heartbeat, publish_release, publish_root_chain
 from hub.fleet.reconcile_plan import Actions, plan
 from hub.health import derive, reported_flags
+from hub.keyring import Keyring, rotated_roles
 from protocol.messages import Nudge
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Actions", "apply", "reconcile", "reconcile_job", "republish_all"]
+__all__ = ["Actions", "apply", "reconcile", "reconcile_job", "rekey", "republish_all"]
 
 
 def reconcile(ctx: HubContext) -> Actions:
@@ -113,4 +121,42 @@ def republish_all(ctx: HubContext) -> int:
         if twin.device.status == "active":
             sent += publish_desired(ctx, twin.device.id)
     logger.info("republished fleet documents and %d desired states", sent)
+    return sent
+
+
+def rekey(ctx: HubContext, old: Keyring, new: Keyring) -> int:
+    """Make the key ring's change from ``old`` to ``new`` take effect now (``ctx.keyring``
+    already holds ``new``): publish the root chain when it grew, a fresh heartbeat, and,
+    when the rollout keys changed, every desired state re-signed. Audited as ``keys.reloaded``.
+    Returns how many desired states went out.
+
+    Raises:
+        KeyUnavailable: the new ring lacks the rollout key an assignment needs.
+    """
+    roles = rotated_roles(old.root, new.root)
+    if new.root.version != old.root.version and not publish_root_chain(ctx):
+        logger.warning("root v%d not published: broker out of reach", new.root.version)
+    try:
+        issue_heartbeat(ctx)
+    except KeyUnavailable as e:
+        logger.error("no heartbeat after the key ring changed: %s", e)
+    sent = 0
+    if "rollout" in roles:
+        for twin in ctx.store.desired.twins():
+            if twin.device.status == "active":
+                sent += publish_desired(ctx, twin.device.id, reissue=True)
+    ctx.store.audit.append(
+        at=ctx.now_ms(),
+        actor="system",
+        action="keys.reloaded",
+        target=f"root v{new.root.version}",
+        detail={"from": old.root.version, "rotated": sorted(roles), "desired": sent},
+    )
+    logger.info(
+        "key ring v%d -> v%d (%s rotated): %d desired states re-signed",
+        old.root.version,
+        new.root.version,
+        ", ".join(sorted(roles)) or "nothing",
+        sent,
+    )
     return sent

@@ -30,7 +30,16 @@ from hub.store.rows import (
     UplinkRecord,
     UplinkSeen,
 )
-from protocol.messages import DataDelta, DeltaUpload, FetchRequest, StateReport
+from protocol.messages import (
+    MAX_REASON,
+    DataDelta,
+    DeltaUpload,
+    DeviceAck,
+    FetchRequest,
+    StateReport,
+)
+
+REFUSED_INSTALLS = frozenset({"refused", "failed", "rolled_back"})
 
 
 class AuditLimiter:
@@ -114,6 +123,18 @@ def reported_twin(frame: Admitted, report: StateReport, received_at: int) -> Rep
     )
 
 
+def refusal(message: object) -> str | None:
+    """What a state report or ack says the device refused, and why (None: nothing):
+    ``refused: incompatible: ...`` for an install, ``refused desired: ...`` for an ack."""
+    if isinstance(message, StateReport) and message.install is not None:
+        install = message.install
+        if install.status in REFUSED_INSTALLS:
+            return f"{install.status}: {install.reason}"[:MAX_REASON]
+    if isinstance(message, DeviceAck) and message.status == "refused":
+        return f"refused {message.ref_kind}: {message.reason}"[:MAX_REASON]
+    return None
+
+
 def online_after(frame: Admitted) -> bool:
     """Whether the device counts as online once ``frame`` is accepted (the last will is a
     state report flagged ``offline``)."""
@@ -165,6 +186,12 @@ class Batch:
     fetches: list[tuple[str, FetchRequest]] = field(default_factory=list)
     admitted: list[Admitted] = field(default_factory=list)
     enrolled: set[str] = field(default_factory=set)
+    refusals: dict[str, tuple[str, int]] = field(default_factory=dict)
+
+    def note_refusal(self, device_id: str, message: object) -> None:
+        """Keep what ``message`` says the device refused (:func:`refusal`), if anything."""
+        if (refused := refusal(message)) is not None:
+            self.refusals[device_id] = (refused, self.now_ms)
 
     def write(self, store: Store) -> None:
         """Write it all (the caller holds the transaction): uplink records first, so a
@@ -180,6 +207,8 @@ class Batch:
                     store.devices.set_health(state.device_id, health)
         if self.hellos:
             store.devices.note_hellos(self.hellos)
+        if self.refusals:
+            store.devices.note_refusals(self.refusals)
         store.devices.note_uplink(
             [
                 UplinkSeen(s.device.id, s.device.window.to_bytes(), s.last_seen, s.online)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import queue
 import signal
 import sys
@@ -85,7 +86,7 @@ def assemble(
     inbox: queue.Queue[Inbound] = queue.Queue(settings.ingest_queue_max)
     link = HubLink(
         settings.broker_url,
-        client_id=settings.client_id,
+        client_id=settings.mqtt_client_id(os.getpid()),
         inbox=inbox,
         subscriptions=[topics.all_up()],
         tls=tls,

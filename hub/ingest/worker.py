@@ -28,6 +28,12 @@ audit log with their reason, at most ``audit_rejections_per_device_per_min`` per
 (:class:`AuditLimiter`); rows beyond ``audit_rejections_keep`` are pruned. Audit rows never
 hold frame content or error text, only reason, kind, seq and size.
 
+**Pending devices hear why.** A hello that leaves its device pending (no token, or one
+that is unknown, expired, revoked or used) is answered with a signed ``HubAck`` refusing
+it as ``pending: <why>`` (a few per device per minute), so the agent logs what to fix;
+nothing is admitted, and the reason is stored on the device (``pending_reason``). The
+last install or desired state a device reports refusing is stored too (``refusal``).
+
 Never crashes on input: the rules return refusals as values, and anything unexpected in
 one frame is logged (without content) and counted as ``internal``; a failed transaction
 is rolled back, counted, and the worker carries on.
@@ -50,7 +56,7 @@ from typing import Protocol
 from edgefleet.clock import Clock
 from hub.context import HubContext
 from hub.fleet import enrollment
-from hub.fleet.identity import ACTIVE, PENDING, Enroll, Refuse
+from hub.fleet.identity import ACTIVE, PENDING, Enroll, Pend, Refuse
 from hub.ingest.batch import AuditLimiter, Batch, SeenDevice, StateUpdate, record, reported_twin
 from hub.ingest.rules import (
     Admitted,
@@ -87,6 +93,7 @@ logger = logging.getLogger(__name__)
 
 FetchHook = Callable[[str, FetchRequest], object]
 FINGERPRINTS_KEPT = 65_536
+PENDING_ANSWERS_PER_MIN = 4  # per pending device: the agent says hello once a minute
 SKEW_BEHIND, SKEW_AHEAD = CLOCK_SKEW.labels("behind"), CLOCK_SKEW.labels("ahead")
 
 
@@ -141,6 +148,9 @@ class Ingest:
         self.inbox = inbox if inbox is not None else queue.Queue(settings.ingest_queue_max)
         self.rules = Rules(Topics(settings.topic_prefix), settings.limits, settings.freshness)
         self.limiter = AuditLimiter(settings.audit_rejections_per_device_per_min)
+        self.pending_answers = AuditLimiter(
+            PENDING_ANSWERS_PER_MIN, max_unknown=settings.max_pending_devices
+        )
         self._devices: dict[str, Device] = {}
         self._epoch = -1
         self._fingerprints: OrderedDict[tuple[str, int], bytes] = OrderedDict()
@@ -308,6 +318,10 @@ class Ingest:
                 self.store, claim, now_ms=batch.now_ms, max_pending=self.max_pending_devices
             )
         if isinstance(decision, Refuse):
+            known = lookup(claim.device_id)
+            if decision.reason == "pending" and known and self._answer(claim.device_id, batch):
+                seen = batch.seen.setdefault(claim.device_id, SeenDevice(known))
+                seen.refused.append((claim.seq, f"pending: {decision.why}"))
             return Refused(
                 key=claim.device_id,
                 kind="hello",
@@ -315,18 +329,24 @@ class Ingest:
                 reason=decision.reason,
                 error="Enrollment",
                 size=0,
-                known=lookup(claim.device_id) is not None,
+                known=known is not None,
                 action=decision.action,
             )
         active = isinstance(decision, Enroll)
         identity = DeviceIdentity(
             claim.device_id, ACTIVE if active else PENDING, claim.hello.public_key, None
         )
-        batch.seen[claim.device_id] = SeenDevice(_device(identity))
+        seen = batch.seen[claim.device_id] = SeenDevice(_device(identity))
         if not active:
+            if isinstance(decision, Pend) and self._answer(claim.device_id, batch):
+                seen.refused.append((claim.seq, f"pending: {decision.reason}"))
             return None
         batch.enrolled.add(claim.device_id)
         return claimed.frame
+
+    def _answer(self, device_id: str, batch: Batch) -> bool:
+        """Answer a pending hello now? A few per minute: a loop must not make us sign."""
+        return self.pending_answers.allow(device_id, known=False, now_ms=batch.now_ms)
 
     def _admit(self, frame: Admitted, batch: Batch, lookup: Lookup) -> None:
         seen = batch.seen.get(frame.device_id)
@@ -349,6 +369,7 @@ class Ingest:
             batch.hellos[frame.device_id] = enrollment.hello_update(self.store, known, message)
         elif isinstance(message, FetchRequest):
             batch.fetches.append((frame.device_id, message))
+        batch.note_refusal(frame.device_id, message)
         if stored is not None:
             batch.records.append(stored)
         seen.accept(frame, batch.now_ms)

@@ -44,6 +44,9 @@ COLUMNS = (
     "reported_at",
     "health",
     "stale",
+    "refusal",
+    "refusal_at",
+    "pending_reason",
 )
 """Every column but the replay window, in :class:`~hub.store.rows.Device`'s order."""
 SELECT = ", ".join(COLUMNS)
@@ -81,7 +84,7 @@ def to_device(row: Sequence[Any]) -> Device:
     listings build thousands of these)."""
     (id_, key, status, first_seen, tags, agent_version, enrolled_at, enrolled_by, last_seen,
      online, active_name, active_version, active_sha256, reported, reported_at, health,
-     stale) = row  # fmt: skip
+     stale, refusal, refusal_at, pending_reason) = row  # fmt: skip
     return Device(
         id_,
         key,
@@ -100,6 +103,9 @@ def to_device(row: Sequence[Any]) -> Device:
         reported_at,
         _HEALTH.get(health, Health.UNKNOWN),
         bool(stale),
+        refusal,
+        refusal_at,
+        pending_reason,
     )
 
 
@@ -122,6 +128,9 @@ def _values(device: Device) -> list[Any]:
         device.reported_at,
         device.health.value,
         int(device.stale),
+        device.refusal,
+        device.refusal_at,
+        device.pending_reason,
     ]
 
 
@@ -225,7 +234,8 @@ class SqliteDevices:
 
     def approve(self, device_id: str, *, at_ms: int, by: str) -> None:
         self._c.update_one(
-            "UPDATE devices SET status = 'active', enrolled_at = ?, enrolled_by = ? WHERE id = ?",
+            "UPDATE devices SET status = 'active', enrolled_at = ?, enrolled_by = ?, "
+            "pending_reason = NULL WHERE id = ?",
             [at_ms, by, device_id],
             f"device {device_id[:64]!r}",
         )
@@ -297,6 +307,19 @@ class SqliteDevices:
                 [seen_before_ms],
             ).fetchall()
         return sorted(row[0] for row in rows)
+
+    def note_refusals(self, refusals: Mapping[str, tuple[str, int]]) -> None:
+        self._c.write_many(
+            # a state report repeats the last outcome: refusal_at is when it first came
+            "UPDATE devices SET refusal = ?, refusal_at = ? WHERE id = ? AND refusal IS NOT ?",
+            [(reason, at_ms, device_id, reason) for device_id, (reason, at_ms) in refusals.items()],
+        )
+
+    def set_pending_reason(self, device_id: str, reason: str) -> None:
+        self._c.write(
+            "UPDATE devices SET pending_reason = ? WHERE id = ? AND status = 'pending'",
+            [reason, device_id],
+        )
 
     def set_health(self, device_id: str, health: Health) -> None:
         self._c.write("UPDATE devices SET health = ? WHERE id = ?", [health.value, device_id])

@@ -149,6 +149,12 @@ class Devices(Protocol):
         """Set online devices last seen before ``seen_before_ms`` offline; their ids, sorted."""
         ...
 
+    def note_refusals(self, refusals: Mapping[str, tuple[str, int]]) -> None:
+        """Record, per device id, the last refusal it reported: ``(reason, at_ms)``."""
+
+    def set_pending_reason(self, device_id: str, reason: str) -> None:
+        """Why a pending device is still pending (no-op for a device that is not)."""
+
     def set_health(self, device_id: str, health: Health) -> None:
         """The one writer of a device's health; the value comes from
         :func:`hub.health.derive`, never from the caller's own vocabulary."""

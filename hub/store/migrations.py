@@ -217,7 +217,17 @@ def m005_desired_tracking(db: Database) -> None:
 
 
 @migrations()
-def m006_uplink_time_indexes(db: Database) -> None:
-    # hub.api.uplink: reads of what devices sent, newest first and by time range
+def m006_device_refusals(db: Database) -> None:
+    # hub.ingest: the last install or desired state a device refused, and why; why a
+    # pending device waits (no token, an expired one...), as the device list shows it.
+    devices = db.table("devices")
+    devices.add_column("refusal", str)
+    devices.add_column("refusal_at", int)
+    devices.add_column("pending_reason", str)
+
+
+@migrations()
+def m007_uplink_time_indexes(db: Database) -> None:
+    # hub.api.reports: reads of what devices sent, newest first and by time range
     for table in ("telemetry", "states", "data_windows", "deltas"):
         db.table(table).create_index(["received_at"])

@@ -25,9 +25,10 @@ DeviceStatus = Literal["pending", "active", "revoked"]
 VersionStatus = Literal["pending_release", "released", "withdrawn"]
 TokenKind = Literal["single", "fleet"]
 Counter = Literal["down_seq", "heartbeat_version", "release_published", "devices_epoch"]
-"""The hub's persisted counters: the downlink seq reserved so far (blocks), the last
-heartbeat version, the signed release list version last handed to the broker, and the
-devices epoch (bumped on approve, revoke, preauthorize: ingest drops its key cache)."""
+"""The hub's persisted counters: downlink publishers started (each takes its seq slot
+from it: hub.transport.downlink), the last heartbeat version, the signed release list
+version last handed to the broker, and the devices epoch (bumped on approve, revoke,
+preauthorize: ingest drops its key cache)."""
 
 T = TypeVar("T")
 
@@ -64,6 +65,13 @@ class Device:
     reported_at: int | None = None
     health: Health = Health.UNKNOWN
     stale: bool = False
+    refusal: str | None = None
+    """The last install or desired state the device refused and why, as it reported it
+    (``refused: incompatible: its inputs differ...``, ``failed: slow_retrieval: ...``)."""
+    refusal_at: int | None = None
+    pending_reason: str | None = None
+    """Why a pending device is not enrolled: ``no_token``, ``token_expired``,
+    ``token_unknown``, ``token_revoked``, ``token_used`` (None once active)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,19 +5,27 @@ Every downlink frame (``down.ack`` from ingest; ``down.desired``, ``down.chunk``
 
 1. refuses to publish to a device that is revoked or unknown to the store (a revoked
    device hears nothing more from the hub, not even acks);
-2. takes the next downlink seq from a persisted counter, allocated in blocks hi-lo style:
-   ``store.counters.bump("down_seq", block)`` reserves ``block`` seqs at once, so a restart (even
-   after kill -9) starts above every seq it could have used and never reuses one, while
-   the store is touched once per ``block`` frames;
+2. numbers the frame with a **time-ordered seq** (:func:`protocol.replay.downlink_seq`):
+   the clock in milliseconds, then a per-process counter within the millisecond, then
+   this publisher's **slot** (its own 8 bits, taken once from the store's ``down_seq``
+   counter). Seqs increase within a process and never collide between the processes
+   publishing at the same time (the hub, a CLI run beside it, later hub replicas), and
+   no process can run ahead of the others: whatever runs beside the hub numbers within
+   milliseconds of it, so no device's window is pushed past the hub's seqs (the old
+   scheme reserved blocks of 1,000 from a shared counter, and five CLI runs beside a
+   hub stranded a device: docs/decisions.md, "Downlink sequence numbers");
 3. signs the frame with the hub's **rollout** private key (agents check down frames
-   against the rollout role keys in their trusted root) and publishes it at QoS 1.
+   against the rollout role keys in their trusted root; :meth:`Downlink.set_key` swaps
+   it when the key ring rotates) and publishes it at QoS 1;
+4. tells the retained ledger what it left on a retained topic (``down/desired``), so the
+   watch (:mod:`hub.transport.retained`) can tell the hub's own message from another's.
 
-One counter serves all devices: each device sees increasing seqs with gaps, which its
-replay window accepts. The agent deduplicates by seq, so a frame published twice is
-harmless.
+The agent deduplicates by seq, so a frame published twice is harmless. A hub whose clock
+is stepped back by more than a minute across a restart is refused by devices until its
+clock has caught up (their window reaches back one minute); a device says so in its state
+report (``downlink_refused``).
 
-The signing key is a constructor argument (the key ring loads it); this module does not
-read keys, retry failed publishes, or clear retained messages.
+This module does not read keys, retry failed publishes, or clear retained messages.
 """
 
 from __future__ import annotations
@@ -34,15 +42,19 @@ from edgefleet.clock import Clock
 from hub.metrics import DOWNLINK_DROPPED, DOWNLINK_SENT
 from hub.store import Store
 from hub.store.rows import Counter
+from hub.transport.retained import RetainedLedger
 from protocol import frame
 from protocol.errors import Malformed
 from protocol.frame import DEFAULT_LIMITS, Limits, Message
 from protocol.messages import HubAck
+from protocol.replay import downlink_seq
 from protocol.topics import Topics
 
 logger = logging.getLogger(__name__)
 
 SEQ_COUNTER: Final[Counter] = "down_seq"
+"""Counts downlink publishers ever started; each takes the next value as its slot."""
+SLOTS = 256
 MAX_ACK_ENTRIES = 4096  # HubAck's own cap on committed ranges + refused entries
 
 
@@ -55,16 +67,16 @@ class Publisher(Protocol):
 
 
 class Downlink:
-    """Signs and publishes downlink frames, one seq counter for the whole hub.
+    """Signs and publishes downlink frames with time-ordered seqs; see the module docstring.
 
     Args:
-        store: for the seq counter and device status.
+        store: for this publisher's slot and device status.
         publisher: the MQTT link.
         topics: the topic prefix in use.
-        key: the rollout role's private key.
-        clock: for ``sent_at``.
+        key: the rollout role's private key (:meth:`set_key` replaces it).
+        clock: for seqs and ``sent_at``.
         limits: frame size caps.
-        block: seqs reserved per store write.
+        ledger: told of every retained frame published (None: nobody watches).
     """
 
     def __init__(
@@ -76,7 +88,7 @@ class Downlink:
         clock: Clock,
         *,
         limits: Limits = DEFAULT_LIMITS,
-        block: int = 1000,
+        ledger: RetainedLedger | None = None,
     ) -> None:
         self._store = store
         self._publisher = publisher
@@ -84,20 +96,21 @@ class Downlink:
         self._key = key
         self._clock = clock
         self._limits = limits
-        self._block = block
+        self.ledger = ledger
+        self.slot = store.counters.bump(SEQ_COUNTER) % SLOTS
         self._lock = threading.Lock()
-        self._next = 1
-        self._limit = 0  # seqs up to and including _limit are reserved for this process
+        self._units = 0  # the last (ms << 8 | counter) this process used
+
+    def set_key(self, key: Ed25519PrivateKey) -> None:
+        """Sign every frame from now on with ``key`` (the key ring rotated the rollout key)."""
+        with self._lock:
+            self._key = key
 
     def next_seq(self) -> int:
-        """A downlink seq never handed out before, by this process or any earlier one."""
+        """A downlink seq above every seq this process used, stamped with the clock."""
         with self._lock:
-            if self._next > self._limit:
-                self._limit = self._store.counters.bump(SEQ_COUNTER, self._block)
-                self._next = self._limit - self._block + 1
-            seq = self._next
-            self._next += 1
-            return seq
+            self._units = max(self._units + 1, self._clock.now_ms() << 8)
+            return downlink_seq(self._units >> 8, (self._units & 0xFF) << 8 | self.slot)
 
     def send(self, device_id: str, message: Message, *, retain: bool = False) -> int | None:
         """Sign ``message`` for ``device_id`` and publish it on its ``down/<kind>`` topic.
@@ -128,6 +141,8 @@ class Downlink:
             key=self._key,
             limits=self._limits,
         )
+        if retain and self.ledger is not None:
+            self.ledger.published(topic, payload)  # before the echo can reach the watch
         if not self._publisher.publish(topic, payload, qos=1, retain=retain):
             DOWNLINK_DROPPED.labels("not_connected").inc()
             return None

@@ -14,9 +14,12 @@ from agent.downlink import Downlink, WindowStore
 from protocol import frame
 from protocol.frame import Envelope, Message
 from protocol.messages import Chunk, HubAck, Nudge, StateReport
+from protocol.replay import DOWNLINK_REACH_MS, downlink_seq
 from protocol.topics import Topics
 
 NOW = 1_790_000_000_000
+SEQ = downlink_seq(NOW, 0)  # the hub's seqs are time-ordered
+OLD = downlink_seq(NOW - DOWNLINK_REACH_MS - 1, 0)  # beyond the window's reach
 TOPICS = Topics("t")
 HUB = Ed25519PrivateKey.generate()
 OTHER = Ed25519PrivateKey.generate()
@@ -48,7 +51,9 @@ def store(tmp_path: Path):
 
 def guard(store: WindowStore) -> Downlink:
     keys = [HUB.public_key()]
-    return Downlink(device_id="dev-1", topics=TOPICS, rollout_keys=lambda: keys, store=store)
+    return Downlink(
+        device_id="dev-1", topics=TOPICS, rollout_keys=lambda: keys, store=store, now_ms=lambda: NOW
+    )
 
 
 def test_downlink_runs_handlers_for_a_verified_new_frame(store: WindowStore) -> None:
@@ -96,7 +101,8 @@ BAD_FRAMES = [
     pytest.param(OURS, b"EF\x09" + bytes(80), "unknown_version", id="version"),
     pytest.param(OURS, b"EF" + bytes(300_000), "oversize", id="oversize"),
     pytest.param("elsewhere/v1/d/dev-1/down/ack", down(ACK, 9), "malformed", id="foreign-topic"),
-    pytest.param(OURS, down(ACK, 1), "replay", id="below-window"),
+    pytest.param(OURS, down(ACK, OLD), "replay", id="below-window"),
+    pytest.param(OURS, down(ACK, 2**62), "seq_ahead", id="stamped-in-the-future"),
 ]  # fmt: skip
 
 
@@ -107,7 +113,7 @@ def test_downlink_refuses_bad_frames_without_changing_anything(
     link, acks = guard(store), Recorder()
     link.register("ack", acks)
     link.register("nudge", acks)
-    link.dispatch(TOPICS.down("dev-1", "ack"), down(ACK, 5000))
+    link.dispatch(TOPICS.down("dev-1", "ack"), down(ACK, SEQ))
     before = store.load()
     assert link.dispatch(topic, payload) == "refused"
     assert store.load() == before
@@ -130,10 +136,10 @@ def test_downlink_logs_the_reason_but_never_the_payload(store: WindowStore, capl
 
 def test_downlink_reports_stale_retained_replays_below_warning(store: WindowStore, caplog) -> None:
     link = guard(store)
-    link.dispatch(TOPICS.down("dev-1", "ack"), down(ACK, 5000))
+    link.dispatch(TOPICS.down("dev-1", "ack"), down(ACK, SEQ))
     with caplog.at_level(logging.INFO, logger="agent.downlink"):
         verdict = link.dispatch(
-            TOPICS.down("dev-1", "nudge"), down(Nudge("state"), 1), retained=True
+            TOPICS.down("dev-1", "nudge"), down(Nudge("state"), OLD), retained=True
         )
     assert verdict == "refused"
     assert [r.levelno for r in caplog.records] == [logging.INFO]
@@ -212,3 +218,60 @@ def test_downlink_counts_a_frame_whose_seq_cannot_be_recorded_as_failed(tmp_path
     assert link.dispatch(TOPICS.down("dev-1", "ack"), down(ACK, 1)) == "failed"
     assert len(acks.seen) == 1
     assert link.counters() == {"failed": 1}
+
+
+def test_a_stolen_key_strands_the_downlink_until_a_rotation_starts_a_fresh_window(
+    store: WindowStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The attack of issue 9 item 1 at the guard: the thief stamps the furthest seq the
+    window lets through (a day ahead); the hub's own frames are then refused, the device
+    says so, and a rotated rollout key (a new epoch) brings the hub back at once."""
+    keys, now = [HUB.public_key()], [NOW]
+    link = Downlink(
+        device_id="dev-1", topics=TOPICS, rollout_keys=lambda: tuple(keys), store=store,
+        now_ms=lambda: now[0],
+    )  # fmt: skip
+    topic = TOPICS.down("dev-1", "ack")
+    assert link.dispatch(topic, down(ACK, downlink_seq(NOW, 1))) == "accepted"
+    assert link.dispatch(topic, down(ACK, 2**62)) == "refused"  # further than a day: never
+    assert link.dispatch(topic, down(ACK, downlink_seq(NOW + 86_400_000, 0))) == "accepted"
+
+    with caplog.at_level(logging.ERROR, logger="agent.downlink"):
+        verdicts = [link.dispatch(topic, down(ACK, downlink_seq(NOW + i, 2))) for i in (1, 2, 3)]
+    assert verdicts == ["refused"] * 3
+    problem = link.problem()
+    assert problem is not None
+    assert problem.startswith("downlink_refused: 3 hub frames")
+    assert "cannot hear the hub" in caplog.text
+
+    new_hub = Ed25519PrivateKey.generate()
+    keys[:] = [new_hub.public_key()]  # root v2 rotated the rollout key
+    assert link.dispatch(topic, down(ACK, downlink_seq(NOW + 4, 2), key=new_hub)) == "accepted"
+    assert link.problem() is None
+    assert store.load().high == downlink_seq(NOW + 4, 2)
+
+
+def test_a_flood_of_junk_frames_is_summarised_not_logged_frame_by_frame(
+    store: WindowStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 9 item 8: 20,000 junk frames once wrote 16,648 warning lines."""
+    now = [NOW]
+    keys = [HUB.public_key()]
+    link = Downlink(
+        device_id="dev-1", topics=TOPICS, rollout_keys=lambda: keys, store=store,
+        now_ms=lambda: now[0], log_every_s=60,
+    )  # fmt: skip
+    forged = down(ACK, SEQ, key=OTHER)
+    with caplog.at_level(logging.DEBUG, logger="agent.downlink"):
+        for i in range(20_000):
+            now[0] = NOW + i * 6  # two minutes of flood
+            payload = forged if i % 2 else b"junk"
+            assert link.dispatch(TOPICS.down("dev-1", "ack"), payload) == "refused"
+        now[0] += 60_000
+        link.flush_log()
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) <= 8, lines  # per interval and reason: the first, then a count
+    assert link.counters() == {"refused.bad_signature": 10_000, "refused.malformed": 10_000}
+    summarised = sum(int(line.split()[1]) for line in lines if line.startswith("downlink: "))
+    first = sum(1 for line in lines if "frame refused" in line)
+    assert summarised + first == 20_000

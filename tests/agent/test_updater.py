@@ -566,6 +566,25 @@ def test_slow_retrieval_aborts_the_download_and_keeps_serving(
     assert list((device.state_dir / MODELS_DIR / "download").iterdir()) == []
 
 
+def test_a_download_starved_by_a_deaf_downlink_fails_with_that_cause_not_slow_retrieval(
+    device: Device, clock: FakeClock
+) -> None:
+    """Issue 8: chunks refused as replays once made an install fail as slow_retrieval,
+    hiding the cause; the downlink guard's problem is the reason now, and a flag."""
+    deaf = "downlink_refused: 3 hub frames in a row refused by the replay window (replay: ...)"
+    device.trust.watch_downlink(lambda: deaf)
+    device.fleet.assign(device.fleet.release(package(2)))
+    device.sync()
+    device.desired()
+    clock.advance(CONFIG.download.grace_ms / 1000)
+    device.manager.tick(clock.now_ms())
+    outcome = device.report.install
+    assert outcome is not None
+    assert (outcome.status, outcome.reason) == ("failed", deaf)
+    assert "downlink_refused" in device.manager.state_report().flags
+    assert device.active == package(1).ref
+
+
 def test_no_model_yet_is_not_ready(fleet: FleetDouble, tmp_path: Path, clock: FakeClock) -> None:
     empty = Device(fleet, tmp_path, clock)
     with pytest.raises(NotReady):

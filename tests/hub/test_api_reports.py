@@ -152,12 +152,27 @@ def test_twin_names_the_last_refusal_and_its_reason(api: Api) -> None:
         ]
     )
     refusal = api.call("GET", "/api/v1/devices/d-1/twin", role="viewer").json()["last_refusal"]
+    assert refusal == {"at": 2000, "outcome": "refused", "reason": why, "model": ref("iris", 2)}
+
+
+def test_twin_shows_the_refusal_ingest_kept_with_the_version_refused(api: Api) -> None:
+    add_device(api.store, "d-1")
+    why = "incompatible: its inputs differ from the active model's"
+    api.store.uplink.add([state("d-1", 7, 7000, status="refused", reason=why)])
+    api.store.devices.note_refusals({"d-1": (f"refused: {why}", 7000)})
+    refusal = api.call("GET", "/api/v1/devices/d-1/twin", role="viewer").json()["last_refusal"]
+    assert refusal == {"at": 7000, "outcome": "refused", "reason": why, "model": ref("iris", 2)}
+
+
+def test_twin_shows_a_refused_desired_state(api: Api) -> None:
+    add_device(api.store, "d-1")
+    api.store.devices.note_refusals({"d-1": ("refused desired: stale assignment", 9000)})
+    refusal = api.call("GET", "/api/v1/devices/d-1/twin", role="viewer").json()["last_refusal"]
     assert refusal == {
-        "at": 2000,
-        "seq": 2,
+        "at": 9000,
         "outcome": "refused",
-        "reason": why,
-        "model": ref("iris", 2),
+        "reason": "desired: stale assignment",
+        "model": None,
     }
 
 
@@ -166,6 +181,7 @@ def test_twin_of_a_pending_device_says_why_it_waits(api: Api) -> None:
     api.store.audit.append(
         at=5, actor="device:p-1", action="device.pending", target="p-1", reason="token_expired"
     )
+    api.store.devices.set_pending_reason("p-1", "token_expired")
     twin = api.call("GET", "/api/v1/devices/p-1/twin", role="viewer").json()
     assert twin["enrollment_refusal"] == {"at": 5, "reason": "token_expired"}
     enrollment.approve(api.store, "p-1", by="cli", now_ms=6)

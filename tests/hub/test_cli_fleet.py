@@ -67,8 +67,11 @@ def test_enroll_create_refuses_bad_input_in_one_line(
 def test_device_approve_then_revoke_changes_status_and_audits_who(
     data: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    with closing(open_store(data)) as store:
+        store.devices.set_pending_reason("pump-17", "token_expired")
     assert main(["hub", "device", "list", "--data", str(data), "--status", "pending"]) == 0
-    assert "pump-17" in capsys.readouterr().out
+    [line] = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("pump-17")]
+    assert line.endswith("token_expired")
     assert main(["hub", "device", "approve", "pump-17", "--data", str(data)]) == 0
     assert main(["hub", "device", "revoke", "pump-17", "--data", str(data)]) == 0
     with closing(open_store(data)) as store:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from hub.errors import Conflict, KeyUnavailable
@@ -271,3 +272,44 @@ def test_cli_rollout_set_stores_the_desired_state_for_the_hub(
     )
     assert code == 2
     assert capsys.readouterr().err.startswith("edgefleet rollout set: error: no device 'dev-9'")
+
+
+def test_a_version_the_device_would_refuse_as_incompatible_is_refused_with_its_reason(
+    hub: Hub,
+) -> None:
+    """The device checks shapes and dtypes of its inputs before it installs (names do not
+    matter); the hub checks the same against what the device last reported active."""
+    runs = hub.register()
+    hub.register(models.gemm_classifier(n_features=5), reference=npz(X=np.ones((50, 5), "f4")))
+    add_device(hub.store, "dev-2", active_name="iris", active_version=1, active_sha256=runs.sha256)
+    downlink = RecordingDownlink()
+    before = snapshot(hub.store)
+
+    with pytest.raises(Conflict) as refused:
+        assign(hub, downlink, 2, device_id="dev-2")
+
+    assert str(refused.value).startswith("incompatible: device dev-2 runs iris v1")
+    assert "its input has shape [?,5], the active model's [?,4]" in str(refused.value)
+    assert refused.value.status_hint == 409
+    assert snapshot(hub.store) == before
+    assert downlink.sent == []
+    assert assign(hub, downlink, 1, device_id="dev-2").entry.sha256 == runs.sha256
+
+
+@pytest.mark.parametrize(
+    "active",
+    [
+        pytest.param({}, id="no-model-reported"),
+        pytest.param(
+            {"active_name": "iris", "active_version": 1, "active_sha256": "cd" * 32},
+            id="bytes-the-registry-does-not-hold",
+        ),
+    ],
+)
+def test_a_device_whose_active_model_the_hub_cannot_see_is_left_to_check_itself(
+    hub: Hub, active: dict[str, Any]
+) -> None:
+    hub.register()
+    hub.register(models.gemm_classifier(n_features=5), reference=npz(X=np.ones((50, 5), "f4")))
+    add_device(hub.store, "dev-3", **active)
+    assert assign(hub, RecordingDownlink(), 2, device_id="dev-3").version == 1

@@ -1,5 +1,6 @@
-"""The downlink: signed with the rollout key, seqs never reused across restarts, silent
-towards revoked devices; HubAck range building."""
+"""The downlink: signed with the rollout key, time-ordered seqs that never collide between
+publishers nor run ahead of one another, silent towards revoked devices; HubAck range
+building."""
 
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ from hub.fleet import enrollment
 from hub.metrics import sample
 from hub.store import Store
 from hub.store.sqlite import SqliteStore
-from hub.transport.downlink import MAX_ACK_ENTRIES, SEQ_COUNTER, Downlink, hub_acks, seq_ranges
+from hub.transport.downlink import MAX_ACK_ENTRIES, Downlink, hub_acks, seq_ranges
 from protocol import frame
 from protocol.errors import BadSignature, Malformed
 from protocol.messages import HubAck, Nudge, Telemetry
+from protocol.replay import DOWNLINK_SEQ_SHIFT
 from protocol.topics import Topics
 from tests.clock import FakeClock
 from tests.hub.hubsim import RecordingPublisher
@@ -31,8 +33,13 @@ def store(tmp_path: Path) -> Store:
     return store
 
 
-def make(store: Store, key: Ed25519PrivateKey, publisher: RecordingPublisher) -> Downlink:
-    return Downlink(store, publisher, TOPICS, key, FakeClock(), block=10)
+def make(
+    store: Store,
+    key: Ed25519PrivateKey,
+    publisher: RecordingPublisher,
+    clock: FakeClock | None = None,
+) -> Downlink:
+    return Downlink(store, publisher, TOPICS, key, clock or FakeClock())
 
 
 def test_frames_are_signed_with_the_rollout_key_and_addressed_to_the_device(
@@ -52,18 +59,39 @@ def test_frames_are_signed_with_the_rollout_key_and_addressed_to_the_device(
         frame.decode(payload, Ed25519PrivateKey.generate().public_key())
 
 
-def test_seqs_increase_and_are_never_reused_after_a_restart(store: Store) -> None:
-    key, publisher = Ed25519PrivateKey.generate(), RecordingPublisher()
-    first = make(store, key, publisher)
-    used = [first.send("dev-1", Nudge("state")) for _ in range(3)]
+def test_seqs_increase_within_a_process_and_carry_its_clock(store: Store) -> None:
+    clock = FakeClock()
+    downlink = make(store, Ed25519PrivateKey.generate(), RecordingPublisher(), clock)
+    burst = [downlink.send("dev-1", Nudge("state")) for _ in range(300)]  # > 256 in one ms
+    clock.advance(0.005)
+    later = downlink.send("dev-2", Nudge("state"))
 
-    # a crash: the process dies with seqs 4..10 reserved but unused
-    second = make(store, key, publisher)
-    later = [second.send("dev-2", Nudge("state")) for _ in range(12)]
+    seqs = [seq for seq in (*burst, later) if seq is not None]
+    assert seqs == sorted(set(seqs))
+    assert len(seqs) == 301
+    assert burst[0] is not None
+    assert burst[0] >> DOWNLINK_SEQ_SHIFT == clock.now_ms() - 5
+    assert later is not None
+    assert later >> DOWNLINK_SEQ_SHIFT == clock.now_ms()
 
-    assert used == [1, 2, 3]
-    assert later == list(range(11, 23))
-    assert store.counters.get(SEQ_COUNTER) == 30  # one store write per block of 10
+
+def test_publishers_on_one_store_never_collide_nor_run_ahead_of_each_other(
+    store: Store,
+) -> None:
+    """Five `rollout set --broker` runs beside a running hub once pushed a device's window
+    past the hub's seqs: each reserved 1,000 seqs from a shared counter."""
+    clock, key = FakeClock(), Ed25519PrivateKey.generate()
+    hub = make(store, key, RecordingPublisher(), clock)
+    hub_seqs = [hub.send("dev-1", Nudge("state")) for _ in range(3)]
+    cli_seqs = []
+    for _ in range(5):
+        cli = make(store, key, RecordingPublisher(), clock)  # a CLI run: a publisher of its own
+        cli_seqs += [cli.send("dev-1", Nudge("desired")) for _ in range(3)]
+    after = [hub.send("dev-1", Nudge("state")) for _ in range(3)]
+
+    every = [seq for seq in (*hub_seqs, *cli_seqs, *after) if seq is not None]
+    assert len(set(every)) == 21  # no collision: each publisher has its own slot
+    assert {seq >> DOWNLINK_SEQ_SHIFT for seq in every} == {clock.now_ms()}  # same ms
 
 
 def test_nothing_is_published_to_revoked_or_unknown_devices(store: Store) -> None:

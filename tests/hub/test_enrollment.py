@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hub.errors import Conflict, InvalidRequest
 from hub.fleet import enrollment
 from hub.fleet.identity import Claim, Decision, Enroll, Pend, Refuse, decide
+from hub.ingest.worker import PENDING_ANSWERS_PER_MIN
 from hub.store import NotFound
 from hub.store.rows import Device, EnrollmentToken
 from protocol.messages import Hello, HubAck, ModelRef, Telemetry
@@ -119,7 +120,8 @@ def test_single_use_token_enrolls_only_one_device(hub: HubSim) -> None:
     assert device_row(hub, "dev-1").status == "active"
     assert device_row(hub, "dev-2").status == "pending"
     assert audit_actions(hub)[-1] == ("device.pending", "dev-2", "token_used")
-    assert hub.acks(second) == []
+    assert device_row(hub, "dev-2").pending_reason == "token_used"
+    assert hub.acks(second) == [HubAck(committed=(), refused=((1, "pending: token_used"),))]
 
 
 def test_a_resent_enrolling_hello_is_reacked_not_reused(hub: HubSim) -> None:
@@ -168,10 +170,12 @@ def test_hello_without_token_waits_for_approval(hub: HubSim) -> None:
     hub.send(hello)
     assert device_row(hub, "dev-1").status == "pending"
     assert audit_actions(hub) == [("device.pending", "dev-1", "no_token")]
+    waiting = HubAck(committed=(), refused=((1, "pending: no_token"),))
+    assert hub.acks(dev) == [waiting]  # the agent logs why it waits
     before = hub.snapshot()
     hub.send(hello, dev.frame(Telemetry(uptime_s=1)))  # keeps trying: refused, nothing else
     assert hub.snapshot() == before
-    assert hub.acks(dev) == []
+    assert hub.acks(dev) == [waiting]  # the hello is answered again; the telemetry is not
     assert [r[2] for r in hub.rejections()] == ["pending", "pending"]
 
     enrollment.approve(hub.store, "dev-1", by="token:operator", now_ms=hub.clock.now_ms())
@@ -194,7 +198,11 @@ def test_a_pending_device_enrolls_when_it_brings_a_token(hub: HubSim) -> None:
     hub.send(dev.hello(issued.secret))
 
     assert device_row(hub, "dev-1").status == "active"
-    assert hub.acks(dev) == [HubAck(committed=((2, 2),))]
+    assert device_row(hub, "dev-1").pending_reason is None
+    assert hub.acks(dev) == [
+        HubAck(committed=(), refused=((1, "pending: no_token"),)),
+        HubAck(committed=((2, 2),)),
+    ]
 
 
 def test_a_token_replaces_a_squatters_pending_key(hub: HubSim) -> None:
@@ -342,7 +350,7 @@ PENDING = Device("dev-1", "aa" * 32, "pending", first_seen=0)
         pytest.param(None, None, 0, Pend("token_unknown"), id="new_unknown_token"),
         pytest.param(None, None, 5, Refuse("pending_full"), id="new_but_full"),
         pytest.param(PENDING, VALID, 0, Enroll("tok-1", {}), id="pending_with_token"),
-        pytest.param(PENDING, None, 0, Refuse("pending"), id="pending_still"),
+        pytest.param(PENDING, None, 0, Refuse("pending", why="token_unknown"), id="pending_still"),
         pytest.param(
             replace(PENDING, public_key="bb" * 32),
             None,
@@ -361,3 +369,27 @@ def test_enrollment_decision_table(
 ) -> None:
     claim = Claim("dev-1", 1, HELLO)
     assert decide(claim, device, token_row, now_ms=0, pending=pending, max_pending=5) == expected
+
+
+def test_a_pending_device_hears_why_a_few_times_a_minute_and_is_admitted_nowhere(
+    hub: HubSim,
+) -> None:
+    issued = token(hub, "fleet", expires_at=hub.clock.now_ms() + 1000)
+    hub.clock.advance(2)  # the token expired
+    dev = hub.device("dev-1")
+    for _ in range(10):  # a device looping on its hello (seqs 1 to 10)
+        hub.send(dev.hello(issued.secret))
+
+    answers = hub.acks(dev)
+    assert answers == [
+        HubAck(committed=(), refused=((seq, "pending: token_expired"),))
+        for seq in range(1, 1 + PENDING_ANSWERS_PER_MIN)
+    ]
+    row = device_row(hub, "dev-1")
+    assert (row.status, row.pending_reason) == ("pending", "token_expired")
+    identity = hub.store.devices.identity("dev-1")
+    assert identity is not None
+    assert identity.up_window is None  # nothing admitted
+    hub.clock.advance(60)
+    hub.send(dev.hello(issued.secret))
+    assert hub.acks(dev) == [HubAck(committed=(), refused=((11, "pending: token_expired"),))]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,7 @@ from protocol.messages import (
     DeviceAck,
     FetchRequest,
     HubAck,
+    InstallOutcome,
     ModelRef,
     StateReport,
     Telemetry,
@@ -497,3 +499,38 @@ def test_hub_survives_any_payload_on_any_up_topic(
     assert (result.committed, result.duplicates) == (0, 0)
     assert hub.snapshot() == before
     assert hub.publisher.sent == []
+
+
+# ---------------------------------------------------------------------- what devices refuse
+
+
+INCOMPATIBLE = "incompatible: its inputs differ from the active model's: its input has shape [?,5]"
+
+
+def test_a_refusal_the_device_reports_is_stored_on_it_with_when_it_first_came(
+    hub: HubSim, dev: SimDevice
+) -> None:
+    refused = InstallOutcome(4, ModelRef("digits", 4, "cd" * 32), "refused", INCOMPATIBLE)
+    hub.send(dev.frame(StateReport(active=MODEL, install=refused)))
+    first = hub.clock.now_ms()
+    hub.clock.advance(30)
+    hub.send(dev.frame(StateReport(active=MODEL, install=refused)))  # repeated in every report
+
+    device = hub.store.devices.get("dev-1")
+    assert (device.refusal, device.refusal_at) == (f"refused: {INCOMPATIBLE}", first)
+
+    hub.clock.advance(30)
+    hub.send(dev.frame(DeviceAck(9, "desired", "refused", "expired: assignment v5 has expired")))
+    device = hub.store.devices.get("dev-1")
+    assert device.refusal == "refused desired: expired: assignment v5 has expired"
+    assert device.refusal_at == hub.clock.now_ms()
+    assert hub.acks(dev)[-1].committed[-1][-1] == 3
+
+
+def test_an_install_that_went_through_leaves_the_last_refusal_readable(
+    hub: HubSim, dev: SimDevice
+) -> None:
+    failed = InstallOutcome(4, MODEL, "failed", "slow_retrieval: 10 of 200 bytes by the deadline")
+    hub.send(dev.frame(StateReport(active=None, install=failed)))
+    hub.send(dev.frame(StateReport(active=MODEL, install=replace(failed, status="installed"))))
+    assert hub.store.devices.get("dev-1").refusal == f"failed: {failed.reason}"

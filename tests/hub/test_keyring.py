@@ -358,3 +358,53 @@ def test_cli_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[
         parser().parse_args(["keys", *argv])
     assert exit_info.value.code == 2
     assert "error:" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- the running hub's ring
+
+
+def test_live_keyring_reloads_when_a_rotation_changes_the_files_and_only_then(
+    ring_dir: Path,
+) -> None:
+    live = keyring.LiveKeyring(keyring.load(ring_dir))
+    assert live.reload() is None  # nothing changed: nothing loaded
+
+    old_rollout = live.signing_keys("rollout")[0]
+    keyring.rotate(ring_dir, "rollout", now_ms=NOW)
+    change = live.reload()
+
+    assert change is not None
+    old, new = change
+    assert (old.root.version, new.root.version, live.root.version) == (1, 2, 2)
+    assert keyring.rotated_roles(old.root, new.root) == {"rollout"}
+    assert live.signing_keys("rollout")[0].public_key() != old_rollout.public_key()
+    assert live.chain == new.chain
+    assert live.reload() is None
+
+
+def test_live_keyring_keeps_the_loaded_ring_while_the_files_do_not_load(
+    ring_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    live = keyring.LiveKeyring(keyring.load(ring_dir))
+    (ring_dir / keyring.ROOT_DIR / "2.root.json").write_bytes(b"half a rotation")
+    with caplog.at_level(logging.WARNING, logger="hub.keyring"):
+        assert live.reload() is None
+    assert live.root.version == 1
+    assert "does not load" in caplog.text
+    (ring_dir / keyring.ROOT_DIR / "2.root.json").unlink()
+    keyring.rotate(ring_dir, "heartbeat", now_ms=NOW)
+    change = live.reload()
+    assert change is not None
+    assert keyring.rotated_roles(change[0].root, change[1].root) == {"heartbeat"}
+
+
+def test_live_keyring_loads_a_rotation_interrupted_before_the_key_was_renamed(
+    ring_dir: Path,
+) -> None:
+    live = keyring.LiveKeyring(keyring.load(ring_dir))
+    keyring.rotate(ring_dir, "rollout", now_ms=NOW)
+    (ring_dir / "rollout.pem").rename(ring_dir / "rollout.next.pem")  # the crash point
+    change = live.reload()
+    assert change is not None
+    assert live.root.version == 2
+    assert live.signing_keys("rollout")  # matched by keyid, whatever the file's name

@@ -18,9 +18,10 @@ from hub.health import Health, derive
 from hub.settings import HubSettings
 from hub.store.rows import Desired, Device, ReportedTwin, Twin, UplinkSeen
 from protocol import canonical, metadata, trust
-from protocol.documents import SignedDocument
+from protocol.documents import SignedDocument, verify_threshold
+from protocol.errors import ThresholdNotMet
 from protocol.messages import DesiredState, Nudge
-from protocol.metadata import Heartbeat, decode_root_chain, encode_root_chain
+from protocol.metadata import Assignment, Heartbeat, Root, decode_root_chain, encode_root_chain
 from tests.clock import FakeClock
 from tests.hub.test_desired import DEVICE, RecordingDownlink, add_device
 from tests.hub.test_registry import Hub, make_hub
@@ -279,3 +280,46 @@ def test_a_new_desired_state_ends_a_stuck_episode(hub: Hub, downlink: RecordingD
     heard(hub)
     assert tick(hub, downlink).stuck == (DEVICE,)
     assert hub.store.audit.count(action="device.stuck") == 2
+
+
+def test_rekey_publishes_the_new_root_a_heartbeat_and_every_assignment_resigned(
+    hub: Hub, downlink: RecordingDownlink
+) -> None:
+    desire(hub, downlink)
+    old = hub.ring
+    new = keyring.rotate(old.path, "rollout", now_ms=hub.clock.now_ms())
+    downlink.sent.clear()
+    hub.published.clear()
+
+    sent = reconciler.rekey(replace(ctx(hub, downlink), keyring=new), old, new)
+
+    assert sent == 1
+    assert [kind for kind, _ in hub.published] == ["root", "heartbeat"]
+    chain = decode_root_chain(hub.published[0][1])
+    assert [metadata.parse(Root, doc).version for doc in chain] == [1, 2]
+    doc = downlink.desired().assignment
+    assert doc is not None
+    verify_threshold(doc, "assignment", new.root.role_keys("rollout"), 1)
+    with pytest.raises(ThresholdNotMet):
+        verify_threshold(doc, "assignment", old.root.role_keys("rollout"), 1)
+    assert metadata.parse(Assignment, doc).version == 2
+    [row] = hub.store.audit.page(action="keys.reloaded").items
+    assert canonical.loads(row.detail.encode())["rotated"] == ["rollout"]
+
+
+def test_rekey_of_the_heartbeat_key_alone_reissues_no_assignment(
+    hub: Hub, downlink: RecordingDownlink
+) -> None:
+    desire(hub, downlink)
+    old = hub.ring
+    new = keyring.rotate(old.path, "heartbeat", now_ms=hub.clock.now_ms())
+    downlink.sent.clear()
+    hub.published.clear()
+
+    assert reconciler.rekey(replace(ctx(hub, downlink), keyring=new), old, new) == 0
+
+    assert [kind for kind, _ in hub.published] == ["root", "heartbeat"]
+    beat = SignedDocument.from_bytes(hub.published[1][1])
+    assert metadata.parse(Heartbeat, beat).version > 0
+    verify_threshold(beat, "heartbeat", new.root.role_keys("heartbeat"), 1)
+    assert downlink.sent == []

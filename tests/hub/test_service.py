@@ -7,9 +7,11 @@ scheduler, ingest and a protocol-level device (:mod:`tests.hub.device_double`).
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -22,7 +24,7 @@ from hub.context import HubContext
 from hub.fleet import enrollment
 from hub.registry.artifacts import ArtifactStore
 from hub.registry.registry import Registry
-from hub.service import HubService
+from hub.service import DataDirInUse, HubService
 from hub.settings import HubSettings
 from hub.store.dialects import open_store
 from protocol.topics import Topics
@@ -143,3 +145,22 @@ def test_hub_stop_is_prompt_idempotent_and_frees_the_http_port(hub: HubService) 
     hub.stop()
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{url}/healthz")
+
+
+def test_a_second_hub_on_the_same_data_directory_is_refused_before_it_touches_anything(
+    hub: HubService, broker: BrokerRunner, topics: Topics
+) -> None:
+    settings = replace(hub_settings(hub.settings.data_dir, broker, topics), broker_url="mqtt://x:9")
+    with pytest.raises(DataDirInUse, match=rf"{hub.settings.data_dir}.*process {os.getpid()}"):
+        HubService.start(settings)
+    assert httpx.get(f"{hub.http_url}/healthz").json()["store"] is True
+
+
+def test_each_hub_has_a_client_id_of_its_own_per_data_directory_and_process(
+    tmp_path: Path,
+) -> None:
+    one, two = HubSettings(data_dir=tmp_path / "a"), HubSettings(data_dir=tmp_path / "b")
+    assert one.mqtt_client_id(4242) == HubSettings(data_dir=tmp_path / "a").mqtt_client_id(4242)
+    assert len({one.mqtt_client_id(4242), two.mqtt_client_id(4242), one.mqtt_client_id(7)}) == 3
+    assert len(one.mqtt_client_id(9_999_999)) <= 23  # what every MQTT 3.1.1 broker accepts
+    assert replace(one, client_id="given").mqtt_client_id(1) == "given"

@@ -33,7 +33,7 @@ from hub.fleet.delivery import Delivery
 from hub.fleet.desired import set_desired
 from hub.fleet.reconciler import Actions, reconcile, republish_all
 from hub.ingest.worker import Ingest
-from hub.keyring import Keyring
+from hub.keyring import Keys
 from hub.registry.artifacts import ArtifactStore
 from hub.registry.registry import Registry
 from hub.settings import HubSettings
@@ -70,7 +70,7 @@ class RunningHub:
         return self.ctx.store
 
     @property
-    def ring(self) -> Keyring:
+    def ring(self) -> Keys:
         return self.ctx.keyring
 
     def republish_all(self) -> int:
