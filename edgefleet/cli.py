@@ -10,6 +10,7 @@ the ``edgefleet`` package sits *below* agent/ and hub/ and imports neither
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +30,8 @@ examples:
   edgefleet demo                                  the whole loop on one machine
   edgefleet keys init --dir keys/                 root, release, rollout and heartbeat keys
   edgefleet hub serve --data hub/ --embedded-broker
+  edgefleet hub token create --data hub/ --role admin    the first token, on the hub
+  edgefleet model list --hub http://hub:8080 --token T   any command, from anywhere
   edgefleet agent run --config agent.toml
   edgefleet inspect frame.bin --hub-data hub/     decode and verify a captured frame
 """
@@ -129,13 +132,27 @@ def _run_sim(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    handler = getattr(args, "handler", None)
-    if handler is None:
-        parser.print_help()
-        return 2
-    result: int = handler(args)
+    try:
+        args = parser.parse_args(argv)  # --help prints here
+        handler = getattr(args, "handler", None)
+        if handler is None:
+            parser.print_help()
+            return 2
+        result: int = handler(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+    except BrokenPipeError:
+        return _reader_gone()
     return result
+
+
+def _reader_gone() -> int:
+    """The reader of standard output went away (``edgefleet hub device list | head -1``):
+    end quietly with status 1, as Python's documentation advises. Output still buffered
+    goes to /dev/null, so the interpreter's last flush raises nothing either."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 1
 
 
 if __name__ == "__main__":

@@ -8,8 +8,8 @@ desired state, the reconciler, the fleet documents, the registry, the scheduler'
 parameter list. Pure cores never see it: their shells hand them plain values.
 
 The two publishers are optional, and ``None`` has one meaning for both: nothing is
-published now, the change is stored, and the running hub publishes it (the CLI without
-``--broker``, a test of the REST layer). Neither is the MQTT link itself: the downlink
+published now, the change is stored, and the running hub publishes it (the CLI's
+``--data`` mode, a test of the REST layer). Neither is the MQTT link itself: the downlink
 signs and numbers device frames (:class:`hub.transport.downlink.Downlink`), and the
 fleet publisher puts fleet documents retained on ``fleet/<kind>``
 (:func:`hub.transport.mqtt.fleet_publisher`).

@@ -6,11 +6,16 @@ import argparse
 import re
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 
 from edgefleet.cli import build_parser
+from edgefleet.clock import SystemClock
+from hub import keyring
+from hub.cli.common import open_store
+from hub.store.rows import Device
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 TOP_LEVEL = {"agent", "hub", "model", "rollout", "sim", "demo", "keys", "inspect", "broker"}
@@ -69,3 +74,23 @@ def test_cli_help_runs_as_an_installed_command() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "edgefleet demo" in result.stdout
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path: Path) -> None:
+    """``edgefleet hub device list | head -1`` with more output than a pipe holds."""
+    keyring.init(tmp_path / "keys", now_ms=SystemClock().now_ms())
+    with closing(open_store(tmp_path, create=True)) as store:
+        for i in range(3000):
+            store.devices.add(Device(f"device-{i:05d}", "11" * 32, "active", first_seen=0))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edgefleet.cli", "hub", "device", "list", "--data", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    assert process.stderr is not None
+    assert process.stdout.readline().startswith(b"DEVICE")
+    process.stdout.close()  # what `head -1` does after one line
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 1
+    assert err == ""

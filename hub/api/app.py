@@ -6,14 +6,17 @@ and the simulator can build as many as they like, each with its own settings.
 
 Layout: ``GET /healthz`` and ``GET /metrics`` at the root, everything else under
 ``/api/v1`` (devices, enrollment and API tokens, models, versions, releases, artifacts,
-audit). The schema is at ``/openapi.json`` (interactive docs at ``/docs``); each route's
+audit). The schema is at ``/openapi.json`` (interactive docs at ``/docs``, served from
+local files: :mod:`hub.api.docs`); each route's
 ``name`` is both its OpenAPI ``operationId`` and the action its audit rows record.
 
 Request metrics (``edgefleet_hub_http_requests_total{method,route,status}`` and
 ``edgefleet_hub_http_request_seconds{method,route}``) live in a registry of the app's
 own, so two apps in one process never collide; ``/metrics`` serves it after the hub's
 registry (``services.metrics``). ``route`` is the route's name, never the raw path, so
-the label set stays bounded whatever clients send.
+the label set stays bounded whatever clients send. The fleet's gauges
+(:mod:`hub.api.fleet_metrics`) are counted from the store at each scrape, in the same
+registry.
 """
 
 from __future__ import annotations
@@ -26,8 +29,10 @@ from fastapi.routing import APIRoute
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from hub.api import audit, devices, errors, models, system, tokens
+from hub.api import audit, devices, docs, errors, models, reports, system, tokens
+from hub.api.auth import Principal
 from hub.api.deps import AppContext
+from hub.api.fleet_metrics import FleetCollector
 from hub.api.schemas import Problem
 from hub.api.services import HubServices
 from hub.context import HubContext
@@ -40,6 +45,7 @@ _ROUTERS: tuple[tuple[str, APIRouter], ...] = (
     (API_PREFIX, tokens.router),
     (API_PREFIX, models.router),
     (API_PREFIX, models.uploads),
+    (API_PREFIX, reports.router),
     (API_PREFIX, audit.router),
 )
 
@@ -54,23 +60,64 @@ class HubAPI(FastAPI):
             problem = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(problem.pop("$defs", {}))
             components["Problem"] = problem
+            for name in _multipart_bodies(schema):
+                _tighten_form(components[name])
         return schema
 
 
-def create_app(ctx: HubContext, services: HubServices) -> FastAPI:
-    """A new REST API over the hub context ``ctx``; see the module docstring."""
+def _multipart_bodies(schema: dict[str, Any]) -> set[str]:
+    """Names of the component schemas that describe multipart request bodies."""
+    names = set()
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            content = operation.get("requestBody", {}).get("content", {})
+            ref = content.get("multipart/form-data", {}).get("schema", {}).get("$ref", "")
+            if ref:
+                names.add(ref.rsplit("/", 1)[-1])
+    return names
+
+
+def _tighten_form(body: dict[str, Any]) -> None:
+    """Make a multipart body's schema say what the routes accept.
+
+    FastAPI writes an optional form field as ``anyOf: [T, null]``, but a form cannot
+    carry null: a field is sent or left out. And an uploaded file must not be empty
+    (the routes refuse one). Both were schema-valid requests the hub refused.
+    """
+    required = set(body.get("required", ()))
+    for name, field in body.get("properties", {}).items():
+        options = field.get("anyOf")
+        if name not in required and options:
+            kept = [o for o in options if o != {"type": "null"}]
+            if len(kept) == 1:
+                del field["anyOf"]
+                field.update(kept[0])
+        if field.get("contentMediaType") == "application/octet-stream":
+            field["minLength"] = 1
+
+
+def create_app(
+    ctx: HubContext, services: HubServices, *, local: Principal | None = None
+) -> FastAPI:
+    """A new REST API over the hub context ``ctx``; see the module docstring.
+
+    ``local`` is for the CLI's ``--data`` mode only (:class:`hub.api.deps.AppContext`).
+    """
     app = HubAPI(
         title="edgefleet hub",
         version="1",
         summary="Register and release models, manage a fleet of devices, read the audit log.",
         openapi_url="/openapi.json",
+        docs_url=None,  # served from local files by hub.api.docs
         redoc_url=None,
         generate_unique_id_function=_operation_id,
     )
     api_metrics = CollectorRegistry(auto_describe=True)
-    app.state.context = AppContext(ctx, services, api_metrics)
+    api_metrics.register(FleetCollector(ctx.store))
+    app.state.context = AppContext(ctx, services, api_metrics, local)
     for prefix, router in _ROUTERS:
         app.include_router(router, prefix=prefix)
+    docs.install(app)
     errors.install(app)
     app.add_middleware(
         RequestMetrics,

@@ -40,16 +40,18 @@ _NAME = re.compile(rf"[A-Za-z0-9_ .@:/+-]{{0,{MAX_NAME_CHARS}}}")
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: an API token that checked out, and its role."""
+    """Who is calling: an API token that checked out, and its role; or, ``local``, the
+    operator of the CLI's ``--data`` mode, who holds the hub's store itself (admin)."""
 
     token_id: str
     role: Role
     name: str
+    local: bool = False
 
     @property
     def actor(self) -> str:
         """How the audit log names this caller (never the token itself)."""
-        return f"token:{self.token_id}"
+        return f"cli:{self.name}" if self.local else f"token:{self.token_id}"
 
     def may(self, role: Role) -> bool:
         """True when this caller's role is ``role`` or above it."""

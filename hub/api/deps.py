@@ -23,6 +23,7 @@ id, the route's action name and the path.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
@@ -64,6 +65,10 @@ class AppContext:
     services: HubServices
     api_metrics: CollectorRegistry
     """The API's own request metrics, served on ``/metrics`` after ``services.metrics``."""
+    local: Principal | None = None
+    """Set only by the CLI's ``--data`` mode, which serves the API in its own process over
+    the hub's files: requests without a token act as this admin (whoever can write the
+    store can do anything anyway). ``hub serve`` never sets it."""
 
 
 def get_context(request: Request) -> AppContext:
@@ -99,10 +104,13 @@ def authorize(request: Request, role: Role, action: str) -> Principal:
         PermissionDenied: the token's role is below ``role`` (audited as ``action``).
     """
     principal: Principal | None = getattr(request.state, "principal", None)
-    hub = get_hub(request)
+    context = get_context(request)
+    hub = context.hub
+    if principal is None and context.local is not None and "authorization" not in request.headers:
+        principal = context.local
     if principal is None:
         principal = auth.authenticate(hub.store, _bearer(request))
-        request.state.principal = principal
+    request.state.principal = principal
     if not principal.may(role):
         hub.store.audit.append(
             at=hub.now_ms(),
@@ -193,7 +201,10 @@ class GuardedRoute(APIRoute):
             length = request.headers.get("content-length", "")
             if length.isdigit() and int(length) > limit:
                 raise Oversize(f"request body of {length} bytes exceeds {limit}")
-            return await handler(Request(request.scope, _capped(request.receive, limit)))
+            capped = Request(request.scope, _capped(request.receive, limit))
+            if self.body_field is not None and _is_json(capped):
+                _refuse_duplicate_keys(await capped.body())  # FastAPI reuses the read body
+            return await handler(capped)
 
         return guarded
 
@@ -215,6 +226,36 @@ def _check_query(request: Request, known: frozenset[str]) -> None:
         if key in seen:
             raise InvalidRequest(f"query parameter {key[:40]!r} given more than once")
         seen.add(key)
+
+
+def _is_json(request: Request) -> bool:
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
+
+
+def _refuse_duplicate_keys(body: bytes) -> None:
+    """Refuse a JSON body that names a key twice in one object.
+
+    Python's parser keeps the last value and says nothing, while another reader (a proxy,
+    an audit tool) may keep the first: the two would act on different requests. A body
+    that is not JSON at all is left to FastAPI, which answers 422 for it.
+
+    Raises:
+        InvalidRequest: a duplicate key, named.
+    """
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        for key, value in items:
+            if key in seen:
+                raise InvalidRequest(f"the JSON body names {key[:40]!r} more than once")
+            seen[key] = value
+        return seen
+
+    try:
+        json.loads(body, object_pairs_hook=pairs)
+    except ValueError:
+        return
 
 
 class UploadRoute(GuardedRoute):

@@ -235,6 +235,9 @@ def _device(row: DeviceRow) -> Device:
         health=row.health,
         stale=row.stale,
         reported_at=row.reported_at,
+        refusal=row.refusal,
+        refusal_at=row.refusal_at,
+        pending_reason=row.pending_reason,
     )
 
 

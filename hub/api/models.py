@@ -17,6 +17,7 @@ looks at the disk (no name a caller sends ever becomes a path).
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import asdict
 from typing import Annotated, Any, BinaryIO
@@ -42,6 +43,7 @@ from hub.api.schemas import (
     ModelSummary,
     ModelVersion,
     Registered,
+    ReleaseListDocument,
     ReleaseListIn,
     ReleasePublished,
     VersionPage,
@@ -50,6 +52,7 @@ from hub.errors import InvalidRequest
 from hub.fleet.delivery import http_artifact
 from hub.registry.artifacts import MAX_RANGE_BYTES
 from hub.registry.registry import VersionInfo
+from hub.store import NotFound
 from protocol import canonical, schema
 from protocol.documents import SignedDocument
 from protocol.errors import Oversize
@@ -79,9 +82,13 @@ class OctetStreamResponse(Response):
     tags=["models"],
     status_code=201,
     response_model=Registered,
-    responses=problem_responses(409),
+    responses={
+        200: {"description": "This upload was registered before: the version it made"},
+        **problem_responses(409),
+    },
 )
 def register_model(
+    response: Response,
     model: Annotated[UploadFile, File(description="The ONNX model, at most 64 MiB")],
     name: Annotated[str, Form(pattern=NAME_PATTERN)],
     reference: Annotated[UploadFile, File(description=".npz with X, at most 64 MiB")],
@@ -95,6 +102,7 @@ def register_model(
     ] = None,
 ) -> Registered:
     """Everything is checked before anything is written; see ``hub.registry.registry``.
+    The same upload again answers 200 with the version it made the first time.
     \f
     Raises:
         Oversize: a file over its cap (413).
@@ -109,6 +117,8 @@ def register_model(
         head=head,
         actor=operator.actor,
     )
+    if not registration.created:
+        response.status_code = 200
     return Registered(
         name=registration.name,
         version=registration.version,
@@ -119,6 +129,7 @@ def register_model(
         release_pending=registration.release_pending,
         head_reason=registration.head_reason,
         metrics=registration.metrics,
+        created=registration.created,
     )
 
 
@@ -229,6 +240,26 @@ def publish_release(
 
 
 @router.get(
+    "/releases/pending",
+    name="release.pending",
+    summary="The release list waiting for the offline release key (to sign elsewhere)",
+    tags=["models"],
+    response_model=ReleaseListDocument,
+    responses=problem_responses(404),
+)
+def pending_release(_: ViewerDep, services: ServicesDep) -> ReleaseListDocument:
+    """\f
+    Raises:
+        NotFound: no release list is waiting (the release key is on the hub, or the
+            newest list is signed).
+    """
+    pending = services.registry.pending_release()
+    if pending is None:
+        raise NotFound("no release list is pending")
+    return ReleaseListDocument(**json.loads(pending.to_bytes()))
+
+
+@router.get(
     "/artifacts/{sha256}",
     name="artifact.get",
     summary="Download a released artifact by its sha256 (Range: bytes=first-last for a part)",
@@ -272,10 +303,13 @@ def get_artifact(
 
 
 def _read(file: BinaryIO, limit: int, what: str) -> bytes:
-    """Raises Oversize: more than ``limit`` bytes."""
+    """Raises Oversize: more than ``limit`` bytes; InvalidRequest: an empty file (the
+    schema says ``minLength: 1``: an empty validation file is not "no validation")."""
     data = file.read(limit + 1)
     if len(data) > limit:
         raise Oversize(f"{what} exceeds {limit} bytes")
+    if not data:
+        raise InvalidRequest(f"{what} is an empty file")
     return data
 
 

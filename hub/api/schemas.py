@@ -22,6 +22,7 @@ TAG_KEY_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 TAG_VALUE_PATTERN = r"^[^\x00-\x1f\x7f]{0,128}$"
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 TOKEN_NAME_PATTERN = r"^[A-Za-z0-9_ .@:/+-]{0,64}$"  # noqa: S105 - not a secret
+BASE64_PATTERN = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
 MAX_TAGS = 32
 MAX_VERSION = 2**31 - 1
 MAX_MS = 2**53
@@ -98,6 +99,14 @@ class Device(BaseModel):
     )
     stale: bool
     reported_at: int | None
+    refusal: str | None = Field(
+        description="The last install or desired state the device refused, and why "
+        "(refused: incompatible: ..., failed: slow_retrieval: ...)"
+    )
+    refusal_at: int | None
+    pending_reason: str | None = Field(
+        description="Why a pending device is not enrolled: no_token, token_expired, ..."
+    )
 
 
 class DevicePage(BaseModel):
@@ -153,23 +162,38 @@ class DeviceUpdate(_In):
 # ---------------------------------------------------------------------- tokens
 
 
-class EnrollmentTokenCreate(_In):
-    kind: Literal["single", "fleet"] = Field(
-        description="single: one device may enrol with it; fleet: any number until it expires"
-    )
-    expires_in_s: int | None = Field(
-        default=None,
-        ge=60,
-        le=365 * 86400,
-        description="Lifetime in seconds; required for fleet tokens, none: a single token "
-        "that never expires",
-    )
+Lifetime = Annotated[int, Field(ge=60, le=365 * 86400, description="Lifetime in seconds")]
+
+
+class SingleTokenCreate(_In):
+    """One device may enrol with it; without ``expires_in_s`` (or null) it never expires."""
+
+    kind: Literal["single"]
+    expires_in_s: Lifetime | None = None
     tags: dict[TagKey, TagValue] = Field(
         default_factory=dict,
         max_length=MAX_TAGS,
         description="Given to devices enrolled",
         json_schema_extra=_ONLY_TAG_KEYS,
     )
+
+
+class FleetTokenCreate(_In):
+    """Any number of devices may enrol with it until it expires, so it must expire."""
+
+    kind: Literal["fleet"]
+    expires_in_s: Lifetime
+    tags: dict[TagKey, TagValue] = Field(
+        default_factory=dict,
+        max_length=MAX_TAGS,
+        description="Given to devices enrolled",
+        json_schema_extra=_ONLY_TAG_KEYS,
+    )
+
+
+EnrollmentTokenCreate = Annotated[SingleTokenCreate | FleetTokenCreate, Field(discriminator="kind")]
+"""Split by kind, so the schema says what the hub checks: a fleet token without a
+lifetime (or with null) is refused by the schema itself, not only by the hub."""
 
 
 class EnrollmentToken(BaseModel):
@@ -262,6 +286,9 @@ class Registered(BaseModel):
     release_pending: bool = Field(description="The release key is offline: sign the pending list")
     head_reason: str | None = Field(description="Why local retraining is off, if it is")
     metrics: dict[str, float]
+    created: bool = Field(
+        description="False: this upload was registered before; this is that version (200)"
+    )
 
 
 class SignatureIn(_In):
@@ -270,11 +297,25 @@ class SignatureIn(_In):
 
 
 class ReleaseListIn(_In):
-    """A DSSE envelope holding a release list, signed offline (``edgefleet keys sign-release``)."""
+    """A DSSE envelope holding a release list, signed offline (``edgefleet keys sign-release``).
 
-    payload: str = Field(max_length=128 * 1024)
-    payloadType: str = Field(max_length=256)  # DSSE spells it so
-    signatures: list[SignatureIn] = Field(max_length=16)
+    The schema states the envelope's form (base64 payload, the release list's payload
+    type, at least one signature); what the payload says and whether the signatures
+    verify, only the hub can judge (400, 403, 409)."""
+
+    payload: str = Field(min_length=4, max_length=128 * 1024, pattern=BASE64_PATTERN)
+    # DSSE spells it so; protocol.documents.document_type("release") (a test keeps them equal)
+    payloadType: Literal["application/vnd.edgefleet.release+json; v=1"]
+    signatures: list[SignatureIn] = Field(min_length=1, max_length=16)
+
+
+class ReleaseListDocument(BaseModel):
+    """A DSSE envelope holding a release list, as the hub holds it (the pending one is
+    unsigned: ``signatures`` is empty until ``edgefleet keys sign-release``)."""
+
+    payload: str
+    payloadType: str  # DSSE spells it so
+    signatures: list[dict[str, str]]
 
 
 class ReleasePublished(BaseModel):

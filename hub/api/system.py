@@ -2,8 +2,9 @@
 
 ``/healthz`` answers whether this process can still query its store: what a load
 balancer or a container runtime needs, and nothing an anonymous caller could learn the
-fleet from. ``/metrics`` needs a viewer token: its series (devices rejected by reason,
-request counts, ingest queue depth) describe the fleet and its traffic, and Prometheus
+fleet from. ``/metrics`` needs a viewer token: its series (the fleet's gauges counted from
+the store, devices rejected by reason, request counts, ingest queue depth) describe the
+fleet and its traffic (docs/operations.md says why no separate setting), and Prometheus
 sends a bearer token with ``authorization: {credentials_file: ...}`` in its scrape
 config. Give it a token of its own (``edgefleet hub token create --role viewer
 --name prometheus``) so it can be revoked alone.

@@ -1,15 +1,19 @@
 """What every ``edgefleet`` hub-side subcommand shares: how it is declared, and how a
-mistake the user can make reaches them (one line on stderr, exit status 2, no traceback)."""
+failure reaches the user: one line on stderr, never a traceback, and the exit status
+docs/cli.md promises (2: fix your input; 1: something outside failed, from
+:class:`hub.cli.client.CliFailure`)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeAlias
 
+from hub.cli.client import CliFailure
 from hub.settings import HubSettings
 from hub.store import Store
 from hub.store.dialects import open_store as open_location
@@ -36,11 +40,18 @@ def add_command(
 
 
 def guarded(path: str, handler: Handler) -> Handler:
-    """Turn the errors a user can cause into one line on stderr and exit status 2."""
+    """Turn every failure into one line on stderr and its exit status (module docstring):
+    the hub's answers carry theirs; a local error (a file that is not there, a key ring
+    that does not load) is the caller's to fix, 2."""
 
     def run(args: argparse.Namespace) -> int:
         try:
             return handler(args)
+        except CliFailure as e:
+            print(f"edgefleet {path}: error: {e}", file=sys.stderr)
+            return e.exit_code
+        except BrokenPipeError:
+            raise  # the reader went away: edgefleet/cli.py ends quietly
         except (EdgefleetError, OSError) as e:
             print(f"edgefleet {path}: error: {e}", file=sys.stderr)
             return 2
@@ -73,6 +84,14 @@ def open_store(data: Path, *, create: bool = False) -> Store:
     if not create and not path.exists():
         raise FileNotFoundError(f"no hub store at {path}")
     return open_location(path)
+
+
+def json_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print the hub's JSON answer")
+
+
+def print_json(value: object) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True))
 
 
 def show_date(ms: int | None) -> str:

@@ -22,10 +22,13 @@ from protocol.errors import ProtocolError
 
 EPILOG = """\
 examples:
-  mosquitto_sub -t 'ef/v1/d/+/up/delta' -C 1 > delta.bin
+  mosquitto_sub -h 127.0.0.1 -p 1883 -t 'ef/v1/d/+/up/delta' -C 1 -N > delta.bin
   edgefleet inspect delta.bin --hub-data hub/       verify with the device key the hub pinned
-  edgefleet inspect delta.bin --public-key 3b6a27bc... --json
+  edgefleet inspect delta.bin --public-key KEY --json     KEY: 64 hex digits
   cat frame.bin | edgefleet inspect -
+
+-N matters: without it mosquitto_sub ends the payload with a newline and the frame no
+longer verifies. Exit status: 0 valid, 1 not (malformed, unverified or invalid).
 """
 
 

@@ -1,9 +1,9 @@
 """``edgefleet hub token``: create, list and revoke the REST API's bearer tokens.
 
-A thin shell over :mod:`hub.api.auth`, working on the hub's store file directly (a
-running hub sees the change at once: it checks tokens against the store on every
-request). This is how the first admin token comes to exist; later ones can also be
-made over the API by an admin. Bad input ends in one line on stderr and exit status 2.
+A thin shell over ``/api/v1/tokens`` (admin) through :mod:`hub.cli.client`: ``--hub URL
+--token T`` for a running hub, or ``--data DIR`` on the hub's machine, which is how the
+first admin token comes to exist (a running hub sees it at once: it checks tokens
+against the store on every request).
 
 :func:`register` adds the ``hub`` command group to the root parser and returns its
 subcommand set, so ``hub serve`` (and others) can be added beside ``hub token``;
@@ -15,14 +15,20 @@ from __future__ import annotations
 import argparse
 import sys
 
-from edgefleet.clock import SystemClock
 from hub.api import auth
-from hub.cli.common import Subcommands, add_command, data_option, open_store, show_date
+from hub.cli.client import add_target_options, connect, segment
+from hub.cli.common import (
+    Subcommands,
+    add_command,
+    json_option,
+    print_json,
+    show_date,
+)
 
 HUB_EPILOG = """\
 examples:
-  edgefleet hub token create --data hub/ --role admin --name alice
-  edgefleet hub token list --data hub/
+  edgefleet hub token create --data hub/ --role admin --name alice     the first one
+  edgefleet hub token list --hub http://hub:8080 --token $EDGEFLEET_TOKEN
 """
 
 ROLES_EPILOG = """\
@@ -31,11 +37,14 @@ viewer reads everything but secrets; operator also tags, approves and directs de
 registers models and publishes release lists; admin also revokes devices and manages
 enrollment and API tokens. The hub stores only a digest: a token is shown once.
 
+The first admin token is made on the hub's machine with --data; later ones anywhere,
+with an admin token (--hub URL --token T, or EDGEFLEET_HUB_URL and EDGEFLEET_TOKEN).
+
 examples:
   edgefleet hub token create --data hub/ --role admin --name alice
-  edgefleet hub token create --data hub/ --role viewer --name prometheus
-  edgefleet hub token list --data hub/
-  edgefleet hub token revoke 3f9a0c12b7de --data hub/
+  edgefleet hub token create --role viewer --name prometheus
+  edgefleet hub token list
+  edgefleet hub token revoke 3f9a0c12b7de
 """
 
 
@@ -68,69 +77,64 @@ def add_token_commands(hub_commands: Subcommands) -> None:
         commands,
         "hub token create",
         "create a token and print it (once)",
-        "example:\n  edgefleet hub token create --data hub/ --role operator --name ci\n",
+        "examples:\n  edgefleet hub token create --data hub/ --role admin --name me\n"
+        "  edgefleet hub token create --role operator --name ci\n",
         _create,
     )
-    data_option(create)
     create.add_argument("--role", required=True, choices=auth.ROLES, help="the token's role")
     create.add_argument("--name", default="", help="who or what holds it (shown in listings)")
+    add_target_options(create)
 
     listing = add_command(
         commands,
         "hub token list",
         "list tokens (never their secrets)",
-        "example:\n  edgefleet hub token list --data hub/\n",
+        "example:\n  edgefleet hub token list --hub http://127.0.0.1:8080 --token T\n",
         _list,
     )
-    data_option(listing)
+    add_target_options(listing)
+    json_option(listing)
 
     revoke = add_command(
         commands,
         "hub token revoke",
         "revoke a token for good",
-        "example:\n  edgefleet hub token revoke 3f9a0c12b7de --data hub/\n",
+        "example:\n  edgefleet hub token revoke 3f9a0c12b7de\n",
         _revoke,
     )
     revoke.add_argument("id", metavar="ID", help="the token id (from `token list`)")
-    data_option(revoke)
+    add_target_options(revoke)
 
 
 def _create(args: argparse.Namespace) -> int:
-    store = open_store(args.data, create=True)
-    try:
-        issued = auth.create_token(
-            store, role=args.role, name=args.name, actor="cli", now_ms=SystemClock().now_ms()
-        )
-    finally:
-        store.close()
-    print(issued.token)
+    with connect(args, create=True) as hub:
+        issued = hub.send("POST", "/api/v1/tokens", json={"role": args.role, "name": args.name})
+    print(issued["token"])
     print(
-        f"token {issued.id} ({issued.role}) created: this is the only time it is shown",
+        f"token {issued['id']} ({issued['role']}) created: this is the only time it is shown",
         file=sys.stderr,
     )
     return 0
 
 
 def _list(args: argparse.Namespace) -> int:
-    store = open_store(args.data)
-    try:
-        rows = auth.list_tokens(store)
-    finally:
-        store.close()
+    with connect(args) as hub:
+        rows = hub.all("/api/v1/tokens")
+    if args.json:
+        print_json(rows)
+        return 0
     print(f"{'ID':<12}  {'ROLE':<8}  {'CREATED':<16}  {'STATE':<7}  NAME")
     for row in rows:
-        state = "revoked" if row.revoked else "active"
+        state = "revoked" if row["revoked"] else "active"
         print(
-            f"{row.id:<12}  {row.role:<8}  {show_date(row.created_at):<16}  {state:<7}  {row.name}"
+            f"{row['id']:<12}  {row['role']:<8}  {show_date(row['created_at']):<16}  "
+            f"{state:<7}  {row['name']}"
         )
     return 0
 
 
 def _revoke(args: argparse.Namespace) -> int:
-    store = open_store(args.data)
-    try:
-        auth.revoke_token(store, args.id, actor="cli", now_ms=SystemClock().now_ms())
-    finally:
-        store.close()
+    with connect(args) as hub:
+        hub.send("DELETE", f"/api/v1/tokens/{segment(args.id)}")
     print(f"token {args.id} revoked")
     return 0

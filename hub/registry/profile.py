@@ -225,6 +225,8 @@ def analyze(
     info = inspect_model(model, max_bytes=max_model_bytes)
     ref = load_dataset(reference, what="reference")
     val = load_dataset(validation, what="validation") if validation else None
+    if val is not None:
+        _check_validation(val, ref)
     found, scores, reason = _choose_head(model, info, head)
     prepared = heads.prepare_model(model, found) if found else model
     prepared_info = inspect_model(prepared, max_bytes=max_model_bytes)
@@ -234,7 +236,6 @@ def analyze(
     task = found.task if found else infer_task(ref_scores)
     results: dict[str, float] = {}
     if val is not None and val.y is not None:
-        _single_input(prepared_info, val)
         results = metrics(runner.run(val.x, scores), val.y, task)
     smoke = smoke_rows(ref.x, runner.smoke_count)
     try:
@@ -254,6 +255,26 @@ def analyze(
         reference_rows=int(ref.x.shape[0]),
         validation_rows=int(val.x.shape[0]) if val else 0,
     )
+
+
+def _check_validation(val: Dataset, ref: Dataset) -> None:
+    """Validation rows must be scoreable like the reference rows: labelled, same width.
+
+    A model with a dynamic feature axis would run on any width, and rows without ``y``
+    would give no metric: both were accepted silently before.
+
+    Raises:
+        InvalidRequest: no ``y``, or another number of features than the reference.
+    """
+    if val.y is None:
+        raise InvalidRequest(
+            "validation data has no labels (array y): metrics need them; "
+            "register without --validation for none"
+        )
+    if val.x.shape[1] != ref.x.shape[1]:
+        raise InvalidRequest(
+            f"validation data has {val.x.shape[1]} features; the reference has {ref.x.shape[1]}"
+        )
 
 
 def _choose_head(

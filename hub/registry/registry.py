@@ -1,5 +1,10 @@
 """The model registry: versions, their packages and lineage, and their release.
 
+Registering is idempotent: the same upload (model, reference and validation bytes and the
+head asked for, hashed together as ``upload_sha256`` in the lineage) under the same name
+returns the version it made the first time (``created`` False) and writes nothing, so a
+retried or repeated ``model register`` never mints a second version of the same bytes.
+
 Registering a model (:meth:`Registry.register`) checks the name (a path-safe name, never
 one the hub would turn into a file path unchecked), then lets
 :func:`hub.registry.profile.analyze` check the model, find its head and profile it on the
@@ -52,6 +57,8 @@ class Registration:
     release_pending: bool
     head_reason: str | None
     metrics: dict[str, float] = field(default_factory=dict)
+    created: bool = True
+    """False: this upload was registered before, and this is the version it made."""
 
 
 @dataclass(frozen=True)
@@ -128,6 +135,10 @@ class Registry:
         actor: str,
     ) -> Registration:
         _check_name(name)
+        upload = upload_sha256(model, reference, validation, head)
+        existing = self._existing(name, upload)
+        if existing is not None:
+            return existing
         found = profile.analyze(
             model,
             reference=reference,
@@ -138,6 +149,9 @@ class Registry:
         files = {"model.onnx": found.model, "smoke.eft": found.smoke}
         store, now_ms = self.ctx.store, self.ctx.now_ms()
         with store.immediate():
+            existing = self._existing(name, upload)  # the same upload, registered meanwhile
+            if existing is not None:
+                return existing
             version = store.registry.next_version(name)
             counter = store.registry.next_release_counter()
             manifest = ModelManifest(
@@ -161,6 +175,7 @@ class Registry:
                 "by": actor,
                 "metrics": found.metrics,
                 "source_sha256": hashlib.sha256(model).hexdigest(),
+                "upload_sha256": upload,
                 "reference_rows": found.reference_rows,
                 "validation_rows": found.validation_rows,
                 "head": found.head.node if found.head else None,
@@ -207,6 +222,28 @@ class Registry:
             release_pending=not signed,
             head_reason=found.head_reason,
             metrics=found.metrics,
+        )
+
+    def _existing(self, name: str, upload: str) -> Registration | None:
+        """What registering ``upload`` as ``name`` made before, if it did."""
+        store = self.ctx.store
+        row = store.registry.find_upload(name, upload)
+        if row is None:
+            return None
+        info = _version(row)
+        latest = store.registry.latest_release_list()
+        return Registration(
+            name=info.name,
+            version=info.version,
+            release_counter=info.release_counter,
+            sha256=info.sha256,
+            length=info.length,
+            manifest=info.manifest,
+            release_version=latest.version if latest is not None else 0,
+            release_pending=info.status == "pending_release",
+            head_reason=info.lineage.get("head_reason"),
+            metrics=dict(info.lineage.get("metrics", {})),
+            created=False,
         )
 
     # ------------------------------------------------------------------ release lists
@@ -286,6 +323,18 @@ class Registry:
             reason=error.reason,
             detail={"error": str(error)[:300]},
         )
+
+
+def upload_sha256(
+    model: bytes, reference: bytes, validation: bytes | None, head: str | None
+) -> str:
+    """One digest of everything a registration is made from (each part length-prefixed,
+    so no two different uploads share it)."""
+    digest = hashlib.sha256(b"edgefleet-upload-v1")
+    for part in (model, reference, validation or b"", (head or "").encode()):
+        digest.update(len(part).to_bytes(8, "big"))
+        digest.update(part)
+    return digest.hexdigest()
 
 
 def _check_name(name: str) -> None:

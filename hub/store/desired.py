@@ -104,6 +104,15 @@ class SqliteDesired:
         split = len(COLUMNS)
         return [Twin(_desired(row[:split]), to_device(row[split:])) for row in rows]
 
+    def unconverged(self) -> int:
+        return int(
+            self._c.scalar(
+                "SELECT count(*) FROM desired d JOIN devices v ON v.id = d.device_id "
+                "WHERE v.status = 'active' AND (v.active_name IS NOT d.model_name "
+                "OR v.active_version IS NOT d.model_version)"
+            )
+        )
+
     def stuck_among(self, device_ids: Collection[str]) -> set[str]:
         if not device_ids:
             return set()

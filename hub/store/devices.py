@@ -12,9 +12,11 @@ from hub.health import Health
 from hub.store.interface import NotFound
 from hub.store.rows import (
     Device,
+    DeviceCount,
     DeviceIdentity,
     DeviceStatus,
     HelloUpdate,
+    InstallCount,
     Page,
     ReportedTwin,
     UplinkSeen,
@@ -210,6 +212,25 @@ class SqliteDevices:
         if status is None:
             return int(self._c.scalar("SELECT count(*) FROM devices"))
         return int(self._c.scalar("SELECT count(*) FROM devices WHERE status = ?", [status]))
+
+    def census(self) -> list[DeviceCount]:
+        rows = self._c.tuples(
+            "SELECT status, online, active_name, active_version, health, count(*) FROM devices "
+            "GROUP BY status, online, active_name, active_version, health"
+        )
+        return [
+            DeviceCount(status, bool(online), name, version, _HEALTH.get(health, Health.UNKNOWN), n)
+            for status, online, name, version, health, n in rows
+        ]
+
+    def install_outcomes(self) -> list[InstallCount]:
+        rows = self._c.tuples(
+            "SELECT json_extract(reported, '$.install.status') AS outcome, "
+            "coalesce(json_extract(reported, '$.install.reason'), '') AS why, count(*) "
+            "FROM devices WHERE status = 'active' AND json_valid(reported) "
+            "AND outcome IS NOT NULL GROUP BY outcome, why"
+        )
+        return [InstallCount(str(outcome), str(why), n) for outcome, why, n in rows]
 
     def approve(self, device_id: str, *, at_ms: int, by: str) -> None:
         self._c.update_one(

@@ -40,18 +40,23 @@ from hub.store.rows import (
     AuditEntry,
     AuditRecord,
     Counter,
+    DeltaSummary,
     Desired,
     Device,
+    DeviceCount,
     DeviceIdentity,
     DeviceStatus,
     EnrollmentToken,
     HelloUpdate,
+    InstallCount,
     ModelSummary,
     ModelVersion,
     Page,
     ReleaseListRecord,
     ReportedTwin,
+    StateRecord,
     Twin,
+    UplinkQuery,
     UplinkRecord,
     UplinkSeen,
     VersionStatus,
@@ -110,6 +115,15 @@ class Devices(Protocol):
         ...
 
     def count(self, *, status: DeviceStatus | None = None) -> int: ...
+
+    def census(self) -> list[DeviceCount]:
+        """Devices grouped by status, online, reported model and health."""
+        ...
+
+    def install_outcomes(self) -> list[InstallCount]:
+        """Active devices grouped by the install outcome and reason they last reported
+        (devices that reported none are left out)."""
+        ...
 
     def approve(self, device_id: str, *, at_ms: int, by: str) -> None:
         """Make the device active, enrolled by ``by``. Raises NotFound."""
@@ -176,6 +190,10 @@ class DesiredStates(Protocol):
         """Each desired state with its device, ordered by device id (one, if given)."""
         ...
 
+    def unconverged(self) -> int:
+        """Active devices whose reported model is not (yet) the desired one."""
+        ...
+
     def stuck_among(self, device_ids: Collection[str]) -> set[str]:
         """Those of ``device_ids`` in a stuck episode."""
         ...
@@ -210,6 +228,11 @@ class Registry(Protocol):
         new. Raises StoreError: that version or release counter exists."""
 
     def version(self, name: str, version: int) -> ModelVersion | None: ...
+
+    def find_upload(self, name: str, upload_sha256: str) -> ModelVersion | None:
+        """The version of ``name`` registered from the upload with this digest (its
+        lineage's ``upload_sha256``), if any."""
+        ...
 
     def versions(self, name: str) -> list[ModelVersion]:
         """Oldest first; empty for an unknown model."""
@@ -252,6 +275,20 @@ class Uplink(Protocol):
         ...
 
     def count(self, kind: type[UplinkRecord]) -> int: ...
+
+    def page(self, kind: type[R], query: UplinkQuery) -> Page[R]:
+        """Records of one kind matching ``query``, newest received first (then by
+        device and seq, descending), and how many match in all."""
+        ...
+
+    def delta_page(self, query: UplinkQuery) -> Page[DeltaSummary]:
+        """Like ``page(DeltaRecord, query)``, without reading the tensors."""
+        ...
+
+    def last_install_refusal(self, device_id: str) -> StateRecord | None:
+        """The device's newest state report whose install was refused, failed or rolled
+        back, if any."""
+        ...
 
 
 class Audit(Protocol):

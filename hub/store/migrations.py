@@ -236,3 +236,10 @@ def m007_broker_credentials(db: Database) -> None:
         pk="device_id",
         not_null={"verifier", "updated_at"},
     )
+
+
+@migrations()
+def m008_uplink_time_indexes(db: Database) -> None:
+    # hub.api.reports: reads of what devices sent, newest first and by time range
+    for table in ("telemetry", "states", "data_windows", "deltas"):
+        db.table(table).create_index(["received_at"])

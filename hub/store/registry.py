@@ -75,6 +75,15 @@ class SqliteRegistry:
         )
         return None if row is None else _version(row)
 
+    def find_upload(self, name: str, upload_sha256: str) -> ModelVersion | None:
+        # few versions per name: the lineage is read in place rather than indexed
+        row = self._c.row(
+            f"SELECT {SELECT} FROM versions WHERE name = ? "  # noqa: S608
+            "AND json_extract(lineage, '$.upload_sha256') = ? ORDER BY version LIMIT 1",
+            [name, upload_sha256],
+        )
+        return None if row is None else _version(row)
+
     def versions(self, name: str) -> list[ModelVersion]:
         rows = self._c.rows(
             f"SELECT {SELECT} FROM versions WHERE name = ? ORDER BY version",  # noqa: S608

@@ -154,6 +154,29 @@ class AssignmentRecord:
     created_at: int
 
 
+@dataclass(frozen=True, slots=True)
+class DeviceCount:
+    """How many devices share a status, presence, reported model and health (the fleet
+    gauges of ``/metrics``, counted when scraped)."""
+
+    status: DeviceStatus
+    online: bool
+    model_name: str | None
+    model_version: int | None
+    health: Health
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class InstallCount:
+    """How many devices last reported this install outcome, and why (``reason`` is empty
+    for an install that went through)."""
+
+    status: str
+    reason: str
+    count: int
+
+
 # ---------------------------------------------------------------------- registry
 
 
@@ -248,6 +271,43 @@ class DeltaRecord(UplinkRecord):
     clip_norm: float
     tensors: bytes  # the tensor container as received; the aggregator decodes it
     status: Literal["received", "used", "rejected"] = "received"
+
+
+@dataclass(frozen=True, slots=True)
+class DeltaSummary:
+    """A stored delta without its tensors (``tensors_bytes`` says how large they are)."""
+
+    device_id: str
+    seq: int
+    sent_at: int
+    received_at: int
+    base_name: str
+    base_version: int
+    base_sha256: str
+    round_id: str | None
+    num_samples: int
+    metric: str
+    before: float
+    after: float
+    clip_norm: float
+    status: str
+    tensors_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class UplinkQuery:
+    """Which uplink records to read: every filter given must hold. ``model_name`` and
+    ``model_version`` are the model the record is about (a delta's base, a window's or a
+    telemetry report's model, a state report's active model); ``since_ms`` (inclusive)
+    and ``until_ms`` (exclusive) bound the hub's ``received_at``."""
+
+    device_id: str | None = None
+    model_name: str | None = None
+    model_version: int | None = None
+    since_ms: int | None = None
+    until_ms: int | None = None
+    limit: int = 100
+    offset: int = 0
 
 
 # ---------------------------------------------------------------------- operations

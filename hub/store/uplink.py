@@ -1,5 +1,10 @@
 """SQLite: the uplink tables, one per record type (see :class:`hub.store.interface.Uplink`).
 
+Reads (:meth:`SqliteUplink.page`) filter by device (the primary key's prefix), by time
+(``received_at``, indexed since migration 6) and by the model a record is about: a
+column for deltas and windows, a JSON path into the stored body for telemetry and state
+reports (unindexed: combine it with a device or a time range on a large store).
+
 Ingest's write path: :meth:`SqliteUplink.add` groups a batch's records by type and
 inserts each group with one ``executemany`` of ``INSERT OR IGNORE`` on the
 ``(device_id, seq)`` key, the values read with an ``attrgetter`` (C speed), so typed
@@ -17,9 +22,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from hub.store.rows import (
     DataWindowRecord,
     DeltaRecord,
+    DeltaSummary,
     DeviceAckRecord,
+    Page,
     StateRecord,
     TelemetryRecord,
+    UplinkQuery,
     UplinkRecord,
 )
 
@@ -60,6 +68,40 @@ TABLES: dict[type[UplinkRecord], _Table] = {
 }
 
 
+MODEL_COLUMNS: dict[type[UplinkRecord], tuple[str, str]] = {
+    TelemetryRecord: (
+        "json_extract(body, '$.model.name')",
+        "json_extract(body, '$.model.version')",
+    ),
+    StateRecord: ("json_extract(body, '$.active.name')", "json_extract(body, '$.active.version')"),
+    DataWindowRecord: ("model_name", "model_version"),
+    DeltaRecord: ("base_name", "base_version"),
+}
+"""Per readable kind: the SQL for the name and version of the model a record is about."""
+_NEWEST_FIRST = " ORDER BY received_at DESC, device_id DESC, seq DESC LIMIT ? OFFSET ?"
+_DELTA_SUMMARY = ", ".join(
+    [*(f.name for f in fields(DeltaSummary) if f.name != "tensors_bytes"), "length(tensors)"]
+)
+
+
+def _where(kind: type[UplinkRecord], query: UplinkQuery) -> tuple[str, list[Any]]:
+    """The WHERE clause (fixed fragments only) and its bound values for ``query``."""
+    name, version = MODEL_COLUMNS[kind]
+    clauses: list[str] = []
+    values: list[Any] = []
+    for fragment, value in (
+        ("device_id = ?", query.device_id),
+        (f"{name} = ?", query.model_name),
+        (f"{version} = ?", query.model_version),
+        ("received_at >= ?", query.since_ms),
+        ("received_at < ?", query.until_ms),
+    ):
+        if value is not None:
+            clauses.append(fragment)
+            values.append(value)
+    return " WHERE " + (" AND ".join(clauses) or "1"), values
+
+
 class SqliteUplink:
     def __init__(self, connection: Connection) -> None:
         self._c = connection
@@ -85,6 +127,35 @@ class SqliteUplink:
 
     def count(self, kind: type[UplinkRecord]) -> int:
         return int(self._c.scalar(f"SELECT count(*) FROM {TABLES[kind].name}"))  # noqa: S608
+
+    def page(self, kind: type[R], query: UplinkQuery) -> Page[R]:
+        table = TABLES[kind]
+        where, values = _where(kind, query)
+        with self._c.atomic():  # one snapshot for the count and the page
+            total = self._c.scalar(f"SELECT count(*) FROM {table.name}{where}", values)  # noqa: S608
+            rows = self._c.rows(
+                table.select + where + _NEWEST_FIRST, [*values, query.limit, query.offset]
+            )
+        return Page([_record(kind, row) for row in rows], int(total))
+
+    def last_install_refusal(self, device_id: str) -> StateRecord | None:
+        rows = self._c.rows(
+            TABLES[StateRecord].select + " WHERE device_id = ? AND "
+            "json_extract(body, '$.install.status') IN ('refused', 'failed', 'rolled_back') "
+            "ORDER BY seq DESC LIMIT 1",
+            [device_id],
+        )
+        return _record(StateRecord, rows[0]) if rows else None
+
+    def delta_page(self, query: UplinkQuery) -> Page[DeltaSummary]:
+        where, values = _where(DeltaRecord, query)
+        with self._c.atomic():
+            total = self._c.scalar(f"SELECT count(*) FROM deltas{where}", values)  # noqa: S608
+            rows = self._c.tuples(
+                f"SELECT {_DELTA_SUMMARY} FROM deltas{where}{_NEWEST_FIRST}",  # noqa: S608
+                [*values, query.limit, query.offset],
+            )
+        return Page([DeltaSummary(*row) for row in rows], int(total))
 
 
 def _record(kind: type[R], row: sqlite3.Row) -> R:

@@ -201,7 +201,13 @@ ROUTES = [
         {"json": {"payload": "", "payloadType": "x", "signatures": []}},
     ),
     Route("GET", "/api/v1/artifacts/{sha256}", f"/api/v1/artifacts/{SHA}", "viewer"),
+    Route("GET", "/api/v1/releases/pending", "/api/v1/releases/pending", "viewer"),
     Route("GET", "/api/v1/audit", "/api/v1/audit", "viewer"),
+    Route("GET", "/api/v1/deltas", "/api/v1/deltas", "viewer"),
+    Route("GET", "/api/v1/windows", "/api/v1/windows", "viewer"),
+    Route("GET", "/api/v1/telemetry", "/api/v1/telemetry", "viewer"),
+    Route("GET", "/api/v1/states", "/api/v1/states", "viewer"),
+    Route("GET", "/api/v1/devices/{device_id}/twin", f"/api/v1/devices/{DEVICE}/twin", "viewer"),
 ]
 CHANGES = [r for r in ROUTES if r.changes]
 GUARDED = [r for r in ROUTES if r.role is not None]
@@ -282,7 +288,8 @@ def test_viewer_reads_everything_readable(fleet: Api, route: Route) -> None:
     fleet.call("PUT", "/api/v1/devices/d-1/desired", json={"model": "iris", "version": 1})
     sha = fleet.hub.registry.get_version("iris", 1).sha256
     path = route.path.replace(SHA, sha)
-    assert fleet.call("GET", path, role="viewer").status_code == 200
+    nothing_pending = route.template == "/api/v1/releases/pending"  # the release key is online
+    assert fleet.call("GET", path, role="viewer").status_code == (404 if nothing_pending else 200)
 
 
 @pytest.mark.parametrize("route", CHANGES, ids=route_id)
@@ -387,6 +394,27 @@ def test_malformed_json_is_a_422_problem(fleet: Api) -> None:
         headers={"Content-Type": "application/json"},
     )
     problem_of(response, 422)
+
+
+@pytest.mark.parametrize(
+    ("body", "key"),
+    [
+        pytest.param(b'{"tags": {}, "tags": {"site": "x"}}', "tags", id="top-level"),
+        pytest.param(b'{"tags": {"site": "a", "site": "b"}}', "site", id="nested"),
+    ],
+)
+def test_json_body_naming_a_key_twice_is_a_422_problem_naming_it(
+    fleet: Api, body: bytes, key: str
+) -> None:
+    before = rows(fleet.store, "devices")
+    response = fleet.call(
+        "PATCH",
+        f"/api/v1/devices/{DEVICE}",
+        content=body,
+        headers={"Content-Type": "application/json"},
+    )
+    assert f"names {key!r} more than once" in problem_of(response, 422)["detail"]
+    assert rows(fleet.store, "devices") == before
 
 
 def test_unknown_body_field_is_a_422_problem(fleet: Api) -> None:
@@ -574,6 +602,14 @@ def test_multipart_registration_creates_version_1(api: Api) -> None:
     assert models_page["items"][0]["latest_version"] == 1
 
 
+def test_registering_the_same_upload_again_is_200_with_the_same_version(api: Api) -> None:
+    first = api.call("POST", "/api/v1/models", role="operator", **register_form())
+    again = api.call("POST", "/api/v1/models", role="operator", **register_form())
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json() == {**first.json(), "created": False}
+    assert [v.version for v in api.hub.registry.list_versions("iris")] == [1]
+
+
 def test_registration_with_validation_data_records_metrics(api: Api) -> None:
     exported = models.mlp_classifier()
     form: dict[str, Any] = {
@@ -601,7 +637,7 @@ def test_hostile_model_upload_is_refused_and_audited(api: Api) -> None:
 
 
 def test_versions_and_lineage_are_listed(fleet: Api) -> None:
-    fleet.hub.register()
+    fleet.hub.register(reference=reference(seed=2))  # other bytes: a new version
     versions = fleet.call("GET", "/api/v1/models/iris/versions", role="viewer").json()
     assert [v["version"] for v in versions["items"]] == [1, 2]
     lineage = fleet.call("GET", "/api/v1/models/iris/versions/2/lineage", role="viewer").json()
@@ -665,13 +701,24 @@ def test_release_list_signed_offline_is_published(tmp_path: Path, clock: FakeClo
     problem_of(api.call("POST", "/api/v1/releases", json=document), 409)
 
 
+def test_pending_release_list_is_read_for_signing(tmp_path: Path, clock: FakeClock) -> None:
+    api = make_api(tmp_path, clock, release_online=False)
+    problem_of(api.call("GET", "/api/v1/releases/pending", role="viewer"), 404)
+    api.call("POST", "/api/v1/models", **register_form())
+    pending = api.call("GET", "/api/v1/releases/pending", role="viewer")
+    assert pending.status_code == 200
+    expected = api.hub.registry.pending_release()
+    assert expected is not None
+    assert pending.json() == json.loads(expected.to_bytes())
+
+
 def test_unsigned_release_list_is_refused(tmp_path: Path, clock: FakeClock) -> None:
     api = make_api(tmp_path, clock, release_online=False)
     api.call("POST", "/api/v1/models", **register_form())
     pending = api.hub.registry.pending_release()
     assert pending is not None
     response = api.call("POST", "/api/v1/releases", json=json.loads(pending.to_bytes()))
-    assert problem_of(response, 403)["reason"] == "unsigned"
+    assert problem_of(response, 422)["errors"][0]["loc"] == ["body", "signatures"]
 
 
 # ---------------------------------------------------------------------- audit, system

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from hub import keyring
 from hub.api import auth
 from hub.cli import token as cli_token
 from hub.errors import InvalidRequest, Unauthenticated
@@ -128,6 +129,13 @@ def test_creation_and_revocation_are_audited_without_the_secret(store: Store) ->
 # ---------------------------------------------------------------------- CLI
 
 
+@pytest.fixture
+def hub_dir(tmp_path: Path) -> Path:
+    """A hub data directory with its key ring, as ``--data`` needs."""
+    keyring.init(tmp_path / "keys", now_ms=FakeClock().now_ms())
+    return tmp_path
+
+
 def run(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="edgefleet")
     cli_token.register(parser.add_subparsers(dest="command", required=True))
@@ -137,38 +145,38 @@ def run(argv: list[str]) -> int:
 
 
 def test_cli_creates_a_token_that_the_store_accepts(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    hub_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert run(["hub", "token", "create", "--data", str(tmp_path), "--role", "admin"]) == 0
+    assert run(["hub", "token", "create", "--data", str(hub_dir), "--role", "admin"]) == 0
     token = capsys.readouterr().out.strip()
-    store = SqliteStore.open(HubSettings(data_dir=tmp_path).db_path)
+    store = SqliteStore.open(HubSettings(data_dir=hub_dir).db_path)
     assert auth.authenticate(store, token).role == "admin"
 
 
 def test_cli_lists_and_revokes_without_printing_secrets(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    hub_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    run(["hub", "token", "create", "--data", str(tmp_path), "--role", "viewer", "--name", "ci"])
+    run(["hub", "token", "create", "--data", str(hub_dir), "--role", "viewer", "--name", "ci"])
     token = capsys.readouterr().out.strip()
     token_id = auth.TOKEN_PATTERN.fullmatch(token).group(1)  # type: ignore[union-attr]
 
-    assert run(["hub", "token", "list", "--data", str(tmp_path)]) == 0
+    assert run(["hub", "token", "list", "--data", str(hub_dir)]) == 0
     listing = capsys.readouterr().out
     assert token_id in listing
     assert "viewer" in listing
     assert token not in listing
 
-    assert run(["hub", "token", "revoke", token_id, "--data", str(tmp_path)]) == 0
-    run(["hub", "token", "list", "--data", str(tmp_path)])
+    assert run(["hub", "token", "revoke", token_id, "--data", str(hub_dir)]) == 0
+    run(["hub", "token", "list", "--data", str(hub_dir)])
     assert "revoked" in capsys.readouterr().out
 
 
 def test_cli_revoking_an_unknown_token_is_one_line_and_status_2(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    hub_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    run(["hub", "token", "create", "--data", str(tmp_path), "--role", "viewer"])
+    run(["hub", "token", "create", "--data", str(hub_dir), "--role", "viewer"])
     capsys.readouterr()
-    assert run(["hub", "token", "revoke", "0123456789ab", "--data", str(tmp_path)]) == 2
+    assert run(["hub", "token", "revoke", "0123456789ab", "--data", str(hub_dir)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("edgefleet hub token revoke: error:")
     assert len(err.strip().splitlines()) == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 from contextlib import closing
 from pathlib import Path
@@ -9,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from edgefleet.cli import main
+from edgefleet.clock import SystemClock
+from hub import keyring
 from hub.cli.common import open_store
 from hub.fleet.identity import token_hash
 from hub.store.rows import Device
@@ -18,6 +21,7 @@ from tests.hub.tables import rows
 @pytest.fixture
 def data(tmp_path: Path) -> Path:
     path = tmp_path / "hub"
+    keyring.init(path / "keys", now_ms=SystemClock().now_ms())
     with closing(open_store(path, create=True)) as store:
         store.devices.add(
             Device("pump-17", "11" * 32, "pending", first_seen=1, tags={"site": "plant-3"})
@@ -46,9 +50,9 @@ def test_enroll_create_prints_a_secret_the_hub_stores_only_hashed(
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        pytest.param(["--kind", "fleet"], "needs expires_at", id="fleet-without-expiry"),
+        pytest.param(["--kind", "fleet"], "needs --expires-in", id="fleet-without-expiry"),
         pytest.param(["--tag", "site"], "KEY=VALUE", id="tag-without-value"),
-        pytest.param(["--tag", "Bad Key=x"], "tag key", id="bad-tag-key"),
+        pytest.param(["--tag", "Bad Key=x"], "tags.Bad Key", id="bad-tag-key"),
     ],
 )
 def test_enroll_create_refuses_bad_input_in_one_line(
@@ -63,8 +67,11 @@ def test_enroll_create_refuses_bad_input_in_one_line(
 def test_device_approve_then_revoke_changes_status_and_audits_who(
     data: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    with closing(open_store(data)) as store:
+        store.devices.set_pending_reason("pump-17", "token_expired")
     assert main(["hub", "device", "list", "--data", str(data), "--status", "pending"]) == 0
-    assert "pump-17" in capsys.readouterr().out
+    [line] = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("pump-17")]
+    assert line.endswith("token_expired")
     assert main(["hub", "device", "approve", "pump-17", "--data", str(data)]) == 0
     assert main(["hub", "device", "revoke", "pump-17", "--data", str(data)]) == 0
     with closing(open_store(data)) as store:
@@ -73,7 +80,7 @@ def test_device_approve_then_revoke_changes_status_and_audits_who(
         actions = [e.action for e in entries]
         actors = {e.actor for e in entries}
     assert actions == ["device.approve", "device.revoke"]
-    assert actors == {"cli"}
+    assert actors == {f"cli:{getpass.getuser()}"}
 
 
 @pytest.mark.parametrize(

@@ -509,7 +509,7 @@ def test_cli_reports_a_bad_name_in_one_line(hub: Hub, capsys: pytest.CaptureFixt
     code = cli("model", "register", model, "--name", "../x", "--reference", ref, "--data", hub.root)
     assert code == 2
     err = capsys.readouterr().err
-    assert err.startswith("edgefleet model register: error: model name")
+    assert err.startswith("edgefleet model register: error: body.name: String should match")
     assert err.count("\n") == 1
     assert "Traceback" not in err
 
@@ -521,8 +521,9 @@ def test_cli_offline_release_round_trip(offline: Hub, capsys: pytest.CaptureFixt
     assert (
         cli("model", "register", model, "--name", "iris", "--reference", ref, "--data", data) == 0
     )
-    pending = data / "pending-release-v1.json"
-    assert str(pending) in capsys.readouterr().out
+    assert "`edgefleet model pending --out pending.json`" in capsys.readouterr().out
+    pending = data / "pending.json"
+    assert cli("model", "pending", "--out", pending, "--data", data) == 0
     assert offline.offline_release_key is not None
     key = keyring.read_private_key(offline.offline_release_key)
     keyring.sign_release(pending, key, now_ms=offline.clock.now_ms(), out=data / "signed.json")

@@ -25,7 +25,6 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
-from edgefleet.clock import SystemClock
 from hub import keyring
 from hub.api import HubServices, auth, create_app
 from hub.context import HubContext
@@ -203,19 +202,27 @@ def test_retained_state_is_restored_after_a_broker_restart(
         assert device.download(entry) == hub.registry.download("churn", 1)
 
 
-def test_cli_publishes_release_and_desired_state_through_the_broker(
+def test_cli_stores_release_and_desired_state_and_the_running_hub_publishes_them(
     hub: RunningHub, broker: BrokerRunner
 ) -> None:
-    device = enroll(hub, broker)
-    device.now = SystemClock().now_ms  # the CLI signs with the real clock
+    """The CLI publishes nothing itself (issue 8: its own downlink frames stranded a
+    device's replay window); the hub it stores for publishes what it stored."""
+    device = enroll(hub, broker)  # on the hub's clock, which also signs the heartbeat
     data = hub.settings.data_dir
     model = data / "churn.onnx"
     model.write_bytes(models.mlp_classifier().model)
     ref = data / "ref.npz"
     ref.write_bytes(reference(features=4))
-    via = ("--data", data, "--broker", broker.url, "--topic-prefix", hub.topics.prefix)
-    assert cli("model", "register", model, "--name", "churn", "--reference", ref, *via) == 0
-    assert cli("rollout", "set", "--device", DEVICE, "--model", "churn", "--version", 1, *via) == 0
-    assert hub.store.desired.get(DEVICE).published_at is not None
+    assert (
+        cli("model", "register", model, "--name", "churn", "--reference", ref, "--data", data) == 0
+    )
+    assert (
+        cli(
+            "rollout", "set", "--device", DEVICE, "--model", "churn", "--version", 1, "--data", data
+        )
+        == 0
+    )
+    assert hub.store.desired.get(DEVICE).published_at is None
+    assert hub.republish_all() == 1  # what the running hub does on a reconnect, too
     with device:
         assert device.sync().entry.name == "churn"
