@@ -46,7 +46,8 @@ them (the trust module does). They are retained, so handlers see them on every r
 
 Not thread-safe: one dispatcher at a time calls :meth:`Downlink.dispatch` (the daemon's
 ``downlink`` job, which :class:`Inbox` feeds: the transport's sink only queues, on a
-bounded queue, so a flood is dropped and counted, THREATS B31, and never blocks paho).
+bounded queue, so a flood is dropped and counted, threat-model B31, and never blocks
+paho).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ Rules:
   was discarded, the hub cut a chunk short) every request is dropped and asked again
   from there: at most ``window - 1`` chunks are fetched twice.
 - **Each chunk** must name the artifact being fetched and its signed length, fit inside
-  that length (never one byte beyond it, THREATS T4), and hash to its ``chunk_sha256``;
+  that length (never one byte beyond it, threat-model T4), and hash to its ``chunk_sha256``;
   otherwise it is discarded and asked again. The whole file is checked against the
   release entry (length, then sha256) before anything parses it; the model manager
   does that with :func:`protocol.trust.check_artifact`.
@@ -234,7 +234,7 @@ def check_package(
     """Refuse a downloaded package before any runtime loads it; decode it if it passes.
 
     In order: length and sha256 against the signed release entry, before anything parses
-    the bytes (THREATS T1a, B21); the package layout; the manifest naming the entry's
+    the bytes (threat-model T1a, B21); the package layout; the manifest naming the entry's
     model and version; :func:`protocol.modelcheck.inspect_model` (external data, custom
     operator domains outside ``allowed_domains``, opsets outside ``opset_range``, T5 and
     B22) and ``check_io`` (the graph is the one the manifest describes); the entry's

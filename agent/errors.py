@@ -120,7 +120,7 @@ __all__ = [
 class TrainingError(AgentError):
     """Local retraining could not produce a usable head (too few rows, a non-finite result).
 
-    The learner reports it in its status and never sends the delta (THREATS B27).
+    The learner reports it in its status and never sends the delta (threat-model B27).
     """
 
     reason = "training_failed"
@@ -151,7 +151,7 @@ __all__ += ["InvalidLabel", "RetrainingOff", "TrainingError"]
 #    ├─ IllegalTransition             an install step the slot state machine forbids (500)
 #    ├─ ModelUnhealthy                a model failed its health check or cannot load (500)
 #    ├─ SlowRetrieval                 a download below the minimum throughput or past its
-#    │                                deadline (THREATS T12) (500)
+#    │                                deadline (threat-model T12) (500)
 #    ├─ InferenceFailed               the runtime failed, or produced NaN/Inf, on valid input (500)
 #    └─ RequestError
 #       └─ InvalidInput               (already above) wrong shape or dtype for the model (422)
@@ -179,7 +179,7 @@ class IllegalTransition(AgentError):
 
 
 class ModelUnhealthy(AgentError):
-    """A model failed its health check (THREATS B23) or onnxruntime cannot load it."""
+    """A model failed its health check (threat-model B23) or onnxruntime cannot load it."""
 
     reason = "model_unhealthy"
 

@@ -3,7 +3,7 @@
 On first start :func:`load_or_create` generates the key and writes it to
 ``<state_dir>/device.key`` (PKCS#8 PEM): created with mode 0600 through ``os.open`` so no
 other user can ever read it, written to a temporary file, fsynced, renamed into place and
-the directory fsynced, so a power cut leaves either no key or the whole key (THREATS
+the directory fsynced, so a power cut leaves either no key or the whole key (threat-model
 B33). Later starts load it; a key file that group or others can read is used but logged
 as a warning (the path and the mode, never the key).
 

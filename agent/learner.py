@@ -20,7 +20,7 @@ The delta (:class:`~protocol.messages.DeltaUpload`):
 - tensors named as the head's weight and bias (``Head.weight``/``Head.bias``: the
   initializer names, or ``coefficients``/``intercepts`` for ``ai.onnx.ml`` heads), in the
   canonical layout of :mod:`protocol.headparams`: weight ``(n_features, n_outputs)``,
-  bias ``(n_outputs,)``; a head without a bias sends the weight only (THREATS B26: the
+  bias ``(n_outputs,)``; a head without a bias sends the weight only (threat-model B26: the
   hub checks these against the base model's head);
 - ``before``: the *base* head's metric on the holdout rows (the delta moves the base),
   ``after``: the trained head's on the same rows; ``num_samples``: the training rows;

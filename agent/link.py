@@ -10,7 +10,7 @@ the outbox resends until the hub acknowledges.
   paho client whose own network thread (``loop_start``) does the socket I/O, so other
   threads may call :meth:`Link.publish` safely. paho's callbacks only convert and hand
   :class:`Inbound` / :class:`Connected` events to the sink (:meth:`Link.on_event`); the
-  daemon's sink puts them on a bounded queue (a flood is dropped and logged, THREATS
+  daemon's sink puts them on a bounded queue (a flood is dropped and logged, threat-model
   B31) and its downlink job dispatches them.
 - **Subscriptions** (:meth:`Link.subscribe`) are re-requested in ``on_connect`` after
   every (re)connect (a clean

@@ -13,7 +13,7 @@ Life of a message::
 **Seqs and frames at enqueue.** :meth:`Outbox.enqueue` allocates the next seq from a
 counter kept in the same SQLite file, in the same transaction as the row, and stores the
 signed frame (``sent_at`` = enqueue time, a random 16-byte nonce). A resend publishes the
-identical bytes, so the hub deduplicates by seq (THREATS B14) and never sees the same
+identical bytes, so the hub deduplicates by seq (threat-model B14) and never sees the same
 seq with two payloads (T10).
 
 **Order and window.** Frames go out oldest first. At most ``max_in_flight`` frames are
@@ -22,7 +22,7 @@ the hub's replay window (:data:`protocol.replay.WIDTH`) always still covers ever
 the agent may resend.
 
 **Durability.** One SQLite file in the state dir, WAL, ``synchronous=FULL`` (power loss,
-THREATS B33); :meth:`enqueue` returns only after its transaction committed, so a kill -9
+threat-model B33); :meth:`enqueue` returns only after its transaction committed, so a kill -9
 at any point loses nothing enqueued. Which frames are in flight is kept in memory only:
 after a restart or a reconnect everything unacknowledged is simply sent again.
 

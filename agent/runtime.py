@@ -22,7 +22,7 @@ requests, so a window of 200 predictions ends after 200 rows however the applica
 batches them. Invalid input is the caller's fault, not the model's, and is not counted
 here (the daemon's stats count it as an error, agent/stats.py).
 
-**Health check** (THREATS B23, :meth:`ModelRuntime.health_check`): the package's smoke
+**Health check** (threat-model B23, :meth:`ModelRuntime.health_check`): the package's smoke
 inputs (``smoke.eft``), one warm-up run, then the median of ``runs`` timed runs of the
 whole smoke batch must be within ``latency_budget_ms``; every float output finite; every
 output of the declared rank and fixed dimensions, the scores one row per smoke row; and

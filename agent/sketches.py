@@ -3,7 +3,7 @@
 Every inference is folded into the current :class:`SketchWindow`; every ``window_s``
 (60 s by default) the daemon flushes it into a :class:`~protocol.messages.DataDelta` and
 sends it as a ``data`` message. Raw rows never leave the device: only counts and moments
-do (THREATS B30 is the hub's side of this).
+do (threat-model B30 is the hub's side of this).
 
 Features. When the model has one float input of shape ``[N, F]``, each of its ``F``
 columns is a feature, named and binned as the manifest's drift profile says (names

@@ -4,7 +4,7 @@ Layout under the slots directory (``<state_dir>/models``)::
 
     slots.json              SlotState: install state, active and previous refs, candidate
     packages/<sha256>.pkg   verified packages, named by their hash and never by a name
-                            from a message (THREATS T17, B24)
+                            from a message (threat-model T17, B24)
     download/               the download in progress (agent/download.py)
 
 Which moves are legal, and what a restart resumes from, is decided by the pure table in

@@ -30,7 +30,7 @@ uses the delta clip norm, so the head it serves is the one whose clipped delta i
 The rows are split once, with ``rng``, into a training set and a holdout set; the result
 reports the holdout metric of the starting head (``before``) and of the trained one
 (``after``); :func:`improved` is the keep-or-drop policy. A result that is not finite is
-never returned (THREATS B27): :class:`~agent.errors.TrainingError` instead.
+never returned (threat-model B27): :class:`~agent.errors.TrainingError` instead.
 
 What it does not do: choose when to train, decide which labels to trust, or read and
 write models (see :mod:`agent.learner`).

@@ -4,7 +4,7 @@ python-tuf's ``Updater`` shape: the pure core decides, this module reads and wri
 :class:`~protocol.trust.TrustedState` lives in ``<state_dir>/trusted.json``, created from
 the pinned root document (``root_metadata`` in agent.toml) on first start, and rewritten
 atomically (temp, fsync, rename, directory fsync) after **every** accepted step, so no
-high-water mark goes backwards across restarts or power cuts (THREATS T2, B33).
+high-water mark goes backwards across restarts or power cuts (threat-model T2, B33).
 
 Fleet documents arrive retained on ``fleet/<kind>`` (and again on every reconnect):
 

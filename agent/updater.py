@@ -1,7 +1,7 @@
 """The model manager: a desired state in, a trusted decision out, handed to the installer.
 
 One update **cycle** per ``desired`` frame, at one ``now_ms`` (the system clock lifted to
-the trusted time floor, THREATS T3c, T15):
+the trusted time floor, threat-model T3c, T15):
 
 1. the release list the desired state carries updates the trusted one (older or equal
    ones are normal: an assignment may rest on an older list, docs/decisions.md);

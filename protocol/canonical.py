@@ -5,7 +5,7 @@ floats in Python's shortest round-trip ``repr``. The same value always gives the
 bytes, so signatures and content hashes over JSON are stable.
 
 The strict reader refuses what a hostile peer might use to make two parsers disagree
-or to exhaust memory (THREATS.md B2-B4): invalid UTF-8, duplicate keys, ``NaN`` /
+or to exhaust memory (threat-model B2-B4): invalid UTF-8, duplicate keys, ``NaN`` /
 ``Infinity`` tokens, nesting deep enough to exhaust the parser's recursion limit
 (about 1000 levels; nothing walks parsed values recursively except
 :mod:`protocol.schema`, which follows the declared types and stops at the first

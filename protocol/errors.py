@@ -80,7 +80,7 @@ class NonFinite(Malformed):
 
 class ShapeMismatch(Malformed):
     """Tensors (a delta, head parameters) whose names, shapes or layout differ from the
-    model's (THREATS B26)."""
+    model's (threat-model B26)."""
 
     reason = "shape_mismatch"
 

@@ -14,7 +14,7 @@ Byte layout (all integers big-endian)::
 signature made for one kind (or direction) never verifies as another, and the frame
 without its last 64 bytes is a DSSE payload any DSSE library can check.
 
-Decoding runs the cheap checks first (THREATS.md rule 3): size cap, magic and version,
+Decoding runs the cheap checks first (threat-model rule 3): size cap, magic and version,
 header JSON, body hash, signature (over the bytes received), then the typed message. It
 raises only :class:`~protocol.errors.ProtocolError` subclasses and never returns a partial
 value.
@@ -70,7 +70,7 @@ Direction = Literal["up", "down"]
 
 @dataclass(frozen=True)
 class Limits:
-    """Caps applied before anything is parsed (THREATS.md T4, B1)."""
+    """Caps applied before anything is parsed (threat-model T4, B1)."""
 
     max_frame_bytes: int = 256 * 1024
     max_header_bytes: int = 64 * 1024

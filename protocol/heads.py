@@ -1,7 +1,7 @@
 """Find, read and rewrite a model's trainable head: the last linear layer before its scores.
 
-Devices retrain only the final layer (ARCHITECTURE "Local retraining"), so the hub finds
-it once at registration (:func:`find_head`, recorded in the manifest as a
+Devices retrain only the final layer (docs/agent-architecture.md), so the hub finds it
+once at registration (:func:`find_head`, recorded in the manifest as a
 :class:`~protocol.manifest.Head`) and rewrites the graph so it also outputs the head's
 input (:func:`prepare_model`). A device then runs one session for both the scores and
 the features it trains on, reads the head, trains it in numpy and serves the result

@@ -163,7 +163,7 @@ class DeltaUpload(Message):
     """A locally trained head, as a clipped difference against the version it started from.
 
     ``tensors`` is a :mod:`protocol.tensors` container; the hub decodes it only after the
-    frame, the device and the base version check out (THREATS.md rule 3).
+    frame, the device and the base version check out (threat-model rule 3).
     """
 
     base: ModelRef

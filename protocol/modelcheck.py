@@ -1,4 +1,4 @@
-"""Refuse hostile or incompatible ONNX models before any runtime sees them (THREATS T5, B22).
+"""Refuse hostile or incompatible ONNX models before any runtime sees them (threat-model T5, B22).
 
 An ONNX file is data that a runtime turns into code paths: it can point at files outside
 itself (external data, the CVE-2022-25882 class: onnx issues 3991 and 7717), call
@@ -34,7 +34,7 @@ onnxruntime 1.17 stops at opset 20).
 
 What this module does not do: run the model. Operators that allocate from runtime
 values (``ConstantOfShape``, ``Expand``) and latency are the health check's job, in
-the agent, with the smoke inputs (THREATS B23).
+the agent, with the smoke inputs (threat-model B23).
 """
 
 from __future__ import annotations

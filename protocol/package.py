@@ -8,7 +8,7 @@ Layout (big-endian)::
 One artifact means one sha256 in the release list, one resumable download and one
 atomic install. The decoder accounts for every byte: a file whose hash or length differ,
 an unlisted trailing byte, or a name outside the manifest's fixed set is refused
-(THREATS.md T5, B21, B24). It does not parse the ONNX graph: that is
+(threat-model T5, B21, B24). It does not parse the ONNX graph: that is
 :mod:`protocol.modelcheck`'s job, after this succeeds.
 """
 

@@ -10,7 +10,7 @@ transit by a later one is still accepted, so nothing is lost to reordering; the 
 keeps fewer than ``WIDTH`` messages in flight, so no unacknowledged message can fall
 below the window.
 
-Device time is informational (THREATS.md T15, B32): replay decisions rest on ``seq``.
+Device time is informational (threat-model T15, B32): replay decisions rest on ``seq``.
 ``check_fresh`` only refuses frames so old or so far ahead that they cannot be a
 legitimate outbox drain; its bounds are generous on purpose.
 

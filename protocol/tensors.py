@@ -40,7 +40,7 @@ topk-E    the ``k = ceil(fraction * size)`` entries   kept: E's bound; dropped: 
 Round-trip law: ``decode_tensors(encode_tensors(t)) == {n: t[n] as float32}`` (f32), within
 the bounds above otherwise; the same input always gives the same bytes.
 
-Decoding is strict and never unpickles (THREATS.md B29). The compressed size is capped by
+Decoding is strict and never unpickles (threat-model B29). The compressed size is capped by
 ``max_bytes`` and the inflated size by a cap derived from ``max_elements``: zlib never
 produces more than that cap plus one byte, so a bomb costs at most about twice the cap in
 memory however far it would expand (T4). The index must be the canonical JSON this module

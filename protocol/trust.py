@@ -5,7 +5,7 @@ Shaped like python-tuf's ``TrustedMetadataSet``: pure functions from a
 the caller keeps the old state untouched). The agent persists the state after each
 accepted step (:meth:`TrustedState.to_bytes`, atomically) and installs nothing the core
 has not accepted. Every check of expiry takes ``now`` (ms), captured once per update
-cycle, and first lifts it to the time floor (:func:`effective_now`, THREATS.md T15), so
+cycle, and first lifts it to the time floor (:func:`effective_now`, threat-model T15), so
 a caller passing the raw system clock still cannot revive expired documents.
 
 Rules, in the order they are checked:
@@ -49,7 +49,7 @@ Why an assignment may rest on an *older* release list than the trusted one: the
 entry is checked against the newer, trusted list, so nothing unreleased can pass, and
 the hub need not re-sign every device's assignment each time a model is released. Why
 rollbacks are bounded by a floor rather than by the installed counter: a rollback is a
-new assignment pointing at an older release (ARCHITECTURE.md), which a strictly
+new assignment pointing at an older release (docs/decisions.md), which a strictly
 increasing installed counter would forbid; the floor, signed by the release role, keeps
 the Uptane guarantee where it matters (a compromised online key cannot bring back a
 release the humans holding the release key have ruled out). See docs/decisions.md.

@@ -10,7 +10,8 @@ at the same address, and its clients reconnect by themselves::
     broker.start()         # same host and port; retained messages and sessions are gone
 
 ``start()`` returns only once the broker answers a real MQTT CONNECT with a CONNACK, not
-merely when its port accepts TCP. Nothing here mocks a broker (STYLE.md 3.12).
+merely when its port accepts TCP. Nothing here mocks a broker (docs/architecture.md,
+"Brokers").
 
 With access control on (docs/broker-security.md): :class:`SecuredMosquitto` runs the
 configuration ``edgefleet broker config`` writes (device, enrollment and TLS listeners on

@@ -1,8 +1,8 @@
 """Fixtures shared by every test: real brokers, a unique topic prefix, a fake clock.
 
-Brokers are real (STYLE.md 3.12): ``broker`` runs each test once against Mosquitto and
-once against the embedded amqtt broker, a fresh one per test, so a test may stop and
-restart it at will. Without a mosquitto executable its cases are skipped with a reason;
+Brokers are real (docs/architecture.md, "Brokers"): ``broker`` runs each test once against
+Mosquitto and once against the embedded amqtt broker, a fresh one per test, so a test may
+stop and restart it at will. Without a mosquitto executable its cases are skipped with a reason;
 CI sets ``EDGEFLEET_REQUIRE_MOSQUITTO=1`` (see .ci/run) to make that a failure instead.
 
 Two session guards keep CI honest: the ``slow`` marker must stay declared in pyproject

@@ -1,5 +1,5 @@
 """An evil broker: a TCP proxy between MQTT clients and a real broker that tampers with
-PUBLISH packets (THREATS T13: the framework must stay safe without trusting the broker).
+PUBLISH packets (threat-model T13: the framework must stay safe without trusting the broker).
 
 Clients connect to the proxy as if it were the broker; it opens one upstream connection per
 client and passes every packet through, except that each PUBLISH, in either direction, is

@@ -15,7 +15,7 @@ Good models (a supported trainable head unless noted):
 - :func:`sgd_classifier`, :func:`decision_tree`, :func:`argmax_model`,
   :func:`shared_weight_model`: valid models with no supported head.
 
-Hostile models (THREATS T5, B22): :func:`external_initializer`,
+Hostile models (threat-model T5, B22): :func:`external_initializer`,
 :func:`external_constant_in_if`, :func:`custom_domain_node`, :func:`evil_function`,
 :func:`opset_model` (outside the range), :func:`huge_initializer`, :func:`unchecked_model`;
 :func:`add_model` and :func:`external` help build more.

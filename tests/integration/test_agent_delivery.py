@@ -1,6 +1,6 @@
 """End-to-end delivery: a real agent process, a real broker, the hub double.
 
-The contract under test (ARCHITECTURE.md, "Offline first, acknowledged end to end"): a
+The contract under test (docs/protocol.md, "Delivery"; docs/agent-delivery.md): a
 message leaves the agent's outbox only when the hub has committed it, so after any crash
 or outage every message is committed exactly once by (device, seq), and an outbox found
 empty with nothing dropped means nothing was lost.

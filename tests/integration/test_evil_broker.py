@@ -1,4 +1,4 @@
-"""THREATS T13: a real hub and a real agent, and between the agent and Mosquitto an evil
+"""threat-model T13: a real hub and a real agent, and between the agent and Mosquitto an evil
 broker (tests/evil_broker.py) that drops, duplicates, delays (so reorders), replays and
 substitutes PUBLISH packets in both directions. Every accept/reject decision rests on
 signatures, versions, device binding and expiry, so under it:

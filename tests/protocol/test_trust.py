@@ -1,4 +1,4 @@
-"""The attack suite for release lists, heartbeats and assignments (THREATS.md T1-T3, T6, T9, T15).
+"""Attacks on release lists, heartbeats and assignments (threat-model T1-T3, T6, T9, T15).
 
 Every attack test asserts two things: the attack fails with its own error, and the
 device's trusted state is byte-identical afterwards (``refused``).

@@ -267,7 +267,7 @@ def test_root_rotation(versions: list[RootVersion]) -> None:
 
 
 def test_ceremony_rotating_one_of_three_root_keys() -> None:
-    """THREATS T16: v2 swaps one of 3 keys; v3 signed by 2 survivors + the new key holds."""
+    """threat-model T16: v2 swaps one of 3 keys; v3 signed by 2 survivors + the new key holds."""
     sim, device = ready(root_keys=3, root_threshold=2)
     lost, *survivors = sim.signers["root"]
     sim.set_role("root", [*survivors, POOL[0]], 2)

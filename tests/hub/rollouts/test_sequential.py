@@ -85,7 +85,7 @@ def test_bernoulli_test_keeps_its_level_when_checked_after_every_device() -> Non
 
 
 def test_normal_mixture_keeps_its_level_at_every_look_where_a_z_test_does_not() -> None:
-    """The research note's simulation (100 looks, batches of 20 per arm, sigma 1)."""
+    """Checked after every batch: 100 looks, batches of 20 per arm, sigma 1."""
     rng = np.random.default_rng(1)
     paths, looks, batch, alpha = 4000, 100, 20, 0.05
     diff = (rng.normal(size=(paths, looks, batch)) - rng.normal(size=(paths, looks, batch))).mean(2)
