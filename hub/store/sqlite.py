@@ -15,7 +15,9 @@ serialised by SQLite's own locks; ``timeout=30`` makes them wait rather than fai
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -168,19 +170,23 @@ class SqliteStore:
     def open(cls, path: str | Path) -> SqliteStore:
         """Open (creating and migrating) the store at ``path``, or ``":memory:"`` for tests."""
         if str(path) == ":memory:":
-            conn = sqlite3.connect(":memory:", check_same_thread=False)
-        else:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
-        db = Database(conn)
-        if str(path) != ":memory:":
+            db = Database(sqlite3.connect(":memory:", check_same_thread=False))
+            db.execute("PRAGMA foreign_keys=ON")
+            migrations.apply(db)
+            return cls(db)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        # One opener at a time sets the file up: `hub serve` and a `--data` command started
+        # together on a fresh directory both switched it to WAL and migrated it, and the
+        # loser died of "database is locked" (a lock file beside it, held for the set-up).
+        with _setup_lock(Path(path)):
+            db = Database(sqlite3.connect(str(path), check_same_thread=False, timeout=30))
             db.enable_wal()
             # FULL: an acknowledged frame must survive a power cut, not only a crash,
             # since the agent deletes it once acked; at 500-row batches it costs nothing
             # measurable (bench/hub.py prints both).
             db.execute("PRAGMA synchronous=FULL")
-        db.execute("PRAGMA foreign_keys=ON")
-        migrations.apply(db)
+            db.execute("PRAGMA foreign_keys=ON")
+            migrations.apply(db)
         return cls(db)
 
     @property
@@ -205,3 +211,14 @@ class SqliteStore:
     def close(self) -> None:
         with self.connection.lock:
             self.connection.db.close()
+
+
+@contextmanager
+def _setup_lock(path: Path) -> Iterator[None]:
+    """Wait for, then hold, an exclusive ``flock`` on ``<path>.setup.lock``."""
+    fd = os.open(path.with_name(path.name + ".setup.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock

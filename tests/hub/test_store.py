@@ -3,6 +3,7 @@ keys included), the ordering rules ingest relies on, and the transactions."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -123,3 +124,28 @@ def test_a_store_location_with_an_unknown_scheme_is_refused(tmp_path: Path) -> N
     opened = open_store(f"sqlite:///{tmp_path / 'other.db'}")
     assert opened.ping()
     opened.close()
+
+
+def test_openers_racing_on_a_fresh_store_all_succeed(tmp_path: Path) -> None:
+    """`hub serve` and a `--data` command started together on a fresh data directory both
+    set the file up; the loser died of "database is locked"."""
+    for attempt in range(10):
+        path = tmp_path / f"{attempt}" / "hub.db"
+        barrier = threading.Barrier(6)
+        errors: list[BaseException] = []
+        threads = [
+            threading.Thread(target=_open_together, args=(path, barrier, errors)) for _ in range(6)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+
+
+def _open_together(path: Path, barrier: threading.Barrier, errors: list[BaseException]) -> None:
+    barrier.wait()
+    try:
+        SqliteStore.open(path).close()
+    except BaseException as e:  # collected for the test's assertion
+        errors.append(e)
