@@ -126,6 +126,18 @@ def test_every_gap_row_names_a_section() -> None:
     assert gaps_table(text) - set(sections(text)) == set()
 
 
+def slug(heading: str) -> str:
+    """The anchor a Markdown renderer gives a heading (GitHub's rule)."""
+    kept = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return kept.replace(" ", "-")
+
+
+def test_every_link_within_the_page_lands_on_a_heading() -> None:
+    text = doc()
+    anchors = {slug(h) for h in re.findall(r"^#{2,3} (.+)$", text, re.MULTILINE)}
+    assert set(re.findall(r"\]\(#([^)]+)\)", text)) - anchors == set()
+
+
 def citing_files() -> list[Path]:
     files = [ROOT / name for name in CITING_FILES if (ROOT / name).is_file()]
     for top in CITING_DIRS:
