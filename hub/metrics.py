@@ -149,3 +149,33 @@ def sample(name: str, labels: dict[str, str] | None = None) -> float:
     """The current value of one sample in :data:`REGISTRY` (0.0 when it has none yet)."""
     value = REGISTRY.get_sample_value(name, labels or {})
     return 0.0 if value is None else value
+
+
+# ---------------------------------------------------------------------- federated rounds
+
+DELTAS_SCREENED = Counter(
+    "edgefleet_hub_deltas_screened",
+    "Deltas screened at ingest, by model, verdict (accepted, flagged, refused) and reason.",
+    ["model", "status", "reason"],
+    registry=REGISTRY,
+)
+ROUNDS_ENDED = Counter(
+    "edgefleet_hub_rounds",
+    "Rounds that reached a state, by model and state (open, closing, aggregated, accepted...).",
+    ["model", "state"],
+    registry=REGISTRY,
+)
+AGGREGATION_SECONDS = Histogram(
+    "edgefleet_hub_aggregation_seconds",
+    "Time to aggregate one round or buffer flush into a candidate, by strategy.",
+    ["strategy"],
+    buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300),
+    registry=REGISTRY,
+)
+CANDIDATE_GAIN = Gauge(
+    "edgefleet_hub_candidate_gain",
+    "The last candidate's gain over its parent on the hub's validation set (accuracy "
+    "points as a fraction, or relative mse), by model.",
+    ["model"],
+    registry=REGISTRY,
+)

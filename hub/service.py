@@ -62,6 +62,7 @@ from hub import keyring, metrics
 from hub.api import HubServices, create_app
 from hub.context import FleetPublisher, HubContext
 from hub.errors import HubError
+from hub.federated.rounds import RoundsKick, rounds_job
 from hub.fleet.documents import issue_heartbeat
 from hub.fleet.reconciler import reconcile_job, rekey, republish_all
 from hub.fleet.restore import restore_retained
@@ -91,6 +92,7 @@ JOBS: dict[str, tuple[Callable[[HubSettings], float], Job]] = {
     "reconcile": (lambda s: s.reconcile_interval_s, reconcile_job),
     "heartbeat": (lambda s: s.heartbeat_interval_s, issue_heartbeat),
     "offline": (lambda s: s.offline_check_interval_s, mark_offline),
+    "rounds": (lambda s: s.round_tick_interval_s, rounds_job),
 }
 """The scheduler's jobs: name -> (its interval from the settings, the function it calls
 with the context). Rounds, drift and rollouts add theirs here."""
@@ -301,6 +303,9 @@ class HubService:
             republisher = Republisher(connected, republish)
             republisher.start()
             stops.callback(republisher.stop)
+            kick = RoundsKick(ctx)  # closes rounds and flushes buffers after ingest
+            pipeline.ingest.on_deltas = kick
+            stops.callback(kick.stop)
             scheduler = _scheduler(ctx, KeyringJob(ring, pipeline.downlink))
             scheduler.start()
             stops.callback(scheduler.shutdown)

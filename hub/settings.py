@@ -66,6 +66,9 @@ class HubSettings:
     chunk_bytes: int = 96 * 1024  # fits a 256 KiB frame with room for the header
     delivery: FlowLimits = field(default_factory=FlowLimits)
 
+    # federated rounds (hub.federated.rounds)
+    round_tick_interval_s: float = 5.0  # deadlines, and resuming rounds after a restart
+
     def mqtt_client_id(self, pid: int) -> str:
         """``client_id``, or one of its own for this data directory and process:
         ``ef-hub-<8 hex of the directory's path>-<pid>`` (23 characters at most for pids

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from hub.health import OFFLINE_FLAG, derive
 from hub.ingest.rules import Admitted, Device
 from hub.store import Store
+from hub.store.round_rows import DeltaVerdict
 from hub.store.rows import (
     AuditRecord,
     DataWindowRecord,
@@ -157,6 +158,8 @@ class Batch:
     credentials: dict[str, str] = field(default_factory=dict)  # device id -> broker verifier
     cloned: set[str] = field(default_factory=set)  # devices in a cloned_device episode
     refusals: dict[str, tuple[str, int]] = field(default_factory=dict)
+    verdicts: list[DeltaVerdict] = field(default_factory=list)  # hub.federated.screening
+    strikes: dict[str, int] = field(default_factory=dict)  # device id -> screening strikes
 
     def note_refusal(self, device_id: str, message: object) -> None:
         """Keep what ``message`` says the device refused (:func:`refusal`), if anything."""
@@ -170,6 +173,10 @@ class Batch:
         found. Broker verifiers of hellos go in with the devices they belong to."""
         if self.records:
             store.uplink.add(self.records)
+        if self.verdicts:
+            store.rounds.add_verdicts(self.verdicts)
+        if self.strikes:
+            store.rounds.add_strikes(self.strikes)
         if self.states:
             stuck = store.desired.stuck_among({s.device_id for s in self.states})
             for state in self.states:

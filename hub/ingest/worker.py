@@ -58,6 +58,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edgefleet.clock import Clock
 from hub.context import HubContext
+from hub.federated.screening import DeltaScreening
 from hub.fleet import enrollment
 from hub.fleet.identity import ACTIVE, PENDING, Enroll, Pend, Refuse
 from hub.ingest.batch import Batch, SeenDevice, StateUpdate, record, reported_twin
@@ -79,6 +80,7 @@ from hub.metrics import (
     BATCH_FAILURES,
     BATCH_SECONDS,
     CLOCK_SKEW,
+    DELTAS_SCREENED,
     DUPLICATES,
     INGESTED,
     QUEUE_DEPTH,
@@ -86,16 +88,18 @@ from hub.metrics import (
 )
 from hub.settings import HubSettings
 from hub.store import Store
+from hub.store.round_rows import DeltaVerdict
 from hub.store.rows import DeviceIdentity
 from hub.transport.mqtt import Inbound
 from protocol import keys
-from protocol.messages import FetchRequest, Hello, StateReport
+from protocol.messages import DeltaUpload, FetchRequest, Hello, StateReport
 from protocol.replay import SeqWindow
 from protocol.topics import Topics
 
 logger = logging.getLogger(__name__)
 
 FetchHook = Callable[[str, FetchRequest], object]
+DeltasHook = Callable[[Sequence[DeltaVerdict]], object]
 FINGERPRINTS_KEPT = 65_536
 PENDING_ANSWERS_PER_MIN = 4  # per pending device: the agent says hello once a minute
 SKEW_BEHIND, SKEW_AHEAD = CLOCK_SKEW.labels("behind"), CLOCK_SKEW.labels("ahead")
@@ -132,6 +136,8 @@ class Ingest:
             one per CPU (up to 4), none on a single CPU.
         hub_keys: the hub's downlink public keys (its frames sent back are ``wrong_role``).
         on_credentials: called after a commit that stored a device's broker verifier.
+        on_deltas: called after a commit with the screening verdicts of its new deltas
+            (the rounds layer closes rounds and flushes buffers from there).
     """
 
     def __init__(
@@ -146,6 +152,7 @@ class Ingest:
         verify_workers: int | None = None,
         hub_keys: tuple[Ed25519PublicKey, ...] = (),
         on_credentials: Callable[[], object] | None = None,
+        on_deltas: DeltasHook | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -155,6 +162,8 @@ class Ingest:
         self.max_pending_devices = settings.max_pending_devices
         self.inbox = inbox if inbox is not None else queue.Queue(settings.ingest_queue_max)
         self.on_credentials = on_credentials
+        self.on_deltas = on_deltas
+        self.screening = DeltaScreening(store)
         self.rules = Rules(
             Topics(settings.topic_prefix), settings.limits, settings.freshness, hub_keys
         )
@@ -276,6 +285,8 @@ class Ingest:
         self._hand_off(batch)
         if batch.credentials and self.on_credentials is not None:
             self.on_credentials()
+        if batch.verdicts:
+            self._screened(batch.verdicts)
         if batch.audits:
             self._audited += len(batch.audits)
             if self._audited >= max(1, self.settings.audit_rejections_keep // 10):
@@ -391,6 +402,8 @@ class Ingest:
                 batch.credentials[frame.device_id] = message.broker_verifier
         elif isinstance(message, FetchRequest):
             batch.fetches.append((frame.device_id, message))
+        elif isinstance(message, DeltaUpload):
+            self.screening.screen(frame.device_id, frame.seq, message, batch)
         batch.note_refusal(frame.device_id, message)
         if stored is not None:
             batch.records.append(stored)
@@ -452,6 +465,15 @@ class Ingest:
                 self.on_fetch(device_id, request)
             except Exception:
                 logger.exception("fetch hook failed for %s", device_id)
+
+    def _screened(self, verdicts: Sequence[DeltaVerdict]) -> None:
+        for v in verdicts:
+            DELTAS_SCREENED.labels(v.model, v.status, v.reason or "").inc()
+        if self.on_deltas is not None:
+            try:
+                self.on_deltas(verdicts)
+            except Exception:
+                logger.exception("the rounds hook failed on %d deltas", len(verdicts))
 
     def _write_summaries(self, *, flush: bool = False) -> None:
         """Summaries of rejections when no batch is there to carry them."""

@@ -243,3 +243,65 @@ def m008_uplink_time_indexes(db: Database) -> None:
     # hub.api.reports: reads of what devices sent, newest first and by time range
     for table in ("telemetry", "states", "data_windows", "deltas"):
         db.table(table).create_index(["received_at"])
+
+
+@migrations()
+def m009_rounds(db: Database) -> None:
+    # hub.federated: rounds, the screening verdict of every delta (beside its row in
+    # deltas), each model's federated-learning policy, buffer and validation set
+    db.table("rounds").create(
+        {
+            "round_id": str,
+            "model": str,
+            "base_version": int,
+            "state": str,  # hub.rounds.lifecycle.RoundState
+            "trigger": str,  # schedule | drift | operator
+            "opened_ms": int,
+            "deadline_ms": int,
+            "closed_ms": int,
+            "ended_ms": int,
+            "min_deltas": int,
+            "target_deltas": int,
+            "duration_ms": int,
+            "strategy": str,  # a hub.rounds.aggregate.PRESETS name, fixed at open
+            "candidate_version": int,
+            "reason": str,
+            "created_by": str,
+            "judgement": str,  # JSON: candidate and parent metrics, gain, passed
+        },
+        pk="round_id",
+        not_null={"model", "base_version", "state", "opened_ms", "deadline_ms"},
+    )
+    db.table("rounds").create_index(["model", "state"])
+    db.table("delta_verdicts").create(
+        {
+            "device_id": str,
+            "seq": int,
+            "model": str,
+            "base_version": int,
+            "slot": str,  # round id, or buffer:<model>
+            "status": str,  # accepted | flagged | refused | used | unused
+            "reason": str,
+            "detail": str,
+            "digest": str,
+            "norm": float,
+            "staleness": int,
+            "num_samples": int,
+            "received_at": int,
+            "flush": int,  # buffered: the flush that read it
+        },
+        pk=("device_id", "seq"),
+    )
+    db.table("delta_verdicts").create_index(["model", "digest"])
+    db.table("delta_verdicts").create_index(["slot", "status"])
+    db.table("fl_policies").create(
+        {"model": str, "policy": str, "updated_ms": int, "updated_by": str}, pk="model"
+    )
+    db.table("fl_buffers").create(
+        {"model": str, "current_version": int, "flushes": int}, pk="model"
+    )
+    db.table("validation_sets").create(
+        {"model": str, "data": bytes, "rows": int, "created_ms": int, "created_by": str},
+        pk="model",
+    )
+    db.table("devices").add_column("strikes", int, not_null_default=0)

@@ -42,11 +42,13 @@ from hub.store.interface import (
     EnrollmentTokens,
     NotFound,
     Registry,
+    Rounds,
     StoreError,
     Uplink,
 )
 from hub.store.migrations import migrations
 from hub.store.registry import SqliteRegistry
+from hub.store.rounds import SqliteRounds
 from hub.store.tokens import SqliteApiTokens, SqliteEnrollmentTokens
 from hub.store.uplink import SqliteUplink
 
@@ -165,6 +167,7 @@ class SqliteStore:
         self.enrollment_tokens: EnrollmentTokens = SqliteEnrollmentTokens(self.connection)
         self.counters: Counters = SqliteCounters(self.connection)
         self.broker_credentials: BrokerCredentials = SqliteBrokerCredentials(self.connection)
+        self.rounds: Rounds = SqliteRounds(self.connection)
 
     @classmethod
     def open(cls, path: str | Path) -> SqliteStore:

@@ -98,7 +98,9 @@ def test_hub_stores_every_kind_and_acks_the_committed_seqs(hub: HubSim, dev: Sim
     device = hub.store.devices.get("dev-1")
     assert (device.online, device.last_seen, device.active_name) == (True, now, "digits")
     assert device.health == Health.CLOCK_SUSPECT
-    assert hub.rejections() == []
+    # the frame is authentic, so stored and acked; its delta names no registered base,
+    # so screening refuses the content (hub.federated.screening)
+    assert hub.rejections() == [("device:dev-1", "delta.refused", "unknown_base")]
 
 
 def test_hub_reacks_a_duplicate_without_storing_it_again(hub: HubSim, dev: SimDevice) -> None:
