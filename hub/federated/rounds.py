@@ -127,6 +127,8 @@ def open_round(
         InvalidRequest: an unknown strategy or a contradicting close policy.
     """
     store, now_ms = ctx.store, ctx.now_ms()
+    if not store.registry.has_model(model):
+        raise NotFound(f"no model {model[:64]!r}")
     policy = policy_of(store, model)
     if policy.mode != "rounds":
         raise Conflict(f"{model} aggregates in {policy.mode} mode, not in rounds")
