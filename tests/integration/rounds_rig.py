@@ -58,7 +58,7 @@ def eventually(check: Callable[[], Any], what: str, timeout_s: float = WAIT_S) -
 
 def npz(**arrays: np.ndarray) -> bytes:
     out = io.BytesIO()
-    np.savez(out, **arrays)
+    np.savez(out, **arrays)  # type: ignore[arg-type]
     return out.getvalue()
 
 
