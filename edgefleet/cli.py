@@ -22,6 +22,7 @@ from hub.cli import fleet as cli_fleet
 from hub.cli import inspect
 from hub.cli import keys as cli_keys
 from hub.cli import model as cli_model
+from hub.cli import rounds as cli_rounds
 from hub.cli import serve as cli_serve
 from hub.cli import token as cli_token
 
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_serve.add_serve_command(hub_commands)
     cli_fleet.add_fleet_commands(hub_commands)
     cli_model.register(subparsers)
+    cli_rounds.register(subparsers)
     cli_keys.register(subparsers)
     cli_broker.register(subparsers)
     inspect.register(subparsers)
