@@ -39,11 +39,11 @@ def npz(**arrays: np.ndarray) -> bytes:
 class FlHub:
     """HubSim + context + registry, with one released version of the task's model."""
 
-    def __init__(self, tmp_path: Path, **policy: Any) -> None:
+    def __init__(self, tmp_path: Path, task: ShiftedTask | None = None, **policy: Any) -> None:
         self.sim = HubSim(tmp_path)
         self.ctx: HubContext = self.sim.context()
         self.store = self.sim.store
-        self.task = ShiftedTask.build(seed=0)
+        self.task = task or ShiftedTask.build(seed=0)
         self.registry = Registry(self.ctx, ArtifactStore(self.ctx.settings.artifacts_dir))
         rng = np.random.default_rng(0)
         x_ref, _ = self.task.sample("A", 400, rng)
