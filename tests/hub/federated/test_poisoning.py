@@ -40,7 +40,7 @@ def one_round(tmp_path: Path, fleet: Fleet, attack: str | None, **policy: object
     if isinstance(fields.get("strategy"), str):
         fields["strategy"] = PRESETS[str(fields["strategy"])]
     task = ShiftedTask.build(seed=0, n_inputs=8, width=64, n_classes=5)
-    hub = FlHub(tmp_path, task=task, **fields)  # type: ignore[arg-type]
+    hub = FlHub(tmp_path, task=task, **fields)
     round_id = hub.open(target_deltas=DEVICES, min_deltas=1)
     trained = [fleet.local_delta(fleet.base, d, d) for d in range(DEVICES)]
     attackers = first_attackers(DEVICES) if attack else frozenset()
