@@ -40,6 +40,11 @@ COMMANDS: list[list[str]] = [
     ["hub", "token", "create", "--role", "viewer"],
     ["hub", "token", "list"],
     ["hub", "token", "revoke", "0123456789ab"],
+    ["round", "start", "demo"],
+    ["round", "list"],
+    ["round", "show", "demo-r1"],
+    ["round", "cancel", "demo-r1"],
+    ["round", "policy", "demo"],
 ]
 IDS = [" ".join(c[:3]) for c in COMMANDS]
 
