@@ -57,6 +57,7 @@ from hub.rounds.lifecycle import (
     step,
 )
 from hub.rounds.lineage import Excluded
+from hub.rounds.policy import ModelPolicy
 from hub.rounds.weighting import Submission
 from hub.store import NotFound
 from hub.store.round_rows import BufferState, DeltaVerdict, RoundRecord
@@ -191,12 +192,13 @@ def open_round(
     return record
 
 
-def _preset_name(policy: object) -> str:
-    strategy = getattr(policy, "strategy", None)
+def _preset_name(policy: ModelPolicy) -> str:
+    """The preset the policy's strategy is; ``policy`` for a strategy of its own (read
+    from the model's policy when the round aggregates)."""
     for name, preset in PRESETS.items():
-        if preset == strategy:
+        if preset == policy.strategy:
             return name
-    return "default"
+    return "policy"
 
 
 def cancel_round(ctx: HubContext, round_id: str, *, actor: str) -> RoundRecord:
@@ -311,7 +313,7 @@ def _aggregate_round(ctx: HubContext, record: RoundRecord) -> None:
             submissions=[_submission(v) for v in usable],
             excluded=_excluded(store.rounds.verdicts(record.round_id)),
             holdouts=store.rounds.holdouts(record.round_id),
-            strategy=PRESETS.get(record.strategy, PRESETS["default"]),
+            strategy=PRESETS.get(record.strategy, policy.strategy),
             policy=policy,
             source=f"round:{record.round_id}",
         )

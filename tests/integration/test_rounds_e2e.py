@@ -36,6 +36,11 @@ def test_a_round_of_real_agents_releases_a_candidate_that_beats_the_base(tmp_pat
         print(f"\n6 agents, one round: base {base:.3f}, candidate v{version} {candidate:.3f}")
         assert candidate >= base + 5 * POINT
         rig.heard(None)  # the round ended: agents no longer name it
+        metrics = rig.api.get(f"{rig.hub.http_url}/metrics").text
+        assert 'edgefleet_hub_rounds_total{model="task",state="accepted"}' in metrics
+        assert 'edgefleet_hub_deltas_screened_total{model="task",reason="",status="accepted"}' in (
+            metrics
+        )
 
 
 @pytest.mark.slow
@@ -44,8 +49,9 @@ def test_thirty_agents_reach_near_the_central_head_in_rounds(tmp_path: Path) -> 
         base = rig.accuracy(rig.head_of(1))
         central = rig.accuracy(rig.central())
         version, history = 1, []
-        for _ in range(8):
-            round_id = rig.open(target_deltas=30, min_deltas=5, duration_s=30)
+        for _ in range(15):  # later rounds close at their deadline: agents whose holdout
+            # no longer improves by min_gain send nothing
+            round_id = rig.open(target_deltas=30, min_deltas=5, duration_s=10)
             rig.heard(round_id)
             rig.feed()
             detail = rig.finished(round_id, timeout_s=240)
