@@ -202,6 +202,24 @@ class RoundsRig:
         result: dict[str, Any] = eventually(final, f"round {round_id} to end", timeout_s)
         return result
 
+    def released(self, version: int) -> dict[str, Any]:
+        """Wait until ``version`` of the model is registered; it must be released."""
+
+        def registered() -> dict[str, Any] | None:
+            response = self.api.get(f"/models/{MODEL}/versions/{version}")
+            return ok(response) if response.status_code == 200 else None
+
+        info: dict[str, Any] = eventually(registered, f"v{version} registered")
+        assert info["status"] == "released", info["lineage"].get("validation")
+        return info
+
+    def verdicts_of(self, device_id: str) -> list[tuple[str, str | None]]:
+        return [
+            (v.status, v.reason)
+            for v in self.hub.store.rounds.verdicts(f"buffer:{MODEL}")
+            if v.device_id == device_id
+        ]
+
     # ------------------------------------------------------------------ accuracy
 
     def head_of(self, version: int) -> tuple[np.ndarray, np.ndarray]:

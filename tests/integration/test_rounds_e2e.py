@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.rounds_rig import RoundsRig, ok
+from tests.integration.rounds_rig import RoundsRig, eventually, ok
 
 POINT = 0.01
 AUTO = {"auto_release": True, "margin": 0.0}
@@ -68,3 +68,28 @@ def test_thirty_agents_reach_near_the_central_head_in_rounds(tmp_path: Path) -> 
         )
         assert final >= base + 5 * POINT
         assert final >= central - 2 * POINT
+
+
+BUFFERED = {
+    **AUTO,
+    "mode": "buffered",
+    "buffer": {"size": 3, "max_staleness": 1},
+}
+
+
+def test_buffered_mode_takes_stale_agents_at_a_discount_and_refuses_too_stale_ones(
+    tmp_path: Path,
+) -> None:
+    with RoundsRig.start(tmp_path, devices=7, policy=BUFFERED) as rig:
+        first, stale, fresh, late = rig.ids[:3], rig.ids[3:5], rig.ids[5], rig.ids[6]
+        rig.feed(first)  # three deltas on v1: the first flush
+        v2 = rig.released(2)
+        assert v2["lineage"]["source"] == "buffer:task:1"
+        rig.roll_out(2, [fresh])
+        rig.feed([*stale, fresh])  # two on v1 (one behind v2), one on v2
+        v3 = rig.released(3)
+        staleness = {c["device_id"]: c["staleness"] for c in v3["lineage"]["contributions"]}
+        assert staleness == {stale[0]: 1, stale[1]: 1, fresh: 0}
+        rig.feed([late])  # on v1, two behind v3: more than max_staleness
+        found = eventually(lambda: rig.verdicts_of(late), f"a delta from {late}")
+        assert found == [("refused", "too_stale")]
