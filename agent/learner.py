@@ -26,9 +26,13 @@ The delta (:class:`~protocol.messages.DeltaUpload`):
   ``after``: the trained head's on the same rows; ``num_samples``: the training rows;
 - encoding by size (:func:`delta_encoding`): up to 16,384 values ``f32`` (exact, at
   most 64 KiB), up to 65,536 ``f16`` (relative error 2^-11, at most 128 KiB), beyond
-  that ``topk-i8`` keeping about the 32,768 largest (the same share of each tensor,
-  rounded up; i8's error ``max|x|/254`` on those, the rest dropped; at most 5 bytes per
-  kept value, so under 170 KiB): frames are capped at 256 KiB (:mod:`protocol.frame`).
+  that ``topk-f16`` with **error feedback** (:func:`protocol.sparsify.sparsify`): the
+  32,768 largest entries of the delta plus what earlier deltas left unsent (the same share
+  of each tensor, rounded up; sent exactly as float16, so at most 6 bytes per kept value,
+  under 200 KiB), and the rest, f16 rounding included, kept as the *residual* for the next
+  delta instead of being dropped for good: frames are capped at 256 KiB
+  (:mod:`protocol.frame`). The residual is kept per model (``residual-<name>.eft``, written
+  atomically), carried from version to version, and reset when the head's shape changes.
 
 A non-finite result is never sent (B27): the status says ``failed`` and why.
 
@@ -69,6 +73,7 @@ from protocol.headparams import read_head
 from protocol.heads import head_unsupported_reason
 from protocol.manifest import Head, ModelManifest
 from protocol.messages import DeltaUpload, DeviceConfig, ModelRef
+from protocol.sparsify import sparsify, topk_fraction
 from protocol.tensors import F16_OVERFLOW, Encoding, clip_l2, decode_tensors, encode_tensors
 
 logger = logging.getLogger(__name__)
@@ -130,7 +135,7 @@ def delta_encoding(size: int, max_abs: float, settings: LearnerSettings) -> tupl
         return "f32", 1.0
     if size <= settings.f16_max_elements:
         return ("f16" if max_abs < F16_OVERFLOW else "i8"), 1.0
-    return "topk-i8", min(1.0, settings.topk_max_kept / size)
+    return "topk-f16", min(1.0, settings.topk_max_kept / size)
 
 
 class Learner(Generic[R]):
@@ -156,6 +161,7 @@ class Learner(Generic[R]):
         self._dir = state_dir
         self._attempted: tuple[int, DeviceConfig] | None = None
         self._buffer: FeedbackBuffer | None = None
+        self._residual: dict[str, Floats] | None = None  # top-k error feedback, in memory
         if self._head is None:
             self._status = f"off: {_no_head_reason(base)}"[:MAX_STATUS]
             return
@@ -308,6 +314,14 @@ class Learner(Generic[R]):
         size = sum(d.size for d in delta.values())
         max_abs = max(float(np.abs(d).max(initial=0.0)) for d in delta.values())
         encoding, fraction = delta_encoding(size, max_abs, s)
+        sent = delta
+        if encoding == "topk-f16":
+            k = min(size, s.topk_max_kept)
+            sent, residual = sparsify(
+                delta, self._load_residual(), k, max_norm=config.delta_clip_norm, values="f16"
+            )
+            self._save_residual(residual)
+            fraction = topk_fraction(k, size)
         upload = DeltaUpload(
             base=self.ref,
             num_samples=result.n_train,
@@ -315,7 +329,7 @@ class Learner(Generic[R]):
             before=before,
             after=result.after,
             clip_norm=config.delta_clip_norm,
-            tensors=encode_tensors(delta, encoding=encoding, topk_fraction=fraction),
+            tensors=encode_tensors(sent, encoding=encoding, topk_fraction=fraction),
             round_id=config.round_id,
         )
         self._save_head(weight, bias)
@@ -341,6 +355,38 @@ class Learner(Generic[R]):
             return
         data = encode_tensors({"bias": bias, "weight": weight}, encoding="f32")
         write_atomic(self._head_path(), data)
+
+    def _residual_path(self) -> Path:
+        assert self._dir is not None
+        return self._dir / f"residual-{self.ref.name}.eft"
+
+    def _load_residual(self) -> dict[str, Floats] | None:
+        """What earlier top-k deltas left unsent; None (zeros) without one, or when it no
+        longer fits the head (a new layout starts afresh)."""
+        if self._dir is None or not self._residual_path().exists():
+            return self._residual
+        assert self._head is not None
+        path, shapes = self._residual_path(), self._shapes()
+        try:
+            size = sum(int(np.prod(shape)) for shape in shapes.values())
+            tensors = decode_tensors(path.read_bytes(), max_elements=size + 64)
+        except (EdgefleetError, OSError) as e:
+            logger.warning("residual %s is unreadable, dropped: %s", path.name, e)
+            return None
+        if {k: v.shape for k, v in tensors.items()} != shapes:
+            return None
+        return dict(tensors)
+
+    def _save_residual(self, residual: dict[str, Floats]) -> None:
+        self._residual = residual
+        if self._dir is not None:
+            write_atomic(self._residual_path(), encode_tensors(residual, encoding="f32"))
+
+    def _shapes(self) -> dict[str, tuple[int, ...]]:
+        head = self._head
+        assert head is not None
+        shapes: dict[str, tuple[int, ...]] = {head.weight: (head.n_features, head.n_outputs)}
+        return shapes | ({head.bias: (head.n_outputs,)} if head.bias is not None else {})
 
     def _load_head(self) -> tuple[Floats, Floats] | None:
         assert self._head is not None

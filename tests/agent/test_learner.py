@@ -120,9 +120,9 @@ def test_learner_retrains_a_shifted_device_and_serves_the_better_head(
     [
         pytest.param("f16", {"f32_max_elements": 0}, id="f16"),
         pytest.param(
-            "topk-i8",
+            "topk-f16",
             {"f32_max_elements": 0, "f16_max_elements": 0, "topk_max_kept": 20},
-            id="topk-i8",
+            id="topk-f16",
         ),
     ],
 )
@@ -146,13 +146,37 @@ def test_lossy_deltas_reproduce_the_served_head_within_the_codec_bound(
         rounding = 4 * F32_EPS * np.maximum(np.abs(mine), np.abs(start))
         if encoding == "f16":
             bound = np.maximum(F16_BOUND * np.abs(true), 2.0**-25)
-        else:  # kept entries: i8's bound; dropped entries (decoded 0): the dropped value
-            scale = float(np.abs(decoded[name]).max()) / 127  # the largest kept is 127 * scale
-            bound = np.where(decoded[name] == 0, np.abs(true), scale * (0.5 + 2.0**-17))
+        else:  # kept entries: float16's bound; unsent ones (decoded 0) wait in the residual
+            f16 = np.maximum(F16_BOUND * np.abs(true), 2.0**-25)
+            bound = np.where(decoded[name] == 0, np.abs(true), f16)
         assert np.all(np.abs(hub - mine) <= bound + rounding)
-    if encoding == "topk-i8":
+    if encoding == "topk-f16":
         kept = sum(np.count_nonzero(d) for d in decoded.values())
         assert kept <= 20 + len(decoded)  # each tensor rounds its share up
+
+
+def test_top_k_keeps_what_it_did_not_send_for_the_next_delta(
+    task: ShiftedTask, tmp_path: Path
+) -> None:
+    """Error feedback: sent + residual is the whole delta, the residual survives on disk
+    and the next delta carries it (docs/rounds.md, top-k with error feedback)."""
+    small: dict[str, Any] = {"f32_max_elements": 0, "f16_max_elements": 0, "topk_max_kept": 20}
+    base, _, outcome = retrained(task, tmp_path, **small)
+    assert outcome.runtime is not None
+    assert outcome.delta is not None
+    head = head_of(base)
+    sent = decode_tensors(outcome.delta.tensors)
+    residual = decode_tensors((tmp_path / f"residual-{base.ref.name}.eft").read_bytes())
+    served = read_head(outcome.runtime.model_bytes, head)
+    original = read_head(base.model_bytes, head)
+    for name, mine, start in zip((head.weight, str(head.bias)), served, original, strict=True):
+        whole = mine.astype(np.float64) - start
+        np.testing.assert_allclose(sent[name] + residual[name], whole, atol=1e-6)
+    assert sum(np.count_nonzero(r) for r in residual.values()) > 0
+    reborn = Learner(base, state_dir=tmp_path, settings=LearnerSettings(seed=0, **small))
+    loaded = reborn._load_residual()
+    assert loaded is not None
+    np.testing.assert_array_equal(loaded[head.weight], residual[head.weight])
 
 
 def test_learner_clips_the_delta_and_serves_exactly_what_it_sends(task: ShiftedTask) -> None:
