@@ -37,7 +37,7 @@ from hub.context import HubContext
 from hub.errors import Conflict, InvalidRequest
 from hub.federated import candidates
 from hub.federated.models import head_of, latest_released, policy_of
-from hub.federated.screening import buffer_slot
+from hub.federated.screening import buffer_slot, buffer_version
 from hub.fleet.desired import publish_desired
 from hub.metrics import ROUNDS_ENDED
 from hub.rounds.aggregate import PRESETS
@@ -350,12 +350,12 @@ def flush_buffer(ctx: HubContext, model: str) -> bool:
     store = ctx.store
     policy = policy_of(store, model)
     slot = buffer_slot(model)
-    state = store.rounds.buffer(model)
-    if state is None:
-        try:
-            state = BufferState(model, latest_released(store, model).version, 0)
-        except NotFound:
-            return False
+    try:
+        current = buffer_version(store, model)
+    except NotFound:
+        return False
+    state = store.rounds.buffer(model) or BufferState(model, current, 0)
+    state = replace(state, current_version=current)  # moved on by another release
     buffer = Buffer(model, state.current_version, (), state.flushes)
     too_stale: list[DeltaVerdict] = []
     usable: dict[str, DeltaVerdict] = {}
@@ -365,7 +365,7 @@ def flush_buffer(ctx: HubContext, model: str) -> bool:
         if state.current_version - v.base_version > policy.buffer.max_staleness:
             too_stale.append(v)
             continue
-        if v.device_id in buffer.devices:
+        if v.device_id in buffer.devices or v.base_version > state.current_version:
             continue
         buffer = buffer.add(_submission(v))
         usable[v.key] = v

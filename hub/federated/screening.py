@@ -39,12 +39,20 @@ def buffer_slot(model: str) -> str:
 
 
 def buffer_version(store: Store, model: str) -> int:
-    """The version a buffered model's deltas apply to now (its latest released one
-    until the first flush records it)."""
+    """The version a buffered model's deltas apply to now: the buffer's, or a newer
+    release made by another route (an upload), which the buffer moves onto.
+
+    Raises:
+        NotFound: the model has neither a buffer nor a released version.
+    """
     state = store.rounds.buffer(model)
-    if state is not None:
+    try:
+        latest = latest_released(store, model).version
+    except NotFound:
+        if state is None:
+            raise
         return state.current_version
-    return latest_released(store, model).version
+    return latest if state is None else max(state.current_version, latest)
 
 
 class DeltaScreening:

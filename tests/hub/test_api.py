@@ -208,6 +208,25 @@ ROUTES = [
     Route("GET", "/api/v1/telemetry", "/api/v1/telemetry", "viewer"),
     Route("GET", "/api/v1/states", "/api/v1/states", "viewer"),
     Route("GET", "/api/v1/devices/{device_id}/twin", f"/api/v1/devices/{DEVICE}/twin", "viewer"),
+    Route("POST", "/api/v1/rounds", "/api/v1/rounds", "operator", {"json": {"model": "iris"}}),
+    Route("GET", "/api/v1/rounds", "/api/v1/rounds", "viewer"),
+    Route("GET", "/api/v1/rounds/{round_id}", "/api/v1/rounds/iris-r1", "viewer"),
+    Route("POST", "/api/v1/rounds/{round_id}/cancel", "/api/v1/rounds/iris-r1/cancel", "operator"),
+    Route("GET", "/api/v1/models/{name}/fl-policy", "/api/v1/models/iris/fl-policy", "viewer"),
+    Route(
+        "PUT",
+        "/api/v1/models/{name}/fl-policy",
+        "/api/v1/models/iris/fl-policy",
+        "admin",
+        {"json": {"auto_release": True}},
+    ),
+    Route(
+        "PUT",
+        "/api/v1/models/{name}/validation-set",
+        "/api/v1/models/iris/validation-set",
+        "operator",
+        {"files": {"validation": ("v.npz", reference())}},
+    ),
 ]
 CHANGES = [r for r in ROUTES if r.changes]
 GUARDED = [r for r in ROUTES if r.role is not None]
@@ -289,6 +308,9 @@ def test_viewer_reads_everything_readable(fleet: Api, route: Route) -> None:
     sha = fleet.hub.registry.get_version("iris", 1).sha256
     path = route.path.replace(SHA, sha)
     nothing_pending = route.template == "/api/v1/releases/pending"  # the release key is online
+    if route.template == "/api/v1/rounds/{round_id}":
+        opened = fleet.call("POST", "/api/v1/rounds", role="operator", json={"model": "iris"})
+        assert opened.json()["round_id"] == "iris-r1"
     assert fleet.call("GET", path, role="viewer").status_code == (404 if nothing_pending else 200)
 
 
