@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from agent.errors import NotReady, RetrainingOff
 from agent.trainer import train_head
 from edgefleet.clock import SystemClock
 from hub import keyring
@@ -185,8 +186,18 @@ class RoundsRig:
         for device_id in ids or self.ids:
             x, y = self.data.devices[self.ids.index(device_id)]
             device = self.fleet.devices[device_id]
-            prediction = device.predict(x.astype(np.float32))
-            device.feedback(dict(zip(prediction.ids, y.tolist(), strict=True)))
+
+            def labelled(device: Any = device, x: np.ndarray = x, y: np.ndarray = y) -> bool:
+                # a learner attaches to a new install on its own job: until then the
+                # predictions are not remembered and their labels come back unknown
+                try:
+                    prediction = device.predict(x.astype(np.float32))
+                    answer = device.feedback(dict(zip(prediction.ids, y.tolist(), strict=True)))
+                except (NotReady, RetrainingOff):  # installing, or the learner not built yet
+                    return False
+                return not answer.get("unknown")
+
+            eventually(labelled, f"{device_id} to take its labels")
 
     # ------------------------------------------------------------------ rounds
 
