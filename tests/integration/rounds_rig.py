@@ -220,15 +220,20 @@ class RoundsRig:
             response = self.api.get(f"/models/{MODEL}/versions/{version}")
             return ok(response) if response.status_code == 200 else None
 
-        info: dict[str, Any] = eventually(registered, f"v{version} registered")
+        try:
+            info: dict[str, Any] = eventually(registered, f"v{version} registered")
+        except AssertionError as e:
+            statuses = {i: self.fleet.devices[i].status().get("retrain") for i in self.ids}
+            raise AssertionError(f"{e}; verdicts {self.verdicts_of(None)}; {statuses}") from e
         assert info["status"] == "released", info["lineage"].get("validation")
         return info
 
-    def verdicts_of(self, device_id: str) -> list[tuple[str, str | None]]:
+    def verdicts_of(self, device_id: str | None) -> list[tuple[str, str | None]]:
+        """The buffer's verdicts on ``device_id``'s deltas (None: everyone's)."""
         return [
             (v.status, v.reason)
             for v in self.hub.store.rounds.verdicts(f"buffer:{MODEL}")
-            if v.device_id == device_id
+            if device_id in (None, v.device_id)
         ]
 
     # ------------------------------------------------------------------ accuracy
