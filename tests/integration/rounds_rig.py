@@ -215,6 +215,12 @@ class RoundsRig:
 
     def released(self, version: int) -> dict[str, Any]:
         """Wait until ``version`` of the model is registered; it must be released."""
+        info = self.registered(version)
+        assert info["status"] == "released", info["lineage"].get("validation")
+        return info
+
+    def registered(self, version: int) -> dict[str, Any]:
+        """Wait until ``version`` of the model is registered."""
 
         def registered() -> dict[str, Any] | None:
             response = self.api.get(f"/models/{MODEL}/versions/{version}")
@@ -225,7 +231,6 @@ class RoundsRig:
         except AssertionError as e:
             statuses = {i: self.fleet.devices[i].status().get("retrain") for i in self.ids}
             raise AssertionError(f"{e}; verdicts {self.verdicts_of(None)}; {statuses}") from e
-        assert info["status"] == "released", info["lineage"].get("validation")
         return info
 
     def verdicts_of(self, device_id: str | None) -> list[tuple[str, str | None]]:

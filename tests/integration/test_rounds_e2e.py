@@ -18,7 +18,7 @@ AUTO = {"auto_release": True, "margin": 0.0}
 
 def test_a_round_of_real_agents_releases_a_candidate_that_beats_the_base(tmp_path: Path) -> None:
     with RoundsRig.start(tmp_path, devices=6, policy=AUTO) as rig:
-        round_id = rig.open(target_deltas=6, min_deltas=3, duration_s=60)
+        round_id = rig.open(target_deltas=6, min_deltas=3, duration_s=20)
         rig.heard(round_id)
         rig.feed()
         detail = rig.finished(round_id)
@@ -80,16 +80,25 @@ BUFFERED = {
 def test_buffered_mode_takes_stale_agents_at_a_discount_and_refuses_too_stale_ones(
     tmp_path: Path,
 ) -> None:
-    with RoundsRig.start(tmp_path, devices=7, policy=BUFFERED) as rig:
-        first, stale, fresh, late = rig.ids[:3], rig.ids[3:5], rig.ids[5], rig.ids[6]
-        rig.feed(first)  # three deltas on v1: the first flush
+    # an agent sends only when its holdout gains min_gain (its split is random): one more
+    # agent than the buffer needs at each step, so one that keeps quiet stalls nothing
+    with RoundsRig.start(tmp_path, devices=9, policy=BUFFERED) as rig:
+        first, stale, fresh, late = rig.ids[:4], rig.ids[4:6], rig.ids[6], rig.ids[7:]
+        rig.feed(first)  # deltas on v1: the first flush
         v2 = rig.released(2)
         assert v2["lineage"]["source"] == "buffer:task:1"
         rig.roll_out(2, [fresh])
-        rig.feed([*stale, fresh])  # two on v1 (one behind v2), one on v2
-        v3 = rig.released(3)
-        staleness = {c["device_id"]: c["staleness"] for c in v3["lineage"]["contributions"]}
-        assert staleness == {stale[0]: 1, stale[1]: 1, fresh: 0}
-        rig.feed([late])  # on v1, two behind v3: more than max_staleness
-        found = eventually(lambda: rig.verdicts_of(late), f"a delta from {late}")
-        assert found == [("refused", "too_stale")]
+        rig.feed([*stale, fresh])  # on v1 (one behind v2) and on v2
+        v3 = rig.registered(3)  # released or not: a few noisy deltas may not beat v2
+        used = [c for c in v3["lineage"]["contributions"] if c["status"] == "used"]
+        assert all(c["staleness"] == 2 - c["base_version"] for c in used)
+        assert any(c["staleness"] == 1 for c in used)
+        ok(
+            rig.api.put(
+                "/models/task/fl-policy",
+                json={**BUFFERED, "buffer": {"size": 3, "max_staleness": 0}},
+            )
+        )
+        rig.feed(late)  # on v1, one behind v2: now more than max_staleness
+        found = eventually(lambda: [r for d in late for r in rig.verdicts_of(d)], "a late delta")
+        assert set(found) == {("refused", "too_stale")}
