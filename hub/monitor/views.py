@@ -79,7 +79,16 @@ def trend(
     since_ms: int,
     until_ms: int,
 ) -> dict[str, Any]:
-    """A cohort's scores per feature over time (module docstring)."""
+    """A cohort's scores per feature over time (module docstring); no buckets yet for a
+    model no window was merged for.
+
+    Raises:
+        NotFound: no such model (or version).
+    """
+    if not store.registry.has_model(model):
+        raise NotFound(f"no model {model[:64]!r}")
+    if not store.drift.scopes(model) and version is None:
+        return {"model": model, "version": None, "scope": None, "cohort": cohort, "buckets": []}
     found = scoped(store, model, version)
     ms = width_ms(width, found.policy)
     buckets = []
