@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgefleet.cli import main
 from hub.drift.alerts import Action
 from hub.drift.buckets import BASE_MS, DAY_MS, HOUR_MS, bucket_start
 from hub.drift.errors import IllegalTransition
@@ -237,3 +238,31 @@ def test_a_wired_rounds_service_hears_each_alert_once(hub: Hub, sensor: Sensor) 
     assert [(r.model_name, r.model_version, r.alert_id) for r in asked] == [(MODEL, 1, alert.id)]
     assert asked[0].requested_by == f"drift:{alert.id}"
     assert "f2" in asked[0].reason
+
+
+def test_cli_shows_the_trend_lists_and_acknowledges_alerts(
+    hub: Hub, sensor: Sensor, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fleet = Fleet(hub, sensor)
+    fleet.bucket()
+    fleet.bucket(EU)
+    fleet.bucket(EU)
+    data = ["--data", str(hub.root)]
+    assert (
+        main(["drift", "show", "--model", MODEL, "--cohort", "region=eu", "--since", "all", *data])
+        == 0
+    )
+    shown = capsys.readouterr().out.splitlines()
+    f2 = next(line for line in shown if line.startswith("f2 "))
+    f0 = next(line for line in shown if line.startswith("f0 "))
+    assert float(f2.split()[3]) > 0.25 > 0.1 > float(f0.split()[3])
+    assert main(["drift", "alerts", "--state", "open", *data]) == 0
+    listed = capsys.readouterr().out
+    [row] = hub.store.drift.alerts()
+    assert row.id in listed
+    assert "f2,f7 / region=eu" in listed or "f7,f2 / region=eu" in listed
+    assert main(["drift", "ack", row.id, "--note", "new sensors in eu", *data]) == 0
+    assert "acknowledged by cli:" in capsys.readouterr().out
+    assert hub.store.drift.alert(row.id).state == "acknowledged"  # type: ignore[union-attr]
+    assert main(["drift", "ack", "0123456789abcdef-drift-1", *data]) != 0
+    assert "no drift alert" in capsys.readouterr().err
