@@ -56,7 +56,9 @@ def register(subparsers: Subcommands) -> None:
     show.add_argument("--version", type=int, help="its version (default: the newest scope)")
     show.add_argument("--cohort", default="fleet", help="fleet, version=N or TAG=VALUE")
     show.add_argument("--width", choices=("5m", "1h", "1d"), default="5m", help="bucket width")
-    show.add_argument("--since", default="6h", metavar="DURATION", help="e.g. 90m, 6h, 30d, all (default 6h)")
+    show.add_argument(
+        "--since", default="6h", metavar="DURATION", help="e.g. 90m, 6h, 30d, all (default 6h)"
+    )
     add_target_options(show)
     json_option(show)
     alerts = add_command(commands, "drift alerts", "list drift alerts", EPILOG, _alerts)
