@@ -21,12 +21,14 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
+from agent.device import Device
 from edgefleet.cli import main
 from edgefleet.clock import SystemClock
 from hub import keyring
@@ -120,7 +122,7 @@ def fleets(hub: HubService, tmp_path: Path, topics: Topics) -> Iterator[dict[str
         config = DeviceConfig(window_s=1.0, telemetry_interval_s=3600, retrain=False)
         for fleet in fleets.values():
             for device_id in fleet.device_ids:
-                eventually(lambda d=device_id: _active(hub, d), f"{device_id} enrolled")
+                eventually(partial(_active, hub, device_id), f"{device_id} enrolled")
                 set_desired(
                     hub.context,
                     device_id=device_id,
@@ -131,7 +133,7 @@ def fleets(hub: HubService, tmp_path: Path, topics: Topics) -> Iterator[dict[str
                 )
         for fleet in fleets.values():
             for device in fleet.devices.values():
-                eventually(lambda d=device: _serving(d), "every device serves v1")
+                eventually(partial(_serving, device), "every device serves v1")
         yield fleets
 
 
@@ -140,8 +142,8 @@ def _active(hub: HubService, device_id: str) -> bool:
     return found is not None and found.status == "active"
 
 
-def _serving(device: object) -> bool:
-    runtime = device.manager.runtime  # type: ignore[attr-defined]
+def _serving(device: Device) -> bool:
+    runtime = device.manager.runtime
     return runtime is not None and runtime.ref.version == 1
 
 
