@@ -79,16 +79,32 @@ def score_job(ctx: HubContext, *, request_round: RequestRound | None = None) -> 
             logger.warning("drift scope %s cannot be scored: %s", scope.scope[:16], e)
             continue
         rules = policy(ctx.store, scope.model_name)
-        due = ctx.store.drift.due(scope.scope, rules.bucket_ms, ended_by_ms=ended_by)
-        for bucket in due:
-            score_bucket(ctx.store, scope, baseline.reference, rules, bucket.start_ms, now)
-        if due:
-            planned = _plan(ctx.store, scope, rules, now)
-            requests += _apply(ctx, scope, planned)
-            actions += planned
+        planned, asked = score_scope(ctx, scope, baseline.reference, rules, ended_by_ms=ended_by)
+        actions += planned
+        requests += asked
     for request in requests:
         _request(ctx, request, request_round)
     return actions
+
+
+def score_scope(
+    ctx: HubContext,
+    scope: DriftScope,
+    reference: Reference,
+    rules: DriftPolicy,
+    *,
+    ended_by_ms: int,
+) -> tuple[list[Action], list[RoundRequest]]:
+    """One scope's turn of :func:`score_job`: score its due buckets, then plan and apply
+    its alerts; the actions, and the rounds they ask for (not yet requested)."""
+    now = ctx.now_ms()
+    due = ctx.store.drift.due(scope.scope, rules.bucket_ms, ended_by_ms=ended_by_ms)
+    for bucket in due:
+        score_bucket(ctx.store, scope, reference, rules, bucket.start_ms, now)
+    if not due:
+        return [], []
+    planned = _plan(ctx.store, scope, rules, now)
+    return planned, _apply(ctx, scope, planned)
 
 
 def score_bucket(
