@@ -49,6 +49,11 @@ class References:
             raise found
         return found
 
+    def put(self, name: str, version: int, baseline: Baseline) -> None:
+        """Use ``baseline`` for that version without reading the registry (a caller that
+        already holds it: the drift benchmark, which registers no model)."""
+        self._cache[(name, version)] = baseline
+
     def _load(self, name: str, version: int) -> Baseline | UnusableReference:
         row = self.store.registry.version(name, version)
         if row is None:
