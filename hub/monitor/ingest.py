@@ -96,7 +96,8 @@ class DriftMerger:
             device_id=device_id,
             width_ms=policies[model.name].bucket_ms,
         )
-        window = from_window(delta, reference, device_id=device_id, seq=seq)
+        confidence = delta.confidence.rows() if delta.confidence is not None else None
+        window = from_window(delta, reference, device_id=device_id, seq=seq, confidence=confidence)
         bucket = buckets.get(key)
         if bucket is None:
             stored = self.store.drift.device_bucket(*_key(key))
