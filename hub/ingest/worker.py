@@ -5,7 +5,8 @@ the core accepted). One worker thread::
 
     inbox (hub.transport.mqtt) ─> batch of up to ingest_batch_max frames (or ingest_batch_wait_ms)
       ─> store.atomic():  judge every frame; enrollment; rows, device windows, twin,
-                          last_seen/online, rejection audit rows       ── one transaction
+                          last_seen/online, rejection audit rows,
+                          data windows into drift buckets (hub.monitor) ── one transaction
       ─> commit ─> HubAck per device (down/ack) ─> on_fetch hooks ─> prune audit
 
 **Exactly once, acked implies stored.** A frame's row and its device's replay window

@@ -266,3 +266,21 @@ def test_cli_shows_the_trend_lists_and_acknowledges_alerts(
     assert hub.store.drift.alert(row.id).state == "acknowledged"  # type: ignore[union-attr]
     assert main(["drift", "ack", "0123456789abcdef-drift-1", *data]) != 0
     assert "no drift alert" in capsys.readouterr().err
+
+
+def test_a_device_page_scores_its_own_buckets_on_read(hub: Hub, sensor: Sensor) -> None:
+    fleet = Fleet(hub, sensor)
+    fleet.bucket()
+    fleet.bucket(EU)
+    page = views.device(hub.store, "d000", since_ms=0, until_ms=2**62)  # an eu device
+    assert [b["windows"] for b in page["buckets"]] == [2, 2]
+    before, after = ([f["psi"] for f in b["features"]] for b in page["buckets"])
+    assert after[2] > 0.25 > before[2]
+    assert after[7] > 0.25 > before[7]
+    assert page["buckets"][0]["features"][0]["name"] == "f0"
+    assert page["buckets"][1]["features"][2]["p"] < 1e-6
+    quiet = views.device(hub.store, "d050", since_ms=0, until_ms=2**62)  # a us device
+    # ~65 rows: PSI alone is noisy at this size; the test's p-value knows it
+    assert all(b["features"][r]["p"] > 1e-4 for b in quiet["buckets"] for r in (2, 7))
+    with pytest.raises(NotFound):
+        views.device(hub.store, "nobody", since_ms=0, until_ms=2**62)
