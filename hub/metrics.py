@@ -179,3 +179,18 @@ CANDIDATE_GAIN = Gauge(
     ["model"],
     registry=REGISTRY,
 )
+
+# ---------------------------------------------------------------------- drift (hub.monitor)
+
+DRIFT_SKIPPED = Counter(
+    "edgefleet_drift_skipped",
+    "Data windows stored but left out of drift, by reason (no_model, unusable_reference, "
+    "incompatible_window, not_found, internal).",
+    ["reason"],
+    registry=REGISTRY,
+)
+DRIFT_SCORED = Counter(
+    "edgefleet_drift_buckets_scored",
+    "Closed drift buckets assessed by the scoring job (re-scores after late windows too).",
+    registry=REGISTRY,
+)

@@ -19,7 +19,8 @@ from hub.store.rows import Device
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 TOP_LEVEL = {
-    "agent", "hub", "model", "rollout", "sim", "demo", "keys", "inspect", "broker", "round",
+    "agent", "hub", "model", "rollout", "sim", "demo", "keys", "inspect", "broker", "drift",
+    "round",
 }  # fmt: skip
 
 

@@ -123,6 +123,7 @@ PURE_CORES = (
     "hub/store/interface.py",  # the store's contract
     "hub/store/rows.py",  # the typed rows
     "hub/store/round_rows.py",  # the typed rows of federated rounds
+    "hub/store/drift_rows.py",  # the drift concern's typed rows
     "hub/transport/__init__.py",
     "hub/transport/broker_access.py",  # who may touch which topic, for both brokers
     "hub/transport/mosquitto.py",  # Mosquitto's configuration as text
@@ -207,7 +208,7 @@ def test_the_store_contract_names_no_table_and_takes_no_sql() -> None:
     members = {name for name in dir(Store) if not name.startswith("_")}
     assert not members & generic, "the Store facade offers generic table access"
     assert members == {
-        "api_tokens", "atomic", "audit", "broker_credentials", "close", "counters",
+        "api_tokens", "atomic", "audit", "broker_credentials", "close", "counters", "drift",
         "desired", "devices", "enrollment_tokens", "immediate", "ping", "registry", "uplink",
         "rounds",
     }  # fmt: skip

@@ -29,9 +29,21 @@ from fastapi.routing import APIRoute
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from hub.api import audit, devices, docs, errors, models, reports, rounds, system, tokens
+from hub.api import (
+    audit,
+    devices,
+    docs,
+    drift,
+    errors,
+    models,
+    reports,
+    rounds,
+    system,
+    tokens,
+)
 from hub.api.auth import Principal
 from hub.api.deps import AppContext
+from hub.api.drift_metrics import DriftCollector
 from hub.api.fleet_metrics import FleetCollector
 from hub.api.schemas import Problem
 from hub.api.services import HubServices
@@ -49,6 +61,7 @@ _ROUTERS: tuple[tuple[str, APIRouter], ...] = (
     (API_PREFIX, audit.router),
     (API_PREFIX, rounds.router),
     (API_PREFIX, rounds.uploads),
+    (API_PREFIX, drift.router),
 )
 
 
@@ -116,6 +129,7 @@ def create_app(
     )
     api_metrics = CollectorRegistry(auto_describe=True)
     api_metrics.register(FleetCollector(ctx.store))
+    api_metrics.register(DriftCollector(ctx.store))
     app.state.context = AppContext(ctx, services, api_metrics, local)
     for prefix, router in _ROUTERS:
         app.include_router(router, prefix=prefix)

@@ -32,6 +32,7 @@ from hub.store.counters import SqliteCounters
 from hub.store.credentials import SqliteBrokerCredentials
 from hub.store.desired import SqliteDesired
 from hub.store.devices import SqliteDevices
+from hub.store.drift import SqliteDrift
 from hub.store.interface import (
     ApiTokens,
     Audit,
@@ -39,6 +40,7 @@ from hub.store.interface import (
     Counters,
     DesiredStates,
     Devices,
+    Drift,
     EnrollmentTokens,
     NotFound,
     Registry,
@@ -168,6 +170,7 @@ class SqliteStore:
         self.counters: Counters = SqliteCounters(self.connection)
         self.broker_credentials: BrokerCredentials = SqliteBrokerCredentials(self.connection)
         self.rounds: Rounds = SqliteRounds(self.connection)
+        self.drift: Drift = SqliteDrift(self.connection)
 
     @classmethod
     def open(cls, path: str | Path) -> SqliteStore:

@@ -128,6 +128,7 @@ class Route:
 
 
 SHA = "a" * 64
+ALERT = "0123456789abcdef-drift-1795392000000"  # none exists: reading it is a 404
 ROUTES = [
     Route("GET", "/healthz", "/healthz", None),
     Route("GET", "/metrics", "/metrics", "viewer"),
@@ -227,6 +228,27 @@ ROUTES = [
         "operator",
         {"files": {"validation": ("v.npz", reference())}},
     ),
+    Route("GET", "/api/v1/drift", "/api/v1/drift?model=iris", "viewer"),
+    Route("GET", "/api/v1/drift/devices/{device_id}", f"/api/v1/drift/devices/{DEVICE}", "viewer"),
+    Route("GET", "/api/v1/drift/alerts", "/api/v1/drift/alerts", "viewer"),
+    Route("GET", "/api/v1/drift/alerts/{alert_id}", f"/api/v1/drift/alerts/{ALERT}", "viewer"),
+    Route(
+        "POST",
+        "/api/v1/drift/alerts/{alert_id}/ack",
+        f"/api/v1/drift/alerts/{ALERT}/ack",
+        "operator",
+        {"json": {"note": "seen"}},
+    ),
+    Route(
+        "GET", "/api/v1/models/{name}/drift-policy", "/api/v1/models/iris/drift-policy", "viewer"
+    ),
+    Route(
+        "PUT",
+        "/api/v1/models/{name}/drift-policy",
+        "/api/v1/models/iris/drift-policy",
+        "operator",
+        {"json": {"psi_warn": 0.12}},
+    ),
 ]
 CHANGES = [r for r in ROUTES if r.changes]
 GUARDED = [r for r in ROUTES if r.role is not None]
@@ -311,6 +333,10 @@ def test_viewer_reads_everything_readable(fleet: Api, route: Route) -> None:
     if route.template == "/api/v1/rounds/{round_id}":
         opened = fleet.call("POST", "/api/v1/rounds", role="operator", json={"model": "iris"})
         assert opened.json()["round_id"] == "iris-r1"
+    nothing_pending = route.template in (
+        "/api/v1/releases/pending",  # the release key is online
+        "/api/v1/drift/alerts/{alert_id}",  # no drift alert was raised
+    )
     assert fleet.call("GET", path, role="viewer").status_code == (404 if nothing_pending else 200)
 
 
