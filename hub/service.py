@@ -62,7 +62,7 @@ from hub import keyring, metrics
 from hub.api import HubServices, create_app
 from hub.context import FleetPublisher, HubContext
 from hub.errors import HubError
-from hub.federated.rounds import RoundsKick, rounds_job
+from hub.federated.rounds import RoundsKick, open_round, rounds_job
 from hub.fleet.documents import issue_heartbeat
 from hub.fleet.reconciler import reconcile_job, rekey, republish_all
 from hub.fleet.restore import restore_retained
@@ -70,7 +70,7 @@ from hub.ingest import pipeline as ingest_run
 from hub.ingest.pipeline import IngestService
 from hub.ingest.worker import mark_offline
 from hub.keyring import Keyring, KeyringError, LiveKeyring
-from hub.monitor.jobs import maintain_job, score_job
+from hub.monitor.jobs import RoundRequest, maintain_job, score_job
 from hub.registry.artifacts import ArtifactStore
 from hub.registry.registry import Registry
 from hub.settings import HubSettings
@@ -89,12 +89,32 @@ logger = logging.getLogger(__name__)
 READY_TIMEOUT_S = 15.0
 
 Job = Callable[[HubContext], object]
+
+
+def round_on_alert(ctx: HubContext) -> Callable[[RoundRequest], object]:
+    """What a drift alert of a ``retrain_on_alert`` model does: open a round on the version
+    it alerted on. A refusal (a round already live, a base that is not released) is a
+    :class:`~hub.errors.HubError` that drift audits as the request's outcome."""
+
+    def request(r: RoundRequest) -> object:
+        return open_round(
+            ctx, r.model_name, actor=r.requested_by, base_version=r.model_version, trigger="drift"
+        )
+
+    return request
+
+
+def drift_job(ctx: HubContext) -> None:
+    """Score drift, with alerts wired to rounds (:func:`round_on_alert`)."""
+    score_job(ctx, request_round=round_on_alert(ctx))
+
+
 JOBS: dict[str, tuple[Callable[[HubSettings], float], Job]] = {
     "reconcile": (lambda s: s.reconcile_interval_s, reconcile_job),
     "heartbeat": (lambda s: s.heartbeat_interval_s, issue_heartbeat),
     "offline": (lambda s: s.offline_check_interval_s, mark_offline),
     "rounds": (lambda s: s.round_tick_interval_s, rounds_job),
-    "drift.score": (lambda s: s.drift_score_interval_s, score_job),
+    "drift.score": (lambda s: s.drift_score_interval_s, drift_job),
     "drift.maintain": (lambda s: s.drift_maintain_interval_s, maintain_job),
 }
 """The scheduler's jobs: name -> (its interval from the settings, the function it calls

@@ -21,6 +21,7 @@ from hub.metrics import sample
 from hub.monitor import views
 from hub.monitor.ingest import DriftMerger
 from hub.monitor.jobs import RequestRound, RoundRequest, maintain_job, score_job
+from hub.service import round_on_alert
 from hub.settings import HubSettings
 from hub.store.interface import NotFound
 from tests.clock import FakeClock
@@ -238,6 +239,20 @@ def test_a_wired_rounds_service_hears_each_alert_once(hub: Hub, sensor: Sensor) 
     assert [(r.model_name, r.model_version, r.alert_id) for r in asked] == [(MODEL, 1, alert.id)]
     assert asked[0].requested_by == f"drift:{alert.id}"
     assert "f2" in asked[0].reason
+
+
+def test_the_hubs_drift_job_opens_a_round_of_the_alerting_version(hub: Hub, sensor: Sensor) -> None:
+    fleet = Fleet(hub, sensor)
+    views.put_policy(fleet.ctx, MODEL, {"retrain_on_alert": True}, by="token:t")
+    fleet.request_round = round_on_alert(fleet.ctx)
+    for _ in range(3):
+        fleet.bucket(EU)
+    [alert] = hub.store.drift.alerts()
+    live = hub.store.rounds.live_round(MODEL)
+    assert live is not None
+    assert (live.base_version, live.trigger, live.created_by) == (1, "drift", f"drift:{alert.id}")
+    audited = hub.store.audit.page(action="drift.round.request").items
+    assert [(a.outcome, a.reason) for a in audited] == [("ok", "")]
 
 
 def test_cli_shows_the_trend_lists_and_acknowledges_alerts(
