@@ -65,6 +65,7 @@ from hub.errors import HubError
 from hub.fleet.documents import issue_heartbeat
 from hub.fleet.reconciler import reconcile_job, rekey, republish_all
 from hub.fleet.restore import restore_retained
+from hub.fleet.rollouts import rollouts_job
 from hub.ingest import pipeline as ingest_run
 from hub.ingest.pipeline import IngestService
 from hub.ingest.worker import mark_offline
@@ -91,6 +92,7 @@ JOBS: dict[str, tuple[Callable[[HubSettings], float], Job]] = {
     "reconcile": (lambda s: s.reconcile_interval_s, reconcile_job),
     "heartbeat": (lambda s: s.heartbeat_interval_s, issue_heartbeat),
     "offline": (lambda s: s.offline_check_interval_s, mark_offline),
+    "rollouts": (lambda s: s.rollout_tick_s, rollouts_job),
 }
 """The scheduler's jobs: name -> (its interval from the settings, the function it calls
 with the context). Rounds, drift and rollouts add theirs here."""

@@ -33,6 +33,7 @@ from typing import ClassVar, Protocol, TypeVar
 
 from hub.errors import HubError
 from hub.health import Health
+from hub.store.rollout_rows import Rollouts
 from hub.store.rows import (
     ApiCredential,
     ApiToken,
@@ -428,6 +429,9 @@ class Store(Protocol):
 
     @property
     def broker_credentials(self) -> BrokerCredentials: ...
+
+    @property
+    def rollouts(self) -> Rollouts: ...
 
     def atomic(self) -> AbstractContextManager[None]: ...
 

@@ -47,6 +47,8 @@ from hub.store.interface import (
 )
 from hub.store.migrations import migrations
 from hub.store.registry import SqliteRegistry
+from hub.store.rollout_rows import Rollouts
+from hub.store.rollouts import SqliteRollouts
 from hub.store.tokens import SqliteApiTokens, SqliteEnrollmentTokens
 from hub.store.uplink import SqliteUplink
 
@@ -165,6 +167,7 @@ class SqliteStore:
         self.enrollment_tokens: EnrollmentTokens = SqliteEnrollmentTokens(self.connection)
         self.counters: Counters = SqliteCounters(self.connection)
         self.broker_credentials: BrokerCredentials = SqliteBrokerCredentials(self.connection)
+        self.rollouts: Rollouts = SqliteRollouts(self.connection)
 
     @classmethod
     def open(cls, path: str | Path) -> SqliteStore:
