@@ -158,7 +158,7 @@ def _apply(
     rollout_id = before.rollout_id
     spec = before.spec
     progress = {p.device_id: p for p in decided.progress}
-    lines = list(decided.timeline)
+    lines = [*_verdict_changes(ctx, before, decided, now_ms), *decided.timeline]
     published: list[str] = []
     cleared: list[str] = []
     current = signed_release(store)
@@ -205,7 +205,6 @@ def _apply(
         rollouts.put_state(decided.rollout)
     rollouts.put_progress(rollout_id, list(progress.values()))
     rollouts.put_shadows(rollout_id, decided.shadows)
-    lines += _verdict_changes(ctx, before, decided, now_ms)
     rollouts.add_timeline(rollout_id, now_ms, SYSTEM, lines)
     for line in decided.timeline:
         event = line.split(":", 1)[0]

@@ -1,0 +1,104 @@
+"""Issue 12's acceptance with real agents on a real broker (a small fleet in ``make test``;
+the >= 50-agent variants are ``slow``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hub.fleet import rollouts
+from hub.rollouts import RolloutSpec, Stage
+from hub.rollouts.spec import GateSpec
+from tests.brokers import BrokerRunner
+from tests.hub.rollouts_shell.live import MODEL, Fleet, Load, eventually, live_fleet
+
+SUCCESS = (GateSpec.default("update_success"),)
+BEHAVIOUR = (*SUCCESS, GateSpec.default("error_rate"))
+
+
+def spec(version: int, *stages: Stage) -> RolloutSpec:
+    return RolloutSpec(MODEL, version, stages=stages, device_timeout_ms=30_000, seed=11)
+
+
+def run_to_end(fleet: Fleet, rollout_id: str, timeout_s: float = 90.0) -> str:
+    ctx = fleet.hub.context
+    ends = ("completed", "rolled_back", "paused", "aborted")
+    eventually(lambda: rollouts.get(ctx, rollout_id).rollout.phase in ends, "the rollout ends",
+               timeout_s)  # fmt: skip
+    return rollouts.get(ctx, rollout_id).rollout.phase
+
+
+def timeline(fleet: Fleet, rollout_id: str) -> str:
+    return "\n".join(t.line for t in fleet.hub.store.rollouts.timeline(rollout_id))
+
+
+@pytest.mark.parametrize("count", [10])
+def test_a_good_version_goes_10_50_100_and_the_whole_target_ends_on_it(
+    tmp_path: Path, mosquitto_broker: BrokerRunner, count: int
+) -> None:
+    with live_fleet(tmp_path, mosquitto_broker, count) as fleet:
+        load = Load(fleet.devices)
+        load.start()
+        try:
+            good = spec(
+                2,
+                Stage(10, bake_ms=500, extend_ms=0, gates=SUCCESS),
+                Stage(50, bake_ms=500, extend_ms=60_000, gates=BEHAVIOUR),
+                Stage(100, bake_ms=0, gates=SUCCESS),
+            )
+            rollout_id = rollouts.create(fleet.hub.context, good, actor="test").rollout.rollout_id
+            assert run_to_end(fleet, rollout_id) == "completed", timeline(fleet, rollout_id)
+        finally:
+            load.stop()
+        eventually(lambda: all(fleet.serving(d) == 2 for d in fleet.devices), "all on v2")
+        text = timeline(fleet, rollout_id)
+        assert "advance: baking stage 1 -> baking stage 2" in text
+        assert "advance: baking stage 2 -> baking stage 3" in text
+        assert "gate error_rate at stage 2: inconclusive -> pass" in text
+
+
+def test_a_version_failing_the_devices_health_check_halts_at_the_first_stage_and_goes_back(
+    tmp_path: Path, mosquitto_broker: BrokerRunner
+) -> None:
+    with live_fleet(tmp_path, mosquitto_broker, 10) as fleet:
+        load = Load(fleet.devices, bad_share=1.0)
+        load.start()
+        try:
+            bad = spec(
+                3,
+                Stage(20, bake_ms=500, extend_ms=0, gates=SUCCESS),
+                Stage(100, bake_ms=0, gates=SUCCESS),
+            )
+            rollout_id = rollouts.create(fleet.hub.context, bad, actor="test").rollout.rollout_id
+            assert run_to_end(fleet, rollout_id) == "rolled_back", timeline(fleet, rollout_id)
+        finally:
+            load.stop()
+        touched = fleet.hub.store.rollouts.progress(rollout_id)
+        assert len(touched) == 2, "only the first stage's devices were touched"
+        assert all(p.state == "rolled_back" for p in touched)
+        assert all(fleet.serving(d) == 1 for d in fleet.devices)
+        assert "update_success failed" in rollouts.get(fleet.hub.context, rollout_id).rollout.reason
+
+
+def test_a_version_raising_the_error_rate_halts_at_the_first_stage_and_goes_back(
+    tmp_path: Path, mosquitto_broker: BrokerRunner
+) -> None:
+    with live_fleet(tmp_path, mosquitto_broker, 10) as fleet:
+        load = Load(fleet.devices, bad_share=0.25)
+        load.start()
+        try:
+            raising = spec(
+                3,
+                Stage(50, bake_ms=500, extend_ms=60_000, gates=BEHAVIOUR),
+                Stage(100, bake_ms=0, gates=SUCCESS),
+            )
+            ctx = fleet.hub.context
+            rollout_id = rollouts.create(ctx, raising, actor="test").rollout.rollout_id
+            assert run_to_end(fleet, rollout_id) == "rolled_back", timeline(fleet, rollout_id)
+        finally:
+            load.stop()
+        touched = fleet.hub.store.rollouts.progress(rollout_id)
+        assert len(touched) == 5
+        eventually(lambda: all(fleet.serving(d) == 1 for d in fleet.devices), "all back on v1")
+        assert "error_rate failed" in rollouts.get(ctx, rollout_id).rollout.reason
