@@ -165,7 +165,9 @@ class Load:
 
 @dataclass
 class Fleet:
-    hub: HubService
+    """Devices started against one hub; ``context``: the hub's (or one over its store)."""
+
+    context: HubContext
     root: Path
     broker_url: str
     prefix: str
@@ -209,7 +211,7 @@ class Fleet:
         return runtime.ref.version if runtime is not None else None
 
     def reported(self, device_id: str) -> int | None:
-        found = self.hub.store.devices.find(device_id)
+        found = self.context.store.devices.find(device_id)
         return None if found is None else found.active_version
 
     def put_on(self, version: int, ids: list[str]) -> None:
@@ -217,7 +219,7 @@ class Fleet:
         serve it and the hub has their report."""
         for device_id in ids:
             set_desired(
-                self.hub.context,
+                self.context,
                 device_id=device_id,
                 model_name=MODEL,
                 model_version=version,
@@ -230,36 +232,56 @@ class Fleet:
         )
 
 
-@contextmanager
-def live_fleet(tmp_path: Path, broker: BrokerRunner, count: int) -> Iterator[Fleet]:
-    """A hub and ``count`` enrolled devices, all serving v1 (stopped on exit)."""
+def prepare(tmp_path: Path) -> tuple[Path, str]:
+    """The hub's data directory (see :func:`hub_data`), the devices' pinned root beside
+    it, and a topic prefix of the test's own."""
     data = hub_data(tmp_path / "hub")
-    prefix = f"ro{time.monotonic_ns() % 1_000_000}"
     (tmp_path / "root.json").write_bytes(
         (data / "keys" / keyring.ROOT_DIR / "1.root.json").read_bytes()
     )
-    with HubService.start(hub_settings(data, broker, prefix)) as hub:
-        token = enrollment.create_token(
-            hub.store, kind="fleet", by="test", now_ms=CLOCK.now_ms(),
-            expires_at=CLOCK.now_ms() + 3_600_000,
-        )  # fmt: skip
-        scheduler = ApsScheduler(threads=8)
-        scheduler.start()
-        fleet = Fleet(hub, tmp_path, hub.broker_url, prefix, token.secret, scheduler)
-        try:
-            for k in range(count):
-                fleet.start_device(f"dev-{k:02d}")
-            ids = list(fleet.devices)
-            eventually(
-                lambda: all(
-                    (d := hub.store.devices.find(i)) is not None and d.status == "active"
-                    for i in ids
-                ),
-                "devices enrolled",
-            )
-            fleet.put_on(1, ids)
-            yield fleet
-        finally:
-            for device_id in list(fleet.devices):
-                fleet.stop_device(device_id)
-            scheduler.shutdown()
+    return data, f"ro{time.monotonic_ns() % 1_000_000}"
+
+
+@contextmanager
+def devices(
+    context: HubContext, tmp_path: Path, broker_url: str, prefix: str, count: int
+) -> Iterator[Fleet]:
+    """``count`` devices enrolled with a fleet token, all serving v1 (stopped on exit)."""
+    token = enrollment.create_token(
+        context.store, kind="fleet", by="test", now_ms=CLOCK.now_ms(),
+        expires_at=CLOCK.now_ms() + 3_600_000,
+    )  # fmt: skip
+    scheduler = ApsScheduler(threads=8)
+    scheduler.start()
+    fleet = Fleet(context, tmp_path, broker_url, prefix, token.secret, scheduler)
+    try:
+        for k in range(count):
+            fleet.start_device(f"dev-{k:02d}")
+        ids = list(fleet.devices)
+
+        def enrolled() -> bool:
+            found = [context.store.devices.find(i) for i in ids]
+            return all(d is not None and d.status == "active" for d in found)
+
+        eventually(enrolled, "devices enrolled")
+        fleet.put_on(1, ids)
+        yield fleet
+    finally:
+        stoppers = [threading.Thread(target=d.stop) for d in fleet.devices.values()]
+        for thread in stoppers:
+            thread.start()
+        for thread in stoppers:
+            thread.join()
+        fleet.devices.clear()
+        scheduler.shutdown()
+
+
+@contextmanager
+def live_fleet(tmp_path: Path, broker: BrokerRunner, count: int) -> Iterator[Fleet]:
+    """A hub in this process and ``count`` devices serving v1 (stopped on exit)."""
+    data, prefix = prepare(tmp_path)
+    with (
+        HubService.start(hub_settings(data, broker, prefix)) as hub,
+        devices(hub.context, tmp_path, hub.broker_url, prefix, count) as fleet,
+    ):
+        yield fleet

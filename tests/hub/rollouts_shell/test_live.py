@@ -22,7 +22,7 @@ def spec(version: int, *stages: Stage) -> RolloutSpec:
 
 
 def run_to_end(fleet: Fleet, rollout_id: str, timeout_s: float = 90.0) -> str:
-    ctx = fleet.hub.context
+    ctx = fleet.context
     ends = ("completed", "rolled_back", "paused", "aborted")
     eventually(lambda: rollouts.get(ctx, rollout_id).rollout.phase in ends, "the rollout ends",
                timeout_s)  # fmt: skip
@@ -30,7 +30,7 @@ def run_to_end(fleet: Fleet, rollout_id: str, timeout_s: float = 90.0) -> str:
 
 
 def timeline(fleet: Fleet, rollout_id: str) -> str:
-    return "\n".join(t.line for t in fleet.hub.store.rollouts.timeline(rollout_id))
+    return "\n".join(t.line for t in fleet.context.store.rollouts.timeline(rollout_id))
 
 
 @pytest.mark.parametrize("count", [10])
@@ -47,7 +47,7 @@ def test_a_good_version_goes_10_50_100_and_the_whole_target_ends_on_it(
                 Stage(50, bake_ms=500, extend_ms=60_000, gates=BEHAVIOUR),
                 Stage(100, bake_ms=0, gates=SUCCESS),
             )
-            rollout_id = rollouts.create(fleet.hub.context, good, actor="test").rollout.rollout_id
+            rollout_id = rollouts.create(fleet.context, good, actor="test").rollout.rollout_id
             assert run_to_end(fleet, rollout_id) == "completed", timeline(fleet, rollout_id)
         finally:
             load.stop()
@@ -70,15 +70,15 @@ def test_a_version_failing_the_devices_health_check_halts_at_the_first_stage_and
                 Stage(20, bake_ms=500, extend_ms=0, gates=SUCCESS),
                 Stage(100, bake_ms=0, gates=SUCCESS),
             )
-            rollout_id = rollouts.create(fleet.hub.context, bad, actor="test").rollout.rollout_id
+            rollout_id = rollouts.create(fleet.context, bad, actor="test").rollout.rollout_id
             assert run_to_end(fleet, rollout_id) == "rolled_back", timeline(fleet, rollout_id)
         finally:
             load.stop()
-        touched = fleet.hub.store.rollouts.progress(rollout_id)
+        touched = fleet.context.store.rollouts.progress(rollout_id)
         assert len(touched) == 2, "only the first stage's devices were touched"
         assert all(p.state == "rolled_back" for p in touched)
         assert all(fleet.serving(d) == 1 for d in fleet.devices)
-        assert "update_success failed" in rollouts.get(fleet.hub.context, rollout_id).rollout.reason
+        assert "update_success failed" in rollouts.get(fleet.context, rollout_id).rollout.reason
 
 
 def test_a_version_raising_the_error_rate_halts_at_the_first_stage_and_goes_back(
@@ -93,12 +93,12 @@ def test_a_version_raising_the_error_rate_halts_at_the_first_stage_and_goes_back
                 Stage(50, bake_ms=500, extend_ms=60_000, gates=BEHAVIOUR),
                 Stage(100, bake_ms=0, gates=SUCCESS),
             )
-            ctx = fleet.hub.context
+            ctx = fleet.context
             rollout_id = rollouts.create(ctx, raising, actor="test").rollout.rollout_id
             assert run_to_end(fleet, rollout_id) == "rolled_back", timeline(fleet, rollout_id)
         finally:
             load.stop()
-        touched = fleet.hub.store.rollouts.progress(rollout_id)
+        touched = fleet.context.store.rollouts.progress(rollout_id)
         assert len(touched) == 5
         eventually(lambda: all(fleet.serving(d) == 1 for d in fleet.devices), "all back on v1")
         assert "error_rate failed" in rollouts.get(ctx, rollout_id).rollout.reason
