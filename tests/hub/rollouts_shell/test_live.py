@@ -102,3 +102,31 @@ def test_a_version_raising_the_error_rate_halts_at_the_first_stage_and_goes_back
         assert len(touched) == 5
         eventually(lambda: all(fleet.serving(d) == 1 for d in fleet.devices), "all back on v1")
         assert "error_rate failed" in rollouts.get(ctx, rollout_id).rollout.reason
+
+
+def test_offline_devices_converge_after_they_reconnect_and_a_device_that_joins_gets_it(
+    tmp_path: Path, mosquitto_broker: BrokerRunner
+) -> None:
+    with live_fleet(tmp_path, mosquitto_broker, 10) as fleet:
+        ctx = fleet.context
+        fleet.stop_device("dev-03")
+        eventually(lambda: not ctx.store.devices.get("dev-03").online, "dev-03 offline")
+        good = spec(
+            2,
+            Stage(10, bake_ms=300, extend_ms=0, gates=SUCCESS),
+            Stage(50, bake_ms=300, extend_ms=0, gates=SUCCESS),
+            Stage(100, bake_ms=0, gates=SUCCESS),
+        )
+        rollout_id = rollouts.create(ctx, good, actor="test").rollout.rollout_id
+        fleet.start_device("dev-new")
+        assert run_to_end(fleet, rollout_id) == "completed", timeline(fleet, rollout_id)
+        assert ctx.store.devices.get("dev-03").active_version == 1, "offline: skipped"
+        fleet.start_device("dev-03")
+        eventually(lambda: all(fleet.serving(d) == 2 for d in fleet.devices), "all on v2")
+        assert len(fleet.devices) == 11
+
+        def recorded() -> bool:
+            states = {p.device_id: p.state for p in ctx.store.rollouts.progress(rollout_id)}
+            return states.get("dev-03") == states.get("dev-new") == "succeeded"
+
+        eventually(recorded, "both recorded as succeeded")
