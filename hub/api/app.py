@@ -29,7 +29,7 @@ from fastapi.routing import APIRoute
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from hub.api import audit, devices, docs, errors, models, reports, system, tokens
+from hub.api import audit, devices, docs, errors, models, reports, rollouts, system, tokens
 from hub.api.auth import Principal
 from hub.api.deps import AppContext
 from hub.api.fleet_metrics import FleetCollector
@@ -47,6 +47,7 @@ _ROUTERS: tuple[tuple[str, APIRouter], ...] = (
     (API_PREFIX, models.uploads),
     (API_PREFIX, reports.router),
     (API_PREFIX, audit.router),
+    (API_PREFIX, rollouts.router),
 )
 
 
