@@ -31,7 +31,24 @@ SHOW_EPILOG = """\
 Shows the phase and stage, the devices per stage and state, each gate's estimate, interval,
 thresholds and verdict, and the timeline. `watch` redraws it every 2 s until the rollout
 ends: exit 0 completed, 1 rolled back or aborted, 2 paused or waiting for approval.
+`list` lists rollouts, newest first.
 """
+EXAMPLES = {
+    "list": "edgefleet rollout list --model churn",
+    "show": "edgefleet rollout show r-7",
+    "watch": "edgefleet rollout watch r-7 --hub https://hub:8080",
+    "approve": "edgefleet rollout approve r-7",
+    "pause": "edgefleet rollout pause r-7 --reason 'support ticket 4411'",
+    "resume": "edgefleet rollout resume r-7 --accept-inconclusive",
+    "abort": "edgefleet rollout abort r-7 --reason 'wrong version'",
+    "rollback": "edgefleet rollout rollback r-7 --reason 'accuracy complaints'",
+}
+
+
+def epilog(text: str, name: str) -> str:
+    return f"{text}\nexample:\n  {EXAMPLES[name]}\n"
+
+
 ACT_EPILOG = """\
 approve: start the stage that waits for approval. pause: take no new devices (a failing
 gate still halts). resume [--accept-inconclusive]: restart the stage's bake (accepting its
@@ -86,22 +103,24 @@ def add_commands(commands: Subcommands) -> None:
     add_target_options(start)
     json_option(start)
 
-    listing = add_command(commands, "rollout list", "list rollouts", SHOW_EPILOG, _list)
+    listing = add_command(
+        commands, "rollout list", "list rollouts", epilog(SHOW_EPILOG, "list"), _list
+    )
     listing.add_argument("--model", help="only this model's")
     add_target_options(listing)
     json_option(listing)
 
     for name, handler in (("show", _show), ("watch", _watch)):
-        shown = add_command(commands, f"rollout {name}", f"{name} one rollout", SHOW_EPILOG,
-                            handler)  # fmt: skip
+        shown = add_command(commands, f"rollout {name}", f"{name} one rollout",
+                            epilog(SHOW_EPILOG, name), handler)  # fmt: skip
         shown.add_argument("id", help="the rollout's id (r-<n>)")
         add_target_options(shown)
         if name == "show":
             json_option(shown)
 
     for action in ("approve", "pause", "resume", "abort", "rollback"):
-        acted = add_command(commands, f"rollout {action}", f"{action} a rollout", ACT_EPILOG,
-                            _act)  # fmt: skip
+        acted = add_command(commands, f"rollout {action}", f"{action} a rollout",
+                            epilog(ACT_EPILOG, action), _act)  # fmt: skip
         acted.set_defaults(action=action)
         acted.add_argument("id", help="the rollout's id (r-<n>)")
         acted.add_argument("--reason", default="", help="why (kept in the timeline and audit)")
