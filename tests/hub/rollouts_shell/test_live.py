@@ -33,7 +33,7 @@ def timeline(fleet: Fleet, rollout_id: str) -> str:
     return "\n".join(t.line for t in fleet.context.store.rollouts.timeline(rollout_id))
 
 
-@pytest.mark.parametrize("count", [10])
+@pytest.mark.parametrize("count", [10, pytest.param(50, marks=pytest.mark.slow)])
 def test_a_good_version_goes_10_50_100_and_the_whole_target_ends_on_it(
     tmp_path: Path, mosquitto_broker: BrokerRunner, count: int
 ) -> None:
@@ -58,10 +58,11 @@ def test_a_good_version_goes_10_50_100_and_the_whole_target_ends_on_it(
         assert "gate error_rate at stage 2: inconclusive -> pass" in text
 
 
+@pytest.mark.parametrize("count", [10, pytest.param(50, marks=pytest.mark.slow)])
 def test_a_version_failing_the_devices_health_check_halts_at_the_first_stage_and_goes_back(
-    tmp_path: Path, mosquitto_broker: BrokerRunner
+    tmp_path: Path, mosquitto_broker: BrokerRunner, count: int
 ) -> None:
-    with live_fleet(tmp_path, mosquitto_broker, 10) as fleet:
+    with live_fleet(tmp_path, mosquitto_broker, count) as fleet:
         load = Load(fleet.devices, bad_share=1.0)
         load.start()
         try:
@@ -75,16 +76,17 @@ def test_a_version_failing_the_devices_health_check_halts_at_the_first_stage_and
         finally:
             load.stop()
         touched = fleet.context.store.rollouts.progress(rollout_id)
-        assert len(touched) == 2, "only the first stage's devices were touched"
+        assert len(touched) == count // 5, "only the first stage's devices were touched"
         assert all(p.state == "rolled_back" for p in touched)
         assert all(fleet.serving(d) == 1 for d in fleet.devices)
         assert "update_success failed" in rollouts.get(fleet.context, rollout_id).rollout.reason
 
 
+@pytest.mark.parametrize("count", [10, pytest.param(50, marks=pytest.mark.slow)])
 def test_a_version_raising_the_error_rate_halts_at_the_first_stage_and_goes_back(
-    tmp_path: Path, mosquitto_broker: BrokerRunner
+    tmp_path: Path, mosquitto_broker: BrokerRunner, count: int
 ) -> None:
-    with live_fleet(tmp_path, mosquitto_broker, 10) as fleet:
+    with live_fleet(tmp_path, mosquitto_broker, count) as fleet:
         load = Load(fleet.devices, bad_share=0.25)
         load.start()
         try:
@@ -99,7 +101,7 @@ def test_a_version_raising_the_error_rate_halts_at_the_first_stage_and_goes_back
         finally:
             load.stop()
         touched = fleet.context.store.rollouts.progress(rollout_id)
-        assert len(touched) == 5
+        assert len(touched) == count // 2
         eventually(lambda: all(fleet.serving(d) == 1 for d in fleet.devices), "all back on v1")
         assert "error_rate failed" in rollouts.get(ctx, rollout_id).rollout.reason
 
