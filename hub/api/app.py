@@ -33,6 +33,7 @@ from hub.api import audit, devices, docs, errors, models, reports, rollouts, sys
 from hub.api.auth import Principal
 from hub.api.deps import AppContext
 from hub.api.fleet_metrics import FleetCollector
+from hub.api.rollout_metrics import RolloutCollector
 from hub.api.schemas import Problem
 from hub.api.services import HubServices
 from hub.context import HubContext
@@ -115,6 +116,7 @@ def create_app(
     )
     api_metrics = CollectorRegistry(auto_describe=True)
     api_metrics.register(FleetCollector(ctx.store))
+    api_metrics.register(RolloutCollector(ctx.store))
     app.state.context = AppContext(ctx, services, api_metrics, local)
     for prefix, router in _ROUTERS:
         app.include_router(router, prefix=prefix)

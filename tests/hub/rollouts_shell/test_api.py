@@ -63,6 +63,12 @@ def test_an_operator_starts_a_rollout_and_anyone_can_follow_it_to_the_end(api: A
     assert shown["timeline"][0]["line"].startswith("created: iris v2, 6 devices")
     listed = api.call("GET", "/api/v1/rollouts?model=iris&phase=completed", role="viewer")
     assert [r["id"] for r in listed.json()] == ["r-1"]
+    scraped = api.call("GET", "/metrics", role="viewer").text
+    assert 'edgefleet_rollouts{phase="completed"} 1.0' in scraped
+    assert 'edgefleet_rollout_devices{rollout="r-1",state="succeeded"} 6.0' in scraped
+    assert 'edgefleet_rollout_gate{metric="update_success",outcome="pass",rollout="r-1"} 1.0' in (
+        scraped
+    )
 
 
 def test_pause_resume_abort_and_a_refused_action_say_why(api: Api) -> None:
