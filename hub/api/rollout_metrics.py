@@ -52,7 +52,7 @@ class RolloutCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         phases, devices, gates = _families()
         rollouts = self.store.rollouts
-        by_phase = Counter(r.rollout.phase for r in rollouts.listing())
+        by_phase: Counter[str] = Counter(r.rollout.phase for r in rollouts.listing())
         for phase in PHASES:
             phases.add_metric([phase], by_phase[phase])
         for record in rollouts.ticking():
