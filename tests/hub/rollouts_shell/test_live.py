@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from hub.fleet import rollouts
-from hub.rollouts import RolloutSpec, Stage
+from hub.fleet.rollout_inputs import device_metrics, device_views
+from hub.rollouts import Rollout, RolloutSpec, Stage
 from hub.rollouts.spec import GateSpec
 from tests.brokers import BrokerRunner
 from tests.hub.rollouts_shell.live import MODEL, Fleet, Load, eventually, live_fleet
@@ -132,3 +134,29 @@ def test_offline_devices_converge_after_they_reconnect_and_a_device_that_joins_g
             return states.get("dev-03") == states.get("dev-new") == "succeeded"
 
         eventually(recorded, "both recorded as succeeded")
+
+
+def test_labels_scored_on_the_device_reach_the_gate_inputs_as_feedback_counts(
+    tmp_path: Path, mosquitto_broker: BrokerRunner
+) -> None:
+    with live_fleet(tmp_path, mosquitto_broker, 1) as fleet:
+        ctx = fleet.context
+        started = ctx.now_ms()
+        device = fleet.devices["dev-00"]
+        x = np.random.default_rng(3).uniform(-1, 1, size=(10, 4)).astype(np.float32)
+        served = device.predict(x)
+        classes = np.argmax(np.asarray(served.outputs), axis=1).tolist()
+        labels = {i: (k if n < 7 else (k + 1) % 3) for n, (i, k) in enumerate(zip(
+            served.ids, classes, strict=True))}  # fmt: skip
+        assert sorted(device.feedback(labels)["accepted"]) == sorted(served.ids)
+        accuracy = (GateSpec.default("feedback_accuracy"),)
+        gated = spec(2, Stage(50, gates=accuracy), Stage(100, gates=SUCCESS))
+        # windows that began before the stage are left out: start it well before the labels
+        rollout = Rollout("r-x", gated, stage_started_ms=started - 60_000)
+
+        def counted() -> bool:
+            found = device_metrics(ctx.store, rollout, device_views(ctx.store, rollout))
+            got = found.get("dev-00")
+            return got is not None and (got.feedback_total, got.feedback_correct) == (10, 7)
+
+        eventually(counted, "the window with 10 labels, 7 right")
