@@ -32,7 +32,8 @@ What runs, started in this order and stopped in the reverse one:
 5. an APScheduler ``BackgroundScheduler`` with the jobs of :data:`JOBS`, each a one-line
    shim calling a function with the context: reconcile (``reconcile_interval_s``),
    heartbeat (``heartbeat_interval_s``), marking silent devices offline
-   (``offline_check_interval_s``), and the ``keyring`` job (every
+   (``offline_check_interval_s``), planning the staged rollouts (``rollout_tick_s``,
+   :func:`hub.fleet.rollouts.rollouts_job`), and the ``keyring`` job (every
    ``keyring_check_interval_s``) that reloads the key ring when its files change and
    makes a rotation take effect at once (:func:`hub.fleet.reconciler.rekey`);
 6. the REST API (:func:`hub.api.create_app`) under uvicorn (:mod:`hub.transport.http_server`).
