@@ -208,7 +208,18 @@ ROUTES = [
     Route("GET", "/api/v1/telemetry", "/api/v1/telemetry", "viewer"),
     Route("GET", "/api/v1/states", "/api/v1/states", "viewer"),
     Route("GET", "/api/v1/devices/{device_id}/twin", f"/api/v1/devices/{DEVICE}/twin", "viewer"),
-]
+    Route("POST", "/api/v1/rollouts", "/api/v1/rollouts", "operator",
+          {"json": {"model": "iris", "version": 1}}),
+    Route("POST", "/api/v1/rollouts/dry-run", "/api/v1/rollouts/dry-run", "operator",
+          {"json": {"model": "iris", "version": 1}}),
+    Route("GET", "/api/v1/rollouts", "/api/v1/rollouts", "viewer"),
+    Route("GET", "/api/v1/rollouts/{rollout_id}", "/api/v1/rollouts/r-1", "viewer"),
+    *(
+        Route("POST", f"/api/v1/rollouts/{{rollout_id}}/{action}",
+              f"/api/v1/rollouts/r-1/{action}", "operator", {"json": {}})
+        for action in ("approve", "pause", "resume", "abort", "rollback")
+    ),
+]  # fmt: skip
 CHANGES = [r for r in ROUTES if r.changes]
 GUARDED = [r for r in ROUTES if r.role is not None]
 
@@ -288,6 +299,8 @@ def test_viewer_reads_everything_readable(fleet: Api, route: Route) -> None:
     fleet.call("PUT", "/api/v1/devices/d-1/desired", json={"model": "iris", "version": 1})
     sha = fleet.hub.registry.get_version("iris", 1).sha256
     path = route.path.replace(SHA, sha)
+    if route.template == "/api/v1/rollouts/{rollout_id}":
+        fleet.call("POST", "/api/v1/rollouts", json={"model": "iris", "version": 1})
     nothing_pending = route.template == "/api/v1/releases/pending"  # the release key is online
     assert fleet.call("GET", path, role="viewer").status_code == (404 if nothing_pending else 200)
 
