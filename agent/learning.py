@@ -48,7 +48,6 @@ import logging
 import math
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,9 +91,6 @@ class LearningPort(AgentPort, Protocol):
     def add_stop_hook(self, name: str, hook: Callable[[int], None]) -> None: ...
 
 
-PREDICTED_KEPT = 10_000
-
-
 class _NoLearning:
     """Stands in for a :class:`Learner` that could not be built: learns nothing, says why."""
 
@@ -125,8 +121,6 @@ class _Model:
 
     ``unserved``: a retrained runtime the manager refused to serve yet, with its delta.
     ``retrained``: the manager serves a head other than the released one.
-    ``predicted``: the class each recent prediction id was given (the newest
-    :data:`PREDICTED_KEPT`), so a label can be scored against what was served.
     """
 
     base: ModelRuntime
@@ -134,32 +128,6 @@ class _Model:
     window: SketchWindow
     unserved: tuple[ModelRuntime, DeltaUpload | None] | None = None
     retrained: bool = False
-    predicted: OrderedDict[str, int] = dataclasses.field(default_factory=OrderedDict)
-
-    def remember(self, ids: list[str], scores: np.ndarray) -> None:
-        """Keep each row's class (argmax; a single sigmoid output: above 0.5)."""
-        if scores.ndim != 2 or len(ids) != scores.shape[0]:
-            return
-        if scores.shape[1] == 1:
-            classes = (scores[:, 0] > 0.5).astype(np.int64)
-        else:
-            classes = np.argmax(scores, axis=1)
-        for prediction_id, k in zip(ids, classes.tolist(), strict=True):
-            self.predicted[prediction_id] = int(k)
-        while len(self.predicted) > PREDICTED_KEPT:
-            self.predicted.popitem(last=False)
-
-    def score(self, labels: Mapping[str, Any], accepted: tuple[str, ...]) -> None:
-        """Count the accepted labels given as class indices against what was served."""
-        total = correct = 0
-        for prediction_id in accepted:
-            label, served = labels.get(prediction_id), self.predicted.get(prediction_id)
-            if served is None or isinstance(label, bool) or not isinstance(label, int | float):
-                continue
-            total += 1
-            correct += int(label == served)
-        if total:
-            self.window.labelled(total, correct)
 
     @property
     def ref(self) -> ModelRef:
@@ -237,7 +205,6 @@ class LearningLoop:
         runtime = self._manager.runtime
         if model is not None and runtime is not None and runtime.ref == model.ref:
             model.learner.observe(ids, output.features, self._clock.now_ms())
-            model.remember(ids, np.asarray(scores))
             rows = None if isinstance(inputs, Mapping) else inputs
             model.window.observe(rows, scores, latency, rows=len(ids))
         return Prediction(ids, scores.tolist())
@@ -254,7 +221,6 @@ class LearningLoop:
         if model is None:
             raise NotReady("no model is active yet")
         report = model.learner.feedback(labels, self._clock.now_ms())
-        model.score(labels, report.accepted)
         return {"accepted": list(report.accepted), "unknown": list(report.unknown)}
 
     def info(self) -> dict[str, object]:

@@ -261,12 +261,6 @@ class SketchWindow:
             if self._layout.predictions is not None and scores is not None:
                 self._predictions.add(np.asarray(scores, np.float64))
 
-    def labelled(self, total: int, correct: int) -> None:
-        """Count labels that arrived for class predictions, and how many were right."""
-        with self._lock:
-            self._labelled += total
-            self._correct += correct
-
     def flush(self, now_ms: int) -> DataDelta:
         """The window ``[start, now_ms]`` as a data delta; a new window starts at ``now_ms``.
 
@@ -286,8 +280,6 @@ class SketchWindow:
                 error_count=self._errors,
                 latency_p50_ms=nearest_rank(latencies, 50),
                 latency_p95_ms=nearest_rank(latencies, 95),
-                feedback_count=self._labelled or None,
-                feedback_correct=self._correct if self._labelled else None,
             )
             self._reset(end)
         return delta
@@ -296,7 +288,7 @@ class SketchWindow:
         self._start = start_ms
         self._features = _Features(self._layout)
         self._predictions = _Predictions(self._layout)
-        self._rows = self._errors = self._seen = self._labelled = self._correct = 0
+        self._rows = self._errors = self._seen = 0
         self._latencies: list[float] = []
 
     def _sample_latency(self, latency_ms: float) -> None:

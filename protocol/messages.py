@@ -186,9 +186,7 @@ class DeltaUpload(Message):
 @dataclass(frozen=True)
 class DataDelta(Message):
     """One sketch window: per-feature histograms and moments, predictions, inference stats
-    (``inference_count`` and ``error_count`` in rows, as in :class:`Telemetry`), and how
-    many labels arrived for the served model's class predictions and how many it got right
-    (None: no such labels; a staged rollout's feedback-accuracy gate reads them)."""
+    (``inference_count`` and ``error_count`` in rows, as in :class:`Telemetry`)."""
 
     window_start: int
     window_end: int
@@ -199,8 +197,6 @@ class DataDelta(Message):
     error_count: int = 0
     latency_p50_ms: float = 0.0
     latency_p95_ms: float = 0.0
-    feedback_count: int | None = None  # labels received in the window for class predictions
-    feedback_correct: int | None = None  # of those, how many the served model predicted
 
     def __post_init__(self) -> None:
         check_range(self.window_start, "window_start", 0)
@@ -209,11 +205,6 @@ class DataDelta(Message):
             raise Malformed("more than 4096 features")
         check_range(self.inference_count, "inference_count", 0)
         check_range(self.error_count, "error_count", 0)
-        if (self.feedback_count is None) != (self.feedback_correct is None):
-            raise Malformed("feedback_count and feedback_correct come together")
-        if self.feedback_count is not None and self.feedback_correct is not None:
-            check_range(self.feedback_count, "feedback_count", 0)
-            check_range(self.feedback_correct, "feedback_correct", 0, self.feedback_count)
 
 
 @register("up", "ack")
