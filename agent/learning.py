@@ -206,7 +206,7 @@ class LearningLoop:
         if model is not None and runtime is not None and runtime.ref == model.ref:
             model.learner.observe(ids, output.features, self._clock.now_ms())
             rows = None if isinstance(inputs, Mapping) else inputs
-            model.window.observe(rows, scores, latency, rows=len(ids))
+            model.window.observe(rows, scores, latency, rows=len(ids), ids=ids)
         return Prediction(ids, scores.tolist())
 
     def feedback(self, labels: Mapping[str, Any]) -> dict[str, list[str]]:
@@ -221,6 +221,7 @@ class LearningLoop:
         if model is None:
             raise NotReady("no model is active yet")
         report = model.learner.feedback(labels, self._clock.now_ms())
+        model.window.label({i: labels[i] for i in report.accepted})
         return {"accepted": list(report.accepted), "unknown": list(report.unknown)}
 
     def info(self) -> dict[str, object]:

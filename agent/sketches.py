@@ -26,6 +26,15 @@ the class count comes from the profile, else the head. Regression: the first sco
 column, binned over the profile's prediction edges (no sketch without a profile). Rows
 with a NaN score count as ``nan``; an argmax beyond the known classes as ``overflow``.
 
+Label-free performance (classifiers with a drift profile). Each predicted row's top
+probability is calibrated through the profile's knots (``np.interp``; the raw maximum
+without a calibration), binned into ``confidence_bins`` equal bins over [0, 1], and
+counted with its confidence; when labelled feedback for a recent prediction arrives
+(:meth:`SketchWindow.label`), the *current* window counts it as labelled, correct or not,
+with its confidence. The window sends the five sums as its
+:class:`~protocol.sketches.ConfidenceSketch` (the hub's ``hub.drift.performance.sketch``
+is the same computation).
+
 Inference stats. ``inference_count`` and ``error_count`` count rows, as the telemetry
 does (agent/stats.py): the rows predicted, and the rows of failed or invalid requests;
 latency percentiles (nearest rank) are over a uniform reservoir sample of the window's
@@ -36,6 +45,8 @@ from __future__ import annotations
 
 import math
 import threading
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -45,11 +56,13 @@ import numpy.typing as npt
 from edgefleet.stats import nearest_rank
 from protocol.manifest import ModelManifest
 from protocol.messages import DataDelta, ModelRef
-from protocol.sketches import FeatureSketch, PredictionSketch
+from protocol.sketches import ConfidenceSketch, FeatureSketch, PredictionSketch
 
 Floats = npt.NDArray[np.float64]
 Counts = npt.NDArray[np.int64]
 LATENCY_SAMPLES = 1024
+CONFIDENCE_KEPT = 10_000
+"""Recent predictions whose labelled feedback still counts in the confidence sketch."""
 _FLOAT_INPUTS = frozenset({"float32", "float64", "float16"})
 
 
@@ -201,6 +214,41 @@ class _Predictions:
         return PredictionSketch(self.kind, counts, self.under, self.over, self.nan)
 
 
+class _Confidence:
+    """The confidence sketch's five sums for one window (module docstring)."""
+
+    def __init__(self, knots: tuple[Floats, Floats] | None, bins: int) -> None:
+        self.knots = knots
+        self.bins = bins
+        self.sums = np.zeros((5, bins))
+
+    def add(self, scores: Floats) -> tuple[npt.NDArray[np.int64], Floats, npt.NDArray[np.int64]]:
+        """Count a batch; per row its bin, calibrated confidence and argmax (-1: NaN row)."""
+        rows = scores.reshape(len(scores), -1)
+        if rows.shape[1] == 1:
+            rows = np.hstack([1.0 - rows, rows])
+        finite = np.isfinite(rows).all(axis=1)
+        top = np.where(finite, np.nan_to_num(rows).max(axis=1), 0.0)
+        c = np.clip(np.interp(top, *self.knots) if self.knots else top, 0.0, 1.0)
+        k = np.clip((c * self.bins).astype(np.int64), 0, self.bins - 1)
+        self.sums[0] += np.bincount(k[finite], minlength=self.bins)
+        self.sums[1] += np.bincount(k[finite], weights=c[finite], minlength=self.bins)
+        argmax = np.where(finite, np.nan_to_num(rows).argmax(axis=1), -1)
+        return k, c, argmax
+
+    def sketch(self) -> ConfidenceSketch | None:
+        if not self.sums[0].any():
+            return None
+        counts, confidence, labelled, correct, labelled_confidence = self.sums
+        return ConfidenceSketch(
+            tuple(int(x) for x in counts),
+            tuple(float(x) for x in confidence),
+            tuple(int(x) for x in labelled),
+            tuple(int(x) for x in correct),
+            tuple(float(x) for x in labelled_confidence),
+        )
+
+
 class SketchWindow:
     """One window's sketches of a model's inputs and predictions, and its inference stats.
 
@@ -221,6 +269,13 @@ class SketchWindow:
             raise ValueError("latency_samples must be at least 1")
         self.model = model
         self._layout = _Layout.of(manifest)
+        profile = manifest.profile
+        self._confidence_of: tuple[tuple[Floats, Floats] | None, int] | None = None
+        if profile is not None and self._layout.predictions == "classes":
+            cal = profile.calibration
+            knots = (np.asarray(cal.knots_x), np.asarray(cal.knots_y)) if cal else None
+            self._confidence_of = (knots, profile.confidence_bins)
+        self._recent: OrderedDict[str, tuple[int, float, int]] = OrderedDict()
         self._capacity = latency_samples
         self._rng = rng or np.random.default_rng()
         self._lock = threading.Lock()
@@ -239,8 +294,10 @@ class SketchWindow:
         *,
         rows: int = 1,
         error: bool = False,
+        ids: Sequence[str] = (),
     ) -> None:
-        """Fold one predict request of ``rows`` rows in: its inputs, scores and latency.
+        """Fold one predict request of ``rows`` rows in: its inputs, scores and latency
+        (``ids``: the rows' prediction ids, for :meth:`label`).
 
         A failed or invalid request (``error=True``) counts its rows as errors and records
         its latency only (a non-finite one is not recorded); so does a successful one
@@ -260,6 +317,41 @@ class SketchWindow:
                     self._features.add(x)
             if self._layout.predictions is not None and scores is not None:
                 self._predictions.add(np.asarray(scores, np.float64))
+            if self._confidence is not None and scores is not None:
+                self._remember(ids, *self._confidence.add(np.asarray(scores, np.float64)))
+
+    def _remember(
+        self,
+        ids: Sequence[str],
+        k: npt.NDArray[np.int64],
+        c: Floats,
+        argmax: npt.NDArray[np.int64],
+    ) -> None:
+        if len(ids) != len(k):
+            return
+        for i, prediction in enumerate(ids):
+            if argmax[i] >= 0:
+                self._recent[prediction] = (int(k[i]), float(c[i]), int(argmax[i]))
+        while len(self._recent) > CONFIDENCE_KEPT:
+            self._recent.popitem(last=False)
+
+    def label(self, labels: Mapping[str, object]) -> int:
+        """Count labelled feedback for recent predictions in the current window (class
+        indices only; each prediction once); how many were counted."""
+        counted = 0
+        with self._lock:
+            if self._confidence is None:
+                return 0
+            sums = self._confidence.sums
+            for prediction, label in labels.items():
+                if type(label) is not int or prediction not in self._recent:
+                    continue
+                k, c, argmax = self._recent.pop(prediction)
+                sums[2, k] += 1
+                sums[3, k] += argmax == label
+                sums[4, k] += c
+                counted += 1
+        return counted
 
     def flush(self, now_ms: int) -> DataDelta:
         """The window ``[start, now_ms]`` as a data delta; a new window starts at ``now_ms``.
@@ -280,6 +372,7 @@ class SketchWindow:
                 error_count=self._errors,
                 latency_p50_ms=nearest_rank(latencies, 50),
                 latency_p95_ms=nearest_rank(latencies, 95),
+                confidence=self._confidence.sketch() if self._confidence is not None else None,
             )
             self._reset(end)
         return delta
@@ -290,6 +383,8 @@ class SketchWindow:
         self._predictions = _Predictions(self._layout)
         self._rows = self._errors = self._seen = 0
         self._latencies: list[float] = []
+        of = self._confidence_of
+        self._confidence = _Confidence(*of) if of is not None else None
 
     def _sample_latency(self, latency_ms: float) -> None:
         """Algorithm R: after ``k`` calls each is in the sample with probability cap/k."""

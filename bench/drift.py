@@ -12,6 +12,11 @@ each of 30-100 rows, tagged with a region (3 values) and a hardware kind (2), as
   replay check included);
 - ``assess``: the whole bucket scored (:func:`hub.drift.assess.assess`): every device's
   own test of every row, cells, 7 cohorts' scores, drifting-device fractions and findings;
+- ``store_ingest``: the hub's ingest path for the same windows (:class:`hub.monitor.ingest.
+  DriftMerger` in batches of 500 frames, one transaction each, into a fresh SQLite file
+  in WAL mode with ``synchronous=FULL``): decode, read the device bucket, merge, write;
+- ``store_score``: the scoring job's step for that bucket (:func:`hub.monitor.jobs.
+  score_bucket`): read the 10,000 device buckets back, assess, sum the cohorts, write;
 - ``baseline``: a plain ``numpy.sum`` over the same stacked count arrays, the least any
   merge can cost; the report gives each stage as a multiple of it.
 
@@ -27,6 +32,9 @@ Writes ``bench/results/drift.json``; takes 15-60 s depending on the machine's lo
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,11 +45,19 @@ from hub.drift.aggregate import Aggregate, from_window, merge_all
 from hub.drift.assess import DeviceBucket, assess
 from hub.drift.policy import DriftPolicy
 from hub.drift.reference import Reference
+from hub.ingest.rules import Admitted
+from hub.monitor.ingest import DriftMerger
+from hub.monitor.jobs import score_bucket
+from hub.monitor.references import Baseline
+from hub.store.drift_rows import DriftScope
+from hub.store.rows import Device
+from hub.store.sqlite import SqliteStore
 from protocol import frame
 from protocol.manifest import FeatureProfile, PredictionProfile, Profile
 from protocol.messages import DataDelta, ModelRef
 from protocol.sketches import FeatureSketch, PredictionSketch
 
+STAGES = ("baseline", "decode", "merge", "assess", "store_ingest", "store_score")
 DEVICES = 10_000
 FEATURES = 32
 BINS = 22
@@ -120,6 +136,32 @@ def wire_bytes(rng: np.random.Generator) -> dict[str, float]:
     }
 
 
+BATCH = 500  # frames per ingest transaction (HubSettings.ingest_batch_max)
+
+
+def store_ingest(
+    workdir: Path, reference: Reference, deltas: list[DataDelta], tags: list[dict[str, str]]
+) -> SqliteStore:
+    """A fresh store with the devices, every window merged as ingest merges it."""
+    path = workdir / f"hub-{next(_RUNS)}.db"
+    store = SqliteStore.open(path)
+    with store.atomic():
+        for i, t in enumerate(tags):
+            store.devices.add(Device(f"dev-{i:05d}", "00" * 32, "active", START_MS, tags=t))
+    merger = DriftMerger(store)
+    merger.references.put(MODEL.name, MODEL.version, Baseline(reference, None))
+    frames = [
+        Admitted(f"dev-{i:05d}", "data", 1, START_MS, d, {}, b"") for i, d in enumerate(deltas)
+    ]
+    for at in range(0, len(frames), BATCH):
+        with store.atomic():
+            merger.merge(frames[at : at + BATCH], START_MS + 61_000)
+    return store
+
+
+_RUNS = iter(range(1_000_000))
+
+
 def main() -> dict[str, Any]:
     rng = np.random.default_rng(11)
     reference = make_reference()
@@ -139,16 +181,30 @@ def main() -> dict[str, Any]:
     def run_assess() -> object:
         return assess(devices, reference, policy, start_ms=START_MS, width_ms=policy.bucket_ms)
 
+    workdir = Path(tempfile.mkdtemp(prefix="bench-drift-"))
+    filled = store_ingest(workdir, reference, deltas, tags)
+    scope = DriftScope(reference.digest, MODEL.name, MODEL.version, None, START_MS)
+
+    def ingest_into_store() -> None:
+        store_ingest(workdir, reference, deltas, tags).close()
+
+    def score_from_store() -> object:
+        return score_bucket(filled, scope, reference, policy, START_MS, START_MS + 500_000)
+
     times = interleaved(
         {
             "baseline": lambda: stacked.sum(axis=0),
             "decode": decode,
             "merge": lambda: merge_all(aggregates, reference),
             "assess": run_assess,
+            "store_ingest": ingest_into_store,
+            "store_score": score_from_store,
         },
         repeat=TRIALS,
-        number={"baseline": 20, "decode": 1, "merge": 1, "assess": 1},
+        number={name: 20 if name == "baseline" else 1 for name in STAGES},
     )
+    filled.close()
+    shutil.rmtree(workdir)
     base = times["baseline"]
     total = times["decode"] + times["merge"] + times["assess"]
     results: dict[str, Any] = {
@@ -162,6 +218,14 @@ def main() -> dict[str, Any]:
             "merge": round(DEVICES / times["merge"]),
             "assess": round(DEVICES / times["assess"]),
             "end_to_end": round(DEVICES / total),
+            "store_ingest": round(DEVICES / times["store_ingest"]),
+            "store_score": round(DEVICES / times["store_score"]),
+        },
+        "store_overhead": {
+            "ingest_vs_decode_and_merge": round(
+                times["store_ingest"] / (times["decode"] + times["merge"]), 2
+            ),
+            "score_vs_assess": round(times["store_score"] / times["assess"], 2),
         },
         "wire": wire_bytes(rng),
     }
@@ -174,6 +238,16 @@ def main() -> dict[str, Any]:
         )
     report("decode + merge + assess", f"{total:.2f} s", goal="<= 10 s", met=total <= 10)
     report("end to end", f"{DEVICES / total:,.0f} windows/s")
+    for name, what in (
+        ("store_ingest", "ingest into SQLite"),
+        ("store_score", "score from SQLite"),
+    ):
+        report(
+            f"{what} ({DEVICES / times[name]:,.0f} windows/s)",
+            f"{times[name]:.3f} s  x{times[name] / base:,.0f}",
+        )
+    stored = times["store_ingest"] + times["store_score"]
+    report("store path, ingest + score", f"{stored:.2f} s", goal="<= 10 s", met=stored <= 10)
     wire = results["wire"]
     report("data frame, 32 features", f"{wire['frame_bytes_32_features']:,} B")
     report("data frame, no features", f"{wire['frame_bytes_no_features']:,} B")

@@ -18,6 +18,7 @@ from typing import Any
 
 from agent import cli as agent_cli
 from hub.cli import broker as cli_broker
+from hub.cli import drift as cli_drift
 from hub.cli import fleet as cli_fleet
 from hub.cli import inspect
 from hub.cli import keys as cli_keys
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_keys.register(subparsers)
     cli_broker.register(subparsers)
     inspect.register(subparsers)
+    cli_drift.register(subparsers)
     _add_sim(subparsers)
     _add_demo(subparsers)
     return parser

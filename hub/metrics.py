@@ -165,3 +165,19 @@ def sample(name: str, labels: dict[str, str] | None = None) -> float:
     """The current value of one sample in :data:`REGISTRY` (0.0 when it has none yet)."""
     value = REGISTRY.get_sample_value(name, labels or {})
     return 0.0 if value is None else value
+
+
+# ---------------------------------------------------------------------- drift (hub.monitor)
+
+DRIFT_SKIPPED = Counter(
+    "edgefleet_drift_skipped",
+    "Data windows stored but left out of drift, by reason (no_model, unusable_reference, "
+    "incompatible_window, not_found, internal).",
+    ["reason"],
+    registry=REGISTRY,
+)
+DRIFT_SCORED = Counter(
+    "edgefleet_drift_buckets_scored",
+    "Closed drift buckets assessed by the scoring job (re-scores after late windows too).",
+    registry=REGISTRY,
+)

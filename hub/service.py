@@ -71,6 +71,7 @@ from hub.ingest import pipeline as ingest_run
 from hub.ingest.pipeline import IngestService
 from hub.ingest.worker import mark_offline
 from hub.keyring import Keyring, KeyringError, LiveKeyring
+from hub.monitor.jobs import maintain_job, score_job
 from hub.registry.artifacts import ArtifactStore
 from hub.registry.registry import Registry
 from hub.settings import HubSettings
@@ -93,6 +94,8 @@ JOBS: dict[str, tuple[Callable[[HubSettings], float], Job]] = {
     "reconcile": (lambda s: s.reconcile_interval_s, reconcile_job),
     "heartbeat": (lambda s: s.heartbeat_interval_s, issue_heartbeat),
     "offline": (lambda s: s.offline_check_interval_s, mark_offline),
+    "drift.score": (lambda s: s.drift_score_interval_s, score_job),
+    "drift.maintain": (lambda s: s.drift_maintain_interval_s, maintain_job),
     "rollouts": (lambda s: s.rollout_tick_s, rollouts_job),
 }
 """The scheduler's jobs: name -> (its interval from the settings, the function it calls

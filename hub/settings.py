@@ -63,6 +63,11 @@ class HubSettings:
     assignment_expiry_s: float = 7 * 24 * 3600.0
     release_expiry_s: float = 90 * 24 * 3600.0
 
+    # fleet drift (hub.monitor, docs/drift.md)
+    drift_score_interval_s: float = 60.0  # how often closed buckets are scored and alerts planned
+    drift_maintain_interval_s: float = 600.0  # roll-ups to 1 h and 1 day, and retention
+    drift_grace_s: float = 120.0  # a bucket is scored this long after its end (late windows)
+
     # delivery
     chunk_bytes: int = 96 * 1024  # fits a 256 KiB frame with room for the header
     delivery: FlowLimits = field(default_factory=FlowLimits)

@@ -145,12 +145,35 @@ def _check_bins(edges: tuple[float, ...], proportions: tuple[float, ...], bins: 
 
 
 @dataclass(frozen=True)
+class ProfileCalibration:
+    """A monotone map of a classifier's raw top-label confidence to a calibrated one,
+    linear between knots and flat outside them (isotonic, fitted on the validation rows
+    at registration): the agent bins predictions by it for label-free performance."""
+
+    knots_x: tuple[float, ...]
+    knots_y: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.knots_x) <= 4096 or len(self.knots_y) != len(self.knots_x):
+            raise Malformed("a calibration has 1 to 4096 knots, as many x as y")
+        if any(b < a for a, b in itertools.pairwise(self.knots_x)):
+            raise Malformed("calibration knots_x must be sorted")
+        for v in (*self.knots_x, *self.knots_y):
+            check_range(v, "calibration knot", 0.0, 1.0)
+
+
+@dataclass(frozen=True)
 class Profile:
     """The drift reference computed from the reference data at registration."""
 
     features: tuple[FeatureProfile, ...]
     predictions: PredictionProfile | None = None
     rows: int = 0
+    calibration: ProfileCalibration | None = None
+    confidence_bins: int = 10
+
+    def __post_init__(self) -> None:
+        check_range(self.confidence_bins, "confidence_bins", 1, 1024)
 
 
 @dataclass(frozen=True)

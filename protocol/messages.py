@@ -20,7 +20,7 @@ from protocol.documents import SignedDocument
 from protocol.errors import Malformed
 from protocol.frame import Message, body_field, register
 from protocol.schema import check_name, check_range, check_sha256
-from protocol.sketches import FeatureSketch, PredictionSketch
+from protocol.sketches import ConfidenceSketch, FeatureSketch, PredictionSketch
 
 MAX_TAGS = 32
 MAX_REASON = 512
@@ -197,6 +197,8 @@ class DataDelta(Message):
     error_count: int = 0
     latency_p50_ms: float = 0.0
     latency_p95_ms: float = 0.0
+    confidence: ConfidenceSketch | None = None
+    """Label-free performance (classification models with a drift profile; docs/drift.md)."""
 
     def __post_init__(self) -> None:
         check_range(self.window_start, "window_start", 0)

@@ -117,3 +117,58 @@ class PredictionSketch:
             overflow=self.overflow + other.overflow,
             nan=self.nan + other.nan,
         )
+
+
+@dataclass(frozen=True)
+class ConfidenceSketch:
+    """Label-free performance of one window: per bin of calibrated top-label confidence,
+    the predictions and the sum of their confidences; of the rows whose labelled feedback
+    arrived in the window, their number, how many were correct, and the sum of their
+    confidences. Five sums of equal length, so sketches merge by addition
+    (docs/drift.md, "Label-free performance")."""
+
+    counts: tuple[int, ...]
+    confidence: tuple[float, ...]
+    labelled: tuple[int, ...] = ()
+    correct: tuple[int, ...] = ()
+    labelled_confidence: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        bins = len(self.counts)
+        if not 1 <= bins <= MAX_BINS:
+            raise Malformed(f"a confidence sketch has 1 to {MAX_BINS} bins")
+        labelled = (self.labelled, self.correct, self.labelled_confidence)
+        if len(self.confidence) != bins or any(len(x) not in (0, bins) for x in labelled):
+            raise Malformed("confidence sketch rows must have one value per bin")
+        _check_counts(self.counts, *self.labelled, *self.correct)
+        for c in (*self.confidence, *self.labelled_confidence):
+            check_range(c, "confidence sum", 0.0)
+
+    def rows(self) -> list[list[float]]:
+        """The five sums as rows (empty labelled rows as zeros): the hub's array."""
+        zeros = [0.0] * len(self.counts)
+        return [
+            [float(c) for c in self.counts],
+            list(self.confidence),
+            [float(c) for c in self.labelled] or zeros,
+            [float(c) for c in self.correct] or zeros,
+            list(self.labelled_confidence) or zeros,
+        ]
+
+    def merge(self, other: ConfidenceSketch) -> ConfidenceSketch:
+        """Both windows' sums together.
+
+        Raises:
+            Malformed: sketches over different numbers of bins.
+        """
+        if len(other.counts) != len(self.counts):
+            raise Malformed("cannot merge confidence sketches of different bins")
+        a, b = self.rows(), other.rows()
+        total = [[x + y for x, y in zip(r, q, strict=True)] for r, q in zip(a, b, strict=True)]
+        return ConfidenceSketch(
+            tuple(round(x) for x in total[0]),
+            tuple(total[1]),
+            tuple(round(x) for x in total[2]),
+            tuple(round(x) for x in total[3]),
+            tuple(total[4]),
+        )

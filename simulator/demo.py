@@ -51,8 +51,8 @@ T = TypeVar("T")
 STEP_TIMEOUT_S = 60.0
 NOT_YET = """\
 Not built yet (next issues): federated rounds that merge the deltas above into version 2,
-fleet drift reports from the sketches, staged rollouts with gates and automatic rollback,
-and a simulator for fleets of thousands (`edgefleet sim` runs a few agents in one process)."""
+staged rollouts with gates and automatic rollback, and a simulator for fleets of thousands
+(`edgefleet sim` runs a few agents in one process)."""
 
 
 def main(args: argparse.Namespace) -> int:

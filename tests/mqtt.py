@@ -111,6 +111,8 @@ class TestClient:
             AssertionError: the broker is unreachable, or no successful CONNACK arrived
                 within the timeout.
         """
+        if self._connections:
+            raise AssertionError(f"{self.client_id} is already connected")
         host, port = self._broker.host, self._broker.port
         try:
             self._client.connect(host, port, keepalive=30)

@@ -18,7 +18,9 @@ from hub.cli.common import open_store
 from hub.store.rows import Device
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
-TOP_LEVEL = {"agent", "hub", "model", "rollout", "sim", "demo", "keys", "inspect", "broker"}
+TOP_LEVEL = {
+    "agent", "hub", "model", "rollout", "sim", "demo", "keys", "inspect", "broker", "drift",
+}  # fmt: skip
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

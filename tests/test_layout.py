@@ -122,6 +122,7 @@ PURE_CORES = (
     "hub/store/__init__.py",
     "hub/store/interface.py",  # the store's contract
     "hub/store/rows.py",  # the typed rows
+    "hub/store/drift_rows.py",  # the drift concern's typed rows
     "hub/store/rollout_rows.py",  # the rollouts' part of the contract
     "hub/transport/__init__.py",
     "hub/transport/broker_access.py",  # who may touch which topic, for both brokers
@@ -207,7 +208,7 @@ def test_the_store_contract_names_no_table_and_takes_no_sql() -> None:
     members = {name for name in dir(Store) if not name.startswith("_")}
     assert not members & generic, "the Store facade offers generic table access"
     assert members == {
-        "api_tokens", "atomic", "audit", "broker_credentials", "close", "counters",
+        "api_tokens", "atomic", "audit", "broker_credentials", "close", "counters", "drift",
         "desired", "devices", "enrollment_tokens", "immediate", "ping", "registry", "uplink",
         "rollouts",
     }  # fmt: skip

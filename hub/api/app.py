@@ -29,9 +29,10 @@ from fastapi.routing import APIRoute
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from hub.api import audit, devices, docs, errors, models, reports, rollouts, system, tokens
+from hub.api import audit, devices, docs, drift, errors, models, reports, rollouts, system, tokens
 from hub.api.auth import Principal
 from hub.api.deps import AppContext
+from hub.api.drift_metrics import DriftCollector
 from hub.api.fleet_metrics import FleetCollector
 from hub.api.rollout_metrics import RolloutCollector
 from hub.api.schemas import Problem
@@ -48,6 +49,7 @@ _ROUTERS: tuple[tuple[str, APIRouter], ...] = (
     (API_PREFIX, models.uploads),
     (API_PREFIX, reports.router),
     (API_PREFIX, audit.router),
+    (API_PREFIX, drift.router),
     (API_PREFIX, rollouts.router),
 )
 
@@ -116,6 +118,7 @@ def create_app(
     )
     api_metrics = CollectorRegistry(auto_describe=True)
     api_metrics.register(FleetCollector(ctx.store))
+    api_metrics.register(DriftCollector(ctx.store))
     api_metrics.register(RolloutCollector(ctx.store))
     app.state.context = AppContext(ctx, services, api_metrics, local)
     for prefix, router in _ROUTERS:

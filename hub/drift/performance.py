@@ -10,7 +10,7 @@ for the rows that received labelled feedback, their number, how many were correc
 the sum of their confidences. All five are sums, so sketches merge by addition like the
 data sketches, and the hub estimates any cohort's accuracy from the merged sums.
 
-What the agent computes per prediction (the next step adds the sketch to ``DataDelta``):
+What the agent computes per prediction (``agent.sketches``, sent as ``DataDelta.confidence``):
 
 1. ``probabilities``: the model's class scores as probabilities (the profile's rule: a
    single column ``p`` is ``[1 - p, p]``);

@@ -76,10 +76,11 @@ class Reference:
         return self.names.index(name)
 
     @classmethod
-    def from_profile(
-        cls, profile: Profile, *, confidence_bins: int = DEFAULT_CONFIDENCE_BINS
-    ) -> Reference:
-        """The arrays of ``profile``.
+    def from_profile(cls, profile: Profile, *, confidence_bins: int | None = None) -> Reference:
+        """The arrays of ``profile`` (``confidence_bins``: the profile's unless given).
+
+        The digest hashes the profile without its calibration fields when they are at
+        their defaults, so a version registered before profiles had them keeps its scope.
 
         Raises:
             UnusableReference: no reference rows, no features and no predictions, a
@@ -93,6 +94,8 @@ class Reference:
         names = [f.name for f in profile.features]
         if PREDICTION in names or len(set(names)) != len(names):
             raise UnusableReference(f"feature names must be distinct and not {PREDICTION!r}")
+        if confidence_bins is None:
+            confidence_bins = profile.confidence_bins
         if confidence_bins < 1:
             raise UnusableReference("confidence_bins must be at least 1")
         rows: list[tuple[float, ...]] = [f.proportions for f in profile.features]
@@ -111,8 +114,13 @@ class Reference:
             if total <= 0:
                 raise UnusableReference(f"row {names[i]!r} has no reference mass")
             proportions[i, : len(values)] = values / total
+        hashed = asdict(profile)
+        if profile.calibration is None:
+            del hashed["calibration"]
+        if profile.confidence_bins == DEFAULT_CONFIDENCE_BINS:
+            del hashed["confidence_bins"]
         digest = hashlib.sha256(
-            canonical.dumps({"profile": asdict(profile), "confidence_bins": confidence_bins})
+            canonical.dumps({"profile": hashed, "confidence_bins": confidence_bins})
         ).hexdigest()
         return cls(
             names=tuple(names),

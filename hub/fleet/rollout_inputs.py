@@ -9,7 +9,9 @@ for its result), and the rollout's records for it.
 
 :func:`device_metrics` sums, per device, the data windows it sent since the stage began
 about the version it runs *now*: canaries count only what they served on the new
-version, the control only what it served on the old one, over the same window.
+version, the control only what it served on the old one, over the same window. Labelled
+feedback comes from each window's confidence sketch (``labelled`` and ``correct`` summed
+over its bins: labels counted in the window they arrived in).
 """
 
 from __future__ import annotations
@@ -106,8 +108,12 @@ def _summed(bodies: list[dict[str, Any]]) -> DeviceMetrics:
         for b in bodies
         if int(b.get("inference_count", 0)) > 0 and float(b.get("latency_p95_ms") or 0) > 0
     ]
-    total = sum(int(b.get("feedback_count") or 0) for b in bodies)
-    correct = min(sum(int(b.get("feedback_correct") or 0) for b in bodies), total)
+    total = correct = 0
+    for body in bodies:  # labels counted in the window they arrived in (docs/drift.md)
+        sketch = body.get("confidence") or {}
+        total += sum(int(n) for n in sketch.get("labelled") or ())
+        correct += sum(int(n) for n in sketch.get("correct") or ())
+    correct = min(correct, total)
     return DeviceMetrics(
         inferences=inferences,
         errors=errors,

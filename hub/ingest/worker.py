@@ -5,7 +5,8 @@ the core accepted). One worker thread::
 
     inbox (hub.transport.mqtt) ─> batch of up to ingest_batch_max frames (or ingest_batch_wait_ms)
       ─> store.atomic():  judge every frame; enrollment; rows, device windows, twin,
-                          last_seen/online, rejection audit rows       ── one transaction
+                          last_seen/online, rejection audit rows,
+                          data windows into drift buckets (hub.monitor) ── one transaction
       ─> commit ─> HubAck per device (down/ack) ─> on_fetch hooks ─> prune audit
 
 **Exactly once, acked implies stored.** A frame's row and its device's replay window
@@ -84,6 +85,7 @@ from hub.metrics import (
     QUEUE_DEPTH,
     REJECTED,
 )
+from hub.monitor.ingest import DriftMerger
 from hub.settings import HubSettings
 from hub.store import Store
 from hub.store.rows import DeviceIdentity
@@ -168,6 +170,7 @@ class Ingest:
         self._audited = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.drift = DriftMerger(store)  # windows into drift buckets, in the batch's transaction
         workers = default_workers() if verify_workers is None else verify_workers
         self.ahead = VerifyAhead(self.rules, self._devices.get, workers)
 
@@ -265,6 +268,7 @@ class Ingest:
                     self._one(topic, payload, batch, lookup, ahead)
                 batch.audits.extend(self.sentry.summaries(batch.now_ms))
                 batch.write(self.store)
+                self.drift.merge(batch.admitted, batch.now_ms)
         except Exception:
             BATCH_FAILURES.inc()
             logger.exception("ingest batch of %d frames failed and was rolled back", len(items))

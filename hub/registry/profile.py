@@ -43,19 +43,28 @@ What this module does not do: write anything, or define what makes a model unsaf
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
 import onnxruntime as ort
 
+from hub.drift.performance import choose_calibration
 from hub.errors import InvalidRequest
 from hub.registry.datasets import Dataset, load_dataset
 from protocol import heads
 from protocol.errors import Malformed
-from protocol.manifest import FeatureProfile, Head, PredictionProfile, Profile, TensorSpec
+from protocol.manifest import (
+    FeatureProfile,
+    Head,
+    PredictionProfile,
+    Profile,
+    ProfileCalibration,
+    TensorSpec,
+)
 from protocol.modelcheck import MAX_MODEL_BYTES, ModelInfo, inspect_model
 from protocol.tensors import encode_tensors
 
@@ -181,6 +190,21 @@ def build_profile(
     )
 
 
+MAX_KNOTS = 4096  # protocol.manifest.ProfileCalibration
+
+
+def calibration(scores: np.ndarray, y: np.ndarray, seed: int) -> ProfileCalibration | None:
+    """Top-label isotonic calibration of a classifier on its validation rows, kept only if
+    it lowers the cross-validated calibration error (docs/drift.md, "Label-free
+    performance"); the folds are drawn from ``seed`` (the model's digest), so registering
+    the same upload twice gives the same profile."""
+    choice = choose_calibration(class_scores(scores), y, np.random.default_rng(seed))
+    found = choice.calibration
+    if found is None or len(found.knots_x) > MAX_KNOTS:
+        return None
+    return ProfileCalibration(found.knots_x, found.knots_y)
+
+
 # ---------------------------------------------------------------- the whole analysis
 
 
@@ -235,8 +259,13 @@ def analyze(
     ref_scores = runner.run(ref.x, scores)
     task = found.task if found else infer_task(ref_scores)
     results: dict[str, float] = {}
+    profile = build_profile(ref, ref_scores, task)
     if val is not None and val.y is not None:
-        results = metrics(runner.run(val.x, scores), val.y, task)
+        val_scores = runner.run(val.x, scores)
+        results = metrics(val_scores, val.y, task)
+        if task == "classification":
+            seed = int(hashlib.sha256(model).hexdigest()[:8], 16)
+            profile = replace(profile, calibration=calibration(val_scores, val.y, seed))
     smoke = smoke_rows(ref.x, runner.smoke_count)
     try:
         smoke_container = encode_tensors({spec.name: smoke})
@@ -248,7 +277,7 @@ def analyze(
         head=found,
         head_reason=reason,
         scores=scores,
-        profile=build_profile(ref, ref_scores, task),
+        profile=profile,
         metrics=results,
         latency_budget_ms=latency_budget_ms(runner.latency_p95_ms(smoke, scores)),
         smoke=smoke_container,

@@ -246,6 +246,84 @@ def m008_uplink_time_indexes(db: Database) -> None:
 
 
 @migrations()
+def m010_drift(db: Database) -> None:
+    # hub.monitor: drift buckets merged at ingest, scored buckets, alerts (docs/drift.md)
+    aggregate = {  # hub.drift.aggregate.to_columns
+        "scope": str,
+        "counts": bytes,
+        "moments": bytes,
+        "performance": bytes,
+        "inferences": int,
+        "errors": int,
+        "windows": int,
+        "parts": str,
+    }
+    db.table("drift_scopes").create(
+        {
+            "scope": str,
+            "model_name": str,
+            "model_version": int,
+            "reference_accuracy": float,
+            "created_at": int,
+        },
+        pk="scope",
+    )
+    db.table("drift_device_buckets").create(
+        {
+            "device_id": str,
+            "width_ms": int,
+            "start_ms": int,
+            "model_name": str,
+            "model_version": int,
+            "tags": str,
+            "updated_at": int,
+            **aggregate,
+        },
+        pk=("scope", "device_id", "width_ms", "start_ms"),
+    )
+    db.table("drift_device_buckets").create_index(["scope", "width_ms", "start_ms"])
+    db.table("drift_device_buckets").create_index(["device_id", "width_ms", "start_ms"])
+    db.table("drift_cohort_buckets").create(
+        {"cohort": str, "width_ms": int, "start_ms": int, "view": str, "updated_at": int}
+        | aggregate,
+        pk=("scope", "cohort", "width_ms", "start_ms"),
+    )
+    db.table("drift_assessments").create(
+        {
+            "scope": str,
+            "width_ms": int,
+            "start_ms": int,
+            "body": str,
+            "scored_at": int,
+            "dirty": int,
+        },
+        pk=("scope", "width_ms", "start_ms"),
+        defaults={"dirty": 0},
+    )
+    db.table("drift_alerts").create(
+        {
+            "id": str,
+            "scope": str,
+            "model_name": str,
+            "kind": str,
+            "state": str,  # open | acknowledged | resolved
+            "severity": str,  # warning | alert
+            "body": str,  # hub.drift.alerts.Alert, canonical JSON
+            "opened_at": int,
+            "updated_at": int,
+            "resolved_at": int,
+            "round_requested": int,
+        },
+        pk="id",
+        defaults={"round_requested": 0},
+    )
+    db.table("drift_alerts").create_index(["scope", "kind", "state"])
+    db.table("drift_policies").create(
+        {"model_name": str, "body": str, "updated_at": int}, pk="model_name"
+    )
+
+
+@migrations()
 def m011_rollouts(db: Database) -> None:
     # hub.fleet.rollouts: staged rollouts (docs/rollouts.md, "Integration plan"); the
     # planner's state per rollout and per device, the latest verdict per gate, a timeline.

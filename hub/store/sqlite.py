@@ -32,6 +32,7 @@ from hub.store.counters import SqliteCounters
 from hub.store.credentials import SqliteBrokerCredentials
 from hub.store.desired import SqliteDesired
 from hub.store.devices import SqliteDevices
+from hub.store.drift import SqliteDrift
 from hub.store.interface import (
     ApiTokens,
     Audit,
@@ -39,6 +40,7 @@ from hub.store.interface import (
     Counters,
     DesiredStates,
     Devices,
+    Drift,
     EnrollmentTokens,
     NotFound,
     Registry,
@@ -167,6 +169,7 @@ class SqliteStore:
         self.enrollment_tokens: EnrollmentTokens = SqliteEnrollmentTokens(self.connection)
         self.counters: Counters = SqliteCounters(self.connection)
         self.broker_credentials: BrokerCredentials = SqliteBrokerCredentials(self.connection)
+        self.drift: Drift = SqliteDrift(self.connection)
         self.rollouts: Rollouts = SqliteRollouts(self.connection)
 
     @classmethod

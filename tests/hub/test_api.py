@@ -128,6 +128,7 @@ class Route:
 
 
 SHA = "a" * 64
+ALERT = "0123456789abcdef-drift-1795392000000"  # none exists: reading it is a 404
 ROUTES = [
     Route("GET", "/healthz", "/healthz", None),
     Route("GET", "/metrics", "/metrics", "viewer"),
@@ -208,6 +209,27 @@ ROUTES = [
     Route("GET", "/api/v1/telemetry", "/api/v1/telemetry", "viewer"),
     Route("GET", "/api/v1/states", "/api/v1/states", "viewer"),
     Route("GET", "/api/v1/devices/{device_id}/twin", f"/api/v1/devices/{DEVICE}/twin", "viewer"),
+    Route("GET", "/api/v1/drift", "/api/v1/drift?model=iris", "viewer"),
+    Route("GET", "/api/v1/drift/devices/{device_id}", f"/api/v1/drift/devices/{DEVICE}", "viewer"),
+    Route("GET", "/api/v1/drift/alerts", "/api/v1/drift/alerts", "viewer"),
+    Route("GET", "/api/v1/drift/alerts/{alert_id}", f"/api/v1/drift/alerts/{ALERT}", "viewer"),
+    Route(
+        "POST",
+        "/api/v1/drift/alerts/{alert_id}/ack",
+        f"/api/v1/drift/alerts/{ALERT}/ack",
+        "operator",
+        {"json": {"note": "seen"}},
+    ),
+    Route(
+        "GET", "/api/v1/models/{name}/drift-policy", "/api/v1/models/iris/drift-policy", "viewer"
+    ),
+    Route(
+        "PUT",
+        "/api/v1/models/{name}/drift-policy",
+        "/api/v1/models/iris/drift-policy",
+        "operator",
+        {"json": {"psi_warn": 0.12}},
+    ),
     Route("POST", "/api/v1/rollouts", "/api/v1/rollouts", "operator",
           {"json": {"model": "iris", "version": 1}}),
     Route("POST", "/api/v1/rollouts/dry-run", "/api/v1/rollouts/dry-run", "operator",
@@ -301,7 +323,10 @@ def test_viewer_reads_everything_readable(fleet: Api, route: Route) -> None:
     path = route.path.replace(SHA, sha)
     if route.template == "/api/v1/rollouts/{rollout_id}":
         fleet.call("POST", "/api/v1/rollouts", json={"model": "iris", "version": 1})
-    nothing_pending = route.template == "/api/v1/releases/pending"  # the release key is online
+    nothing_pending = route.template in (
+        "/api/v1/releases/pending",  # the release key is online
+        "/api/v1/drift/alerts/{alert_id}",  # no drift alert was raised
+    )
     assert fleet.call("GET", path, role="viewer").status_code == (404 if nothing_pending else 200)
 
 

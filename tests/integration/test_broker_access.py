@@ -73,11 +73,16 @@ def provision(broker: SecuredBroker, *ids: str) -> Devices:
     return Devices(passwords)
 
 
-def hub_client(broker: SecuredBroker, topics: Topics) -> TestClient:
-    hub = TestClient(broker, HUB_USERNAME, login=broker.hub_login.pair())
-    hub.connect()
-    hub.subscribe(f"{topics.base}/#")
-    return hub
+@contextlib.contextmanager
+def hub_client(broker: SecuredBroker, topics: Topics) -> Iterator[TestClient]:
+    """The hub's account, subscribed to everything under the prefix.
+
+    Connects exactly once: a second CONNECT under the same client id takes the first
+    session over, and whatever arrived in between would be lost to the test.
+    """
+    with TestClient(broker, HUB_USERNAME, login=broker.hub_login.pair()) as hub:
+        hub.subscribe(f"{topics.base}/#")
+        yield hub
 
 
 def topics_of(messages: list[Received]) -> list[str]:

@@ -9,15 +9,24 @@ is N(0, 1) over 10 quantile bins of 5,000 rows.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from hub.drift.alerts import Open
 from tests.hub.drift.simfleet import Run, SimDevice, device_buckets, make_fleet, no_shift
+from tests.hub.monitor.storerun import StoreRun
+
+# Each simulation runs twice: on the pure core alone, and on the hub's path (buckets in a
+# SQLite store, scored and planned by the scoring job's step, read back from the store).
+runners = pytest.mark.parametrize("runner", [Run, StoreRun], ids=["pure", "store"])
 
 
-def test_covariate_shift_in_one_cohort_alerts_on_exactly_its_features_and_cohort() -> None:
+@runners
+def test_covariate_shift_in_one_cohort_alerts_on_exactly_its_features_and_cohort(
+    runner: type[Run] | type[StoreRun],
+) -> None:
     """1σ on f2 and f7 for the eu devices (30% of the fleet) from bucket 5 on."""
     rng = np.random.default_rng(21)
-    run = Run.new(rng)
+    run = runner.new(rng)
     fleet = make_fleet(rng, 200)
     onset = 5
 
@@ -58,11 +67,14 @@ def test_covariate_shift_in_one_cohort_alerts_on_exactly_its_features_and_cohort
         assert all(f.level == "ok" for f in assessment.findings)
 
 
-def test_stationary_fleet_raises_nothing_over_50_buckets() -> None:
+@runners
+def test_stationary_fleet_raises_nothing_over_50_buckets(
+    runner: type[Run] | type[StoreRun],
+) -> None:
     """No drift, devices of 30-100 rows: zero alerts. Prints the largest score seen and
     the measured per-feature, per-bucket false-alarm rate."""
     rng = np.random.default_rng(5)
-    run = Run.new(rng)
+    run = runner.new(rng)
     fleet = make_fleet(rng, 200)
     buckets = 50
     significant = warned = tests = 0
@@ -107,10 +119,13 @@ def test_stationary_fleet_raises_nothing_over_50_buckets() -> None:
     assert 0.006 <= device_hits / device_tests <= 0.014
 
 
-def test_a_drifting_minority_alerts_though_the_fleet_histogram_barely_moves() -> None:
+@runners
+def test_a_drifting_minority_alerts_though_the_fleet_histogram_barely_moves(
+    runner: type[Run] | type[StoreRun],
+) -> None:
     """50 of 1,000 devices shifted by 2σ on f4; no cohort holds them."""
     rng = np.random.default_rng(6)
-    run = Run.new(rng)
+    run = runner.new(rng)
     fleet = make_fleet(rng, 1000)
     shifted = {d.device_id for d in rng.choice(np.array(fleet, dtype=object), 50, replace=False)}
 

@@ -29,6 +29,7 @@ from hub.registry.profile import bin_proportions, quantile_edges
 from protocol.manifest import FeatureProfile, PredictionProfile, Profile
 from tests.hub.drift.helpers import window_counts
 from tests.hub.drift.simfleet import Run, make_fleet
+from tests.hub.monitor.storerun import StoreRun
 
 FEATURES, CLASSES = 10, 3
 
@@ -162,13 +163,16 @@ def performance_buckets(world, reference, edges, choice, fleet, bucket, *, scale
     return buckets, hits / total
 
 
-def test_label_free_estimate_tracks_true_accuracy_under_covariate_shift() -> None:
+@pytest.mark.parametrize("runner", [Run, StoreRun], ids=["pure", "store"])
+def test_label_free_estimate_tracks_true_accuracy_under_covariate_shift(
+    runner: type[Run] | type[StoreRun],
+) -> None:
     """Inputs shrink toward the class boundaries bucket after bucket (x -> s x): the
     model's accuracy falls; the merged label-free estimate follows it within 3 points."""
     rng = np.random.default_rng(20)
     world = World(rng)
     reference, edges, choice, accuracy = registration(world, rng)
-    run = Run(reference, edges, DriftPolicy(), reference_accuracy=accuracy)
+    run = runner(reference, edges, DriftPolicy(), reference_accuracy=accuracy)
     fleet = make_fleet(rng, 150)
     print(
         f"\n  reference accuracy {accuracy:.3f}; calibration ECE (cross-validated) "
@@ -198,12 +202,15 @@ def test_label_free_estimate_tracks_true_accuracy_under_covariate_shift() -> Non
     assert "estimated_accuracy_drop" in run.alerts[opened[0].id].performance.reasons  # type: ignore[union-attr]
 
 
-def test_concept_drift_is_quiet_on_inputs_and_shows_in_feedback_accuracy() -> None:
+@pytest.mark.parametrize("runner", [Run, StoreRun], ids=["pure", "store"])
+def test_concept_drift_is_quiet_on_inputs_and_shows_in_feedback_accuracy(
+    runner: type[Run] | type[StoreRun],
+) -> None:
     """Labels of classes 1 and 2 swap from bucket 3 on; the inputs do not change."""
     rng = np.random.default_rng(21)
     world = World(rng)
     reference, edges, choice, accuracy = registration(world, rng)
-    run = Run(reference, edges, DriftPolicy(), reference_accuracy=accuracy)
+    run = runner(reference, edges, DriftPolicy(), reference_accuracy=accuracy)
     fleet = make_fleet(rng, 150)
     print("\n  bucket  true acc  estimate  feedback  expected  worst input level")
     for bucket in range(8):
