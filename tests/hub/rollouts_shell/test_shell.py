@@ -14,7 +14,7 @@ from hub.fleet import rollouts
 from hub.fleet.desired import set_desired
 from hub.rollouts import Pause, RolloutConflict, RolloutSpec, Stage
 from hub.rollouts.spec import GateSpec
-from hub.store import Store
+from hub.store import NotFound, Store
 from hub.store.rows import Device
 from protocol import canonical, schema
 from protocol.messages import InstallOutcome, ModelRef, StateReport
@@ -148,8 +148,8 @@ def test_a_second_live_rollout_over_the_same_devices_is_refused_and_a_paused_one
     assert len(hub.store.rollouts.progress(first)) == touched, "paused: nobody new"
 
 
-def test_an_unreleased_version_is_refused(hub: Hub) -> None:
-    with pytest.raises(Exception, match="no version 9"):
+def test_an_unknown_version_is_refused(hub: Hub) -> None:
+    with pytest.raises(NotFound, match="no version 9"):
         rollouts.create(hub.context(), replace(SPEC, version=9), actor="operator")
 
 
