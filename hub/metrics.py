@@ -145,6 +145,22 @@ RETAINED_RESTORED = Counter(
 )
 
 
+# ---------------------------------------------------------------------- rollouts
+
+ROLLOUT_PLAN_SECONDS = Histogram(
+    "edgefleet_rollout_plan_seconds",
+    "One rollout's tick: reading its inputs, planning and committing the plan.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+    registry=REGISTRY,
+)
+ROLLOUTS_HALTED = Counter(
+    "edgefleet_rollouts_halted",
+    "Rollouts halted by a failing gate, by the gate's metric.",
+    ["metric"],
+    registry=REGISTRY,
+)
+
+
 def sample(name: str, labels: dict[str, str] | None = None) -> float:
     """The current value of one sample in :data:`REGISTRY` (0.0 when it has none yet)."""
     value = REGISTRY.get_sample_value(name, labels or {})

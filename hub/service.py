@@ -32,7 +32,8 @@ What runs, started in this order and stopped in the reverse one:
 5. an APScheduler ``BackgroundScheduler`` with the jobs of :data:`JOBS`, each a one-line
    shim calling a function with the context: reconcile (``reconcile_interval_s``),
    heartbeat (``heartbeat_interval_s``), marking silent devices offline
-   (``offline_check_interval_s``), and the ``keyring`` job (every
+   (``offline_check_interval_s``), planning the staged rollouts (``rollout_tick_s``,
+   :func:`hub.fleet.rollouts.rollouts_job`), and the ``keyring`` job (every
    ``keyring_check_interval_s``) that reloads the key ring when its files change and
    makes a rotation take effect at once (:func:`hub.fleet.reconciler.rekey`);
 6. the REST API (:func:`hub.api.create_app`) under uvicorn (:mod:`hub.transport.http_server`).
@@ -66,6 +67,7 @@ from hub.federated.rounds import RoundsKick, open_round, rounds_job
 from hub.fleet.documents import issue_heartbeat
 from hub.fleet.reconciler import reconcile_job, rekey, republish_all
 from hub.fleet.restore import restore_retained
+from hub.fleet.rollouts import rollouts_job
 from hub.ingest import pipeline as ingest_run
 from hub.ingest.pipeline import IngestService
 from hub.ingest.worker import mark_offline
@@ -116,6 +118,7 @@ JOBS: dict[str, tuple[Callable[[HubSettings], float], Job]] = {
     "rounds": (lambda s: s.round_tick_interval_s, rounds_job),
     "drift.score": (lambda s: s.drift_score_interval_s, drift_job),
     "drift.maintain": (lambda s: s.drift_maintain_interval_s, maintain_job),
+    "rollouts": (lambda s: s.rollout_tick_s, rollouts_job),
 }
 """The scheduler's jobs: name -> (its interval from the settings, the function it calls
 with the context). Rounds, drift and rollouts add theirs here."""

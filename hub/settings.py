@@ -54,6 +54,7 @@ class HubSettings:
     stuck_after_s: float = 900.0  # desired != reported for this long: stuck
     reconcile_interval_s: float = 15.0
     nudge_every_s: float = 60.0  # re-publish desired / nudge a lagging device at most this often
+    rollout_tick_s: float = 5.0  # how often the scheduler plans the staged rollouts
 
     # trust
     keyring_check_interval_s: float = 2.0  # how often the running hub looks for a rotation

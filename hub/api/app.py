@@ -37,6 +37,7 @@ from hub.api import (
     errors,
     models,
     reports,
+    rollouts,
     rounds,
     system,
     tokens,
@@ -45,6 +46,7 @@ from hub.api.auth import Principal
 from hub.api.deps import AppContext
 from hub.api.drift_metrics import DriftCollector
 from hub.api.fleet_metrics import FleetCollector
+from hub.api.rollout_metrics import RolloutCollector
 from hub.api.schemas import Problem
 from hub.api.services import HubServices
 from hub.context import HubContext
@@ -62,6 +64,7 @@ _ROUTERS: tuple[tuple[str, APIRouter], ...] = (
     (API_PREFIX, rounds.router),
     (API_PREFIX, rounds.uploads),
     (API_PREFIX, drift.router),
+    (API_PREFIX, rollouts.router),
 )
 
 
@@ -130,6 +133,7 @@ def create_app(
     api_metrics = CollectorRegistry(auto_describe=True)
     api_metrics.register(FleetCollector(ctx.store))
     api_metrics.register(DriftCollector(ctx.store))
+    api_metrics.register(RolloutCollector(ctx.store))
     app.state.context = AppContext(ctx, services, api_metrics, local)
     for prefix, router in _ROUTERS:
         app.include_router(router, prefix=prefix)

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from hub.cli import rollout as rollout_cli
 from hub.cli.client import CliFailure, add_target_options, connect, segment
 from hub.cli.common import add_command, json_option, positive, print_json
 from hub.cli.example import add_example_command
@@ -137,8 +138,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     rollout = subparsers.add_parser(
         "rollout",
-        help="choose the model version a device runs",
-        description="Set a device's desired model version.",
+        help="staged rollouts, or the model version one device runs",
+        description="Start and steer staged rollouts; set one device's desired model version.",
         epilog=ROLLOUT_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -154,6 +155,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     one.add_argument("--model", required=True, help="model name")
     one.add_argument("--version", type=positive, required=True, help="a released version")
     add_target_options(one)
+    rollout_cli.add_commands(rollouts)
 
 
 def _register(args: argparse.Namespace) -> int:

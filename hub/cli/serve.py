@@ -120,6 +120,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("--reconcile-interval", "RECONCILE_INTERVAL_S", _seconds, "S", "seconds (15)"),
     Option("--heartbeat-interval", "HEARTBEAT_INTERVAL_S", _seconds, "S", "seconds (60)"),
     Option("--offline-after", "OFFLINE_AFTER_S", _seconds, "S", "silent seconds (120)"),
+    Option("--rollout-tick", "ROLLOUT_TICK_S", _seconds, "S", "seconds between rollout plans (5)"),
 )
 EMBEDDED = Option(
     "--embedded-broker",
@@ -139,6 +140,7 @@ _FIELDS = {
     "reconcile_interval": "reconcile_interval_s",
     "heartbeat_interval": "heartbeat_interval_s",
     "offline_after": "offline_after_s",
+    "rollout_tick": "rollout_tick_s",
 }
 
 EPILOG = (

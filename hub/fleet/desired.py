@@ -23,10 +23,11 @@ from __future__ import annotations
 import logging
 
 from hub.context import HubContext
-from hub.errors import KeyUnavailable
+from hub.errors import Conflict, KeyUnavailable
 from hub.fleet.desired_plan import Assign, Reissue, Skip, plan_publish, plan_set
 from hub.fleet.documents import signed_release
 from hub.fleet.releases import SignedRelease, assignment_for
+from hub.fleet.rollout_inputs import covering
 from hub.health import derive, reported_flags
 from hub.keyring import KeyringError
 from hub.store import NotFound
@@ -57,13 +58,53 @@ def set_desired(
 
     Raises:
         NotFound: no such device, or no such version of the model.
-        Conflict: the device is not active (pending or revoked), no release list has
-            been signed yet, the version is not in the signed release list, its
-            release counter is below the list's rollback floor, or the device would
+        Conflict: a live rollout of the model covers the device (it sets the device's
+            desired state), the device is not active (pending or revoked), no release
+            list has been signed yet, the version is not in the signed release list,
+            its release counter is below the list's rollback floor, or the device would
             refuse it as incompatible with the model it last reported active.
         KeyUnavailable: the rollout key is not on the hub.
     """
-    store, now_ms = ctx.store, ctx.now_ms()
+    with ctx.store.immediate():
+        rollout = covering(ctx.store, device_id, model_name)
+        if rollout is not None:
+            raise Conflict(
+                f"device {device_id} is in rollout {rollout.rollout_id} ({rollout.phase}, "
+                f"stage {rollout.stage + 1}); pause or abort it first"
+            )
+        assignment = assign_desired(
+            ctx,
+            device_id=device_id,
+            model_name=model_name,
+            model_version=model_version,
+            config=config,
+            actor=actor,
+            now_ms=ctx.now_ms(),
+        )
+    publish_desired(ctx, device_id)
+    return assignment
+
+
+def assign_desired(
+    ctx: HubContext,
+    *,
+    device_id: str,
+    model_name: str,
+    model_version: int,
+    actor: str,
+    now_ms: int,
+    config: DeviceConfig | None = None,
+    current: SignedRelease | None = None,
+) -> Assignment:
+    """:func:`set_desired`'s decision and writes, inside the caller's write transaction
+    and without publishing: a rollout commits many devices' desired states together with
+    its own progress rows, then publishes (or leaves it to the reconciler, which publishes
+    every desired state stored with ``published_at`` unset). ``current``: the signed
+    release list, when the caller has already read it for many devices.
+
+    Raises: as :func:`set_desired`.
+    """
+    store = ctx.store
     device = store.devices.find(device_id)
     previous = store.desired.find(device_id)
     candidate = store.registry.version(model_name, model_version)
@@ -73,7 +114,7 @@ def set_desired(
         model_name=model_name,
         model_version=model_version,
         registered=candidate is not None,
-        current=signed_release(store),
+        current=current if current is not None else signed_release(store),
         previous=previous,
         active=_active_manifest(ctx, device) if device is not None else None,
         candidate=_manifest(candidate) if candidate is not None else None,
@@ -83,36 +124,28 @@ def set_desired(
     assert device is not None  # the plan refuses an unknown device
     if config is None:
         config = _config(previous) if previous else DeviceConfig()
-    with store.immediate():
-        assignment = _assign(ctx, device_id, plan.entry, plan.release, now_ms)
-        store.desired.put(
-            Desired(
-                device_id=device_id,
-                model_name=model_name,
-                model_version=model_version,
-                assignment_version=assignment.version,
-                config=canonical.dumps(schema.to_json(config)).decode(),
-                set_at=now_ms,
-                set_by=actor,
-                assignment_expires=assignment.expires,
-            )
+    assignment = _assign(ctx, device_id, plan.entry, plan.release, now_ms)
+    store.desired.put(
+        Desired(
+            device_id=device_id,
+            model_name=model_name,
+            model_version=model_version,
+            assignment_version=assignment.version,
+            config=canonical.dumps(schema.to_json(config)).decode(),
+            set_at=now_ms,
+            set_by=actor,
+            assignment_expires=assignment.expires,
         )
-        if plan.ends_stuck_episode:
-            store.devices.set_health(
-                device_id, derive(reported_flags(device.reported), stuck=False)
-            )
-        store.audit.append(
-            at=now_ms,
-            actor=actor,
-            action="desired.set",
-            target=device_id,
-            detail={
-                "model": model_name,
-                "version": model_version,
-                "assignment": assignment.version,
-            },
-        )
-    publish_desired(ctx, device_id)
+    )
+    if plan.ends_stuck_episode:
+        store.devices.set_health(device_id, derive(reported_flags(device.reported), stuck=False))
+    store.audit.append(
+        at=now_ms,
+        actor=actor,
+        action="desired.set",
+        target=device_id,
+        detail={"model": model_name, "version": model_version, "assignment": assignment.version},
+    )
     return assignment
 
 

@@ -43,6 +43,7 @@ from hub.store.drift_rows import (
     DueBucket,
     StaleRollup,
 )
+from hub.store.rollout_rows import Rollouts
 from hub.store.round_rows import BufferState, DeltaVerdict, RoundRecord
 from hub.store.rows import (
     ApiCredential,
@@ -606,6 +607,9 @@ class Store(Protocol):
 
     @property
     def drift(self) -> Drift: ...
+
+    @property
+    def rollouts(self) -> Rollouts: ...
 
     def atomic(self) -> AbstractContextManager[None]: ...
 

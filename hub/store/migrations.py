@@ -383,3 +383,77 @@ def m010_drift(db: Database) -> None:
     db.table("drift_policies").create(
         {"model_name": str, "body": str, "updated_at": int}, pk="model_name"
     )
+
+
+@migrations()
+def m011_rollouts(db: Database) -> None:
+    # hub.fleet.rollouts: staged rollouts (docs/rollouts.md, "Integration plan"); the
+    # planner's state per rollout and per device, the latest verdict per gate, a timeline.
+    db.table("rollouts").create(
+        {
+            "id": str,  # r-<n>
+            "model_name": str,
+            "model_version": int,
+            "spec": str,  # RolloutSpec.to_json(), canonical JSON; never changes
+            "phase": str,
+            "stage": int,
+            "stage_started_ms": int,
+            "bake_started_ms": int,
+            "paused_from": str,
+            "override_stage": int,
+            "reason": str,
+            "changed_ms": int,
+            "created_at": int,
+            "created_by": str,
+            "superseded_by": str,  # a newer rollout of the model (completed ones only)
+        },
+        pk="id",
+        not_null={"model_name", "model_version", "spec", "phase", "created_at"},
+    )
+    db.table("rollouts").create_index(["model_name", "phase"])
+    db.table("rollout_devices").create(
+        {
+            "rollout_id": str,
+            "device_id": str,
+            "state": str,
+            "target_version": int,
+            "previous_version": int,
+            "stage": int,
+            "attempts": int,
+            "since_ms": int,
+            "reason": str,
+            "retryable": int,
+            "back": int,
+        },
+        pk=("rollout_id", "device_id"),
+    )
+    db.table("rollout_devices").create_index(["rollout_id", "state"])
+    db.table("rollout_devices").create_index(["device_id"])
+    db.table("rollout_shadows").create(
+        {"rollout_id": str, "device_id": str, "state": str, "since_ms": int},
+        pk=("rollout_id", "device_id"),
+    )
+    db.table("rollout_verdicts").create(
+        {
+            "rollout_id": str,
+            "stage": int,
+            "metric": str,
+            "at_ms": int,
+            "outcome": str,
+            "estimate": float,
+            "lower": float,
+            "upper": float,
+            "tolerance": float,
+            "effect": float,
+            "alpha": float,
+            "test": str,
+            "canaries": int,
+            "controls": int,
+            "reason": str,
+        },
+        pk=("rollout_id", "stage", "metric"),
+    )
+    db.table("rollout_timeline").create(
+        {"id": int, "rollout_id": str, "at_ms": int, "actor": str, "line": str}, pk="id"
+    )
+    db.table("rollout_timeline").create_index(["rollout_id", "at_ms"])

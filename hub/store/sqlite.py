@@ -50,6 +50,8 @@ from hub.store.interface import (
 )
 from hub.store.migrations import migrations
 from hub.store.registry import SqliteRegistry
+from hub.store.rollout_rows import Rollouts
+from hub.store.rollouts import SqliteRollouts
 from hub.store.rounds import SqliteRounds
 from hub.store.tokens import SqliteApiTokens, SqliteEnrollmentTokens
 from hub.store.uplink import SqliteUplink
@@ -171,6 +173,7 @@ class SqliteStore:
         self.broker_credentials: BrokerCredentials = SqliteBrokerCredentials(self.connection)
         self.rounds: Rounds = SqliteRounds(self.connection)
         self.drift: Drift = SqliteDrift(self.connection)
+        self.rollouts: Rollouts = SqliteRollouts(self.connection)
 
     @classmethod
     def open(cls, path: str | Path) -> SqliteStore:

@@ -249,7 +249,18 @@ ROUTES = [
         "operator",
         {"json": {"psi_warn": 0.12}},
     ),
-]
+    Route("POST", "/api/v1/rollouts", "/api/v1/rollouts", "operator",
+          {"json": {"model": "iris", "version": 1}}),
+    Route("POST", "/api/v1/rollouts/dry-run", "/api/v1/rollouts/dry-run", "operator",
+          {"json": {"model": "iris", "version": 1}}),
+    Route("GET", "/api/v1/rollouts", "/api/v1/rollouts", "viewer"),
+    Route("GET", "/api/v1/rollouts/{rollout_id}", "/api/v1/rollouts/r-1", "viewer"),
+    *(
+        Route("POST", f"/api/v1/rollouts/{{rollout_id}}/{action}",
+              f"/api/v1/rollouts/r-1/{action}", "operator", {"json": {}})
+        for action in ("approve", "pause", "resume", "abort", "rollback")
+    ),
+]  # fmt: skip
 CHANGES = [r for r in ROUTES if r.changes]
 GUARDED = [r for r in ROUTES if r.role is not None]
 
@@ -329,10 +340,11 @@ def test_viewer_reads_everything_readable(fleet: Api, route: Route) -> None:
     fleet.call("PUT", "/api/v1/devices/d-1/desired", json={"model": "iris", "version": 1})
     sha = fleet.hub.registry.get_version("iris", 1).sha256
     path = route.path.replace(SHA, sha)
-    nothing_pending = route.template == "/api/v1/releases/pending"  # the release key is online
     if route.template == "/api/v1/rounds/{round_id}":
         opened = fleet.call("POST", "/api/v1/rounds", role="operator", json={"model": "iris"})
         assert opened.json()["round_id"] == "iris-r1"
+    if route.template == "/api/v1/rollouts/{rollout_id}":
+        fleet.call("POST", "/api/v1/rollouts", json={"model": "iris", "version": 1})
     nothing_pending = route.template in (
         "/api/v1/releases/pending",  # the release key is online
         "/api/v1/drift/alerts/{alert_id}",  # no drift alert was raised

@@ -134,11 +134,18 @@ def test_viewer_gets_403_on_every_change_whatever_the_request(api: Api) -> None:
     assert cases > 100
 
 
-CONTENT_JUDGED = {"model.register": {400, 422}, "release.publish": {400}}
+CONTENT_JUDGED = {
+    "model.register": {400, 422},
+    "release.publish": {400},
+    "rollout.create": {422},
+    "rollout.dry_run": {422},
+}
 """Operations whose bodies carry content only the hub can judge: an ONNX graph and
 ``.npz`` rows (refused as malformed or unusable: 400, 422), a release list inside a
-base64 payload (400). Their schemas state everything else (non-empty files, no nulls,
-the payload type, a signature at least), and every other answer must be a 2xx, or
+base64 payload (400), a rollout spec (stages' percentages increase to 100, a gate
+belongs to its stage...: 422, docs/rollouts.md). Their schemas state everything else
+(non-empty files, no nulls, the payload type, a signature at least), and every other
+answer must be a 2xx, or
 401/403/404/409 (state: an unknown id, a device already revoked)."""
 
 
@@ -148,7 +155,9 @@ def test_schema_valid_requests_are_accepted(api: Api) -> None:
         allowed = CONTENT_JUDGED.get(case.operation.definition.raw.get("operationId"), set())
         if response.status_code in allowed:
             body = response.json()
-            assert body["reason"] in {"malformed", "invalid_request", "unsafe_model", "wrong_kind"}
+            assert body["reason"] in {
+                "malformed", "invalid_request", "unsafe_model", "wrong_kind", "invalid_rollout"
+            }  # fmt: skip
             return
         case.validate_response(response, checks=[positive_data_acceptance])
 

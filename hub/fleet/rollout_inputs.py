@@ -1,0 +1,138 @@
+"""The staged-rollout planner's inputs, read from the store (docs/rollouts.md, "Building
+the planner's inputs").
+
+:func:`device_views` gives one :class:`~hub.rollouts.DeviceView` per active device the
+rollout targets or has touched: its tags, whether the hub holds it online, the version
+of the rollout's model it reports active, its last install outcome for that model (with
+when the hub received it, so an outcome older than the current attempt is never taken
+for its result), and the rollout's records for it.
+
+:func:`device_metrics` sums, per device, the data windows it sent since the stage began
+about the version it runs *now*: canaries count only what they served on the new
+version, the control only what it served on the old one, over the same window. Labelled
+feedback comes from each window's confidence sketch (``labelled`` and ``correct`` summed
+over its bins: labels counted in the window they arrived in).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from collections.abc import Mapping
+from typing import Any
+
+from hub.rollouts import DeviceMetrics, DeviceView, InstallReport, Rollout
+from hub.rollouts.devices import FAILED_INSTALLS
+from hub.rollouts.machine import LIVE
+from hub.rollouts.spec import COMPARATIVE
+from hub.store import Store
+from hub.store.rows import DataWindowRecord, Device
+
+
+def device_views(store: Store, rollout: Rollout) -> list[DeviceView]:
+    """Every active device the rollout targets or has a record of (module docstring)."""
+    spec = rollout.spec
+    progress = {p.device_id: p for p in store.rollouts.progress(rollout.rollout_id)}
+    shadows = {s.device_id: s for s in store.rollouts.shadows(rollout.rollout_id)}
+    views = []
+    for device in store.rollouts.active_devices():
+        touched = device.id in progress or device.id in shadows
+        if not touched and not spec.target.matches(device.id, device.tags):
+            continue
+        views.append(
+            DeviceView(
+                device_id=device.id,
+                tags=device.tags,
+                online=device.online,
+                active_version=device.active_version if device.active_name == spec.model else None,
+                report=_install_report(device, spec.model),
+                progress=progress.get(device.id),
+                shadow=shadows.get(device.id),
+            )
+        )
+    return views
+
+
+def _install_report(device: Device, model: str) -> InstallReport | None:
+    """The device's last install outcome for ``model`` if it ended an attempt."""
+    if device.reported is None or device.reported_at is None:
+        return None
+    install = json.loads(device.reported).get("install")
+    if not isinstance(install, dict) or install.get("status") not in FAILED_INSTALLS:
+        return None
+    ref = install.get("model") or {}
+    if ref.get("name") != model or not isinstance(ref.get("version"), int):
+        return None
+    return InstallReport(
+        version=ref["version"],
+        status=install["status"],
+        reason=str(install.get("reason", "")),
+        received_ms=device.reported_at,
+    )
+
+
+def needs_metrics(rollout: Rollout) -> bool:
+    """Whether any gate of the rollout compares devices' reports (else the windows are
+    not read at all: a rollout gated on update success alone costs no window reads)."""
+    return bool(rollout.spec.metrics & COMPARATIVE)
+
+
+def device_metrics(
+    store: Store, rollout: Rollout, views: list[DeviceView]
+) -> Mapping[str, DeviceMetrics]:
+    """Per device id, what it reported since the stage began on the version it runs now."""
+    if not needs_metrics(rollout):
+        return {}
+    running = {v.device_id: v.active_version for v in views if v.active_version is not None}
+    windows: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    since = rollout.stage_started_ms
+    for record in store.rollouts.windows(rollout.spec.model, since_ms=since):
+        if record.model_version is not None and running.get(record.device_id) == (
+            record.model_version
+        ):
+            windows[record.device_id].append(_body(record))
+    return {device_id: _summed(bodies) for device_id, bodies in windows.items()}
+
+
+def _body(record: DataWindowRecord) -> dict[str, Any]:
+    body: dict[str, Any] = json.loads(record.body)
+    return body
+
+
+def _summed(bodies: list[dict[str, Any]]) -> DeviceMetrics:
+    inferences = sum(int(b.get("inference_count", 0)) for b in bodies)
+    errors = min(sum(int(b.get("error_count", 0)) for b in bodies), inferences)
+    p95s = [
+        float(b["latency_p95_ms"])
+        for b in bodies
+        if int(b.get("inference_count", 0)) > 0 and float(b.get("latency_p95_ms") or 0) > 0
+    ]
+    total = correct = 0
+    for body in bodies:  # labels counted in the window they arrived in (docs/drift.md)
+        sketch = body.get("confidence") or {}
+        total += sum(int(n) for n in sketch.get("labelled") or ())
+        correct += sum(int(n) for n in sketch.get("correct") or ())
+    correct = min(correct, total)
+    return DeviceMetrics(
+        inferences=inferences,
+        errors=errors,
+        latency_p95_ms=statistics.median(p95s) if p95s else None,
+        feedback_total=total,
+        feedback_correct=correct,
+    )
+
+
+def covering(store: Store, device_id: str, model: str) -> Rollout | None:
+    """The live rollout of ``model`` whose target matches the device or that has touched
+    it, if any: its desired state for that model is the rollout's to set."""
+    device = store.devices.find(device_id)
+    for record in store.rollouts.ticking():
+        rollout = record.rollout
+        if rollout.phase not in LIVE or rollout.spec.model != model:
+            continue
+        if device is not None and rollout.spec.target.matches(device_id, device.tags):
+            return rollout
+        if any(p.device_id == device_id for p in store.rollouts.progress(rollout.rollout_id)):
+            return rollout
+    return None
