@@ -22,7 +22,7 @@ demo: $(VENV)/.installed
 	$(BIN)/edgefleet demo
 
 test: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest -q -n 4
+	$(BIN)/python -m pytest -q -n 8
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
