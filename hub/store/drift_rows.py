@@ -10,9 +10,9 @@ the pure core's dataclasses for the same reason.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 DriftAlertState = Literal["open", "acknowledged", "resolved"]
 
@@ -134,3 +134,98 @@ __all__ = [
     "DueBucket",
     "StaleRollup",
 ]
+
+
+class Drift(Protocol):
+    """Fleet drift (docs/drift.md): buckets merged at ingest, scored buckets, alerts.
+
+    Buckets are keyed by scope (the reference digest), device or cohort, width and start;
+    aggregates are opaque to the store (:class:`~hub.store.drift_rows.AggregateColumns`).
+    """
+
+    def add_scope(self, scope: DriftScope) -> None:
+        """Remember a scope the first time a window of it arrives (later calls: no-op)."""
+        ...
+
+    def scope(self, scope: str) -> DriftScope | None: ...
+
+    def scopes(self, model_name: str | None = None) -> list[DriftScope]: ...
+
+    def device_bucket(
+        self, scope: str, device_id: str, width_ms: int, start_ms: int
+    ) -> DriftDeviceBucket | None: ...
+
+    def put_device_buckets(self, buckets: Sequence[DriftDeviceBucket]) -> None:
+        """Upsert; a base bucket already scored is marked for a re-score (``dirty``)."""
+        ...
+
+    def device_buckets(self, scope: str, width_ms: int, start_ms: int) -> list[DriftDeviceBucket]:
+        """Every device's bucket of one start, by device id."""
+        ...
+
+    def device_history(
+        self, device_id: str, width_ms: int, since_ms: int, until_ms: int
+    ) -> list[DriftDeviceBucket]:
+        """One device's buckets starting in ``[since, until)``, oldest first."""
+        ...
+
+    def due(self, scope: str, width_ms: int, *, ended_by_ms: int) -> list[DueBucket]:
+        """Buckets ending by ``ended_by_ms`` with no assessment, or a dirty one; oldest first."""
+        ...
+
+    def put_scored(self, assessment: DriftAssessment, cohorts: Sequence[DriftCohortBucket]) -> None:
+        """Write a bucket's assessment (clean) and its cohort buckets, together."""
+        ...
+
+    def assessments(
+        self, scope: str, width_ms: int, *, limit: int, until_ms: int | None = None
+    ) -> list[DriftAssessment]:
+        """The newest ``limit`` assessments starting before ``until_ms``, oldest first."""
+        ...
+
+    def cohort_buckets(
+        self, scope: str, cohort: str, width_ms: int, since_ms: int, until_ms: int
+    ) -> list[DriftCohortBucket]:
+        """One cohort's buckets starting in ``[since, until)``, oldest first."""
+        ...
+
+    def stale_rollups(
+        self, *, device: bool, child_ms: int, width_ms: int, ended_by_ms: int
+    ) -> list[StaleRollup]:
+        """Closed ``width_ms`` buckets (device or cohort) a child changed under, or new."""
+        ...
+
+    def device_children(
+        self, scope: str, device_id: str, child_ms: int, start_ms: int, end_ms: int
+    ) -> list[DriftDeviceBucket]:
+        """One device's ``child_ms`` buckets starting in ``[start, end)``."""
+        ...
+
+    def put_cohort_buckets(self, buckets: Sequence[DriftCohortBucket]) -> None: ...
+
+    def delete_ended(self, *, device: bool, width_ms: int, ended_before_ms: int) -> int:
+        """Delete buckets of one kind and width that ended before a time; how many."""
+        ...
+
+    def put_alert(self, alert: DriftAlertRecord) -> None:
+        """Insert or replace an alert by id."""
+        ...
+
+    def alert(self, alert_id: str) -> DriftAlertRecord | None: ...
+
+    def alerts(
+        self,
+        *,
+        scope: str | None = None,
+        model_name: str | None = None,
+        state: DriftAlertState | None = None,
+        limit: int = 1000,
+    ) -> list[DriftAlertRecord]:
+        """Alerts, newest update first."""
+        ...
+
+    def policy(self, model_name: str) -> str | None:
+        """A model's :class:`hub.drift.policy.DriftPolicy` as canonical JSON, if set."""
+        ...
+
+    def put_policy(self, model_name: str, body: str, *, at_ms: int) -> None: ...

@@ -33,6 +33,7 @@ from hub.store.credentials import SqliteBrokerCredentials
 from hub.store.desired import SqliteDesired
 from hub.store.devices import SqliteDevices
 from hub.store.drift import SqliteDrift
+from hub.store.drift_rows import Drift
 from hub.store.interface import (
     ApiTokens,
     Audit,
@@ -40,11 +41,9 @@ from hub.store.interface import (
     Counters,
     DesiredStates,
     Devices,
-    Drift,
     EnrollmentTokens,
     NotFound,
     Registry,
-    Rounds,
     StoreError,
     Uplink,
 )
@@ -52,6 +51,7 @@ from hub.store.migrations import migrations
 from hub.store.registry import SqliteRegistry
 from hub.store.rollout_rows import Rollouts
 from hub.store.rollouts import SqliteRollouts
+from hub.store.round_rows import Rounds
 from hub.store.rounds import SqliteRounds
 from hub.store.tokens import SqliteApiTokens, SqliteEnrollmentTokens
 from hub.store.uplink import SqliteUplink
