@@ -65,12 +65,12 @@ from hub.context import FleetPublisher, HubContext
 from hub.errors import HubError
 from hub.federated.rounds import RoundsKick, open_round, rounds_job
 from hub.fleet.documents import issue_heartbeat
+from hub.fleet.presence import mark_offline
 from hub.fleet.reconciler import reconcile_job, rekey, republish_all
 from hub.fleet.restore import restore_retained
 from hub.fleet.rollouts import rollouts_job
 from hub.ingest import pipeline as ingest_run
 from hub.ingest.pipeline import IngestService
-from hub.ingest.worker import mark_offline
 from hub.keyring import Keyring, KeyringError, LiveKeyring
 from hub.monitor.jobs import RoundRequest, maintain_job, score_job
 from hub.registry.artifacts import ArtifactStore

@@ -58,7 +58,6 @@ from typing import Protocol
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edgefleet.clock import Clock
-from hub.context import HubContext
 from hub.federated.screening import DeltaScreening
 from hub.fleet import enrollment
 from hub.fleet.identity import ACTIVE, PENDING, Enroll, Pend, Refuse
@@ -499,13 +498,3 @@ def _device(identity: DeviceIdentity) -> Device:
         key=keys.public_from_hex(identity.public_key),
         window=SeqWindow.from_bytes(window) if window else SeqWindow(),
     )
-
-
-def mark_offline(ctx: HubContext) -> list[str]:
-    """Mark offline every online device not heard from for ``offline_after_s``; their ids.
-
-    The scheduler calls this every ``offline_check_interval_s``; the last will (a state
-    report flagged ``offline``) marks a device offline sooner.
-    """
-    silent_ms = round(ctx.settings.offline_after_s * 1000)
-    return ctx.store.devices.mark_offline(seen_before_ms=ctx.now_ms() - silent_ms)

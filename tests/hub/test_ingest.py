@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hub.fleet import enrollment
+from hub.fleet.presence import mark_offline
 from hub.health import Health, derive
-from hub.ingest.worker import mark_offline
 from hub.metrics import sample
 from hub.store.rows import DeltaRecord, Desired, StateRecord, TelemetryRecord, UplinkRecord
 from hub.store.sqlite import SqliteStore
