@@ -50,9 +50,9 @@ ROWS_PER_DEVICE = 600
 T = TypeVar("T")
 STEP_TIMEOUT_S = 60.0
 NOT_YET = """\
-Not built yet (next issues): federated rounds that merge the deltas above into version 2,
-staged rollouts with gates and automatic rollback, and a simulator for fleets of thousands
-(`edgefleet sim` runs a few agents in one process)."""
+Not built yet (next issues): this demo does not yet drive federated rounds (`edgefleet round`),
+fleet drift alerts (`edgefleet drift`) or staged rollouts (`edgefleet rollout start`), which
+the hub has, and `edgefleet sim` runs a few agents in one process, not fleets of thousands."""
 
 
 def main(args: argparse.Namespace) -> int:
