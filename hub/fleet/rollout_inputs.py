@@ -5,7 +5,8 @@ the planner's inputs").
 rollout targets or has touched: its tags, whether the hub holds it online, the version
 of the rollout's model it reports active, its last install outcome for that model (with
 when the hub received it, so an outcome older than the current attempt is never taken
-for its result), and the rollout's records for it.
+for its result), whether it still watches the version it swapped to, and the rollout's
+records for it.
 
 :func:`device_metrics` sums, per device, the data windows it sent since the stage began
 about the version it runs *now*: canaries count only what they served on the new
@@ -47,6 +48,7 @@ def device_views(store: Store, rollout: Rollout) -> list[DeviceView]:
                 online=device.online,
                 active_version=device.active_version if device.active_name == spec.model else None,
                 report=_install_report(device, spec.model),
+                watching=_watching(device, spec.model),
                 progress=progress.get(device.id),
                 shadow=shadows.get(device.id),
             )
@@ -69,6 +71,23 @@ def _install_report(device: Device, model: str) -> InstallReport | None:
         status=install["status"],
         reason=str(install.get("reason", "")),
         received_ms=device.reported_at,
+    )
+
+
+def _watching(device: Device, model: str) -> bool:
+    """Whether the device still watches the version of ``model`` it swapped to (the
+    agent reports ``installed`` with the reason ``watching`` until its watch window ends
+    in a commit or a rollback)."""
+    if device.reported is None or device.active_name != model:
+        return False
+    install = json.loads(device.reported).get("install")
+    if not isinstance(install, dict) or install.get("status") != "installed":
+        return False
+    ref = install.get("model") or {}
+    return (
+        install.get("reason") == "watching"
+        and ref.get("name") == model
+        and ref.get("version") == device.active_version
     )
 
 

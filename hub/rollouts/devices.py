@@ -72,6 +72,7 @@ class DeviceView:
     online: bool = True
     active_version: int | None = None
     report: InstallReport | None = None
+    watching: bool = False
     progress: DeviceProgress | None = None
     shadow: ShadowProgress | None = None
 
@@ -80,7 +81,9 @@ def observe(view: DeviceView, version: int, timeout_ms: int, now_ms: int) -> Dev
     """The event the device's report implies for its progress, if any.
 
     ``version`` is the rollout's; a device running the version it is being moved to has
-    arrived (even after a failure or a timeout: a late success counts); a fresh failed
+    arrived once its watch window is over (even after a failure or a timeout: a late
+    success counts); while it still watches the new version, the attempt is not over,
+    since the device may yet roll it back on its own error rate; a fresh failed
     outcome for the new version ends the attempt; no outcome within ``timeout_ms`` of the
     attempt's start times it out.
     """
@@ -92,7 +95,7 @@ def observe(view: DeviceView, version: int, timeout_ms: int, now_ms: int) -> Dev
         if view.active_version == p.target_version and p.target_version is not None:
             return Reverted()
         return TimedOut() if p.state == "reverting" and waited else None
-    if view.active_version == version:
+    if view.active_version == version and not (view.watching and p.state == "updating"):
         return None if p.state == "succeeded" else Installed()
     report = view.report
     if (

@@ -304,6 +304,22 @@ def test_a_failure_reported_before_the_current_attempt_is_ignored() -> None:
     assert result.progress == ()
 
 
+def test_a_device_still_watching_the_new_version_keeps_the_stage_unresolved() -> None:
+    p = DeviceProgress("d1", "updating", NEW, OLD, 0, attempts=1, since_ms=T0)
+    watching = plan(baking(), [single(p, active_version=NEW, watching=True)], {}, T0 + 10)
+    assert watching.progress == ()
+    assert watching.rollout.phase == "baking" and watching.rollout.bake_started_ms is None
+    committed = plan(baking(), [single(p, active_version=NEW)], {}, T0 + 20)
+    assert committed.progress[0].state == "succeeded"
+
+
+def test_a_device_watching_past_its_timeout_times_out() -> None:
+    p = DeviceProgress("d1", "updating", NEW, OLD, 0, attempts=1, since_ms=T0)
+    late = T0 + baking().spec.device_timeout_ms
+    result = plan(baking(retries=0), [single(p, active_version=NEW, watching=True)], {}, late)
+    assert result.progress[0].state == "timed_out"
+
+
 def test_a_device_that_ran_nothing_is_cleared_on_rollback() -> None:
     p = DeviceProgress("d1", "succeeded", NEW, None, 0, attempts=1, since_ms=T0)
     rollout = replace(baking(), phase="rolling_back")
