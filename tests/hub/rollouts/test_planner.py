@@ -308,7 +308,8 @@ def test_a_device_still_watching_the_new_version_keeps_the_stage_unresolved() ->
     p = DeviceProgress("d1", "updating", NEW, OLD, 0, attempts=1, since_ms=T0)
     watching = plan(baking(), [single(p, active_version=NEW, watching=True)], {}, T0 + 10)
     assert watching.progress == ()
-    assert watching.rollout.phase == "baking" and watching.rollout.bake_started_ms is None
+    assert watching.rollout.phase == "baking"
+    assert watching.rollout.bake_started_ms is None
     committed = plan(baking(), [single(p, active_version=NEW)], {}, T0 + 20)
     assert committed.progress[0].state == "succeeded"
 
