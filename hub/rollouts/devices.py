@@ -72,9 +72,9 @@ class DeviceView:
     online: bool = True
     active_version: int | None = None
     report: InstallReport | None = None
-    watching: bool = False
     progress: DeviceProgress | None = None
     shadow: ShadowProgress | None = None
+    watching: bool = False
 
 
 def observe(view: DeviceView, version: int, timeout_ms: int, now_ms: int) -> DeviceEvent | None:
