@@ -182,6 +182,41 @@ class DeltaUpload(Message):
             check_name(self.round_id, "round_id")
 
 
+MAX_CLASSES = 4096
+
+
+@dataclass(frozen=True)
+class ShadowReport:
+    """How a shadow model (run beside the served one, never served) behaved over a data
+    window, on the sampled inputs both models saw.
+
+    Keyed by the *served* model's class ``c``: ``inputs[c]`` sampled rows the served model
+    put in ``c``, ``agreed[c]`` of those the shadow put in ``c`` too (a row the shadow
+    failed on never agrees). ``outputs[c]``: rows the shadow itself put in ``c`` (its
+    output distribution); ``errors``: rows it failed on (an error, a NaN score);
+    ``latency_p95_ms``: the shadow's own p95 per request.
+    """
+
+    model: ModelRef
+    inputs: tuple[int, ...]
+    agreed: tuple[int, ...]
+    outputs: tuple[int, ...] = ()
+    errors: int = 0
+    latency_p95_ms: float = 0.0
+
+    def __post_init__(self) -> None:
+        if len(self.inputs) > MAX_CLASSES or len(self.outputs) > MAX_CLASSES:
+            raise Malformed(f"more than {MAX_CLASSES} classes")
+        if len(self.agreed) != len(self.inputs):
+            raise Malformed("inputs and agreed differ in length")
+        for n, a in zip(self.inputs, self.agreed, strict=True):
+            check_range(a, "agreed", 0, n)
+        for count in self.outputs:
+            check_range(count, "outputs", 0)
+        check_range(self.errors, "errors", 0, sum(self.inputs))
+        check_range(self.latency_p95_ms, "latency_p95_ms", 0.0)
+
+
 @register("up", "data")
 @dataclass(frozen=True)
 class DataDelta(Message):
@@ -199,6 +234,8 @@ class DataDelta(Message):
     latency_p95_ms: float = 0.0
     confidence: ConfidenceSketch | None = None
     """Label-free performance (classification models with a drift profile; docs/drift.md)."""
+    shadow: ShadowReport | None = None
+    """The shadow model's run over this window, when the hub asked for one (docs/rollouts.md)."""
 
     def __post_init__(self) -> None:
         check_range(self.window_start, "window_start", 0)
@@ -253,8 +290,11 @@ class DeviceConfig:
     retrain_min_samples: int = 64
     delta_clip_norm: float = 10.0
     round_id: str | None = None
+    shadow_sample: float = 0.2
+    """The share of predict requests a shadow model (``DesiredState.shadow``) also runs on."""
 
     def __post_init__(self) -> None:
+        check_range(self.shadow_sample, "shadow_sample", 0.0, 1.0)
         check_range(self.telemetry_interval_s, "telemetry_interval_s", 0.1, 86400)
         check_range(self.window_s, "window_s", 0.1, 86400)
         check_range(self.retrain_min_samples, "retrain_min_samples", 1)
@@ -271,11 +311,16 @@ class DesiredState(Message):
     ``assignment`` (signed by the rollout role) names the release to run; the
     ``release_list`` (signed by the release role) travels with it so the device can check
     the pair in one step. Both are None when the hub wants no particular model.
+
+    ``shadow`` (an assignment too, signed by the rollout role, checked against its own
+    high-water mark) names a version to run *beside* the served one on a share of the
+    inputs (``config.shadow_sample``) without serving it; None: run no shadow.
     """
 
     config: DeviceConfig
     assignment: SignedDocument | None = None
     release_list: SignedDocument | None = None
+    shadow: SignedDocument | None = None
 
 
 @register("down", "ack")

@@ -114,6 +114,10 @@ class TrustedState:
     assignment_sha256: str | None = None
     counter_floor: int = 0
     time_floor: int = 0
+    shadow_version: int = 0
+    shadow_sha256: str | None = None
+    """The highest *shadow* assignment accepted (``DesiredState.shadow``): its own mark, so
+    a served assignment and a shadow one never refuse each other as rollbacks."""
 
     def __post_init__(self) -> None:
         if (self.release is None) != (self.release_sha256 is None):
@@ -125,6 +129,11 @@ class TrustedState:
             raise Malformed("an assignment version and its sha256 go together")
         if self.assignment_sha256 is not None:
             check_sha256(self.assignment_sha256, "assignment_sha256")
+        check_range(self.shadow_version, "shadow_version", 0)
+        if (self.shadow_version == 0) != (self.shadow_sha256 is None):
+            raise Malformed("a shadow version and its sha256 go together")
+        if self.shadow_sha256 is not None:
+            check_sha256(self.shadow_sha256, "shadow_sha256")
         check_range(self.counter_floor, "counter_floor", 0)
         check_range(self.time_floor, "time_floor", 0)
 
@@ -264,7 +273,13 @@ def _rotate(state: TrustedState, new: Root) -> TrustedState:
     if rotated("release"):
         result = replace(result, release=None, release_sha256=None)
     if rotated("rollout"):
-        result = replace(result, assignment_version=0, assignment_sha256=None)
+        result = replace(
+            result,
+            assignment_version=0,
+            assignment_sha256=None,
+            shadow_version=0,
+            shadow_sha256=None,
+        )
     if rotated("heartbeat"):
         result = replace(result, heartbeat=None)
     return result
@@ -369,19 +384,58 @@ def verify_assignment(
             trusted version with other content, or the heartbeat pins a newer list.
         NotReleased: the entry is not in the trusted release list exactly.
     """
+    new, sha, unchanged = _checked(
+        state, doc, now, device_id, state.assignment_version, state.assignment_sha256, "assignment"
+    )
+    if unchanged:
+        return AssignmentVerdict("unchanged", new, state)
+    raised = replace(state, assignment_version=new.version, assignment_sha256=sha)
+    return AssignmentVerdict("new", new, raised)
+
+
+def verify_shadow(
+    state: TrustedState, doc: SignedDocument, now: int, *, device_id: str
+) -> AssignmentVerdict:
+    """Decide whether this device may run an assignment as a *shadow* (beside the served
+    model, never served): every rule of :func:`verify_assignment`, against the shadow's
+    own high-water mark (``shadow_version``), which it raises.
+
+    Raises: as :func:`verify_assignment`.
+    """
+    new, sha, unchanged = _checked(
+        state, doc, now, device_id, state.shadow_version, state.shadow_sha256, "shadow assignment"
+    )
+    if unchanged:
+        return AssignmentVerdict("unchanged", new, state)
+    return AssignmentVerdict(
+        "new", new, replace(state, shadow_version=new.version, shadow_sha256=sha)
+    )
+
+
+def _checked(
+    state: TrustedState,
+    doc: SignedDocument,
+    now: int,
+    device_id: str,
+    mark: int,
+    mark_sha256: str | None,
+    what: str,
+) -> tuple[Assignment, str, bool]:
+    """The assignment rules against the high-water mark ``mark``; the assignment, its
+    payload sha256, and whether it is the one accepted at ``mark``."""
     now = effective_now(state, now)
     _check_root_fresh(state, now)
     new = _verified(Assignment, doc, state.root)
     sha = metadata.payload_sha256(doc)
     if new.device_id != device_id:
-        raise DeviceMismatch(f"assignment for {new.device_id}, this is {device_id}")
-    if new.version < state.assignment_version:
-        raise Rollback(f"assignment v{new.version} after v{state.assignment_version}")
-    unchanged = new.version == state.assignment_version
-    if unchanged and sha != state.assignment_sha256:
-        raise EqualVersionConflict(f"assignment v{new.version} with other content")
+        raise DeviceMismatch(f"{what} for {new.device_id}, this is {device_id}")
+    if new.version < mark:
+        raise Rollback(f"{what} v{new.version} after v{mark}")
+    unchanged = new.version == mark
+    if unchanged and sha != mark_sha256:
+        raise EqualVersionConflict(f"{what} v{new.version} with other content")
     if now >= new.expires:
-        raise Expired(f"assignment v{new.version} has expired")
+        raise Expired(f"{what} v{new.version} has expired")
     release = state.release
     if (
         release is None
@@ -390,7 +444,7 @@ def verify_assignment(
     ):
         trusted = f"v{release.version}" if release else "none"
         raise MixAndMatch(
-            f"assignment built on release list v{new.release_version}, trusted is {trusted}"
+            f"{what} built on release list v{new.release_version}, trusted is {trusted}"
         )
     if now >= release.expires:
         raise Expired(f"release list v{release.version} has expired")
@@ -405,10 +459,7 @@ def verify_assignment(
         raise Rollback(
             f"release counter {new.entry.release_counter} below the floor {state.counter_floor}"
         )
-    if unchanged:
-        return AssignmentVerdict("unchanged", new, state)
-    raised = replace(state, assignment_version=new.version, assignment_sha256=sha)
-    return AssignmentVerdict("new", new, raised)
+    return new, sha, unchanged
 
 
 def check_artifact(entry: ReleaseEntry, data: bytes) -> None:

@@ -53,6 +53,22 @@ signed_docs = st.builds(
     ).map(tuple),
 )
 
+
+@st.composite
+def shadow_reports(draw: st.DrawFn) -> m.ShadowReport:
+    """A valid shadow report: ``agreed[c] <= inputs[c]``, errors within the inputs."""
+    inputs = draw(st.lists(st.integers(0, 10**6), max_size=8))
+    agreed = [draw(st.integers(0, n)) for n in inputs]
+    return m.ShadowReport(
+        model=draw(model_refs),
+        inputs=tuple(inputs),
+        agreed=tuple(agreed),
+        outputs=tuple(draw(st.lists(counts, max_size=8))),
+        errors=draw(st.integers(0, sum(inputs))),
+        latency_p95_ms=draw(non_negative),
+    )
+
+
 MESSAGES: dict[str, st.SearchStrategy[Message]] = {
     "up.hello": st.builds(
         m.Hello,
@@ -123,6 +139,7 @@ MESSAGES: dict[str, st.SearchStrategy[Message]] = {
             error_count=counts,
             latency_p50_ms=finite,
             latency_p95_ms=finite,
+            shadow=st.none() | shadow_reports(),
         )
     ),
     "up.ack": st.builds(
@@ -145,9 +162,11 @@ MESSAGES: dict[str, st.SearchStrategy[Message]] = {
             retrain_min_samples=st.integers(1, 10**6),
             delta_clip_norm=non_negative,
             round_id=st.none() | names,
+            shadow_sample=st.floats(0.0, 1.0),
         ),
         assignment=st.none() | signed_docs,
         release_list=st.none() | signed_docs,
+        shadow=st.none() | signed_docs,
     ),
     "down.ack": st.builds(
         m.HubAck,
