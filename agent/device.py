@@ -187,14 +187,22 @@ class Device:
 
     def status(self) -> Mapping[str, Any]:
         """The ``runtime`` part of the local ``/status``: what serves, the last install,
-        the trust flags, and how retraining stands."""
+        the trust flags, the shadow run, and how retraining stands."""
         learning = self.learning.info()  # follows the active model first
         report = self.manager.state_report()
+        shadow = self.manager.shadow
+        entry = shadow.entry
         return {
             "active": _json(report.active),
             "previous": _json(report.previous),
             "install": _json(report.install),
             "flags": list(report.flags),
+            "shadow": {
+                "model": None if entry is None else f"{entry.name} v{entry.version}",
+                "status": shadow.status,
+                "share": shadow.share,
+                "dropped": shadow.dropped,
+            },
             **learning,
         }
 

@@ -18,7 +18,8 @@ changed retrain status, ``retrain`` runs :meth:`Learner.maybe_retrain` under the
 latest :class:`~protocol.messages.DeviceConfig` and sends the delta once the manager
 serves the better head (``/status`` then says where the delta stands: queued until the
 hub acknowledges it), ``sketch-window`` sends the window's
-:class:`~protocol.messages.DataDelta` when it saw any inference. On stop (a daemon stop
+:class:`~protocol.messages.DataDelta` when it saw any inference, with the shadow run's
+report over it when a shadow runs (agent/shadow.py). On stop (a daemon stop
 hook, before the ``offline`` report) the window is closed early and sent the same way,
 so what was observed since the last window is queued before the agent disconnects.
 
@@ -399,8 +400,8 @@ class LearningLoop:
 
     def _send_window(self, model: _Model, now_ms: int) -> None:
         data = model.window.flush(now_ms)
-        if data.inference_count:
-            self._send(data)
+        if data.inference_count:  # the shadow's run over the window goes with it
+            self._send(dataclasses.replace(data, shadow=self._manager.shadow_report()))
 
     def _report_status(self) -> None:
         report = self.state_report()

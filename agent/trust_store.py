@@ -209,6 +209,27 @@ class TrustStore:
             if base == current:
                 self._commit(verdict.state)
 
+    def verify_shadow(self, doc: SignedDocument, now_ms: int, device_id: str) -> AssignmentVerdict:
+        """Verify a shadow assignment (its own high-water mark) without persisting anything;
+        :meth:`accept_shadow` persists it.
+
+        Raises:
+            ProtocolError: whatever :func:`protocol.trust.verify_shadow` raises.
+        """
+        return trust.verify_shadow(self._state, doc, now_ms, device_id=device_id)
+
+    def accept_shadow(self, verdict: AssignmentVerdict) -> None:
+        """Persist an accepted shadow assignment's high-water mark (as :meth:`accept`)."""
+        with self._lock:
+            current = self._state
+            base = replace(
+                verdict.state,
+                shadow_version=current.shadow_version,
+                shadow_sha256=current.shadow_sha256,
+            )
+            if base == current:
+                self._commit(verdict.state)
+
     # ------------------------------------------------------------------ internals
 
     def _fleet(self, kind: str, update: Callable[[TrustedState], TrustedState]) -> bool:

@@ -12,7 +12,11 @@ the trusted time floor, threat-model T3c, T15):
 4. the model already active: ``unchanged``, nothing downloaded; the same assignment seen
    again: ``duplicate`` (a ``failed`` one is retried);
 5. otherwise the install (agent/install.py: download, package checks, standby slot,
-   health check, swap, the watch window that commits or rolls back by itself).
+   health check, swap, the watch window that commits or rolls back by itself);
+6. the shadow: ``desired.shadow`` verified against its own high-water mark
+   (:func:`protocol.trust.verify_shadow`) starts or keeps the shadow run
+   (agent/shadow.py) on ``config.shadow_sample`` of the requests; none, or one that does
+   not verify, stops it. The shadow never changes what is served.
 
 Every frame gets a :class:`~protocol.messages.DeviceAck` (accepted, refused or duplicate,
 with the reason), and every outcome a :class:`~protocol.messages.StateReport` (active and
@@ -51,6 +55,7 @@ from agent.errors import InferenceFailed, InvalidInput, NotReady
 from agent.install import Installer, UpdaterConfig
 from agent.metrics import Family, MetricSource
 from agent.runtime import ModelOutput, ModelRuntime, batch_rows
+from agent.shadow import SHADOW_DIR, ShadowRunner
 from agent.slot_table import ref_of
 from agent.stats import InferenceStats, Outcome
 from agent.trust_store import TrustStore
@@ -66,6 +71,7 @@ from protocol.messages import (
     DesiredState,
     DeviceAck,
     InstallOutcome,
+    ShadowReport,
     StateReport,
 )
 from protocol.metadata import Assignment
@@ -130,6 +136,9 @@ class ModelManager:
             config=self._config,
             starved_by=trust_store.downlink_problem,
         )
+        self.shadow = ShadowRunner(
+            state_dir / MODELS_DIR / SHADOW_DIR, send=self._send, config=self._config
+        )
         self._pending_path = state_dir / MODELS_DIR / PENDING_FILE
         self._pending = self._load_pending()
         self._stats: InferenceStats | None = None
@@ -146,6 +155,7 @@ class ModelManager:
         agent.register_fleet("release", self.on_release)
         agent.register_fleet("heartbeat", self.on_heartbeat)
         agent.add_job("models", self.tick, interval_s=self._config.tick_s)
+        agent.add_job("shadow", self.shadow.tick, interval_s=self._config.tick_s)
         agent.set_state_source(self.state_report)
         agent.add_metrics(self.metrics)
         self._stats = agent.stats
@@ -156,6 +166,9 @@ class ModelManager:
         with self._lock:
             now_ms = self._clock.now_ms()
             self._installer.resume(now_ms)
+            runtime = self._installer.runtime
+            inputs = runtime.manifest.inputs if runtime is not None else None
+            self.shadow.resume(inputs, now_ms)
             if self._pending is not None:
                 self._cycle(self._pending, self._trust.now_ms(now_ms))
             self._report(force=True)
@@ -194,7 +207,12 @@ class ModelManager:
                     installer.watch(self._clock.now_ms())
         scores = output.scores
         self._record(started, len(scores) if scores.ndim else 1, "ok")
+        self.shadow.offer(inputs, scores)
         return output
+
+    def shadow_report(self) -> ShadowReport | None:
+        """What the shadow did since the last data window (None: no shadow, or no input)."""
+        return self.shadow.report()
 
     def serve(self, runtime: ModelRuntime) -> bool:
         """Serve ``runtime`` (a retrained head) if it is the active version and no watch runs."""
@@ -254,7 +272,10 @@ class ModelManager:
     def handle_chunk(self, chunk: Chunk) -> None:
         """Take one chunk of the download in progress (others are ignored)."""
         with self._lock:
-            verdict = self._installer.take_chunk(chunk, self._clock.now_ms())
+            now_ms = self._clock.now_ms()
+            verdict = self._installer.take_chunk(chunk, now_ms)
+            if verdict == "unexpected":
+                verdict = self.shadow.take_chunk(chunk, now_ms)
             self.counters[f"chunk.{verdict}"] += 1
 
     # ------------------------------------------------------------------ fleet and time
@@ -283,6 +304,35 @@ class ModelManager:
     # ------------------------------------------------------------------ the cycle
 
     def _cycle(
+        self, desired: DesiredState, now_ms: int
+    ) -> tuple[Literal["accepted", "refused", "duplicate"], str]:
+        outcome = self._served(desired, now_ms)
+        self._shadow_cycle(desired, now_ms)
+        return outcome
+
+    def _shadow_cycle(self, desired: DesiredState, now_ms: int) -> None:
+        """Start, keep or stop the shadow run (module docstring, step 6)."""
+        if desired.shadow is None:
+            self.shadow.stop("the desired state names no shadow")
+            return
+        try:
+            verdict = self._trust.verify_shadow(desired.shadow, now_ms, self._device_id)
+        except ProtocolError as e:
+            self.counters[f"refused.shadow.{e.reason}"] += 1
+            logger.warning("shadow assignment refused: %s: %s", e.reason, e)
+            self.shadow.stop(f"refused: {e.reason}")
+            return
+        if verdict.status == "new":
+            self._trust.accept_shadow(verdict)
+        runtime = self._installer.runtime
+        self.shadow.start(
+            verdict.assignment.entry,
+            share=desired.config.shadow_sample,
+            inputs=runtime.manifest.inputs if runtime is not None else None,
+            now_ms=self._clock.now_ms(),
+        )
+
+    def _served(
         self, desired: DesiredState, now_ms: int
     ) -> tuple[Literal["accepted", "refused", "duplicate"], str]:
         if desired.assignment is None:  # the hub wants no particular model: keep this one
@@ -330,6 +380,7 @@ class ModelManager:
                 return "duplicate", seen
         if verdict.status == "new":
             self._trust.accept(verdict)
+        self.shadow.hand_over(entry.sha256, self._installer.slots)
         return "accepted", self._installer.install(entry, version, self._clock.now_ms())
 
     # ------------------------------------------------------------------ helpers

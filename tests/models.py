@@ -375,3 +375,29 @@ def unchecked_model() -> bytes:
     """Passes every rule but onnx.checker: a node reads a tensor nothing produces."""
     node = helper.make_node("Add", ["x", "nowhere"], ["y"])
     return build([node], [value_info("x", None, 2)], [value_info("y", None, 2)])
+
+
+def swap_classes(model: bytes, a: int = 0, b: int = 1, *, w: str = "w2", bias: str = "b2") -> bytes:
+    """``model`` (a :func:`gemm_classifier`) with classes ``a`` and ``b`` swapped: its last
+    layer's rows exchanged, so its outputs stay valid probabilities, only under the wrong
+    labels (what a mislabelled export ships)."""
+    proto = onnx.load_from_string(model)
+    for init in proto.graph.initializer:
+        if init.name in (w, bias):
+            array = numpy_helper.to_array(init).copy()
+            array[[a, b]] = array[[b, a]]
+            init.CopyFrom(numpy_helper.from_array(array, init.name))
+    return serialize(proto)
+
+
+def nudged(model: bytes, scale: float = 1e-3, seed: int = 7) -> bytes:
+    """``model`` with every float initializer moved by ``scale``-sized noise: a retrained
+    version that agrees with it on nearly every row."""
+    proto = onnx.load_from_string(model)
+    rng = np.random.default_rng(seed)
+    for init in proto.graph.initializer:
+        array = numpy_helper.to_array(init)
+        if array.dtype == np.float32:
+            moved = array + rng.normal(scale=scale, size=array.shape).astype(np.float32)
+            init.CopyFrom(numpy_helper.from_array(moved, init.name))
+    return serialize(proto)

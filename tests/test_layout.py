@@ -108,6 +108,9 @@ PURE_CORES = (
     "agent/errors.py",
     "agent/trainer.py",  # the head's training, numpy only
     "agent/slot_table.py",  # the model slots as a state table, no disk
+    "agent/shadow_tally.py",  # a shadow run's agreement counts
+    "edgefleet/__init__.py",
+    "edgefleet/stats.py",  # percentiles both sides report the same way
     "hub/__init__.py",
     "hub/errors.py",
     "hub/health.py",  # device health: the vocabulary and its derivation
