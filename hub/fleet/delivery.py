@@ -5,8 +5,9 @@ keeps one request in flight and resumes from its last offset). For each request,
 cheapest checks first:
 
 1. :func:`decide` (pure): the artifact must be the one named by the device's
-   **current** assignment (anything else is refused and audited: a device probing for
-   other models, or one acting on a superseded assignment); the offset must lie inside
+   **current** assignment, or by the shadow assignment beside it (anything else is
+   refused and audited: a device probing for other models, or one acting on a
+   superseded assignment); the offset must lie inside
    the artifact; the length is cut to ``HubSettings.chunk_bytes`` and to the artifact's
    end;
 2. :class:`FlowControl`: a token bucket per device (chunks per second, with a burst)
@@ -175,7 +176,7 @@ class Delivery:
         refused (and audited) rather than served.
         """
         now_ms = self.clock.now_ms()
-        assigned = self._assigned(device_id)
+        assigned = self._assigned(device_id, request.sha256)
         size = self._size(assigned) if assigned == request.sha256 else None
         verdict = decide(
             request, assigned=assigned, size=size, chunk_bytes=self.settings.chunk_bytes
@@ -202,12 +203,24 @@ class Delivery:
             return "unsent"
         return "sent"
 
-    def _assigned(self, device_id: str) -> str | None:
+    def _assigned(self, device_id: str, wanted: str) -> str | None:
+        """The artifact the device's current assignment names, or its shadow assignment's
+        when that is the one ``wanted``."""
         stored = self.store.desired.current_assignment(device_id)
         if stored is None:
             return None
         doc = SignedDocument.from_bytes(stored.document.encode())
-        return metadata.parse(Assignment, doc).entry.sha256
+        served = metadata.parse(Assignment, doc).entry.sha256
+        if wanted == served:
+            return served
+        desired = self.store.desired.find(device_id)
+        if desired is None or desired.shadow_version is None:
+            return served
+        shadow = self.store.desired.assignment(device_id, desired.shadow_version)
+        if shadow is None:
+            return served
+        sha = metadata.parse(Assignment, SignedDocument.from_bytes(shadow.document.encode()))
+        return wanted if sha.entry.sha256 == wanted else served
 
     def _size(self, sha256: str) -> int | None:
         try:

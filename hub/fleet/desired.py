@@ -16,6 +16,12 @@ every reconnect.
 Without a downlink (the CLI without ``--broker``), or when the broker is out of reach,
 the desired state is stored with ``published_at`` unset and the running hub's
 reconciler publishes it on its next tick.
+
+:func:`assign_shadow` and :func:`clear_shadow` (a rollout's shadow stage) put a second
+signed assignment beside the served one, ``DesiredState.shadow``: a version the device
+runs beside the served model without serving it. It takes the next assignment version
+(the device keeps a separate high-water mark for shadows, so neither refuses the other);
+setting a new served model drops it.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from hub.context import HubContext
 from hub.errors import Conflict, KeyUnavailable
 from hub.fleet.desired_plan import Assign, Reissue, Skip, plan_publish, plan_set
 from hub.fleet.documents import signed_release
-from hub.fleet.releases import SignedRelease, assignment_for
+from hub.fleet.releases import SignedRelease, assignment_for, needs_reissue
 from hub.fleet.rollout_inputs import covering
 from hub.health import derive, reported_flags
 from hub.keyring import KeyringError
@@ -149,6 +155,66 @@ def assign_desired(
     return assignment
 
 
+def assign_shadow(
+    ctx: HubContext,
+    *,
+    device_id: str,
+    model_name: str,
+    model_version: int,
+    actor: str,
+    now_ms: int,
+    current: SignedRelease | None = None,
+) -> Assignment:
+    """Sign a shadow assignment of ``model_name`` v``model_version`` for the device and put
+    it beside its served one, inside the caller's write transaction, without publishing
+    (the caller publishes after its commit, or the reconciler does).
+
+    Raises:
+        NotFound: no such device or version, or the device has no desired state (a
+            shadow runs beside a served model the hub assigned).
+        Conflict: as :func:`set_desired` (the device could not take the version).
+        KeyUnavailable: the rollout key is not on the hub.
+    """
+    store = ctx.store
+    desired = store.desired.get(device_id)
+    device = store.devices.find(device_id)
+    candidate = store.registry.version(model_name, model_version)
+    plan = plan_set(
+        device,
+        device_id=device_id,
+        model_name=model_name,
+        model_version=model_version,
+        registered=candidate is not None,
+        current=current if current is not None else signed_release(store),
+        previous=desired,
+        active=_active_manifest(ctx, device) if device is not None else None,
+        candidate=_manifest(candidate) if candidate is not None else None,
+    )
+    if not isinstance(plan, Assign):
+        raise plan.error()
+    assignment = _assign(ctx, device_id, plan.entry, plan.release, now_ms)
+    store.desired.set_shadow(device_id, assignment.version)
+    store.audit.append(
+        at=now_ms,
+        actor=actor,
+        action="desired.shadow",
+        target=device_id,
+        detail={"model": model_name, "version": model_version, "assignment": assignment.version},
+    )
+    return assignment
+
+
+def clear_shadow(ctx: HubContext, *, device_id: str, actor: str, now_ms: int) -> bool:
+    """Drop the device's shadow assignment (inside the caller's transaction, without
+    publishing); False if it had none."""
+    desired = ctx.store.desired.find(device_id)
+    if desired is None or desired.shadow_version is None:
+        return False
+    ctx.store.desired.set_shadow(device_id, None)
+    ctx.store.audit.append(at=now_ms, actor=actor, action="desired.shadow_clear", target=device_id)
+    return True
+
+
 def clear_desired(ctx: HubContext, *, device_id: str, actor: str) -> None:
     """Stop directing the device: it keeps what it runs; the reconciler leaves it alone.
 
@@ -208,7 +274,12 @@ def publish_desired(ctx: HubContext, device_id: str, *, reissue: bool = False) -
             )
         desired = store.desired.get(device_id)
     assert desired is not None  # the plan skips a device without one
-    message = DesiredState(_config(desired), _assignment_doc(ctx, desired), plan.release.document)
+    message = DesiredState(
+        _config(desired),
+        _assignment_doc(ctx, desired),
+        plan.release.document,
+        _shadow_doc(ctx, desired, plan.release, now_ms, reissue=reissue),
+    )
     if ctx.downlink.send(device_id, message, retain=True) is None:
         logger.info("desired state of %s not published: broker out of reach", device_id)
         return False
@@ -221,6 +292,32 @@ def _assignment_doc(ctx: HubContext, desired: Desired) -> SignedDocument:
     if stored is None:
         raise NotFound(f"no assignment v{desired.assignment_version} for {desired.device_id}")
     return SignedDocument.from_bytes(stored.document.encode())
+
+
+def _shadow_doc(
+    ctx: HubContext, desired: Desired, current: SignedRelease, now_ms: int, *, reissue: bool
+) -> SignedDocument | None:
+    """The desired state's shadow assignment, re-signed first when it is due (as the
+    served one: half its lifetime left, or the rollout key rotated); None when there is
+    none or its entry left the release list."""
+    if desired.shadow_version is None:
+        return None
+    stored = ctx.store.desired.assignment(desired.device_id, desired.shadow_version)
+    if stored is None:
+        return None
+    document = SignedDocument.from_bytes(stored.document.encode())
+    shadow = metadata.parse(Assignment, document)
+    if current.entry(shadow.entry.name, shadow.entry.version) != shadow.entry:
+        return None
+    lifetime_ms = int(ctx.settings.assignment_expiry_s * 1000)
+    if not (reissue or needs_reissue(shadow.expires, now_ms=now_ms, lifetime_ms=lifetime_ms)):
+        return document
+    with ctx.store.immediate():
+        again = _assign(ctx, desired.device_id, shadow.entry, current, now_ms)
+        ctx.store.desired.set_shadow(desired.device_id, again.version)
+    renewed = ctx.store.desired.assignment(desired.device_id, again.version)
+    assert renewed is not None  # just stored
+    return SignedDocument.from_bytes(renewed.document.encode())
 
 
 def _assign(

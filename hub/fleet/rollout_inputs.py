@@ -12,7 +12,11 @@ records for it.
 about the version it runs *now*: canaries count only what they served on the new
 version, the control only what it served on the old one, over the same window. Labelled
 feedback comes from each window's confidence sketch (``labelled`` and ``correct`` summed
-over its bins: labels counted in the window they arrived in).
+over its bins: labels counted in the window they arrived in). A device running the
+rollout's version as a shadow (the shadow stage) reports it in its windows' ``shadow``
+(``DataDelta.shadow``): per class of the served model, the sampled inputs and how many
+the shadow agreed on, summed into ``shadow_inputs`` and ``shadow_agreed`` when the report
+names the rollout's version.
 """
 
 from __future__ import annotations
@@ -92,9 +96,11 @@ def _watching(device: Device, model: str) -> bool:
 
 
 def needs_metrics(rollout: Rollout) -> bool:
-    """Whether any gate of the rollout compares devices' reports (else the windows are
-    not read at all: a rollout gated on update success alone costs no window reads)."""
-    return bool(rollout.spec.metrics & COMPARATIVE)
+    """Whether any gate of the rollout compares devices' reports or reads the shadow's
+    (else the windows are not read at all: a rollout gated on update success alone costs
+    no window reads)."""
+    metrics = rollout.spec.metrics
+    return bool(metrics & COMPARATIVE) or "shadow_agreement" in metrics
 
 
 def device_metrics(
@@ -111,7 +117,8 @@ def device_metrics(
             record.model_version
         ):
             windows[record.device_id].append(_body(record))
-    return {device_id: _summed(bodies) for device_id, bodies in windows.items()}
+    shadow = (rollout.spec.model, rollout.spec.version)
+    return {device_id: _summed(bodies, shadow) for device_id, bodies in windows.items()}
 
 
 def _body(record: DataWindowRecord) -> dict[str, Any]:
@@ -119,7 +126,28 @@ def _body(record: DataWindowRecord) -> dict[str, Any]:
     return body
 
 
-def _summed(bodies: list[dict[str, Any]]) -> DeviceMetrics:
+def _shadow_sums(
+    bodies: list[dict[str, Any]], shadow: tuple[str, int]
+) -> tuple[list[int], list[int]]:
+    """Per served class, the shadow's sampled inputs and agreements, over the windows
+    whose shadow report is of the ``shadow`` model version."""
+    inputs: list[int] = []
+    agreed: list[int] = []
+    for body in bodies:
+        report = body.get("shadow") or {}
+        model = report.get("model") or {}
+        if (model.get("name"), model.get("version")) != shadow:
+            continue
+        for c, (n, a) in enumerate(zip(report["inputs"], report["agreed"], strict=True)):
+            if c == len(inputs):
+                inputs.append(0)
+                agreed.append(0)
+            inputs[c] += int(n)
+            agreed[c] += min(int(a), int(n))
+    return inputs, agreed
+
+
+def _summed(bodies: list[dict[str, Any]], shadow: tuple[str, int]) -> DeviceMetrics:
     inferences = sum(int(b.get("inference_count", 0)) for b in bodies)
     errors = min(sum(int(b.get("error_count", 0)) for b in bodies), inferences)
     p95s = [
@@ -133,12 +161,15 @@ def _summed(bodies: list[dict[str, Any]]) -> DeviceMetrics:
         total += sum(int(n) for n in sketch.get("labelled") or ())
         correct += sum(int(n) for n in sketch.get("correct") or ())
     correct = min(correct, total)
+    shadow_inputs, shadow_agreed = _shadow_sums(bodies, shadow)
     return DeviceMetrics(
         inferences=inferences,
         errors=errors,
         latency_p95_ms=statistics.median(p95s) if p95s else None,
         feedback_total=total,
         feedback_correct=correct,
+        shadow_inputs=tuple(shadow_inputs),
+        shadow_agreed=tuple(shadow_agreed),
     )
 
 

@@ -15,8 +15,11 @@
 - :func:`describe` gathers what ``GET /rollouts/{id}`` and ``edgefleet rollout show``
   print.
 
-What this does not do: start or stop shadow runs on agents (the shadow stage's records
-are kept, but agents do not run a shadow model yet; see docs/rollouts.md).
+The shadow stage's ``shadow_start`` and ``shadow_stop`` are applied the same way: a
+signed shadow assignment put beside the device's served one (or dropped) in the tick's
+transaction, the desired state published after the commit. A device that cannot take the
+shadow (no desired state, an incompatible version) has its shadow record stopped with
+the reason, so it is not waited for.
 """
 
 from __future__ import annotations
@@ -28,7 +31,13 @@ from dataclasses import dataclass
 from hub import metrics
 from hub.context import HubContext
 from hub.errors import Conflict, HubError, KeyUnavailable
-from hub.fleet.desired import assign_desired, clear_desired, publish_desired
+from hub.fleet.desired import (
+    assign_desired,
+    assign_shadow,
+    clear_desired,
+    clear_shadow,
+    publish_desired,
+)
 from hub.fleet.documents import signed_release
 from hub.fleet.rollout_inputs import device_metrics, device_views
 from hub.rollouts import (
@@ -37,6 +46,7 @@ from hub.rollouts import (
     Plan,
     Rollout,
     RolloutSpec,
+    ShadowProgress,
     StageCounts,
     check_conflict,
     plan,
@@ -134,7 +144,7 @@ def tick_one(ctx: HubContext, rollout_id: str) -> Plan | None:
         decided = plan(record.rollout, views, device_metrics(store, record.rollout, views), now_ms)
         published, cleared = _apply(ctx, record.rollout, decided, now_ms)
     metrics.ROLLOUT_PLAN_SECONDS.observe(time.perf_counter() - started)
-    for device_id in published:
+    for device_id in dict.fromkeys(published):
         try:
             publish_desired(ctx, device_id)
         except HubError as e:  # stored; the reconciler publishes it on a later tick
@@ -200,11 +210,33 @@ def _apply(
             lines.append(f"{revert.device_id} not sent back to v{revert.version}: {e}")
             continue
         published.append(revert.device_id)
+    shadows = {s.device_id: s for s in decided.shadows}
+    for device_id in decided.shadow_start:
+        try:
+            assign_shadow(
+                ctx,
+                device_id=device_id,
+                model_name=spec.model,
+                model_version=spec.version,
+                actor=f"rollout:{rollout_id}",
+                now_ms=now_ms,
+                current=current,
+            )
+        except KeyUnavailable:
+            raise
+        except HubError as e:  # it cannot run the shadow: not waited for
+            shadows[device_id] = ShadowProgress(device_id, "stopped", now_ms)
+            lines.append(f"{device_id} runs no shadow: {e}")
+            continue
+        published.append(device_id)
+    for device_id in decided.shadow_stop:
+        if clear_shadow(ctx, device_id=device_id, actor=f"rollout:{rollout_id}", now_ms=now_ms):
+            published.append(device_id)
     rollouts = store.rollouts
     if decided.rollout != before:
         rollouts.put_state(decided.rollout)
     rollouts.put_progress(rollout_id, list(progress.values()))
-    rollouts.put_shadows(rollout_id, decided.shadows)
+    rollouts.put_shadows(rollout_id, list(shadows.values()))
     rollouts.add_timeline(rollout_id, now_ms, SYSTEM, lines)
     for line in decided.timeline:
         event = line.split(":", 1)[0]

@@ -26,6 +26,7 @@ COLUMNS = (
     "published_at",
     "nudged_at",
     "stuck_at",
+    "shadow_version",
 )
 SELECT = ", ".join(COLUMNS)
 _PUT = (
@@ -88,6 +89,9 @@ class SqliteDesired:
 
     def set_stuck(self, device_id: str, *, at_ms: int | None) -> None:
         self._set(device_id, "stuck_at = ?", [at_ms])
+
+    def set_shadow(self, device_id: str, version: int | None) -> None:
+        self._set(device_id, "shadow_version = ?, published_at = NULL", [version])
 
     def _set(self, device_id: str, assignments: str, params: list[Any]) -> None:
         self._c.update_one(

@@ -189,6 +189,10 @@ class DesiredStates(Protocol):
     def set_stuck(self, device_id: str, *, at_ms: int | None) -> None:
         """When the reconciler found the device stuck; None ends the episode."""
 
+    def set_shadow(self, device_id: str, version: int | None) -> None:
+        """The shadow assignment (by version) the desired state carries now, None for
+        none; the desired state is to be published again."""
+
     def twins(self, device_id: str | None = None) -> list[Twin]:
         """Each desired state with its device, ordered by device id (one, if given)."""
         ...

@@ -457,3 +457,10 @@ def m011_rollouts(db: Database) -> None:
         {"id": int, "rollout_id": str, "at_ms": int, "actor": str, "line": str}, pk="id"
     )
     db.table("rollout_timeline").create_index(["rollout_id", "at_ms"])
+
+
+@migrations()
+def m013_shadow_assignments(db: Database) -> None:
+    # hub.fleet.desired: the shadow assignment a device's desired state carries beside the
+    # served one (a rollout's shadow stage), by its version in ``assignments``; NULL: none.
+    db.table("desired").add_column("shadow_version", int)

@@ -132,6 +132,7 @@ class Desired:
     published_at: int | None = None
     nudged_at: int | None = None
     stuck_at: int | None = None  # when the reconciler found it stuck (one audit per episode)
+    shadow_version: int | None = None  # the shadow assignment beside it (a rollout's shadow stage)
 
 
 @dataclass(frozen=True, slots=True)
