@@ -15,7 +15,7 @@ import contextlib
 import io
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,8 +95,9 @@ def reference() -> bytes:
     return buffer.getvalue()
 
 
-def hub_data(path: Path) -> Path:
-    """Key ring and three released versions: v1 and v2 good, v3 NaN beyond the smoke rows."""
+def hub_data(path: Path, extra: Sequence[bytes] = ()) -> Path:
+    """Key ring and three released versions: v1 and v2 good, v3 NaN beyond the smoke rows;
+    ``extra`` models become v4, v5, ..."""
     ring = keyring.init(path / "keys", now_ms=CLOCK.now_ms())
     store = open_store(path / "hub.db")
     try:
@@ -107,6 +108,8 @@ def hub_data(path: Path) -> Path:
         for model in (models.gemm_classifier(), models.gemm_classifier(hidden=7)):
             registry.register(model, name=MODEL, reference=reference(), actor="test")
         registry.register(nan_above_classifier(), name=MODEL, reference=reference(), actor="test")
+        for model in extra:
+            registry.register(model, name=MODEL, reference=reference(), actor="test")
     finally:
         store.close()
     return path
@@ -232,10 +235,10 @@ class Fleet:
         )
 
 
-def prepare(tmp_path: Path) -> tuple[Path, str]:
+def prepare(tmp_path: Path, extra: Sequence[bytes] = ()) -> tuple[Path, str]:
     """The hub's data directory (see :func:`hub_data`), the devices' pinned root beside
     it, and a topic prefix of the test's own."""
-    data = hub_data(tmp_path / "hub")
+    data = hub_data(tmp_path / "hub", extra)
     (tmp_path / "root.json").write_bytes(
         (data / "keys" / keyring.ROOT_DIR / "1.root.json").read_bytes()
     )
@@ -277,9 +280,12 @@ def devices(
 
 
 @contextmanager
-def live_fleet(tmp_path: Path, broker: BrokerRunner, count: int) -> Iterator[Fleet]:
-    """A hub in this process and ``count`` devices serving v1 (stopped on exit)."""
-    data, prefix = prepare(tmp_path)
+def live_fleet(
+    tmp_path: Path, broker: BrokerRunner, count: int, extra: Sequence[bytes] = ()
+) -> Iterator[Fleet]:
+    """A hub in this process and ``count`` devices serving v1 (stopped on exit);
+    ``extra`` models registered as v4, v5, ..."""
+    data, prefix = prepare(tmp_path, extra)
     with (
         HubService.start(hub_settings(data, broker, prefix)) as hub,
         devices(hub.context, tmp_path, hub.broker_url, prefix, count) as fleet,

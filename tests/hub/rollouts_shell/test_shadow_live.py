@@ -1,0 +1,110 @@
+"""Issue 12's shadow stage with real agents on a real broker: a version whose outputs are
+valid probabilities under two swapped labels is caught before anything is served, and a
+good version passes the shadow stage and goes on (10 agents in ``make test``, 50 ``slow``).
+
+v4 is v1 with classes 0 and 1 swapped (:func:`tests.models.swap_classes`); v5 is v1 with
+its weights moved by noise of 1e-3 (:func:`tests.models.nudged`), which agrees with v1 on
+nearly every row. Every device serves v1 first.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hub.fleet import rollouts
+from hub.rollouts import RolloutSpec, ShadowStage, Stage
+from hub.rollouts.spec import GateSpec
+from tests import models
+from tests.brokers import BrokerRunner
+from tests.hub.rollouts_shell.live import MODEL, Fleet, Load, eventually, live_fleet
+
+SUCCESS = (GateSpec.default("update_success"),)
+SWAPPED, GOOD = 4, 5
+
+
+def extra() -> list[bytes]:
+    v1 = models.gemm_classifier()
+    return [models.swap_classes(v1), models.nudged(v1)]
+
+
+def spec(version: int) -> RolloutSpec:
+    return RolloutSpec(
+        MODEL,
+        version,
+        stages=(
+            Stage(50, bake_ms=300, extend_ms=0, gates=SUCCESS),
+            Stage(100, bake_ms=0, gates=SUCCESS),
+        ),
+        shadow=ShadowStage(percent=30, bake_ms=300, extend_ms=60_000),
+        device_timeout_ms=30_000,
+        seed=11,
+    )
+
+
+def run_to_end(fleet: Fleet, rollout_id: str, timeout_s: float = 120.0) -> str:
+    ctx = fleet.context
+    ends = ("completed", "rolled_back", "paused", "aborted")
+    eventually(lambda: rollouts.get(ctx, rollout_id).rollout.phase in ends, "the rollout ends",
+               timeout_s)  # fmt: skip
+    return rollouts.get(ctx, rollout_id).rollout.phase
+
+
+def timeline(fleet: Fleet, rollout_id: str) -> str:
+    return "\n".join(t.line for t in fleet.context.store.rollouts.timeline(rollout_id))
+
+
+def served_assignments(fleet: Fleet, version: int) -> list[str]:
+    """Devices ever given ``version`` to serve (a ``desired.set`` audit entry)."""
+    entries = fleet.context.store.audit.page(action="desired.set", limit=10_000).items
+    return [e.target for e in entries if json.loads(e.detail or "{}").get("version") == version]
+
+
+@pytest.mark.parametrize("count", [10, pytest.param(50, marks=pytest.mark.slow)])
+def test_a_version_with_two_classes_swapped_halts_in_the_shadow_stage_and_is_never_served(
+    tmp_path: Path, mosquitto_broker: BrokerRunner, count: int
+) -> None:
+    with live_fleet(tmp_path, mosquitto_broker, count, extra()) as fleet:
+        load = Load(fleet.devices, rows=4)
+        load.start()
+        try:
+            ctx = fleet.context
+            rollout_id = rollouts.create(ctx, spec(SWAPPED), actor="test").rollout.rollout_id
+            assert run_to_end(fleet, rollout_id) == "rolled_back", timeline(fleet, rollout_id)
+        finally:
+            load.stop()
+        found = rollouts.get(ctx, rollout_id).rollout
+        assert found.stage == -1, "halted in the shadow stage"
+        assert "shadow_agreement failed" in found.reason
+        shadows = ctx.store.rollouts.shadows(rollout_id)
+        assert len(shadows) >= 3
+        assert ctx.store.rollouts.progress(rollout_id) == [], "no device was touched"
+        assert served_assignments(fleet, SWAPPED) == []
+        assert all(fleet.serving(d) == 1 for d in fleet.devices)
+        assert all(ctx.store.devices.get(d).active_version == 1 for d in fleet.devices)
+        eventually(
+            lambda: all(d.manager.shadow.entry is None for d in fleet.devices.values()),
+            "every shadow stopped on the devices",
+        )
+
+
+@pytest.mark.parametrize("count", [10, pytest.param(50, marks=pytest.mark.slow)])
+def test_a_good_version_passes_the_shadow_stage_then_the_next_stages(
+    tmp_path: Path, mosquitto_broker: BrokerRunner, count: int
+) -> None:
+    with live_fleet(tmp_path, mosquitto_broker, count, extra()) as fleet:
+        load = Load(fleet.devices, rows=4)
+        load.start()
+        try:
+            ctx = fleet.context
+            rollout_id = rollouts.create(ctx, spec(GOOD), actor="test").rollout.rollout_id
+            assert run_to_end(fleet, rollout_id) == "completed", timeline(fleet, rollout_id)
+        finally:
+            load.stop()
+        text = timeline(fleet, rollout_id)
+        assert "gate shadow_agreement at shadow stage: inconclusive -> pass" in text
+        assert "advance: shadow -> baking stage 1" in text
+        eventually(lambda: all(fleet.serving(d) == GOOD for d in fleet.devices), "all on v5")
+        assert sorted(served_assignments(fleet, GOOD)) == sorted(fleet.devices)
