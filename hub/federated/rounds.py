@@ -62,7 +62,7 @@ from hub.rounds.weighting import Submission
 from hub.store import NotFound
 from hub.store.round_rows import BufferState, DeltaVerdict, RoundRecord
 from protocol import canonical, schema
-from protocol.messages import DeviceConfig
+from protocol.messages import DeviceConfig, UpdateKind
 
 logger = logging.getLogger(__name__)
 
@@ -131,8 +131,8 @@ def open_round(
     if not store.registry.has_model(model):
         raise NotFound(f"no model {model[:64]!r}")
     policy = policy_of(store, model)
-    if policy.mode != "rounds":
-        raise Conflict(f"{model} aggregates in {policy.mode} mode, not in rounds")
+    if policy.mode == "buffered":
+        raise Conflict(f"{model} aggregates in buffered mode, not in rounds")
     if strategy is not None and strategy not in PRESETS:
         raise InvalidRequest(f"strategy {strategy!r} is not one of {', '.join(PRESETS)}")
     close = ClosePolicy(
@@ -219,8 +219,10 @@ def announce(
     ctx: HubContext, model: str, base_version: int, round_id: str | None, max_norm: float | None
 ) -> int:
     """Set (or, ``round_id`` None, clear) the round in the desired config of every
-    device whose desired model is ``model`` v``base_version``; publish each. How many."""
+    device whose desired model is ``model`` v``base_version``, with what the round takes
+    (statistics in exact mode, deltas otherwise); publish each. How many."""
     store = ctx.store
+    kind: UpdateKind = "stats" if policy_of(store, model).mode == "exact" else "delta"
     changed = []
     for twin in store.desired.twins():
         desired = twin.desired
@@ -229,10 +231,13 @@ def announce(
         config = schema.from_json(DeviceConfig, canonical.loads(desired.config.encode()))
         if round_id is not None and desired.model_version == base_version:
             wanted = replace(
-                config, round_id=round_id, delta_clip_norm=max_norm or config.delta_clip_norm
+                config,
+                round_id=round_id,
+                delta_clip_norm=max_norm or config.delta_clip_norm,
+                update_kind=kind,
             )
         elif round_id is None and config.round_id is not None:
-            wanted = replace(config, round_id=None)
+            wanted = replace(config, round_id=None, update_kind="delta")
         else:
             continue
         if wanted == config:
