@@ -16,8 +16,9 @@ names them in :meth:`LearningLoop.feedback`) and the window folds in the inputs,
 and latency. Jobs (daemon scheduler): ``learning`` follows the active model and reports a
 changed retrain status, ``retrain`` runs :meth:`Learner.maybe_retrain` under the hub's
 latest :class:`~protocol.messages.DeviceConfig` and sends the delta once the manager
-serves the better head (exact mode's statistics at once: they change nothing served) (``/status`` then says where the delta stands: queued until the
-hub acknowledges it), ``sketch-window`` sends the window's
+serves the better head, exact mode's statistics at once as they change nothing served
+(``/status`` then says where the delta stands: queued until the hub acknowledges it),
+``sketch-window`` sends the window's
 :class:`~protocol.messages.DataDelta` when it saw any inference. On stop (a daemon stop
 hook, before the ``offline`` report) the window is closed early and sent the same way,
 so what was observed since the last window is queued before the agent disconnects.
