@@ -280,6 +280,7 @@ class LearningLoop:
         if model is None or runtime is None or runtime.ref != model.ref:
             return
         outcome = model.learner.maybe_retrain(runtime, self._hub.config, now_ms)
+        delta: DeltaUpload | None
         with self._lock:
             if outcome.runtime is not None:
                 model.unserved = (outcome.runtime, outcome.delta)
