@@ -54,7 +54,7 @@ from protocol.headparams import read_head, write_head
 from protocol.linearstats import LinearStats, from_tensors
 from protocol.metadata import Compat, ReleaseEntry
 from protocol.package import decode_package, encode_package, file_entry
-from protocol.tensors import decode_tensors
+from protocol.tensors import decode_tensors, encode_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +151,10 @@ def compute(
         aggregation = aggregate_stats(submissions, load_stats, head, (w, b), l2=policy.exact_l2)
         label = "exact"
     else:
-        aggregation = aggregate(submissions, load, layout, strategy, max_norm=policy.max_norm)
+        velocity = _velocity_of(ctx, base) if strategy.server_momentum else None
+        aggregation = aggregate(
+            submissions, load, layout, strategy, max_norm=policy.max_norm, velocity=velocity
+        )
         label = strategy.name
     AGGREGATION_SECONDS.labels(label).observe(time.perf_counter() - started)
     update = aggregation.update
@@ -170,6 +173,16 @@ def compute(
     return Computed(
         base.name, base, files, aggregation, source, tuple(excluded), judgement, metrics, reports
     )
+
+
+def _velocity_of(ctx: HubContext, base: ModelVersion) -> Tensors | None:
+    """Server momentum's velocity where ``base``'s own aggregation left it (``None``:
+    ``base`` was not made with momentum, so it starts at zero)."""
+    record = canonical.loads(base.lineage.encode()) if base.lineage else None
+    sha256 = record.get("velocity") if isinstance(record, dict) else None
+    if not isinstance(sha256, str):
+        return None
+    return decode_tensors(ArtifactStore(ctx.settings.artifacts_dir).read(sha256))
 
 
 def _judge(
@@ -227,6 +240,7 @@ def register(
         )
         package = encode_package(manifest, files)
         sha256 = artifacts.put(package)
+        velocity = computed.aggregation.velocity
         lineage = lineage_of(
             computed.aggregation,
             model=base.name,
@@ -235,6 +249,8 @@ def register(
             source=computed.source,
             excluded=computed.excluded,
         ).with_validation(computed.validation, summarize_holdouts(computed.holdouts))
+        if velocity is not None:
+            lineage = replace(lineage, velocity=artifacts.put(encode_tensors(velocity)))
         store.registry.add_version(
             ModelVersion(
                 name=base.name,

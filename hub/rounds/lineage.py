@@ -83,6 +83,11 @@ class Lineage:
     contributions: tuple[ContributionRecord, ...]
     validation: dict[str, float] | None = None
     holdouts: HoldoutSummary | None = None
+    velocity: str | None = None
+    """Server momentum's velocity after this aggregation: the sha256 of an f32 tensor
+    container in the hub's artifact store (``None`` without momentum). A round on this
+    version continues from it, so FedAvgM's state follows the lineage chain and survives
+    restarts; a rejected candidate's velocity is never picked up."""
 
     def to_json(self) -> dict[str, Any]:
         result: dict[str, Any] = schema.to_json(self)
