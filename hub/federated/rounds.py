@@ -1,6 +1,7 @@
 """Rounds and buffers on the hub: open, announce, close, aggregate, cancel, resume.
 
-**Open** (:func:`open_round`, REST ``POST /api/v1/rounds``, ``edgefleet round start``):
+**Open** (:func:`open_round`, REST ``POST /api/v1/rounds``, ``edgefleet round start``, a
+drift alert, or the model policy's ``every_ms`` schedule, checked on each tick):
 one live round per model, on a released base (the latest by default), with the close
 policy and strategy fixed at open (so a restart runs the same round). Devices learn of it
 through their desired state: every device whose desired model is the round's base gets
@@ -53,6 +54,7 @@ from hub.rounds.lifecycle import (
     Fail,
     Reject,
     Round,
+    due_by_schedule,
     plan_close,
     step,
 )
@@ -272,9 +274,25 @@ def tick(ctx: HubContext) -> None:
         for record in store.rounds.rounds_in(("closing",)):
             _aggregate_round(ctx, record)
         for summary in store.registry.models():
-            if policy_of(store, summary.name).mode == "buffered":
+            policy = policy_of(store, summary.name)
+            if policy.mode == "buffered":
                 while flush_buffer(ctx, summary.name):
                     pass
+            else:
+                _open_on_schedule(ctx, summary.name, policy)
+
+
+def _open_on_schedule(ctx: HubContext, model: str, policy: ModelPolicy) -> None:
+    store = ctx.store
+    last = store.rounds.rounds(model=model, state=None, limit=1, offset=0).items
+    live = store.rounds.live_round(model) is not None
+    if not due_by_schedule(policy.every_ms, last[0].opened_ms if last else None, live,
+                           ctx.now_ms()):  # fmt: skip
+        return
+    try:
+        open_round(ctx, model, actor=ACTOR, trigger="schedule")
+    except (NotFound, Conflict) as e:  # no release yet, or a race with an operator
+        logger.info("scheduled round of %s not opened: %s", model, e)
 
 
 def rounds_job(ctx: HubContext) -> None:

@@ -211,6 +211,27 @@ def _head_step(hub: FlHub, version: int) -> dict[str, np.ndarray]:
     return {hub.head.weight: w1 - w0, hub.head.bias or "bias": b1 - b0}
 
 
+def test_a_scheduled_model_opens_a_round_on_the_tick_and_the_next_one_an_interval_later(
+    tmp_path: Path,
+) -> None:
+    hub = FlHub(tmp_path, every_ms=600_000)
+    rounds.tick(hub.ctx)
+    first = hub.store.rounds.live_round(MODEL)
+    assert first is not None
+    assert first.trigger == "schedule"
+    rounds.tick(hub.ctx)
+    assert hub.store.rounds.count_rounds(MODEL) == 1  # one is live: nothing new
+    rounds.cancel_round(hub.ctx, first.round_id, actor="test")
+    hub.sim.clock.advance(599)
+    rounds.tick(hub.ctx)
+    assert hub.store.rounds.live_round(MODEL) is None
+    hub.sim.clock.advance(1)
+    rounds.tick(hub.ctx)
+    second = hub.store.rounds.live_round(MODEL)
+    assert second is not None
+    assert (second.trigger, second.opened_ms - first.opened_ms) == ("schedule", 600_000)
+
+
 def _trained_delta(
     hub: FlHub, x: np.ndarray, y: np.ndarray, round_id: str | None, version: int = 1
 ) -> DeltaUpload:
