@@ -81,6 +81,7 @@ class Hello(Message):
             check_verifier(self.broker_verifier)
 
 
+UpdateKind = Literal["delta", "stats"]
 InstallStatus = Literal["downloading", "installed", "refused", "failed", "rolled_back", "unchanged"]
 
 
@@ -290,6 +291,9 @@ class DeviceConfig:
     retrain_min_samples: int = 64
     delta_clip_norm: float = 10.0
     round_id: str | None = None
+    update_kind: UpdateKind = "delta"
+    """What the device's upload to the round carries: a trained ``delta``, or the head
+    rows' sufficient ``stats`` (exact mode, :mod:`protocol.linearstats`)."""
     shadow_sample: float = 0.2
     """The share of predict requests a shadow model (``DesiredState.shadow``) also runs on."""
 
