@@ -29,6 +29,9 @@ name                                          type     labels, meaning
 ``installs_total``                            counter  ``outcome``: installed, unchanged,
                                                        refused, failed, rolled_back
 ``download_chunks_total``                     counter  ``verdict`` of each chunk
+``shadow_rows_total``                         counter  ``outcome``: agreed, disagreed, failed
+``shadow_dropped_total``                      counter  sampled requests the queue dropped
+``shadow_running``                            gauge    1 while a shadow model runs
 ============================================  =======  ===================================
 """
 

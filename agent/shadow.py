@@ -34,7 +34,7 @@ import random
 import shutil
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +45,7 @@ import numpy as np
 from agent.download import Download, check_package, check_release
 from agent.errors import AgentError
 from agent.install import UpdaterConfig
+from agent.metrics import Family
 from agent.runtime import ModelRuntime
 from agent.shadow_tally import ShadowTally, classes
 from agent.slot_table import ref_of
@@ -63,6 +64,8 @@ SHADOW_DIR = "shadow"
 STATE_FILE = "shadow.json"
 QUEUE = 64
 """Sampled requests waiting for the shadow job; beyond it the oldest is dropped."""
+RETRY_MS = 30_000
+"""How long after a failed download the shadow's download starts again."""
 
 
 @dataclass(frozen=True)
@@ -74,11 +77,18 @@ class _Saved:
 
 
 def classifies(manifest: ModelManifest) -> bool:
-    """Whether a model's scores are class scores (shadow runs compare classes)."""
+    """Whether a model's scores are class scores (shadow runs compare classes): as its
+    drift profile or its head says, else a float scores output of two or more columns."""
     profile = manifest.profile
     if profile is not None and profile.predictions is not None:
         return profile.predictions.kind == "classes"
-    return manifest.head is not None and manifest.head.task == "classification"
+    if manifest.head is not None:
+        return manifest.head.task == "classification"
+    scores = next((o for o in manifest.outputs if o.name == manifest.scores), None)
+    if scores is None or not scores.dtype.startswith("float") or len(scores.shape) != 2:
+        return False
+    columns = scores.shape[1]
+    return columns is not None and columns >= 2
 
 
 class ShadowRunner:
@@ -114,6 +124,9 @@ class ShadowRunner:
         self._runtime: ModelRuntime | None = None
         self._tally: ShadowTally | None = None
         self._queue: deque[tuple[Any, np.ndarray]] = deque(maxlen=QUEUE)
+        self._retry_at_ms: int | None = None
+        self.rows: Counter[str] = Counter()
+        """Shadow rows since start, by outcome: agreed, disagreed, failed (``/metrics``)."""
 
     # ------------------------------------------------------------------ decisions
 
@@ -189,16 +202,22 @@ class ShadowRunner:
         self._queue.append((inputs, classes(served_scores)))
 
     def tick(self, now_ms: int) -> None:
-        """The ``shadow`` job: the download's pace, then the queued requests."""
+        """The ``shadow`` job: the download's pace (a download that failed starts again
+        after :data:`RETRY_MS`: no hub decision retries a shadow), then the queued requests."""
         with self._lock:
             download = self._download
             if download is not None:
                 try:
                     download.check_speed(now_ms)
                 except AgentError as e:
-                    self._fail(f"download: {e}")
+                    download.discard()  # its deadline runs across resumes: start afresh
+                    self._fail(f"{getattr(e, 'reason', 'error')}: {e}")
+                    self._retry_at_ms = now_ms + RETRY_MS
                 else:
                     self._pump(now_ms)
+            elif self._retry_at_ms is not None and now_ms >= self._retry_at_ms:
+                self._retry_at_ms = None
+                self._begin(now_ms)
         self._drain()
 
     def take_chunk(self, chunk: Chunk, now_ms: int) -> str:
@@ -297,6 +316,23 @@ class ShadowRunner:
             with self._lock:
                 if self._tally is tally:
                     tally.add(served, shadow, latency_ms)
+                    self._count_rows(served, shadow)
+
+    def metrics(self) -> list[Family]:
+        """For ``/metrics``: shadow rows by outcome, dropped requests, whether one runs."""
+        rows = Family("shadow_rows", "Rows the shadow model ran on, by outcome.")
+        for outcome in ("agreed", "disagreed", "failed"):
+            rows.add(self.rows[outcome], outcome=outcome)
+        dropped = Family("shadow_dropped", "Sampled requests dropped by the shadow's full queue.")
+        running = Family("shadow_running", "1 while a shadow model runs.", kind="gauge")
+        return [rows, dropped.add(self.dropped), running.add(self._runtime is not None)]
+
+    def _count_rows(self, served: np.ndarray, shadow: np.ndarray | None) -> None:
+        failed = len(served) if shadow is None else int((shadow < 0).sum())
+        agreed = 0 if shadow is None else int((shadow == served).sum())
+        self.rows["agreed"] += agreed
+        self.rows["failed"] += failed
+        self.rows["disagreed"] += len(served) - agreed - failed
 
     def _save(self) -> None:
         assert self.entry is not None
@@ -315,9 +351,10 @@ class ShadowRunner:
             self._download.discard()
         self.entry = self._inputs = self._download = self._runtime = self._tally = None
         self.share = 0.0
+        self._retry_at_ms = None
         self._queue.clear()
         shutil.rmtree(self.root, ignore_errors=True)
         self.status = "off"
 
 
-__all__ = ["QUEUE", "SHADOW_DIR", "ShadowRunner", "classifies"]
+__all__ = ["QUEUE", "RETRY_MS", "SHADOW_DIR", "ShadowRunner", "classifies"]

@@ -236,7 +236,8 @@ class ModelManager:
         )
 
     def metrics(self) -> list[Family]:
-        """For ``/metrics``: installs ended since start by outcome, chunks by verdict."""
+        """For ``/metrics``: installs ended since start by outcome, chunks by verdict, the
+        shadow run's rows by outcome."""
         installs = Family("installs", "Model installs ended since start, by outcome.")
         for outcome, count in sorted(self._installer.installs.items()):
             installs.add(count, outcome=outcome)
@@ -244,7 +245,7 @@ class ModelManager:
         for key, count in sorted(self.counters.items()):
             if key.startswith("chunk."):
                 chunks.add(count, verdict=key.removeprefix("chunk."))
-        return [installs, chunks]
+        return [installs, chunks, *self.shadow.metrics()]
 
     # ------------------------------------------------------------------ downlink
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agent.shadow import QUEUE, SHADOW_DIR
+from agent.shadow import QUEUE, RETRY_MS, SHADOW_DIR
 from agent.shadow_tally import ShadowTally, classes
 from agent.updater import MODELS_DIR
 from protocol import metadata
@@ -23,12 +23,14 @@ from protocol.messages import DesiredState, DeviceConfig, ModelRef
 from protocol.metadata import Assignment, ReleaseEntry
 from tests import models
 from tests.agent.model_hub import FleetDouble
-from tests.agent.test_updater import Device, package
+from tests.agent.test_updater import CONFIG, Device, package
 from tests.clock import FakeClock
+from tests.hub.rollouts_shell.live import NAN_ABOVE, nan_above_classifier
 from tests.packages import Built, build_package
 from tests.protocol.trust_sim import ASSIGNMENT_TTL, TrustSim
 
 REF = ModelRef("iris", 2, "2" * 64)
+SMOKE = {"x": np.zeros((8, 4), np.float32)}
 ROWS = np.random.default_rng(3).uniform(-1, 1, size=(400, 4)).astype(np.float32)
 
 # ---------------------------------------------------------------- counting (pure)
@@ -246,3 +248,52 @@ def test_installing_the_shadows_version_reuses_its_package(running: Device) -> N
     running.serve()
     assert running.active == swapped(2).ref
     assert len(running.fetches()) == fetched
+
+
+def test_a_shadow_failing_on_real_inputs_counts_errors_and_the_served_predict_never_fails(
+    running: Device,
+) -> None:
+    start_shadow(running, build_package(nan_above_classifier(), version=2, smoke=SMOKE))
+    assert running.manager.shadow.status == "running"
+    rows = ROWS.copy()
+    rows[:, 0] = NAN_ABOVE + 1.0  # every row makes the shadow's scores NaN
+    for start in range(0, len(rows), 8):
+        running.manager.predict(rows[start : start + 8])  # served by v1: never raises
+    report = running.manager.shadow_report()
+    assert report is not None
+    assert report.errors == sum(report.inputs) == len(rows)
+    assert sum(report.agreed) == 0
+
+
+def test_a_stalled_shadow_download_fails_then_starts_again(running: Device) -> None:
+    fleet = running.fleet
+    entry = fleet.release(swapped(2))
+    fleet.sim.beat()
+    running.sync()
+    running.desired(with_shadow(fleet, shadow_doc(fleet, entry, 10)))
+    running.answered = len(running.sent)  # the hub never answers these fetches
+    shadow = running.manager.shadow
+    assert shadow.status == "downloading"
+    running.clock.advance(CONFIG.download.grace_ms / 1000 + 1)
+    shadow.tick(running.clock.now_ms())
+    assert shadow.status.startswith("failed: slow_retrieval: ")
+    running.clock.advance(RETRY_MS / 1000)
+    shadow.tick(running.clock.now_ms())
+    assert shadow.status == "downloading"
+    running.serve()
+    assert shadow.status == "running"
+
+
+def test_the_shadows_rows_are_counted_for_metrics(running: Device) -> None:
+    start_shadow(running, swapped(2))
+    predict_all(running)
+    running.manager.shadow_report()
+    families = {f.name: f for f in running.manager.metrics()}
+    rows = {labels["outcome"]: value for labels, value in families["shadow_rows"].samples}
+    served = classes(running.manager.runtime.predict(ROWS).scores)  # type: ignore[union-attr]
+    assert rows == {
+        "agreed": float((served == 2).sum()),
+        "disagreed": float((served != 2).sum()),
+        "failed": 0.0,
+    }
+    assert families["shadow_running"].samples == [({}, 1.0)]
