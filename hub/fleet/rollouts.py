@@ -145,10 +145,7 @@ def tick_one(ctx: HubContext, rollout_id: str) -> Plan | None:
         published, cleared = _apply(ctx, record.rollout, decided, now_ms)
     metrics.ROLLOUT_PLAN_SECONDS.observe(time.perf_counter() - started)
     for device_id in dict.fromkeys(published):
-        try:
-            publish_desired(ctx, device_id)
-        except HubError as e:  # stored; the reconciler publishes it on a later tick
-            logger.warning("desired state of %s not published: %s", device_id, e)
+        _publish(ctx, device_id)
     for device_id in cleared:
         clear_desired(ctx, device_id=device_id, actor=SYSTEM)
     return decided
@@ -282,18 +279,46 @@ def operate(ctx: HubContext, rollout_id: str, event: OperatorEvent, *, actor: st
     """
     store, now_ms = ctx.store, ctx.now_ms()
     name = type(event).__name__.lower()
+    stopped: list[str] = []
     with store.immediate():
         record = get(ctx, rollout_id)
         moved = operate_machine(record.rollout, event, now_ms)
         store.rollouts.put_state(moved)
+        if moved.phase == "aborted":  # no tick follows an abort: its shadows stop here
+            stopped = _stop_shadows(ctx, rollout_id, now_ms)
         why = getattr(event, "reason", "")
         line = f"{name}: {record.rollout.phase} -> {moved.phase}" + (f" ({why})" if why else "")
         store.rollouts.add_timeline(rollout_id, now_ms, actor, [line])
         store.audit.append(
             at=now_ms, actor=actor, action=f"rollout.{name}", target=rollout_id, reason=why
         )
+    for device_id in stopped:
+        _publish(ctx, device_id)
     tick_one(ctx, rollout_id)
     return get(ctx, rollout_id).rollout
+
+
+def _stop_shadows(ctx: HubContext, rollout_id: str, now_ms: int) -> list[str]:
+    """Drop every running shadow of the rollout (inside the caller's transaction); the
+    devices whose desired state changed."""
+    running = [s for s in ctx.store.rollouts.shadows(rollout_id) if s.state == "running"]
+    actor = f"rollout:{rollout_id}"
+    changed = [
+        s.device_id
+        for s in running
+        if clear_shadow(ctx, device_id=s.device_id, actor=actor, now_ms=now_ms)
+    ]
+    ctx.store.rollouts.put_shadows(
+        rollout_id, [ShadowProgress(s.device_id, "stopped", now_ms) for s in running]
+    )
+    return changed
+
+
+def _publish(ctx: HubContext, device_id: str) -> None:
+    try:
+        publish_desired(ctx, device_id)
+    except HubError as e:  # stored; the reconciler publishes it on a later tick
+        logger.warning("desired state of %s not published: %s", device_id, e)
 
 
 def get(ctx: HubContext, rollout_id: str) -> RolloutRecord:

@@ -12,7 +12,7 @@ import pytest
 from hub.errors import Conflict
 from hub.fleet import rollouts
 from hub.fleet.desired import set_desired
-from hub.rollouts import Pause, RolloutConflict, RolloutSpec, Stage
+from hub.rollouts import Abort, Pause, RolloutConflict, RolloutSpec, ShadowStage, Stage
 from hub.rollouts.spec import GateSpec
 from hub.store import NotFound, Store
 from hub.store.rows import Device
@@ -158,3 +158,40 @@ def test_rollout_set_refuses_a_device_a_live_rollout_covers(hub: Hub) -> None:
     first = rollouts.create(ctx, SPEC, actor="operator").rollout.rollout_id
     with pytest.raises(Conflict, match=f"d-05 is in rollout {first}"):
         set_desired(ctx, device_id="d-05", model_name=MODEL, model_version=2, actor="cli")
+
+
+def shadowed(hub: Hub) -> str:
+    """Every device's desired state on v1, then a rollout of v2 with a 10 % shadow stage,
+    ticked once: its shadows start."""
+    ctx = hub.context()
+    for k in range(FLEET):
+        set_desired(ctx, device_id=f"d-{k:02d}", model_name=MODEL, model_version=1, actor="t")
+    spec = replace(SPEC, shadow=ShadowStage(percent=10))
+    rollout_id = rollouts.create(ctx, spec, actor="test").rollout.rollout_id
+    rollouts.tick(ctx)
+    return rollout_id
+
+
+def test_the_shadow_stage_puts_a_shadow_assignment_beside_the_served_one(hub: Hub) -> None:
+    rollout_id = shadowed(hub)
+    running = [s.device_id for s in hub.store.rollouts.shadows(rollout_id)]
+    assert len(running) == 2
+    for device_id in running:
+        desired = hub.store.desired.get(device_id)
+        assert desired.model_version == 1
+        assert desired.shadow_version is not None
+        shadow = hub.store.desired.assignment(device_id, desired.shadow_version)
+        assert shadow is not None
+        assert shadow.model_version == 2
+    others = {f"d-{k:02d}" for k in range(FLEET)} - set(running)
+    assert all(hub.store.desired.get(d).shadow_version is None for d in others)
+    assert rollouts.get(hub.context(), rollout_id).rollout.phase == "shadow"
+
+
+def test_aborting_in_the_shadow_stage_drops_every_shadow(hub: Hub) -> None:
+    rollout_id = shadowed(hub)
+    running = [s.device_id for s in hub.store.rollouts.shadows(rollout_id)]
+    rollouts.operate(hub.context(), rollout_id, Abort("wrong model"), actor="op")
+    assert all(hub.store.desired.get(d).shadow_version is None for d in running)
+    assert {s.state for s in hub.store.rollouts.shadows(rollout_id)} == {"stopped"}
+    assert all(hub.store.desired.get(d).model_version == 1 for d in running)
