@@ -25,6 +25,7 @@ the version it ran before (docs/rollouts.md). Prints the rollout's id.
 examples:
   edgefleet rollout start --model churn --version 4 --tag region=eu --stages 10,50,100
   edgefleet rollout start --model churn --version 4 --bake 10m --approve-before 2 --dry-run
+  edgefleet rollout start --model churn --version 4 --shadow 10 --stages 10,50,100
   edgefleet rollout start --spec rollout.json
 """
 SHOW_EPILOG = """\
@@ -98,6 +99,13 @@ def add_commands(commands: Subcommands) -> None:
                        help="devices with this tag go first")  # fmt: skip
     start.add_argument("--stratify-by", action="append", default=[], metavar="KEY",
                        help="compare canaries with control of the same tag value")  # fmt: skip
+    start.add_argument(
+        "--shadow",
+        type=float,
+        metavar="P",
+        help="first a shadow stage on P%% of the target: devices run the version "
+        "beside the served one, judged by shadow_agreement, before any serves it",
+    )
     start.add_argument("--spec", type=Path, metavar="FILE.json", help="the whole spec as JSON")
     start.add_argument("--dry-run", action="store_true", help="show each stage's devices only")
     add_target_options(start)
@@ -165,6 +173,13 @@ def spec_of(args: argparse.Namespace) -> dict[str, Any]:
         spec["canary_tags"] = dict(args.canary_tag)
     if args.stratify_by:
         spec["stratify_by"] = list(args.stratify_by)
+    if args.shadow is not None:
+        shadow: dict[str, Any] = {"percent": args.shadow}
+        if args.bake is not None:
+            shadow["bake_ms"] = args.bake
+        if args.extend is not None:
+            shadow["extend_ms"] = args.extend
+        spec["shadow"] = shadow
     return spec
 
 
@@ -180,6 +195,10 @@ def _start(args: argparse.Namespace) -> int:
             print_json(found)
             return 0
         print(f"target: {found['target_size']} devices ({found['pinned']} pinned canaries)")
+        if found["shadow"]:
+            ids = found["shadow"]
+            shown = ", ".join(ids[:8]) + (", ..." if len(ids) > 8 else "")
+            print(f"  shadow: {len(ids)}  {shown}")
         for k, ids in enumerate(found["stages"], start=1):
             shown = ", ".join(ids[:8]) + (", ..." if len(ids) > 8 else "")
             print(f"  stage {k}: +{len(ids)}  {shown}")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -62,3 +63,17 @@ def test_bad_stages_are_refused_before_anything_is_sent(
 ) -> None:
     assert rollout(data, "start", "--model", MODEL, "--version", "2", "--stages", "50,40") == 2
     assert "percentages must increase" in capsys.readouterr().err
+
+
+def test_a_shadow_stage_from_the_cli_runs_first_on_its_share(
+    data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    start = ("start", "--model", MODEL, "--version", "2", "--stages", "50,100", "--shadow", "50")
+    assert rollout(data, *start, "--dry-run") == 0
+    assert "shadow: 2" in capsys.readouterr().out
+    assert rollout(data, *start) == 0
+    assert capsys.readouterr().out.strip() == "r-1"
+    assert rollout(data, "show", "r-1", "--json") == 0
+    assert json.loads(capsys.readouterr().out)["spec"]["shadow"]["percent"] == 50
+    assert rollout(data, "show", "r-1") == 0
+    assert "shadow stage" in capsys.readouterr().out
