@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agent.shadow import QUEUE, RETRY_MS, SHADOW_DIR
 from agent.shadow_tally import ShadowTally, classes
@@ -85,6 +87,32 @@ def test_the_p95_is_a_latency_that_happened() -> None:
     report = tally.take()
     assert report is not None
     assert report.latency_p95_ms == 95.0
+
+
+@given(
+    st.lists(st.tuples(st.integers(-1, 5), st.integers(-1, 5)), min_size=1, max_size=60),
+    st.booleans(),
+)
+def test_every_served_row_is_counted_once_and_agreements_never_exceed_inputs(
+    pairs: list[tuple[int, int]], whole_request_failed: bool
+) -> None:
+    served = np.array([p[0] for p in pairs], dtype=np.int64)
+    shadow = None if whole_request_failed else np.array([p[1] for p in pairs], dtype=np.int64)
+    tally = ShadowTally(REF)
+    tally.add(served, shadow, 1.0)
+    report = tally.take()
+    valid = served >= 0
+    if not valid.any():
+        assert report is None
+        return
+    assert report is not None
+    assert sum(report.inputs) == int(valid.sum())
+    for c, (n, a) in enumerate(zip(report.inputs, report.agreed, strict=True)):
+        assert n == int((served == c).sum())
+        expected = 0 if shadow is None else int(((served == c) & (shadow == c)).sum())
+        assert a == expected
+    failed = int(valid.sum()) if shadow is None else int((valid & (shadow < 0)).sum())
+    assert report.errors == failed
 
 
 # ---------------------------------------------------------------- the manager
