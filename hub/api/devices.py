@@ -176,7 +176,7 @@ def revoke_device(
 )
 def get_desired(device_id: DeviceId, _: ViewerDep, store: StoreDep) -> Desired:
     store.devices.get(device_id)
-    return _desired(store.desired.get(device_id))
+    return _desired(store, store.desired.get(device_id))
 
 
 @router.put(
@@ -200,7 +200,7 @@ def set_desired(
         config=_config(body.config) if body.config is not None else None,
         actor=operator.actor,
     )
-    return _desired(hub.store.desired.get(device_id))
+    return _desired(hub.store, hub.store.desired.get(device_id))
 
 
 @router.delete(
@@ -246,12 +246,16 @@ def _detail(store: Store, device_id: str) -> DeviceDetail:
     wanted = store.desired.find(device_id)
     return DeviceDetail(
         **_device(row).model_dump(),
-        desired=_desired(wanted) if wanted is not None else None,
+        desired=_desired(store, wanted) if wanted is not None else None,
         reported=_object(row.reported),
     )
 
 
-def _desired(row: DesiredRow) -> Desired:
+def _desired(store: Store, row: DesiredRow) -> Desired:
+    shadow = None
+    if row.shadow_version is not None:
+        found = store.desired.assignment(row.device_id, row.shadow_version)
+        shadow = found.model_version if found is not None else None
     return Desired(
         device_id=row.device_id,
         model=row.model_name,
@@ -261,6 +265,7 @@ def _desired(row: DesiredRow) -> Desired:
         set_at=row.set_at,
         set_by=row.set_by,
         published_at=row.published_at,
+        shadow_version=shadow,
     )
 
 

@@ -124,6 +124,13 @@ class DeviceConfigIn(_In):
     retrain_min_samples: int | None = Field(default=None, ge=1, le=10**9)
     delta_clip_norm: float | None = Field(default=None, ge=0, le=1e9)
     round_id: Name | None = None
+    shadow_sample: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Share of predict requests a shadow model (a rollout's shadow stage) "
+        "also runs on (default 0.2)",
+    )
 
 
 class DesiredIn(_In):
@@ -144,6 +151,11 @@ class Desired(BaseModel):
     set_at: int | None
     set_by: str | None
     published_at: int | None
+    shadow_version: int | None = Field(
+        default=None,
+        description="The version of the model the device runs beside the served one, "
+        "without serving it (a rollout's shadow stage); null: none",
+    )
 
 
 class DeviceDetail(Device):

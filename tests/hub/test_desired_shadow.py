@@ -19,6 +19,7 @@ from protocol import trust
 from protocol.messages import DesiredState, FetchRequest
 from tests import models
 from tests.clock import FakeClock
+from tests.hub.test_api import make_api
 from tests.hub.test_delivery import SETTINGS, chunks
 from tests.hub.test_desired import DEVICE, RecordingDownlink, add_device, assign
 from tests.hub.test_registry import Hub, make_hub, npz, reference
@@ -150,3 +151,23 @@ def test_shadow_reports_are_summed_per_class_for_the_rollouts_version_only() -> 
     ]
     metrics = _summed(bodies, ("iris", 2))
     assert (metrics.shadow_inputs, metrics.shadow_agreed) == ((6, 5, 4), (6, 2, 4))
+
+
+def test_the_api_shows_the_shadow_beside_the_desired_model_and_sets_its_share(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    api = make_api(tmp_path, clock)
+    with api.client:
+        add_device(api.store)
+        api.hub.register()
+        api.hub.register(models.mlp_classifier().model, reference=npz(X=models.mlp_classifier().x))
+        path = f"/api/v1/devices/{DEVICE}/desired"
+        body = {"model": "iris", "version": 1, "config": {"shadow_sample": 0.5}}
+        assert api.call("PUT", path, role="operator", json=body).status_code == 200
+        assert api.call("GET", path, role="viewer").json()["shadow_version"] is None
+        shadow_on(api.hub)
+        desired = api.call("GET", path, role="viewer").json()
+        assert (desired["version"], desired["shadow_version"]) == (1, 2)
+        assert desired["config"]["shadow_sample"] == 0.5
+        bad = {"model": "iris", "version": 1, "config": {"shadow_sample": 1.5}}
+        assert api.call("PUT", path, role="operator", json=bad).status_code == 422
