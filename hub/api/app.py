@@ -29,6 +29,7 @@ from fastapi.routing import APIRoute
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from hub import ui
 from hub.api import (
     audit,
     devices,
@@ -138,6 +139,7 @@ def create_app(
     for prefix, router in _ROUTERS:
         app.include_router(router, prefix=prefix)
     docs.install(app)
+    ui.install(app)
     errors.install(app)
     app.add_middleware(
         RequestMetrics,

@@ -1,0 +1,32 @@
+"""The hub's web dashboard, served under ``/ui`` by the same app as the REST API.
+
+Server-rendered pages (Jinja2 templates, inline SVG charts) with a little hand-written
+script and style shipped in this package: no CDN, no Node toolchain (docs/dashboard.md,
+and docs/decisions.md for why). Pages read through the REST routes' own functions and act
+through them, so the dashboard can show or do nothing the API cannot.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from starlette.responses import RedirectResponse
+from starlette.staticfiles import StaticFiles
+
+from hub.ui import ops, pages
+from hub.ui.session import Sessions
+from hub.ui.web import HERE
+
+__all__ = ["install"]
+
+
+def install(app: FastAPI) -> None:
+    """Serve the dashboard on ``app``: pages under ``/ui``, its files under ``/ui/static``,
+    and ``/`` sending a browser there."""
+    app.state.ui_sessions = Sessions()
+    app.include_router(pages.router)
+    app.include_router(ops.router)
+    app.mount("/ui/static", StaticFiles(directory=HERE / "static"), name="ui.static")
+
+    @app.get("/", include_in_schema=False, name="ui.root")
+    def root() -> RedirectResponse:
+        return RedirectResponse("/ui/fleet", status_code=307)
