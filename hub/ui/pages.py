@@ -58,7 +58,7 @@ def signin(
 
 
 @router.post("/signout", name="ui.signout")
-def signout(request: Request, who: SignedDep, csrf: CsrfField) -> Response:
+def signout(request: Request, who: SignedDep, csrf: CsrfField = "") -> Response:
     session.check_csrf(request, who.session, who.principal, csrf)
     response = RedirectResponse("/ui/signin", status_code=303)
     session.sign_out(request, response)
