@@ -19,10 +19,15 @@ from hub.ui.web import HERE
 __all__ = ["install"]
 
 
-def install(app: FastAPI) -> None:
+REFRESH_S = 5
+
+
+def install(app: FastAPI, *, refresh_s: int = REFRESH_S) -> None:
     """Serve the dashboard on ``app``: pages under ``/ui``, its files under ``/ui/static``,
-    and ``/`` sending a browser there."""
+    and ``/`` sending a browser there. Open pages fetch themselves again every
+    ``refresh_s`` seconds (``app.state.ui_refresh_s``; 0: never)."""
     app.state.ui_sessions = Sessions()
+    app.state.ui_refresh_s = refresh_s
     app.include_router(pages.router)
     app.include_router(ops.router)
     app.mount("/ui/static", StaticFiles(directory=HERE / "static"), name="ui.static")

@@ -171,9 +171,12 @@ def audit_log(
     target: Text = None,
     offset: Offset = 0,
 ) -> Response:
+    page = audit.list_audit(
+        who.principal, who.hub.store, actor=actor or None, action=action or None,
+        outcome=outcome or None, target=target or None, limit=PAGE_SIZE, offset=offset,
+    )  # fmt: skip
     filters = {"actor": actor, "action": action, "outcome": outcome, "target": target}
     kept = {k: v for k, v in filters.items() if v}
-    page = audit.list_audit(who.principal, who.hub.store, limit=PAGE_SIZE, offset=offset, **kept)  # type: ignore[arg-type]
     return render(
         request, "audit.html", who, page=page, filters=kept, offset=offset, size=PAGE_SIZE
     )

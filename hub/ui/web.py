@@ -36,7 +36,6 @@ from protocol.errors import EdgefleetError
 HERE = Path(__file__).parent
 TEMPLATES = Jinja2Templates(directory=HERE / "templates")
 PAGE_SIZE = 50
-REFRESH_S = 5
 
 
 def when(ms: int | None) -> str:
@@ -94,7 +93,7 @@ def render(
         "me": who.principal if who else None,
         "csrf": who.session.csrf if who else "",
         "may_operate": who.may("operator") if who else False,
-        "refresh_s": REFRESH_S,
+        "refresh_s": request.app.state.ui_refresh_s,
         "path": request.url.path,
         **values,
     }

@@ -27,6 +27,7 @@ from selenium.webdriver.support.wait import WebDriverWait
 
 from hub.transport.http_server import HttpServer
 from tests.hub.test_api import Api
+from tests.hub.ui.dashhub import app_of
 
 REQUIRE_CHROMIUM = "EDGEFLEET_REQUIRE_CHROMIUM"
 DRIVERS = ("/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver")
@@ -156,7 +157,7 @@ def assert_not_blank(pixels: np.ndarray) -> None:
 
 
 def serve(api: Api) -> Iterator[str]:
-    server = HttpServer(api.client.app, "127.0.0.1", 0)  # type: ignore[arg-type]
+    server = HttpServer(app_of(api), "127.0.0.1", 0)
     server.start()
     try:
         yield server.url

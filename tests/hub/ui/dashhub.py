@@ -11,7 +11,9 @@ alert opens (tests/hub/monitor/test_store_path.py's :class:`Fleet`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+
+from fastapi import FastAPI
 
 from hub.fleet import rollouts
 from tests import models
@@ -32,6 +34,11 @@ APPROVAL_SPEC: dict[str, Any] = {
     ],
     "device_timeout_ms": 60000,
 }
+
+
+def app_of(api: Api) -> FastAPI:
+    """The hub's app behind the test client (its state holds the dashboard's settings)."""
+    return cast(FastAPI, api.client.app)
 
 
 def make_dashboard_hub(root: Path, clock: FakeClock, *, drift: bool = True) -> Api:

@@ -12,16 +12,18 @@ from pathlib import Path
 
 import pytest
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support.wait import WebDriverWait
 
 from tests.clock import FakeClock
 from tests.hub.test_api import Api
 from tests.hub.ui.browser import Browser, assert_not_blank, chromium, serve
-from tests.hub.ui.dashhub import make_dashboard_hub
+from tests.hub.ui.dashhub import app_of, make_dashboard_hub
 
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     api = make_dashboard_hub(tmp_path_factory.mktemp("hub"), FakeClock())
+    app_of(api).state.ui_refresh_s = 0  # pages stay still under the journeys' clicks
     with api.client:
         yield api
 
@@ -125,6 +127,22 @@ def test_the_server_refuses_a_viewers_action_and_a_form_without_its_csrf_token(
     reasons = {(e["actor"], e["action"], e["reason"]) for e in refused}
     assert (f"token:{hub.tokens['viewer'].id}", "rollout.abort", "forbidden") in reasons
     assert (f"token:{hub.tokens['operator'].id}", "ui.action", "csrf") in reasons
+
+
+def test_an_open_page_shows_what_changed_without_a_reload(hub: Api, browser: Browser) -> None:
+    app_of(hub).state.ui_refresh_s = 1
+    try:
+        browser.sign_in(hub.tokens["viewer"].token)
+        browser.go("/ui/audit?action=api_token.create")
+        browser.driver.execute_script("document.title = 'not reloaded'")
+        made = hub.call("POST", "/api/v1/tokens", json={"role": "viewer", "name": "late"})
+        assert made.status_code == 201, made.text
+        new_id = made.json()["id"]
+        WebDriverWait(browser.driver, 15).until(lambda d: new_id in browser.text("#audit"))
+        assert browser.driver.title == "not reloaded", "the content changed, not the page"
+        assert_not_blank(browser.screenshot("live-audit"))
+    finally:
+        app_of(hub).state.ui_refresh_s = 0
 
 
 _POST = """
