@@ -3,13 +3,16 @@ see and do what, the session cookie, CSRF, and errors as pages with a status and
 
 from __future__ import annotations
 
+import fnmatch
 import re
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
+import hub.ui
 from hub.api.auth import Role
 from hub.ui import session
 from hub.ui.session import Sessions
@@ -178,3 +181,16 @@ def test_tag_counts_count_devices_per_tag_value_most_common_first(api: Api) -> N
     found = [(t.key, t.value, t.count) for t in api.store.devices.tag_counts(limit=5)]
     assert found == [("region", "us", 90), ("region", "eu", 30)]
     assert len(api.store.devices.tag_counts(limit=1)) == 1
+
+
+def test_every_dashboard_file_ships_in_the_wheel() -> None:
+    """pyproject's package data names each template and static file (a page that renders
+    here from the source tree would otherwise be missing from an installed hub)."""
+    root = Path(hub.ui.__file__).parent
+    config = tomllib.loads((root.parents[1] / "pyproject.toml").read_text())
+    patterns = config["tool"]["setuptools"]["package-data"]["hub.ui"]
+    files = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
+    shipped = [f for f in files if not f.endswith((".py", ".pyc"))]
+    assert shipped, "no templates or static files found"
+    for name in shipped:
+        assert any(fnmatch.fnmatch(name, pattern) for pattern in patterns), name
