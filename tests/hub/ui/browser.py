@@ -20,6 +20,7 @@ import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support import expected_conditions
@@ -90,16 +91,52 @@ class Browser:
     def text(self, css: str = "main") -> str:
         return str(self.driver.find_element(By.CSS_SELECTOR, css).text)
 
+    def read(self, css: str) -> str:
+        """The text of ``css`` read in one step inside the page: safe while the live script
+        swaps the content (an element found before a swap is gone after it)."""
+        found = self.driver.execute_script(
+            "const e = document.querySelector(arguments[0]); return e ? e.textContent : ''", css
+        )
+        return str(found)
+
     def buttons(self) -> list[str]:
         """The labels of every button that would change something: those of the page's POST
         forms (not the sign-out in the header, nor a filter's GET form)."""
         found = self.driver.find_elements(By.CSS_SELECTOR, "main form[method=post] button")
         return [str(b.text) for b in found]
 
+    def unlabelled(self) -> list[str]:
+        """The ids (or names) of the page's visible form controls that no label names."""
+        found: list[str] = self.driver.execute_script(_UNLABELLED)
+        return found
+
+    def overflows(self) -> bool:
+        """True when the page is wider than the window (a phone would scroll sideways)."""
+        return bool(
+            self.driver.execute_script(
+                "return document.documentElement.scrollWidth > window.innerWidth + 1"
+            )
+        )
+
+    def tab_to(self, element_id: str, most: int = 60) -> bool:
+        """Press Tab until the element with ``element_id`` has focus (True), or give up."""
+        for _ in range(most):
+            self.driver.switch_to.active_element.send_keys(Keys.TAB)
+            if self.driver.switch_to.active_element.get_attribute("id") == element_id:
+                return True
+        return False
+
     def screenshot(self, name: str) -> np.ndarray:
         path = self.shots / f"{name}.png"
         assert self.driver.save_screenshot(str(path))
         return read_png(path.read_bytes())
+
+
+_UNLABELLED = """
+return Array.from(document.querySelectorAll("input, select, textarea"))
+  .filter(c => c.type !== "hidden" && c.labels.length === 0 && !c.getAttribute("aria-label"))
+  .map(c => c.id || c.name);
+"""
 
 
 def read_png(data: bytes) -> np.ndarray:

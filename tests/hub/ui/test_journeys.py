@@ -12,12 +12,19 @@ from pathlib import Path
 
 import pytest
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.wait import WebDriverWait
 
 from tests.clock import FakeClock
 from tests.hub.test_api import Api
 from tests.hub.ui.browser import Browser, assert_not_blank, chromium, serve
 from tests.hub.ui.dashhub import app_of, make_dashboard_hub
+
+PAGES = [
+    "/ui/fleet", "/ui/devices/iris-1", "/ui/models", "/ui/models/iris",
+    "/ui/models/iris/versions/2", "/ui/rollouts", "/ui/rollouts/r-1", "/ui/drift",
+    "/ui/rounds", "/ui/audit",
+]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -72,11 +79,25 @@ def test_a_viewer_sees_the_fleet_a_device_and_a_lineage_and_no_action_button(
     assert_not_blank(browser.screenshot("viewer-fleet"))
 
 
+def test_every_page_fits_a_phone_and_labels_every_control(hub: Api, browser: Browser) -> None:
+    browser.sign_in(hub.tokens["operator"].token)
+    browser.driver.set_window_size(390, 844)
+    for page in PAGES:
+        browser.go(page)
+        assert "Refused" not in browser.text("h1"), page
+        assert browser.unlabelled() == [], page
+        assert not browser.overflows(), f"{page} is wider than a phone"
+    assert_not_blank(browser.screenshot("phone-audit"))
+
+
 def test_an_operator_approves_pauses_resumes_and_acknowledges(hub: Api, browser: Browser) -> None:
     browser.sign_in(hub.tokens["operator"].token)
     browser.go("/ui/rollouts/r-1")
     assert browser.text("#phase") == "awaiting_approval"
-    browser.press(browser.driver.find_element(By.ID, "do-approve"))
+    assert browser.tab_to("do-approve"), "the approve button is reachable by keyboard"
+    page = browser.driver.find_element(By.TAG_NAME, "html")
+    browser.driver.switch_to.active_element.send_keys(Keys.ENTER)
+    browser.wait_new(page)
     assert browser.text("#phase") != "awaiting_approval"
     browser.driver.find_element(By.ID, "reason-pause").send_keys("looking at the gates")
     browser.press(browser.driver.find_element(By.ID, "do-pause"))
@@ -138,7 +159,7 @@ def test_an_open_page_shows_what_changed_without_a_reload(hub: Api, browser: Bro
         made = hub.call("POST", "/api/v1/tokens", json={"role": "viewer", "name": "late"})
         assert made.status_code == 201, made.text
         new_id = made.json()["id"]
-        WebDriverWait(browser.driver, 15).until(lambda d: new_id in browser.text("#audit"))
+        WebDriverWait(browser.driver, 15).until(lambda d: new_id in browser.read("#audit"))
         assert browser.driver.title == "not reloaded", "the content changed, not the page"
         assert_not_blank(browser.screenshot("live-audit"))
     finally:
