@@ -5,10 +5,11 @@ HTML page with the same status and reason the REST API would give (a 404 for an 
 device, a 409 for an action the rollout's phase refuses, a 403 for a viewer's action or a
 form without its CSRF token), and sends a signed-out browser to the sign-in page.
 
-Actions check, in order: a session (else 401), the form's CSRF token (else 403, audited
-``reason=csrf``), the role, through :func:`hub.api.deps.authorize` so a refusal is
-audited exactly as a REST one (``outcome=rejected``, the REST action's name). They then
-call the REST route's own function, so the action and its audit row are the REST ones.
+Actions check, in order: that the form did not come from another site (its ``Origin``,
+else 403), a session (else 401), the form's CSRF token (else 403, audited ``reason=csrf``),
+and the role, through :func:`hub.api.deps.authorize`, so a refusal is audited exactly as a
+REST one (``outcome=rejected``, the REST action's name). They then call the REST route's
+own function, so the action and its audit row are the REST ones.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from fastapi import Depends, Form, Request
 from fastapi.exceptions import RequestValidationError
@@ -112,6 +113,8 @@ class PageRoute(APIRoute):
         handler = super().get_route_handler()
 
         async def page(request: Request) -> Response:
+            if request.method == "POST" and not same_origin(request):
+                return _error(request, 403, "forbidden", "a form from another site is refused")
             try:
                 return await handler(request)
             except SignInRequired:
@@ -129,6 +132,17 @@ class PageRoute(APIRoute):
                 return _error(request, exc.status_hint, exc.reason, str(exc))
 
         return page
+
+
+def same_origin(request: Request) -> bool:
+    """False when the browser says the form came from another site: its ``Origin`` names
+    another host than the one it asked. Browsers send ``Origin`` with every POST form; the
+    hosts are compared, not the schemes, so a TLS-terminating proxy that keeps ``Host``
+    passes. This also covers signing in, which has no session (and so no CSRF token) yet."""
+    origin = request.headers.get("origin")
+    if origin is None:
+        return True
+    return urlsplit(origin).netloc == request.headers.get("host", "")
 
 
 def _query(request: Request) -> str:

@@ -194,3 +194,19 @@ def test_every_dashboard_file_ships_in_the_wheel() -> None:
     assert shipped, "no templates or static files found"
     for name in shipped:
         assert any(fnmatch.fnmatch(name, pattern) for pattern in patterns), name
+
+
+def test_a_form_posted_from_another_site_is_refused_even_to_sign_in(api: Api) -> None:
+    token = api.tokens["operator"].token
+    forged = api.client.post(
+        "/ui/signin", data={"token": token}, headers={"Origin": "http://evil.example"}
+    )
+    assert forged.status_code == 403
+    assert "set-cookie" not in forged.headers
+    here = api.client.post(
+        "/ui/signin",
+        data={"token": token},
+        headers={"Origin": "http://testserver"},
+        follow_redirects=False,
+    )
+    assert here.status_code == 303
