@@ -24,14 +24,13 @@ from hub.api.drift import AckIn, AlertId
 from hub.api.rollouts import ReasonIn, ResumeIn, RolloutId
 from hub.api.schemas import NAME_PATTERN
 from hub.ui.charts import heatmap, line_chart
-from hub.ui.web import CsrfField, PageRoute, SignedDep, act, back_to, render
+from hub.ui.web import CsrfField, PageRoute, Signed, SignedDep, act, back_to, render
 
 router = APIRouter(prefix="/ui", route_class=PageRoute, include_in_schema=False)
 
 Reason = Annotated[str, Form(max_length=500)]
 RolloutAction = Literal["approve", "pause", "resume", "abort", "rollback"]
 MAX_COHORTS = 6
-PSI_ALERT = 0.25
 
 
 @router.get("/rollouts", name="ui.rollouts")
@@ -107,10 +106,12 @@ def drift_page(
     )  # fmt: skip
 
 
-def _drift_charts(who: Any, model: str) -> dict[str, Any]:
-    """The heatmap (latest PSI per feature and cohort), the fleet's PSI over time, and the
-    label-free accuracy estimate beside feedback accuracy over time."""
+def _drift_charts(who: Signed, model: str) -> dict[str, Any]:
+    """The heatmap (latest PSI per feature and cohort, red from the model's own alert
+    threshold), the fleet's PSI over time, and the label-free accuracy estimate beside
+    feedback accuracy over time."""
     store, clock = who.hub.store, who.hub.clock
+    psi_alert = float(drift.get_policy(model, who.principal, store)["psi_alert"])
     cohorts = ["fleet"] + [f"{t.key}={t.value}" for t in store.devices.tag_counts(limit=8)]
     latest: dict[tuple[str, str], float] = {}
     features: list[str] = []
@@ -140,7 +141,7 @@ def _drift_charts(who: Any, model: str) -> dict[str, Any]:
     return {
         "heat": heatmap(
             features, used, latest, title=f"Latest drift of {model}, feature x cohort",
-            unit="PSI", high=PSI_ALERT,
+            unit="PSI", high=psi_alert,
         ),
         "psi_chart": line_chart(psi, title=f"Fleet drift of {model}", y_label="PSI"),
         "accuracy_chart": line_chart(
