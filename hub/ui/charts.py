@@ -96,7 +96,7 @@ def line_chart(
         )
     for k, (name, line) in enumerate(series.items()):
         colour = PALETTE[k % len(PALETTE)]
-        kept = [p for p in line if math.isfinite(p[1])]
+        kept = sorted(p for p in line if math.isfinite(p[1]))
         coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in kept)
         if len(kept) > 1:
             parts.append(f'<polyline points="{coords}" fill="none" stroke="{colour}"/>')

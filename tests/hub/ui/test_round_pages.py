@@ -1,5 +1,6 @@
-"""The rounds and lineage pages over a round the hub really ran: deltas screened at ingest
-(one refused for its norm), aggregated, validated and released as a candidate version."""
+"""The rounds, lineage and device pages over what the hub really ingested: deltas screened at
+ingest (one refused for its norm), aggregated, validated and released as a candidate
+version; a device's signed telemetry frames."""
 
 from __future__ import annotations
 
@@ -12,16 +13,22 @@ from prometheus_client import CollectorRegistry
 
 from hub.api import HubServices, auth, create_app
 from hub.federated import rounds
+from protocol.messages import Telemetry
 from tests.hub.federated.helpers import MODEL, FlHub
 from tests.hub.federated.test_rounds_shell import _trained_delta
 
 
-def test_a_rounds_contributors_weights_and_refusals_show_on_its_pages(tmp_path: Path) -> None:
+def test_a_round_its_lineage_and_a_devices_latency_show_on_their_pages(tmp_path: Path) -> None:
     hub = FlHub(tmp_path, auto_release=True)
     round_id = hub.open(target_deltas=3, min_deltas=1)
     x, y = hub.task.sample("B", 300, np.random.default_rng(5))
-    for i in range(3):
-        hub.send(hub.device(f"dev-{i}"), _trained_delta(hub, x[i::3], y[i::3], round_id))
+    devices = [hub.device(f"dev-{i}") for i in range(3)]
+    for i, dev in enumerate(devices):
+        hub.send(dev, _trained_delta(hub, x[i::3], y[i::3], round_id))
+    for k in range(4):  # dev-0's telemetry, a minute apart, its latency rising
+        hub.sim.clock.advance(60)
+        telemetry = Telemetry(uptime_s=60.0 * k, latency_p50_ms=2.0 + k, latency_p95_ms=5.0 + 2 * k)
+        hub.sim.send(devices[0].frame(telemetry))
     hub.send(hub.device("dev-bad"), hub.delta(scale=50.0, round_id=round_id))
     rounds.tick(hub.ctx)
     record = hub.store.rounds.round(round_id)
@@ -47,3 +54,11 @@ def test_a_rounds_contributors_weights_and_refusals_show_on_its_pages(tmp_path: 
         assert f"round:{round_id}" in lineage.text
         assert "3 contributing devices" in lineage.text
         assert "validation:" in lineage.text
+        device = client.get("/ui/devices/dev-0")
+        assert device.status_code == 200
+        assert "Its deltas (1)" in device.text
+        latency = device.text[device.text.index('id="lat-h"') :]
+        [p95] = re.findall(r'<polyline points="([^"]+)"', latency)[1:2]
+        heights = [float(point.split(",")[1]) for point in p95.split()]
+        assert len(heights) == 4
+        assert heights == sorted(heights, reverse=True), "rising latency climbs the chart"
