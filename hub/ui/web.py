@@ -37,6 +37,16 @@ from protocol.errors import EdgefleetError
 HERE = Path(__file__).parent
 TEMPLATES = Jinja2Templates(directory=HERE / "templates")
 PAGE_SIZE = 50
+SECURITY_HEADERS = {
+    # Only the hub's own files run or style a page; no page may be framed (clickjacking an
+    # operator's action); forms post only to the hub.
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
+        "frame-ancestors 'none'; form-action 'self'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
 
 
 def when(ms: int | None) -> str:
@@ -113,6 +123,11 @@ class PageRoute(APIRoute):
         handler = super().get_route_handler()
 
         async def page(request: Request) -> Response:
+            response = await answer(request)
+            response.headers.update(SECURITY_HEADERS)
+            return response
+
+        async def answer(request: Request) -> Response:
             if request.method == "POST" and not same_origin(request):
                 return _error(request, 403, "forbidden", "a form from another site is refused")
             try:

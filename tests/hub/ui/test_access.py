@@ -210,3 +210,14 @@ def test_a_form_posted_from_another_site_is_refused_even_to_sign_in(api: Api) ->
         follow_redirects=False,
     )
     assert here.status_code == 303
+
+
+def test_pages_run_only_the_hubs_own_script_and_refuse_framing(api: Api) -> None:
+    client = signed(api, "viewer")
+    for path in ("/ui/fleet", "/ui/signin", "/ui/devices/nobody"):
+        policy = client.get(path).headers["content-security-policy"]
+        assert "default-src 'self'" in policy
+        assert "frame-ancestors 'none'" in policy
+    page = client.get("/ui/fleet").text
+    assert "<script>" not in page, "no inline script: the policy would block it"
+    assert re.findall(r"<script[^>]*>", page) == ['<script src="/ui/static/ui.js" defer>']
