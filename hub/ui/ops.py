@@ -23,7 +23,7 @@ from hub.api.deps import get_services
 from hub.api.drift import AckIn, AlertId
 from hub.api.rollouts import ReasonIn, ResumeIn, RolloutId
 from hub.api.schemas import NAME_PATTERN
-from hub.ui.charts import heatmap, line_chart
+from hub.ui.charts import clock_label, heatmap, line_chart
 from hub.ui.web import CsrfField, PageRoute, Signed, SignedDep, act, back_to, render
 
 router = APIRouter(prefix="/ui", route_class=PageRoute, include_in_schema=False)
@@ -31,6 +31,7 @@ router = APIRouter(prefix="/ui", route_class=PageRoute, include_in_schema=False)
 Reason = Annotated[str, Form(max_length=500)]
 RolloutAction = Literal["approve", "pause", "resume", "abort", "rollback"]
 MAX_COHORTS = 6
+MAX_BUCKETS = 12
 
 
 @router.get("/rollouts", name="ui.rollouts")
@@ -92,6 +93,7 @@ def drift_page(
     who: SignedDep,
     model: Annotated[str | None, Query(pattern=NAME_PATTERN)] = None,
     state: Literal["", "open", "acknowledged", "resolved"] = "",
+    cohort: Annotated[str, Query(pattern=drift.COHORT)] = "fleet",
 ) -> Response:
     store = who.hub.store
     alerts = drift.drift_alerts(who.principal, store, state=state or None, model=model)
@@ -99,37 +101,44 @@ def drift_page(
     shown = model or (alerts[0].model if alerts else (names[0] if names else None))
     charts: dict[str, Any] = {}
     if shown is not None:
-        charts = _drift_charts(who, shown)
+        charts = _drift_charts(who, shown, cohort)
     return render(
         request, "drift.html", who, alerts=alerts, models=names, model=shown, state=state,
-        **charts,
+        cohort=cohort, **charts,
     )  # fmt: skip
 
 
-def _drift_charts(who: Signed, model: str) -> dict[str, Any]:
-    """The heatmap (latest PSI per feature and cohort, red from the model's own alert
-    threshold), the fleet's PSI over time, and the label-free accuracy estimate beside
-    feedback accuracy over time."""
+def _drift_charts(who: Signed, model: str, cohort: str) -> dict[str, Any]:
+    """Two heatmaps, red from the model's own alert threshold: the latest PSI per feature and
+    cohort, and ``cohort``'s PSI per feature over its last buckets; then ``cohort``'s PSI per
+    feature over time, and its label-free accuracy estimate beside feedback accuracy."""
     store, clock = who.hub.store, who.hub.clock
     psi_alert = float(drift.get_policy(model, who.principal, store)["psi_alert"])
-    cohorts = ["fleet"] + [f"{t.key}={t.value}" for t in store.devices.tag_counts(limit=8)]
+    tagged = [f"{t.key}={t.value}" for t in store.devices.tag_counts(limit=MAX_COHORTS)]
+    cohorts = ["fleet", *(c for c in tagged if c != "fleet")][:MAX_COHORTS]
     latest: dict[tuple[str, str], float] = {}
     features: list[str] = []
-    fleet: dict[str, Any] = {"buckets": []}
-    for cohort in cohorts[:MAX_COHORTS]:
-        trend = drift.drift_trend(who.principal, store, clock, model=model, cohort=cohort)
-        if cohort == "fleet":
-            fleet = trend.model_dump()
-        if not trend.buckets:
-            continue
-        for score in trend.buckets[-1].get("scores", []):
+    trends = {c: drift.drift_trend(who.principal, store, clock, model=model, cohort=c)
+              for c in dict.fromkeys([*cohorts, cohort])}  # fmt: skip
+    for name in cohorts:
+        buckets = trends[name].buckets
+        for score in buckets[-1].get("scores", []) if buckets else []:
             if score["name"] not in features:
                 features.append(score["name"])
             if score.get("psi") is not None:
-                latest[(score["name"], cohort)] = score["psi"]
+                latest[(score["name"], name)] = score["psi"]
+    chosen = trends[cohort].model_dump()
+    recent = chosen["buckets"][-MAX_BUCKETS:]
+    times = [clock_label(b["start_ms"]) for b in recent]
+    over_time = {
+        (score["name"], clock_label(b["start_ms"])): score["psi"]
+        for b in recent
+        for score in b.get("scores", [])
+        if score.get("psi") is not None
+    }
     psi: dict[str, list[tuple[float, float]]] = {}
     accuracy: dict[str, list[tuple[float, float]]] = {"estimated": [], "feedback": []}
-    for bucket in fleet["buckets"]:
+    for bucket in chosen["buckets"]:
         for score in bucket.get("scores", []):
             if score.get("psi") is not None:
                 psi.setdefault(score["name"], []).append((bucket["start_ms"], score["psi"]))
@@ -137,15 +146,21 @@ def _drift_charts(who: Signed, model: str) -> dict[str, Any]:
         for line, key in (("estimated", "estimated_accuracy"), ("feedback", "feedback_accuracy")):
             if found.get(key) is not None:
                 accuracy[line].append((bucket["start_ms"], found[key]))
-    used = [c for c in cohorts[:MAX_COHORTS] if any(k[1] == c for k in latest)] or ["fleet"]
+    used = [c for c in cohorts if any(k[1] == c for k in latest)] or ["fleet"]
+    rows = features or sorted({name for name, _ in over_time})
     return {
+        "cohorts": cohorts,
         "heat": heatmap(
-            features, used, latest, title=f"Latest drift of {model}, feature x cohort",
+            rows, used, latest, title=f"Latest drift of {model}, feature x cohort",
             unit="PSI", high=psi_alert,
         ),
-        "psi_chart": line_chart(psi, title=f"Fleet drift of {model}", y_label="PSI"),
+        "heat_time": heatmap(
+            rows, times, over_time, title=f"Drift of {model} in {cohort}, feature x time (UTC)",
+            unit="PSI", high=psi_alert,
+        ),
+        "psi_chart": line_chart(psi, title=f"Drift of {model} in {cohort}", y_label="PSI"),
         "accuracy_chart": line_chart(
-            accuracy, title=f"Accuracy of {model}", y_label="accuracy (0-1)"
+            accuracy, title=f"Accuracy of {model} in {cohort}", y_label="accuracy (0-1)"
         ),
     }  # fmt: skip
 
