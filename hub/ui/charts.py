@@ -32,10 +32,31 @@ def _ticks(low: float, high: float, count: int = 4) -> list[float]:
     return [low + k * step for k in range(count + 1)]
 
 
+def nice_ticks(low: float, high: float, count: int = 4) -> list[float]:
+    """Round axis ticks covering ``low``..``high``: about ``count`` steps of 1, 2, 2.5 or 5
+    times a power of ten (0, 0.25, 0.5, 0.75, 1 rather than 0, 0.245, 0.489...)."""
+    if not high > low:
+        return [low, low + 1]
+    raw = (high - low) / count
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw * (1 - 1e-9))
+    first, last = math.floor(low / step + 1e-9), math.ceil(high / step - 1e-9)
+    return [round(k * step, 12) for k in range(first, last + 1)]
+
+
 def _number(value: float) -> str:
     if value != 0 and (abs(value) >= 10_000 or abs(value) < 0.01):
         return f"{value:.2g}"
     return f"{value:.3g}"
+
+
+def top_series(series: Mapping[str, Sequence[Point]], n: int) -> dict[str, Sequence[Point]]:
+    """The ``n`` series that reach highest, highest first: a chart of a few lines stays
+    readable where one of every feature would not (their table is beside it)."""
+    peak = {
+        k: max((y for _, y in v if math.isfinite(y)), default=-math.inf) for k, v in series.items()
+    }
+    return {k: series[k] for k in sorted(series, key=lambda k: -peak[k])[:n]}
 
 
 def line_chart(
@@ -74,8 +95,8 @@ def line_chart(
     xs = [p[0] for p in points]
     ys = [p[1] for p in points]
     lo_x, hi_x = min(xs), max(xs)
-    lo_y = min(ys) if y_floor is None else min(y_floor, min(ys))
-    hi_y = max(ys) if max(ys) > lo_y else lo_y + 1
+    y_ticks = nice_ticks(min(ys) if y_floor is None else min(y_floor, min(ys)), max(ys))
+    lo_y, hi_y = y_ticks[0], y_ticks[-1]
 
     def sx(x: float) -> float:
         return x0 + (x - lo_x) / ((hi_x - lo_x) or 1) * (x1 - x0)
@@ -83,7 +104,7 @@ def line_chart(
     def sy(y: float) -> float:
         return y0 - (y - lo_y) / (hi_y - lo_y) * (y0 - y1)
 
-    for tick in _ticks(lo_y, hi_y):
+    for tick in y_ticks:
         parts.append(
             f'<line x1="{x0 - 4}" y1="{sy(tick):.1f}" x2="{x1}" y2="{sy(tick):.1f}" class="grid"/>'
             f'<text x="{x0 - 6}" y="{sy(tick) + 4:.1f}" class="tick" text-anchor="end">'
@@ -125,7 +146,8 @@ def heatmap(
     width = side + cell_w * max(1, len(columns)) + 8
     height = head + cell_h * max(1, len(rows)) + 24
     parts = [
-        f'<svg class="chart heatmap" viewBox="0 0 {width} {height}" role="img" '
+        f'<svg class="chart heatmap" viewBox="0 0 {width} {height}" width="{width}" '
+        f'height="{height}" role="img" '
         f'xmlns="http://www.w3.org/2000/svg"><title>{escape(title)}</title>'
     ]
     for j, column in enumerate(columns):

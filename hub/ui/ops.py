@@ -23,7 +23,7 @@ from hub.api.deps import get_services
 from hub.api.drift import AckIn, AlertId
 from hub.api.rollouts import ReasonIn, ResumeIn, RolloutId
 from hub.api.schemas import NAME_PATTERN
-from hub.ui.charts import clock_label, heatmap, line_chart
+from hub.ui.charts import clock_label, heatmap, line_chart, top_series
 from hub.ui.web import CsrfField, PageRoute, Signed, SignedDep, act, back_to, render
 
 router = APIRouter(prefix="/ui", route_class=PageRoute, include_in_schema=False)
@@ -32,6 +32,7 @@ Reason = Annotated[str, Form(max_length=500)]
 RolloutAction = Literal["approve", "pause", "resume", "abort", "rollback"]
 MAX_COHORTS = 6
 MAX_BUCKETS = 12
+TOP_FEATURES = 5
 
 
 @router.get("/rollouts", name="ui.rollouts")
@@ -158,7 +159,9 @@ def _drift_charts(who: Signed, model: str, cohort: str) -> dict[str, Any]:
             rows, times, over_time, title=f"Drift of {model} in {cohort}, feature x time (UTC)",
             unit="PSI", high=psi_alert,
         ),
-        "psi_chart": line_chart(psi, title=f"Drift of {model} in {cohort}", y_label="PSI"),
+        "psi_chart": line_chart(
+            top_series(psi, TOP_FEATURES), title=f"Drift of {model} in {cohort}", y_label="PSI"
+        ),
         "accuracy_chart": line_chart(
             accuracy, title=f"Accuracy of {model} in {cohort}", y_label="accuracy (0-1)"
         ),

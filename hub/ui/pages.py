@@ -21,13 +21,14 @@ from hub.api.deps import MAX_OFFSET, get_services
 from hub.api.schemas import NAME_PATTERN
 from hub.errors import Unauthenticated
 from hub.ui import session
-from hub.ui.charts import line_chart
+from hub.ui.charts import line_chart, top_series
 from hub.ui.web import PAGE_SIZE, CsrfField, PageRoute, SignedDep, back_to, render, safe_next
 
 router = APIRouter(prefix="/ui", route_class=PageRoute, include_in_schema=False)
 
 Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET)]
 HOUR_MS = 3_600_000
+TOP_FEATURES = 5
 TagFilter = Annotated[str, Query(pattern=f"^$|{devices.TAG_FILTER}")]  # "": any (a form sends it)
 StatusFilter = Literal["", "pending", "active", "revoked"]
 Text = Annotated[str | None, Query(max_length=200)]
@@ -125,7 +126,9 @@ def device(
         for feature in bucket["features"]:
             if feature.get("psi") is not None:
                 trend.setdefault(feature["name"], []).append((bucket["start_ms"], feature["psi"]))
-    drift_chart = line_chart(trend, title=f"Drift of {device_id} per feature", y_label="PSI")
+    drift_chart = line_chart(
+        top_series(trend, TOP_FEATURES), title=f"Drift of {device_id}", y_label="PSI"
+    )
     deltas = reports.list_deltas(who.principal, store, device=device_id, limit=20)
     return render(
         request, "device.html", who, device=detail, twin=twin, latency=latency,

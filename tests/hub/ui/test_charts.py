@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import xml.etree.ElementTree as ET
 
-from hub.ui.charts import clock_label, heatmap, line_chart
+from hub.ui.charts import clock_label, heatmap, line_chart, nice_ticks, top_series
 
 SVG = "{http://www.w3.org/2000/svg}"
 T0 = 1_700_000_000_000
@@ -61,3 +61,16 @@ def test_a_heatmap_shades_at_the_threshold_and_marks_missing_cells() -> None:
     assert fills == ["rgb(255,55,55)", "#d0d7de", "rgb(255,255,255)", "#d0d7de"]
     assert texts(svg).count("n/a") == 2
     assert any("PSI; red at 0.25" in t for t in texts(svg))
+
+
+def test_axis_ticks_are_round_numbers_covering_the_data() -> None:
+    assert nice_ticks(0.0, 0.978) == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert nice_ticks(0.0, 9.0) == [0.0, 2.5, 5.0, 7.5, 10.0]
+    assert nice_ticks(3.0, 3.0) == [3.0, 4.0]
+    svg = line_chart({"psi": [(T0, 0.0), (T0 + 1, 0.978)]}, title="t", y_label="PSI")
+    assert {"0", "0.25", "0.5", "0.75", "1"} <= set(texts(svg))
+
+
+def test_only_the_highest_series_are_drawn_highest_first() -> None:
+    series = {f"f{k}": [(T0, float(k)), (T0 + 1, math.nan)] for k in range(8)}
+    assert list(top_series(series, 3)) == ["f7", "f6", "f5"]
