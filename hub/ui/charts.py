@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from markupsafe import Markup, escape
 
 WIDTH, HEIGHT = 640, 220
-LEFT, RIGHT, TOP, BOTTOM = 56, 16, 16, 40
+LEFT, RIGHT, TOP, BOTTOM = 56, 100, 16, 40  # the legend sits in the right margin
 PALETTE = ("#1f6feb", "#d1242f", "#1a7f37", "#9a6700", "#8250df", "#0a7ea4")
 Point = tuple[float, float]
 
@@ -124,8 +124,8 @@ def line_chart(
         for x, y in kept if len(kept) <= 60 else kept[-1:]:
             parts.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.5" fill="{colour}"/>')
         parts.append(
-            f'<text x="{x1 - 4}" y="{y1 + 12 + 14 * k}" class="legend" fill="{colour}" '
-            f'text-anchor="end">{escape(name)}</text>'
+            f'<text x="{x1 + 8}" y="{y1 + 12 + 14 * k}" class="legend" fill="{colour}">'
+            f"{escape(name[:14])}</text>"
         )
     parts.append("</svg>")
     return Markup("".join(parts))  # noqa: S704 - every text above is escaped
