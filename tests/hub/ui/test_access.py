@@ -221,3 +221,13 @@ def test_pages_run_only_the_hubs_own_script_and_refuse_framing(api: Api) -> None
     page = client.get("/ui/fleet").text
     assert "<script>" not in page, "no inline script: the policy would block it"
     assert re.findall(r"<script[^>]*>", page) == ['<script src="/ui/static/ui.js" defer>']
+
+
+def test_an_unknown_dashboard_path_is_an_html_404_and_static_files_still_load(api: Api) -> None:
+    client = signed(api, "viewer")
+    missing = client.get("/ui/nowhere/at/all")
+    assert missing.status_code == 404
+    assert "text/html" in missing.headers["content-type"]
+    assert "no dashboard page /ui/nowhere/at/all" in missing.text
+    assert client.get("/ui/static/ui.css").status_code == 200
+    assert client.get("/ui/static/nothing.css").status_code == 404
