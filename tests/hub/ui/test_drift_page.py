@@ -40,5 +40,7 @@ def test_the_drift_page_shows_the_cohort_drifting_over_time_and_across_cohorts(
         assert f2[0] < 0.25 < min(f2[1:]), "eu's f2 drifts in its last two buckets"
         assert all(over_time[("f0", t)] < 0.25 for t in times)
         assert "region=eu" in page.text[page.text.index('id="alerts-h"') :]
+        models = client.get("/ui/models/sensor").text
+        assert "accuracy 0.3, rows 500" in models, "an upload's validation metrics"
         bad = client.get("/ui/drift?cohort=%00")
         assert bad.status_code == 422
