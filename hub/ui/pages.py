@@ -31,6 +31,7 @@ HOUR_MS = 3_600_000
 TOP_FEATURES = 5
 TagFilter = Annotated[str, Query(pattern=f"^$|{devices.TAG_FILTER}")]  # "": any (a form sends it)
 StatusFilter = Literal["", "pending", "active", "revoked"]
+ModelFilter = Annotated[str, Query(pattern=f"^$|{devices.MODEL_FILTER}")]  # name or name:version
 Text = Annotated[str | None, Query(max_length=200)]
 
 
@@ -78,23 +79,24 @@ def fleet(
     status: StatusFilter = "",
     online: bool | None = None,
     tag: TagFilter = "",
+    model: ModelFilter = "",
     offset: Offset = 0,
 ) -> Response:
     store = who.hub.store
     page = devices.list_devices(
-        who.principal, store, status=status or None, tag=tag or None, online=online,
-        limit=PAGE_SIZE, offset=offset,
+        who.principal, store, status=status or None, tag=tag or None, model=model or None,
+        online=online, limit=PAGE_SIZE, offset=offset,
     )  # fmt: skip
     by: dict[str, Counter[str]] = {k: Counter() for k in ("status", "online", "version", "health")}
     for row in store.devices.census():
         by["status"][row.status] += row.count
         by["online"]["online" if row.online else "offline"] += row.count
-        model = f"{row.model_name} v{row.model_version}" if row.model_name else "no model"
-        by["version"][model] += row.count
+        running = f"{row.model_name}:{row.model_version}" if row.model_name else ""
+        by["version"][running] += row.count
         by["health"][row.health.value] += row.count
     since = who.hub.now_ms() - HOUR_MS
     changes = audit.list_audit(who.principal, store, since=since, limit=10)
-    filters = {"status": status, "online": online, "tag": tag}
+    filters = {"status": status, "online": online, "tag": tag, "model": model}
     return render(
         request, "fleet.html", who, page=page, counts={k: v.most_common() for k, v in by.items()},
         tags=store.devices.tag_counts(limit=20), changes=changes, offset=offset, size=PAGE_SIZE,

@@ -59,6 +59,9 @@ def test_a_viewer_sees_the_fleet_a_device_and_a_lineage_and_no_action_button(
     assert "region=eu\n30" in tiles
     assert "iris v2\n3" in tiles, "the rollout's first stage took half of the six"
     assert "1–50 of 106" in browser.text(".pager")
+    browser.press(browser.driver.find_element(By.LINK_TEXT, "iris v2"))
+    assert "1–3 of 3" in browser.text(".pager"), "the devices that report running iris v2"
+    browser.go("/ui/fleet")
     browser.driver.find_element(By.ID, "f-tag").send_keys("ring:gate")
     browser.press(browser.driver.find_element(By.CSS_SELECTOR, "form.filters button"))
     listed = browser.driver.find_elements(By.CSS_SELECTOR, "#devices tbody tr td:first-child")
