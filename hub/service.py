@@ -359,7 +359,12 @@ class HubService:
                 embedded_broker,
                 stops.pop_all(),
             )
-        logger.info("hub serving %s (broker %s)", service.http_url, service.broker_url)
+        logger.info(
+            "hub serving %s (dashboard %s/ui, broker %s)",
+            service.http_url,
+            service.http_url,
+            service.broker_url,
+        )
         return service
 
     @property

@@ -71,6 +71,10 @@ def main(args: argparse.Namespace) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
         else:
             print(f"\nkept {workdir}: hub data in hub/, agent state in devices/")
+            print(
+                f"its dashboard: edgefleet hub serve --data {workdir / 'hub'}, then /ui on the "
+                "address it logs, with the viewer token above"
+            )
     return 0
 
 
@@ -95,6 +99,10 @@ def run(workdir: Path, *, devices: int) -> None:
         admin = auth.create_token(
             hub.store, role="admin", name="demo", actor="demo", now_ms=clock.now_ms()
         )
+        viewer = auth.create_token(
+            hub.store, role="viewer", name="demo-viewer", actor="demo", now_ms=clock.now_ms()
+        )
+        print(f"    dashboard {hub.http_url}/ui   sign in with the viewer token {viewer.token}")
         with httpx.Client(
             base_url=f"{hub.http_url}/api/v1",
             headers={"Authorization": f"Bearer {admin.token}"},

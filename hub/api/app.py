@@ -6,9 +6,10 @@ and the simulator can build as many as they like, each with its own settings.
 
 Layout: ``GET /healthz`` and ``GET /metrics`` at the root, everything else under
 ``/api/v1`` (devices, enrollment and API tokens, models, versions, releases, artifacts,
-audit). The schema is at ``/openapi.json`` (interactive docs at ``/docs``, served from
-local files: :mod:`hub.api.docs`); each route's
-``name`` is both its OpenAPI ``operationId`` and the action its audit rows record.
+audit); the web dashboard under ``/ui`` (:mod:`hub.ui`, installed here, out of the
+schema). The schema is at ``/openapi.json`` (interactive docs at ``/docs``, served from
+local files: :mod:`hub.api.docs`); each route's ``name`` is both its OpenAPI
+``operationId`` and the action its audit rows record.
 
 Request metrics (``edgefleet_hub_http_requests_total{method,route,status}`` and
 ``edgefleet_hub_http_request_seconds{method,route}``) live in a registry of the app's
@@ -29,6 +30,7 @@ from fastapi.routing import APIRoute
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from hub import ui
 from hub.api import (
     audit,
     devices,
@@ -138,6 +140,7 @@ def create_app(
     for prefix, router in _ROUTERS:
         app.include_router(router, prefix=prefix)
     docs.install(app)
+    ui.install(app)
     errors.install(app)
     app.add_middleware(
         RequestMetrics,

@@ -19,6 +19,7 @@ from hub.store.rows import (
     InstallCount,
     Page,
     ReportedTwin,
+    TagCount,
     UplinkSeen,
 )
 from protocol import canonical
@@ -222,6 +223,15 @@ class SqliteDevices:
             DeviceCount(status, bool(online), name, version, _HEALTH.get(health, Health.UNKNOWN), n)
             for status, online, name, version, health, n in rows
         ]
+
+    def tag_counts(self, *, limit: int = 50) -> list[TagCount]:
+        rows = self._c.tuples(
+            "SELECT t.key, t.value, count(*) AS n FROM devices, json_each(devices.tags) AS t "
+            "WHERE json_valid(devices.tags) GROUP BY t.key, t.value "
+            "ORDER BY n DESC, t.key, t.value LIMIT ?",
+            [limit],
+        )
+        return [TagCount(str(key), str(value), n) for key, value, n in rows]
 
     def install_outcomes(self) -> list[InstallCount]:
         rows = self._c.tuples(

@@ -58,6 +58,7 @@ from hub.store.rows import (
     ReleaseListRecord,
     ReportedTwin,
     StateRecord,
+    TagCount,
     Twin,
     UplinkQuery,
     UplinkRecord,
@@ -121,6 +122,10 @@ class Devices(Protocol):
 
     def census(self) -> list[DeviceCount]:
         """Devices grouped by status, online, reported model and health."""
+        ...
+
+    def tag_counts(self, *, limit: int = 50) -> list[TagCount]:
+        """The ``limit`` most common tag values among devices, most common first."""
         ...
 
     def install_outcomes(self) -> list[InstallCount]:

@@ -169,6 +169,15 @@ class DeviceCount:
 
 
 @dataclass(frozen=True, slots=True)
+class TagCount:
+    """How many devices carry one tag value (the dashboard's cohorts)."""
+
+    key: str
+    value: str
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
 class InstallCount:
     """How many devices last reported this install outcome, and why (``reason`` is empty
     for an install that went through)."""

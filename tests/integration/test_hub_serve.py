@@ -88,7 +88,8 @@ def test_hub_serve_with_embedded_broker_serves_and_exits_0_on_sigterm(tmp_path: 
         assert mqtt_ping("127.0.0.1", broker_port)
     finally:
         stop(process, signal.SIGTERM, tmp_path)
-    assert f"hub serving http://127.0.0.1:{http_port} (broker mqtt://127.0.0.1:{broker_port})" in (
+    url = f"http://127.0.0.1:{http_port}"
+    assert f"hub serving {url} (dashboard {url}/ui, broker mqtt://127.0.0.1:{broker_port})" in (
         log(tmp_path)
     )
 
@@ -108,7 +109,7 @@ def test_hub_serve_on_mosquitto_takes_settings_from_the_environment_and_exits_0_
         wait_healthy(process, http_port, tmp_path)
     finally:
         stop(process, signal.SIGINT, tmp_path)
-    assert f"(broker {mosquitto_broker.url})" in log(tmp_path)
+    assert f", broker {mosquitto_broker.url})" in log(tmp_path)
 
 
 @pytest.mark.parametrize(

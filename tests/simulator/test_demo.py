@@ -42,6 +42,7 @@ def test_demo_runs_the_whole_loop_and_reports_each_step(tmp_path: Path) -> None:
     assert out.count("holdout accuracy") == 2
     assert out.count("runs shifted v1, health ok") == 2
     assert "Not built yet" in out  # it says what is missing rather than pretending
+    assert "/ui   sign in with the viewer token efh_" in out
     assert (tmp_path / "run" / "hub" / "hub.db").exists()
 
 
