@@ -65,9 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 DEMO_EPILOG = """\
 examples:
-  edgefleet demo                         three agents, temporary directory, about 15 seconds
-  edgefleet demo --devices 5 --keep demo-run/
-                                         keep the hub's data and the agents' state
+  edgefleet demo                         50 agents, temporary directory, about 2 minutes
+  edgefleet demo --devices 10 --json-out report.json
+                                         a smaller fleet; the run's numbers as JSON
+  edgefleet demo --keep demo-run/        keep the hub's data and the agents' state, and
+                                         print how to serve and explore them afterwards
+
+The story: v1 serves; sensors of the region=eu cohort drift; the hub's drift job alerts
+on those features and that cohort; the alert opens a federated round; agents retrain on
+late labels and send deltas; candidate v2 passes validation and is released; v2 rolls
+out 10% -> 50% -> 100% through its gates; accuracy on labelled feedback recovers.
+Time scales are shrunk (4 s drift buckets, 2 s stage bakes) so it fits in minutes.
 """
 
 SIM_EPILOG = """\
@@ -86,14 +94,17 @@ Mosquitto set up by `edgefleet broker config`, add --enroll-broker mqtt://HOST:1
 def _add_demo(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "demo",
-        help="the whole loop on one machine: hub, agents, rollout, retraining",
+        help="the whole loop on one machine: drift, a federated round, a staged rollout",
         description="Run a hub and real agents in one process and walk the whole loop.",
         epilog=DEMO_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--devices", type=int, default=3, help="agents to run (default 3)")
+    parser.add_argument("--devices", type=int, default=50, help="agents to run (default 50)")
     parser.add_argument(
         "--keep", type=Path, metavar="DIR", help="work in DIR and keep it (default: a temp dir)"
+    )
+    parser.add_argument(
+        "--json-out", type=Path, metavar="FILE", help="write the run's report (JSON) to FILE"
     )
     parser.set_defaults(handler=_run_demo)
 
