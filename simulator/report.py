@@ -42,7 +42,7 @@ class Facts:
     devices: int
     model: str
     initial_version: int
-    alerts: list[dict[str, Any]] = field(default_factory=list)
+    alerts: list[dict[str, Any]] = field(default_factory=list)  # as they opened
     rounds: list[dict[str, Any]] = field(default_factory=list)
     rollout_ids: list[str] = field(default_factory=list)
     accuracy: dict[str, float | None] = field(default_factory=dict)
@@ -82,7 +82,10 @@ def collect(facts: Facts, api: httpx.Client, devices: dict[str, Device]) -> Fact
         },
         "versions": {"initial": facts.initial_version, "final_distribution": dict(versions)},
         "rollouts": [_rollout(api.get(f"/rollouts/{r}").json()) for r in facts.rollout_ids],
-        "drift": {"alerts": [_alert(a) for a in alerts]},
+        "drift": {
+            "alerts": [_alert(a) for a in facts.alerts],
+            "alerts_at_end": [_alert(a) for a in alerts],
+        },
         "rounds": [_round(r) for r in facts.rounds],
         "accuracy": {k: None if v is None else round(v, 4) for k, v in facts.accuracy.items()},
         "resources": _resources(facts.devices),

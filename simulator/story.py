@@ -24,6 +24,7 @@ from __future__ import annotations
 import io
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -56,8 +57,9 @@ class DemoFailed(Exception):
     """A step did not reach its goal in time; the message says which and what was seen."""
 
 
-def step(name: str, what: str) -> None:
-    print(f"\n[{name}] {what}", flush=True)
+def step(facts: Facts, name: str, what: str) -> None:
+    """A step's header, with the seconds since the run began."""
+    print(f"\n{time.monotonic() - facts.started:5.1f} s  [{name}] {what}", flush=True)
 
 
 def say(line: str) -> None:
@@ -80,7 +82,7 @@ def run(workdir: Path, *, devices: int) -> Facts:
     ring = keyring.init(settings.keys_dir, now_ms=clock.now_ms())
     root_file = workdir / "root.json"
     root_file.write_bytes(ring.chain[0].to_bytes())
-    step("hub", "embedded MQTT broker, SQLite, REST API and the hub's scheduled jobs")
+    step(facts, "hub", "embedded MQTT broker, SQLite, REST API and the hub's scheduled jobs")
     with HubService.start(settings, embedded_broker=EmbeddedBroker()) as hub:
         admin = auth.create_token(
             hub.store, role="admin", name="demo", actor="demo", now_ms=clock.now_ms()
@@ -101,7 +103,11 @@ def _loop(
     devices = facts.devices
     task = SensorTask.build(seed=0)
     rng = np.random.default_rng(7)
-    step("register", f"model {MODEL!r} v1: {task.n_features} sensors -> {task.n_classes} classes")
+    step(
+        facts,
+        "register",
+        f"model {MODEL!r} v1: {task.n_features} sensors -> {task.n_classes} classes",
+    )
     x_ref, y_ref = task.sample(2000, rng)
     version = ok(api.post(
         "/models", data={"name": MODEL},
@@ -122,7 +128,7 @@ def _loop(
         "a candidate that beats its base on validation is released")  # fmt: skip
 
     cohorts = {COHORT[1]: n_drifted, "us": devices - n_drifted}
-    step("enrol", ", ".join(f"{n} agents in {COHORT[0]}={c}" for c, n in cohorts.items()))
+    step(facts, "enrol", ", ".join(f"{n} agents in {COHORT[0]}={c}" for c, n in cohorts.items()))
     fleets: dict[str, SimulatedFleet] = {}
     try:
         for cohort, count in cohorts.items():
@@ -135,7 +141,7 @@ def _loop(
                 workdir / "devices" / cohort, count=count, broker_url=hub.broker_url,
                 root_metadata=root_file, enrollment_token=token["token"], prefix=cohort,
                 tags={"fleet": "demo"},
-                window_s=1.0, retrain_interval_s=1.0, telemetry_interval_s=2.0,
+                window_s=2.0, retrain_interval_s=1.0, telemetry_interval_s=5.0,
                 drain_interval_s=0.1, ack_timeout_s=2.0, stop_grace_s=2.0,
             )  # fmt: skip
         everyone = {i: d for f in fleets.values() for i, d in f.devices.items()}
@@ -160,22 +166,26 @@ def _story(
     facts: Facts, api: httpx.Client, task: SensorTask, load: Load, ids: list[str],
     drifted: frozenset[str],
 ) -> None:  # fmt: skip
-    step("v1", f"desired {MODEL} v1 for every device: signed assignment, chunked download")
-    config = {"window_s": 1.0, "retrain": True, "retrain_min_samples": 100,
-              "telemetry_interval_s": 2.0}  # fmt: skip
-    for device_id in ids:
+    step(facts, "v1", f"desired {MODEL} v1 for every device: signed assignment, chunked download")
+    config = {"window_s": 2.0, "retrain": True, "retrain_min_samples": 100,
+              "telemetry_interval_s": 5.0}  # fmt: skip
+
+    def assign(device_id: str) -> None:
         ok(api.put(f"/devices/{device_id}/desired",
                    json={"model": MODEL, "version": 1, "config": config}))  # fmt: skip
+
+    with ThreadPoolExecutor(max_workers=4) as pool:  # as an operator's script would
+        list(pool.map(assign, ids))
     wait("every device serves v1", lambda: devices_where(api, ids, runs(1)))
     load.start()
-    step("steady", f"each device classifies {load.rows} readings a second; "
+    step(facts, "steady", f"each device classifies {load.rows} readings a second; "
          f"{load.label_share:.0%} get a label later")  # fmt: skip
     time.sleep(2 * BUCKET_MS / 1000)
     say(f"fleet accuracy on labelled rows: {load.accuracy('before_drift'):.3f}")
 
     cohort = f"{COHORT[0]}={COHORT[1]}"
     sensors = ", ".join(task.feature_names)
-    step("drift", f"{cohort}: sensors {sensors} start moving (sd {task.quiet_sd} -> "
+    step(facts, "drift", f"{cohort}: sensors {sensors} start moving (sd {task.quiet_sd} -> "
          f"{task.drift_sd}); v1 was trained when they were quiet")  # fmt: skip
     load.set_phase("after_drift")
     load.start_drift()
@@ -188,7 +198,7 @@ def _story(
     say(f"fleet accuracy on labelled rows since the drift: {load.accuracy('after_drift'):.3f}")
     facts.alerts = [alert]
 
-    step("round", "the alert opened a federated round on v1 (retrain_on_alert)")
+    step(facts, "round", "the alert opened a federated round on v1 (retrain_on_alert)")
     live = wait("the round", lambda: first_round(api))
     say(f"round {live['round_id']}: trigger {live['trigger']}, closes at "
         f"{live['target_deltas']} deltas or in {ROUND_S:.0f} s")  # fmt: skip
@@ -206,7 +216,7 @@ def _story(
     deltas = detail["deltas"]
     say(
         f"{detail['state']}: {deltas['used']} deltas used, "
-        f"{sum(deltas['flagged'].values())} flagged; {detail['reason']}"
+        f"{sum(deltas['flagged'].values())} flagged {detail['reason']}".rstrip()
     )
     judgement = detail.get("judgement") or {}
     if detail["state"] != "accepted":
@@ -215,7 +225,7 @@ def _story(
     say(f"candidate v{version} vs v1 on validation: {_judged(judgement)}; released")
     facts.rounds = [detail]
 
-    step("rollout", f"v{version} to the fleet: 10% -> 50% -> 100%, gated")
+    step(facts, "rollout", f"v{version} to the fleet: 10% -> 50% -> 100%, gated")
     rollout = ok(api.post("/rollouts", json=rollout_spec(version)))
     facts.rollout_ids = [rollout["id"]]
     final = follow_rollout(api, rollout["id"])
@@ -223,7 +233,7 @@ def _story(
         raise DemoFailed(f"rollout {rollout['id']} ended {final['phase']}: {final['reason']}")
     wait(f"every device serves v{version}", lambda: devices_where(api, ids, runs(version)))
 
-    step("recover", f"everyone on v{version}; traffic continues, drift and all")
+    step(facts, "recover", f"everyone on v{version}; traffic continues, drift and all")
     load.set_phase("after_rollout")
     time.sleep(2 * BUCKET_MS / 1000)
     say(
@@ -257,8 +267,9 @@ def follow_rollout(api: httpx.Client, rollout_id: str) -> dict[str, Any]:
         if view["phase"] in ("completed", "rolled_back", "aborted", "paused"):
             return view
         if time.monotonic() > deadline:
+            counts = [{k: v for k, v in c.items() if v} for c in view["counts"]]
             raise DemoFailed(f"rollout {rollout_id} still {view['phase']} after "
-                             f"{STEP_TIMEOUT_S:.0f} s")  # fmt: skip
+                             f"{STEP_TIMEOUT_S:.0f} s: devices per stage {counts}")  # fmt: skip
         time.sleep(0.25)
 
 
