@@ -51,6 +51,7 @@ class Facts:
     token: str = ""
     report: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
+    started_wall: float = field(default_factory=time.time)
 
 
 def collect(facts: Facts, api: httpx.Client, devices: dict[str, Device]) -> Facts:

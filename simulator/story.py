@@ -62,6 +62,11 @@ def step(facts: Facts, name: str, what: str) -> None:
     print(f"\n{time.monotonic() - facts.started:5.1f} s  [{name}] {what}", flush=True)
 
 
+def event(facts: Facts, at_ms: int, line: str) -> None:
+    """A hub event (wall-clock ``at_ms``), with the seconds since the run began."""
+    print(f"{at_ms / 1000 - facts.started_wall:5.1f} s    {line}", flush=True)
+
+
 def say(line: str) -> None:
     print(f"    {line}", flush=True)
 
@@ -225,10 +230,12 @@ def _story(
     say(f"candidate v{version} vs v1 on validation: {_judged(judgement)}; released")
     facts.rounds = [detail]
 
+    wait("devices told the round ended", lambda: all(
+        d.learning.hub_config.round_id is None for d in load.devices.values()) or None)  # fmt: skip
     step(facts, "rollout", f"v{version} to the fleet: 10% -> 50% -> 100%, gated")
     rollout = ok(api.post("/rollouts", json=rollout_spec(version)))
     facts.rollout_ids = [rollout["id"]]
-    final = follow_rollout(api, rollout["id"])
+    final = follow_rollout(facts, api, rollout["id"])
     if final["phase"] != "completed":
         raise DemoFailed(f"rollout {rollout['id']} ended {final['phase']}: {final['reason']}")
     wait(f"every device serves v{version}", lambda: devices_where(api, ids, runs(version)))
@@ -255,14 +262,14 @@ def rollout_spec(version: int) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def follow_rollout(api: httpx.Client, rollout_id: str) -> dict[str, Any]:
+def follow_rollout(facts: Facts, api: httpx.Client, rollout_id: str) -> dict[str, Any]:
     """Narrate the rollout's timeline as it grows; its final view."""
     shown = 0
     deadline = time.monotonic() + STEP_TIMEOUT_S
     while True:
         view: dict[str, Any] = ok(api.get(f"/rollouts/{rollout_id}"))
         for line in view["timeline"][shown:]:
-            say(line["line"])
+            event(facts, line["at_ms"], line["line"])
         shown = len(view["timeline"])
         if view["phase"] in ("completed", "rolled_back", "aborted", "paused"):
             return view
