@@ -147,7 +147,7 @@ def _loop(
                 root_metadata=root_file, enrollment_token=token["token"], prefix=cohort,
                 tags={"fleet": "demo"},
                 window_s=2.0, retrain_interval_s=1.0, telemetry_interval_s=5.0,
-                drain_interval_s=0.1, ack_timeout_s=2.0, stop_grace_s=2.0,
+                drain_interval_s=0.1, ack_timeout_s=5.0, stop_grace_s=2.0,
             )  # fmt: skip
         everyone = {i: d for f in fleets.values() for i, d in f.devices.items()}
         drifted = frozenset(fleets[COHORT[1]].device_ids)
