@@ -1,12 +1,13 @@
-"""``edgefleet demo``: the whole loop on one machine, with nothing faked.
+"""``edgefleet demo`` and ``edgefleet sim --scenario``: a scenario's whole loop, nothing faked.
 
 A real hub (embedded broker, SQLite, REST API on a free port, its scheduled jobs) and real
 agents (their own keys, outboxes, onnxruntime sessions and local APIs) in one process; the
-story (:mod:`simulator.story`) narrates what they do: v1 serves, one cohort drifts, the
-hub alerts on the drifted features and cohort, the alert opens a federated round, the
-round's candidate v2 passes validation and is released, v2 rolls out 10% -> 50% -> 100%
-through its gates, and accuracy on labelled feedback recovers. It ends with a summary
-(:mod:`simulator.report`), ``--json-out`` writes the report, and ``--keep DIR`` keeps the
+story (:mod:`simulator.story`) narrates what they do as the scenario
+(:mod:`simulator.scenario`, ``full-loop`` for the demo) lays it out: v1 serves, one cohort
+drifts, the hub alerts on the drifted features and cohort, the alert opens a federated
+round, the round's candidate v2 passes validation and is released, v2 rolls out through its
+gated stages, and accuracy on labelled feedback recovers. It ends with a summary
+(:mod:`simulator.report`); ``--json-out`` writes the report, and ``--keep DIR`` keeps the
 hub's data and the agents' state and says how to look at them.
 """
 
@@ -15,36 +16,59 @@ from __future__ import annotations
 import argparse
 import logging
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 from simulator import report, story
+from simulator.scenario import ScenarioError, load
 
 
 def main(args: argparse.Namespace) -> int:
+    """``edgefleet demo``."""
+    return run("demo", args.scenario, devices=args.devices, json_out=args.json_out, keep=args.keep)
+
+
+def run(
+    prog: str, scenario_name: str, *, devices: int | None, json_out: Path | None,
+    keep: Path | None,
+) -> int:  # fmt: skip
+    """Run ``scenario_name`` with a hub in this process; the exit status (0, 1 failed, 2 bad
+    arguments)."""
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
-    if args.devices < 2:
-        print("edgefleet demo: --devices must be at least 2 (a drifted cohort and the rest)")
-        return 2
-    workdir = args.keep or Path(tempfile.mkdtemp(prefix="edgefleet-demo-"))
-    workdir.mkdir(parents=True, exist_ok=True)
     try:
-        facts = story.run(workdir, devices=args.devices)
+        scenario = load(scenario_name)
+    except ScenarioError as e:
+        print(f"edgefleet {prog}: {e}", file=sys.stderr)
+        return 2
+    size = scenario.devices if devices is None else devices
+    if size < len(scenario.cohorts):
+        print(
+            f"edgefleet {prog}: --devices must be at least {len(scenario.cohorts)} "
+            f"(one per cohort of {scenario.name})",
+            file=sys.stderr,
+        )
+        return 2
+    workdir = keep or Path(tempfile.mkdtemp(prefix="edgefleet-demo-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    print(f"scenario {scenario.name}: {scenario.description}")
+    try:
+        facts = story.run(workdir, devices=size, scenario=scenario)
     except story.DemoFailed as e:
-        print(f"\nedgefleet demo: FAILED: {e}")
+        print(f"\nedgefleet {prog}: FAILED: {e}")
         return 1
     finally:
-        if args.keep is None:
+        if keep is None:
             shutil.rmtree(workdir, ignore_errors=True)
     print("\nSummary")
     print(report.summary(facts))
-    if args.json_out is not None:
-        report.write_json(facts.report, args.json_out)
-        print(f"report: {args.json_out}")
-    if args.keep is not None:
+    if json_out is not None:
+        report.write_json(facts.report, json_out)
+        print(f"report: {json_out}")
+    if keep is not None:
         print(
             f"\nkept {workdir}: hub data in hub/, agent state in devices/. To explore:\n"
-            f"  edgefleet hub serve --data {workdir / 'hub'} --embedded-broker --http-port 8080\n"
+            f"  edgefleet hub serve --data {workdir / 'hub'} --embedded-broker --port 8080\n"
             f"  edgefleet rollout list --hub http://127.0.0.1:8080 --token {facts.token}\n"
             f"  edgefleet drift alerts --hub http://127.0.0.1:8080 --token {facts.token}"
         )

@@ -11,11 +11,12 @@ validation (``auto_release``), and the rollout job walks the stages. The story's
 operator acts are the ones a person would take: register v1, enrol the devices, put them on
 v1, refresh the validation set with recent labels, and start the rollout of v2.
 
-Time scales are shrunk so the loop fits in about two minutes, and each is a real setting:
-drift buckets of :data:`BUCKET_MS` (default 5 minutes) scored every half second,
-:data:`GRACE_S` after they close; rounds ticked every half second with a
-:data:`ROUND_S` deadline; rollout stages baked for :data:`BAKE_MS`; data windows of
-one second; agents' watch window of 200 predicted rows, which the traffic fills in about
+What runs (cohorts, data, drift, rollout stages, time scales) is a scenario
+(:mod:`simulator.scenario`; ``edgefleet demo`` runs ``full-loop``). Time scales are shrunk so
+the loop fits in about two minutes, and each is a real setting: drift buckets of seconds
+(default 5 minutes) scored every half second, :data:`GRACE_S` after they close; rounds
+ticked every half second with a deadline of seconds; rollout stages baked for seconds; data
+windows of two seconds; agents' watch window of 200 predicted rows, which the traffic fills in about
 five seconds.
 """
 
@@ -40,15 +41,11 @@ from hub.transport.broker import EmbeddedBroker
 from simulator.fleet import SimulatedFleet
 from simulator.load import Load
 from simulator.report import Facts, collect
+from simulator.scenario import Scenario
 from simulator.streams import SensorTask
 
 MODEL = "sensors"
-COHORT = ("region", "eu")
-DRIFTED_SHARE = 0.3
-BUCKET_MS = 4_000
 GRACE_S = 1.0
-ROUND_S = 20.0
-BAKE_MS = 2_000
 STEP_TIMEOUT_S = 90.0
 T = TypeVar("T")
 
@@ -71,7 +68,7 @@ def say(line: str) -> None:
     print(f"    {line}", flush=True)
 
 
-def run(workdir: Path, *, devices: int) -> Facts:
+def run(workdir: Path, *, devices: int, scenario: Scenario) -> Facts:
     """Run the whole loop in ``workdir``; what happened, for the report.
 
     Raises:
@@ -99,14 +96,18 @@ def run(workdir: Path, *, devices: int) -> Facts:
             timeout=60.0,
         ) as api:
             facts.hub_url, facts.token = hub.http_url, admin.token
-            return _loop(workdir, hub, api, root_file, facts)
+            return _loop(workdir, hub, api, root_file, facts, scenario)
 
 
 def _loop(
-    workdir: Path, hub: HubService, api: httpx.Client, root_file: Path, facts: Facts
-) -> Facts:
-    devices = facts.devices
-    task = SensorTask.build(seed=0)
+    workdir: Path, hub: HubService, api: httpx.Client, root_file: Path, facts: Facts,
+    scenario: Scenario,
+) -> Facts:  # fmt: skip
+    data, drift, times = scenario.data, scenario.drift, scenario.hub
+    task = SensorTask.build(
+        seed=data.seed, n_features=data.features, n_classes=data.classes, quiet=drift.features,
+        quiet_sd=drift.quiet_sd, drift_sd=drift.sd, noise=data.noise,
+    )  # fmt: skip
     rng = np.random.default_rng(7)
     step(
         facts,
@@ -121,26 +122,27 @@ def _loop(
     ))  # fmt: skip
     say(f"v{version['version']} released, validation accuracy {version['metrics']['accuracy']:.2f}")
     ok(api.put(f"/models/{MODEL}/drift-policy", json={
-        "bucket_ms": BUCKET_MS, "retrain_on_alert": True,
+        "bucket_ms": int(times.bucket_s * 1000), "retrain_on_alert": True,
     }))  # fmt: skip
-    n_drifted = max(1, round(devices * DRIFTED_SHARE))
+    counts = scenario.counts(facts.devices)
+    n_drifted = counts[drift.cohort]
     ok(api.put(f"/models/{MODEL}/fl-policy", json={
         "auto_release": True, "margin": 0.0,
         "close": {"min_deltas": max(1, n_drifted // 2), "target_deltas": n_drifted,
-                  "duration_ms": int(ROUND_S * 1000)},
+                  "duration_ms": int(times.round_deadline_s * 1000)},
     }))  # fmt: skip
-    say(f"drift buckets of {BUCKET_MS / 1000:.0f} s; an alert opens a federated round; "
+    say(f"drift buckets of {times.bucket_s:g} s; an alert opens a federated round; "
         "a candidate that beats its base on validation is released")  # fmt: skip
 
-    cohorts = {COHORT[1]: n_drifted, "us": devices - n_drifted}
-    step(facts, "enrol", ", ".join(f"{n} agents in {COHORT[0]}={c}" for c, n in cohorts.items()))
+    tags = {c.value: c.tag for c in scenario.cohorts}
+    step(facts, "enrol", ", ".join(f"{n} agents in {tags[c]}={c}" for c, n in counts.items()))
     fleets: dict[str, SimulatedFleet] = {}
     try:
-        for cohort, count in cohorts.items():
+        for cohort, count in counts.items():
             if count == 0:
                 continue
             token = ok(api.post("/enrollment-tokens", json={
-                "kind": "fleet", "expires_in_s": 3600, "tags": {COHORT[0]: cohort},
+                "kind": "fleet", "expires_in_s": 3600, "tags": {tags[cohort]: cohort},
             }))  # fmt: skip
             fleets[cohort] = SimulatedFleet.start(
                 workdir / "devices" / cohort, count=count, broker_url=hub.broker_url,
@@ -150,12 +152,12 @@ def _loop(
                 drain_interval_s=0.1, ack_timeout_s=5.0, stop_grace_s=2.0,
             )  # fmt: skip
         everyone = {i: d for f in fleets.values() for i, d in f.devices.items()}
-        drifted = frozenset(fleets[COHORT[1]].device_ids)
+        drifted = frozenset(fleets[drift.cohort].device_ids)
         ids = list(everyone)
         wait("every agent enrolled and online", lambda: devices_where(api, ids, online))
-        load = Load(task, everyone, drifted)
+        load = Load(task, everyone, drifted, rows=data.rows_per_s, label_share=data.label_share)
         try:
-            _story(facts, api, task, load, ids, drifted)
+            _story(facts, api, task, load, ids, scenario)
         finally:
             load.stop()
         facts.load_errors = load.errors
@@ -169,8 +171,10 @@ def _loop(
 
 def _story(
     facts: Facts, api: httpx.Client, task: SensorTask, load: Load, ids: list[str],
-    drifted: frozenset[str],
+    scenario: Scenario,
 ) -> None:  # fmt: skip
+    drift, times = scenario.drift, scenario.hub
+    drifted = load.drifted
     step(facts, "v1", f"desired {MODEL} v1 for every device: signed assignment, chunked download")
     config = {"window_s": 2.0, "retrain": True, "retrain_min_samples": 100,
               "telemetry_interval_s": 5.0}  # fmt: skip
@@ -185,10 +189,11 @@ def _story(
     load.start()
     step(facts, "steady", f"each device classifies {load.rows} readings a second; "
          f"{load.label_share:.0%} get a label later")  # fmt: skip
-    time.sleep(2 * BUCKET_MS / 1000)
+    time.sleep(drift.after_s)
     say(f"fleet accuracy on labelled rows: {load.accuracy('before_drift'):.3f}")
 
-    cohort = f"{COHORT[0]}={COHORT[1]}"
+    tag = next(c.tag for c in scenario.cohorts if c.value == drift.cohort)
+    cohort = f"{tag}={drift.cohort}"
     sensors = ", ".join(task.feature_names)
     step(facts, "drift", f"{cohort}: sensors {sensors} start moving (sd {task.quiet_sd} -> "
          f"{task.drift_sd}); v1 was trained when they were quiet")  # fmt: skip
@@ -206,7 +211,7 @@ def _story(
     step(facts, "round", "the alert opened a federated round on v1 (retrain_on_alert)")
     live = wait("the round", lambda: first_round(api))
     say(f"round {live['round_id']}: trigger {live['trigger']}, closes at "
-        f"{live['target_deltas']} deltas or in {ROUND_S:.0f} s")  # fmt: skip
+        f"{live['target_deltas']} deltas or in {times.round_deadline_s:g} s")  # fmt: skip
     load.set_phase("round")
     wait("devices told of the round", lambda: all(
         d.learning.hub_config.round_id == live["round_id"] for d in load.devices.values()
@@ -232,8 +237,9 @@ def _story(
 
     wait("devices told the round ended", lambda: all(
         d.learning.hub_config.round_id is None for d in load.devices.values()) or None)  # fmt: skip
-    step(facts, "rollout", f"v{version} to the fleet: 10% -> 50% -> 100%, gated")
-    rollout = ok(api.post("/rollouts", json=rollout_spec(version)))
+    stages = " -> ".join(f"{stage.percent:g}%" for stage in scenario.rollout)
+    step(facts, "rollout", f"v{version} to the fleet: {stages}, gated")
+    rollout = ok(api.post("/rollouts", json=rollout_spec(version, scenario)))
     facts.rollout_ids = [rollout["id"]]
     final = follow_rollout(facts, api, rollout["id"])
     if final["phase"] != "completed":
@@ -242,7 +248,7 @@ def _story(
 
     step(facts, "recover", f"everyone on v{version}; traffic continues, drift and all")
     load.set_phase("after_rollout")
-    time.sleep(2 * BUCKET_MS / 1000)
+    time.sleep(times.recover_s)
     say(
         f"fleet accuracy on labelled rows: {load.accuracy('after_rollout'):.3f} (before the "
         f"drift {load.accuracy('before_drift'):.3f}, after it {load.accuracy('after_drift'):.3f})"
@@ -250,16 +256,14 @@ def _story(
     facts.accuracy = {p: load.accuracy(p) for p in ("before_drift", "after_drift", "after_rollout")}
 
 
-def rollout_spec(version: int) -> dict[str, Any]:
-    success = {"metric": "update_success"}
-    return {
-        "model": MODEL, "version": version, "device_timeout_ms": 60_000, "seed": 3,
-        "stages": [
-            {"percent": 10, "bake_ms": BAKE_MS, "extend_ms": 0, "gates": [success]},
-            {"percent": 50, "bake_ms": BAKE_MS, "extend_ms": 0, "gates": [success]},
-            {"percent": 100, "bake_ms": 0, "gates": [success]},
-        ],
-    }  # fmt: skip
+def rollout_spec(version: int, scenario: Scenario) -> dict[str, Any]:
+    stages = [
+        {"percent": stage.percent, "bake_ms": int(stage.bake_s * 1000), "extend_ms": 0,
+         "gates": [{"metric": gate} for gate in stage.gates]}
+        for stage in scenario.rollout
+    ]  # fmt: skip
+    return {"model": MODEL, "version": version, "device_timeout_ms": 60_000, "seed": 3,
+            "stages": stages}  # fmt: skip
 
 
 def follow_rollout(facts: Facts, api: httpx.Client, rollout_id: str) -> dict[str, Any]:
