@@ -24,6 +24,10 @@ from typing import Any
 from protocol.errors import EdgefleetError
 
 GATES = ("update_success", "error_rate", "latency_p95")
+STORIES = ("full-loop", "bad-model-rollout")
+"""What happens after the drift: the alert opens a round whose candidate rolls out
+(``full-loop``), or the operator rolls out a v2 that fails on the drifted readings and must
+be rolled back (``bad-model-rollout``)."""
 
 
 class ScenarioError(EdgefleetError):
@@ -87,6 +91,7 @@ class Stage:
 class Scenario:
     name: str
     description: str = ""
+    story: str = "full-loop"
     devices: int = 50
     cohorts: tuple[Cohort, ...] = (Cohort("eu", 0.3), Cohort("us", 0.7))
     data: Data = field(default_factory=Data)
@@ -147,6 +152,7 @@ def parse(raw: dict[str, Any]) -> Scenario:
     scenario = Scenario(
         name=name,
         description=_typed(raw.get("description", ""), str, "description"),
+        story=_typed(raw.get("story", "full-loop"), str, "story"),
         devices=_typed(raw.get("devices", 50), int, "devices"),
         cohorts=cohorts or Scenario.cohorts,
         data=_build(Data, raw.get("data", {}), "data"),
@@ -159,6 +165,8 @@ def parse(raw: dict[str, Any]) -> Scenario:
 
 
 def _check(s: Scenario) -> None:
+    if s.story not in STORIES:
+        raise ScenarioError(f"story: {s.story!r} is not one of {', '.join(STORIES)}")
     if s.devices < len(s.cohorts):
         raise ScenarioError(f"devices: {s.devices} cannot fill {len(s.cohorts)} cohorts")
     if len(s.cohorts) < 2 or abs(sum(c.share for c in s.cohorts) - 1.0) > 1e-6:

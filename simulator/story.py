@@ -42,10 +42,11 @@ from simulator.fleet import SimulatedFleet
 from simulator.load import Load
 from simulator.report import Facts, collect
 from simulator.scenario import Scenario
-from simulator.streams import SensorTask
+from simulator.streams import SensorTask, broken
 
 MODEL = "sensors"
 GRACE_S = 1.0
+BROKEN_ABOVE = 1.0  # bad-model-rollout's v2 fails beyond this (quiet sensors: sd 0.2)
 STEP_TIMEOUT_S = 90.0
 T = TypeVar("T")
 
@@ -122,7 +123,8 @@ def _loop(
     ))  # fmt: skip
     say(f"v{version['version']} released, validation accuracy {version['metrics']['accuracy']:.2f}")
     ok(api.put(f"/models/{MODEL}/drift-policy", json={
-        "bucket_ms": int(times.bucket_s * 1000), "retrain_on_alert": True,
+        "bucket_ms": int(times.bucket_s * 1000),
+        "retrain_on_alert": scenario.story == "full-loop",
     }))  # fmt: skip
     counts = scenario.counts(facts.devices)
     n_drifted = counts[drift.cohort]
@@ -131,8 +133,11 @@ def _loop(
         "close": {"min_deltas": max(1, n_drifted // 2), "target_deltas": n_drifted,
                   "duration_ms": int(times.round_deadline_s * 1000)},
     }))  # fmt: skip
-    say(f"drift buckets of {times.bucket_s:g} s; an alert opens a federated round; "
-        "a candidate that beats its base on validation is released")  # fmt: skip
+    if scenario.story == "full-loop":
+        say(f"drift buckets of {times.bucket_s:g} s; an alert opens a federated round; "
+            "a candidate that beats its base on validation is released")  # fmt: skip
+    else:
+        say(f"drift buckets of {times.bucket_s:g} s; alerts open no round")
 
     tags = {c.value: c.tag for c in scenario.cohorts}
     step(facts, "enrol", ", ".join(f"{n} agents in {tags[c]}={c}" for c, n in counts.items()))
@@ -200,6 +205,9 @@ def _story(
     load.set_phase("after_drift")
     load.start_drift()
     drift_at = time.monotonic()
+    if scenario.story == "bad-model-rollout":
+        _bad_rollout(facts, api, task, load, ids, scenario)
+        return
     alert = wait("the hub's drift job to open an alert", lambda: alerted(api))
     say(
         f"ALERT {alert['severity']}: features {', '.join(alert['features'])} in "
@@ -253,6 +261,45 @@ def _story(
         f"fleet accuracy on labelled rows: {load.accuracy('after_rollout'):.3f} (before the "
         f"drift {load.accuracy('before_drift'):.3f}, after it {load.accuracy('after_drift'):.3f})"
     )
+    facts.accuracy = {p: load.accuracy(p) for p in ("before_drift", "after_drift", "after_rollout")}
+
+
+def _bad_rollout(
+    facts: Facts, api: httpx.Client, task: SensorTask, load: Load, ids: list[str],
+    scenario: Scenario,
+) -> None:  # fmt: skip
+    """The operator answers the drift with a v2 that breaks on the drifted readings
+    (:func:`simulator.streams.broken`): the gates and the devices' watch windows must stop it."""
+    time.sleep(scenario.hub.bucket_s)
+    say(f"fleet accuracy on labelled rows since the drift: {load.accuracy('after_drift'):.3f}")
+    sensors = " or ".join(f"|{name}|" for name in task.feature_names)
+    step(facts, "register", f"v2: v1 whose scores turn NaN when {sensors} > {BROKEN_ABOVE:g}; "
+         "fine on the reference and the health check, where those sensors are quiet")  # fmt: skip
+    x_ref, _ = task.sample(2000, np.random.default_rng(8))
+    v2 = ok(api.post("/models", data={"name": MODEL}, files={
+        "model": ("v2.onnx", broken(task.model, task.quiet, BROKEN_ABOVE)),
+        "reference": ("ref.npz", npz(X=x_ref)),
+    }))  # fmt: skip
+    version = v2["version"]
+    stages = " -> ".join(f"{stage.percent:g}%" for stage in scenario.rollout)
+    step(facts, "rollout", f"v{version} to the fleet: {stages}, gated")
+    load.set_phase("rollout")
+    tag = next(c.tag for c in scenario.cohorts if c.value == scenario.drift.cohort)
+    canaries = {tag: scenario.drift.cohort}  # the cohort that sees the new readings goes first
+    say(f"canaries first from {tag}={scenario.drift.cohort}")
+    spec = rollout_spec(version, scenario) | {"canary_tags": canaries}
+    rollout = ok(api.post("/rollouts", json=spec))
+    facts.rollout_ids = [rollout["id"]]
+    final = follow_rollout(facts, api, rollout["id"])
+    if final["phase"] != "rolled_back":
+        raise DemoFailed(f"rollout {rollout['id']} ended {final['phase']}, not rolled back")
+    wait("every device serves v1 again", lambda: devices_where(api, ids, runs(1)))
+
+    step(facts, "recover", "everyone back on v1; traffic continues")
+    load.set_phase("after_rollout")
+    time.sleep(scenario.hub.recover_s)
+    say(f"fleet accuracy on labelled rows: {load.accuracy('after_rollout'):.3f}; "
+        f"{load.errors} requests failed on the way")  # fmt: skip
     facts.accuracy = {p: load.accuracy(p) for p in ("before_drift", "after_drift", "after_rollout")}
 
 

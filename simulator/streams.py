@@ -20,6 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import onnx
+from onnx import helper, numpy_helper
 
 from simulator.task import classifier
 
@@ -82,3 +84,39 @@ class SensorTask:
         flip = rng.random(rows) < self.noise
         y[flip] = rng.integers(0, self.n_classes, size=int(flip.sum()))
         return x.astype(np.float32), y.astype(np.int64)
+
+
+def broken(model: bytes, features: tuple[int, ...], above: float) -> bytes:
+    """``model`` whose scores turn NaN for rows with ``|x[f]| > above`` for any ``f`` of
+    ``features`` (``+ 0 * sqrt(above - |x[f]|)``): healthy on the reference, where those
+    sensors are quiet, and on its smoke inputs, failing on the drifted cohort's readings.
+    The bad-model-rollout scenario rolls it out."""
+    proto = onnx.load_from_string(model)
+    graph = proto.graph
+    [output] = [n for n in graph.node if n.output[0] == "probabilities"]
+    output.output[0] = "scores"
+    index = np.asarray(features, np.int64)
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(index, "broken.features"),
+            numpy_helper.from_array(np.array(above, np.float32), "broken.above"),
+            numpy_helper.from_array(np.array(0.0, np.float32), "broken.zero"),
+            numpy_helper.from_array(np.array([1], np.int64), "broken.axes"),
+        ]
+    )
+    graph.node.extend(
+        [
+            helper.make_node("Gather", ["x", "broken.features"], ["broken.x"], axis=1),
+            helper.make_node("Abs", ["broken.x"], ["broken.abs"]),
+            helper.make_node("Sub", ["broken.above", "broken.abs"], ["broken.room"]),
+            helper.make_node("Sqrt", ["broken.room"], ["broken.root"]),
+            helper.make_node("Mul", ["broken.root", "broken.zero"], ["broken.nan"]),
+            helper.make_node(
+                "ReduceSum", ["broken.nan", "broken.axes"], ["broken.row"], keepdims=1
+            ),
+            helper.make_node("Add", ["scores", "broken.row"], ["probabilities"]),
+        ]
+    )
+    onnx.checker.check_model(proto)
+    data: bytes = proto.SerializeToString()
+    return data

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -80,3 +81,23 @@ def test_sim_refuses_a_scenario_without_a_hub_and_a_bad_file_in_one_line(tmp_pat
         assert result.returncode == 2, result.stderr
         assert "Traceback" not in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_bad_model_rollout_ends_rolled_back_with_every_device_on_v1(tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    result = subprocess.run(
+        [*EDGEFLEET, "sim", "--scenario", "bad-model-rollout", "--with-hub", "--devices", "8",
+         "--json-out", str(report)],
+        capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    found = json.loads(report.read_text())
+    [rollout] = found["rollouts"]
+    assert (rollout["version"], rollout["outcome"]) == (2, "rolled_back")
+    first = rollout["stages"][0]
+    assert first["outcome"] == "halted"
+    assert [g["outcome"] for g in first["gates"]][-1] == "fail"
+    assert rollout["stages"][-1]["outcome"] == "not_run"
+    assert found["versions"]["final_distribution"] == {"1": 8}
+    assert found["messages"]["lost"] == 0
+    assert "halt: baking stage 1 -> rolling_back" in result.stdout
