@@ -38,11 +38,12 @@ class Score:
 @dataclass(eq=False)
 class Load:
     """Traffic for ``devices``; ``drifted``: the ids whose quiet sensors move once
-    :meth:`start_drift` is called."""
+    :meth:`start_drift` is called; ``poisoned``: the ids whose labels are flipped."""
 
     task: SensorTask
     devices: dict[str, Device]
     drifted: frozenset[str]
+    poisoned: frozenset[str] = frozenset()
     rows: int = 40
     tick_s: float = 1.0
     label_share: float = 0.5
@@ -78,11 +79,14 @@ class Load:
 
     def deliver_labels(self) -> int:
         """Hand every held label to its device; how many it took (labels of predictions a
-        device no longer remembers, e.g. across a model swap, come back unknown)."""
+        device no longer remembers, e.g. across a model swap, come back unknown). A
+        ``poisoned`` device gets each label as the next class."""
         with self._lock:
             pending, self._pending = self._pending, defaultdict(dict)
         taken = 0
         for device_id, labels in pending.items():
+            if device_id in self.poisoned:
+                labels = {i: (y + 1) % self.task.n_classes for i, y in labels.items()}
             with contextlib.suppress(AgentError):  # installing, or the learner not built yet
                 answer = self.devices[device_id].feedback(labels)
                 taken += len(answer.get("accepted", ()))

@@ -47,6 +47,7 @@ class Facts:
     rollout_ids: list[str] = field(default_factory=list)
     accuracy: dict[str, float | None] = field(default_factory=dict)
     load_errors: int = 0
+    poisoned: list[str] = field(default_factory=list)
     hub_url: str = ""
     token: str = ""
     report: dict[str, Any] = field(default_factory=dict)
@@ -87,7 +88,7 @@ def collect(facts: Facts, api: httpx.Client, devices: dict[str, Device]) -> Fact
             "alerts": [_alert(a) for a in facts.alerts],
             "alerts_at_end": [_alert(a) for a in alerts],
         },
-        "rounds": [_round(r) for r in facts.rounds],
+        "rounds": [_round(r, _lineage(api, facts.model, r), facts.poisoned) for r in facts.rounds],
         "accuracy": {k: None if v is None else round(v, 4) for k, v in facts.accuracy.items()},
         "resources": _resources(facts.devices),
     }
@@ -155,8 +156,22 @@ def _alert(alert: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _round(detail: dict[str, Any]) -> dict[str, Any]:
+def _lineage(api: httpx.Client, model: str, detail: dict[str, Any]) -> list[dict[str, Any]]:
+    """The candidate version's contributions (every delta of the round, with its weight)."""
+    if detail["candidate_version"] is None:
+        return []
+    info = api.get(f"/models/{model}/versions/{detail['candidate_version']}").json()
+    found: list[dict[str, Any]] = info["lineage"].get("contributions", [])
+    return found
+
+
+def _round(
+    detail: dict[str, Any], contributions: list[dict[str, Any]], poisoned: list[str]
+) -> dict[str, Any]:
+    """A round; with ``poisoned`` devices, how much of the aggregate their deltas make up."""
     deltas = detail["deltas"]
+    bad = [c for c in contributions if c["device_id"] in poisoned]
+    good = [c for c in contributions if c["device_id"] not in poisoned]
     return {
         "id": detail["round_id"],
         "base": detail["base_version"],
@@ -164,6 +179,13 @@ def _round(detail: dict[str, Any]) -> dict[str, Any]:
         "state": detail["state"],
         "deltas": deltas["used"],
         "flagged": sum(deltas["flagged"].values()),
+        "refused": deltas["refused"],
+        "poisoned": {
+            "devices": len(poisoned),
+            "deltas_used": sum(c["status"] == "used" for c in bad),
+            "weight": round(sum(c["weight"] for c in bad), 4),
+            "honest_deltas_used": sum(c["status"] == "used" for c in good),
+        },
         "judgement": detail.get("judgement"),
     }
 
@@ -197,8 +219,14 @@ def summary(facts: Facts) -> str:
         lines.append(f"drift: {alert['kind']} {alert['severity']} on {named} "
                      f"in {alert['cohort']}")  # fmt: skip
     for rnd in r["rounds"]:
+        bad = rnd["poisoned"]
+        poisoned = (
+            f"; {bad['deltas_used']} from poisoned devices, {bad['weight']:.0%} of the weight"
+            if bad["devices"]
+            else ""
+        )
         lines.append(f"round {rnd['id']}: v{rnd['base']} -> v{rnd['candidate']} from "
-                     f"{rnd['deltas']} deltas ({rnd['flagged']} flagged)")  # fmt: skip
+                     f"{rnd['deltas']} deltas ({rnd['flagged']} flagged{poisoned})")  # fmt: skip
     for rollout in r["rollouts"]:
         stages = " -> ".join(f"{s['percent']:g}%" for s in rollout["stages"])
         lines.append(f"rollout {rollout['id']}: v{rollout['version']} {stages}, "

@@ -21,6 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from hub.rounds.aggregate import PRESETS
 from protocol.errors import EdgefleetError
 
 GATES = ("update_success", "error_rate", "latency_p95")
@@ -72,12 +73,23 @@ class Drift:
 
 
 @dataclass(frozen=True)
+class Attack:
+    """Label flipping: ``label_flip_share`` of the drifted cohort's devices get every label
+    as the next class (``(y + 1) % classes``), so their honest agents train, and send, a
+    poisoned delta through the real code path."""
+
+    label_flip_share: float = 0.0
+
+
+@dataclass(frozen=True)
 class Hub:
-    """The hub's time scales for this run (real settings, shrunk)."""
+    """The hub's time scales for this run (real settings, shrunk) and the round's
+    aggregation strategy (a preset of :data:`hub.rounds.aggregate.PRESETS`)."""
 
     bucket_s: float = 4.0
     round_deadline_s: float = 20.0
     recover_s: float = 8.0
+    round_strategy: str = "default"
 
 
 @dataclass(frozen=True)
@@ -96,6 +108,7 @@ class Scenario:
     cohorts: tuple[Cohort, ...] = (Cohort("eu", 0.3), Cohort("us", 0.7))
     data: Data = field(default_factory=Data)
     drift: Drift = field(default_factory=Drift)
+    attack: Attack = field(default_factory=Attack)
     hub: Hub = field(default_factory=Hub)
     rollout: tuple[Stage, ...] = (Stage(10), Stage(50), Stage(100, bake_s=0))
 
@@ -157,6 +170,7 @@ def parse(raw: dict[str, Any]) -> Scenario:
         cohorts=cohorts or Scenario.cohorts,
         data=_build(Data, raw.get("data", {}), "data"),
         drift=_build(Drift, raw.get("drift", {}), "drift"),
+        attack=_build(Attack, raw.get("attack", {}), "attack"),
         hub=_build(Hub, raw.get("hub", {}), "hub"),
         rollout=stages or Scenario.rollout,
     )
@@ -179,6 +193,10 @@ def _check(s: Scenario) -> None:
         raise ScenarioError(f"drift.features: indices below data.features ({s.data.features})")
     if not 0.0 < s.data.label_share <= 1.0 or not 0.0 <= s.data.noise < 1.0:
         raise ScenarioError("data: label_share in (0, 1], noise in [0, 1)")
+    if not 0.0 <= s.attack.label_flip_share <= 1.0:
+        raise ScenarioError("attack.label_flip_share: in [0, 1]")
+    if s.hub.round_strategy not in PRESETS:
+        raise ScenarioError(f"hub.round_strategy: one of {', '.join(sorted(PRESETS))}")
     percents = [stage.percent for stage in s.rollout]
     if len(percents) < 1 or percents != sorted(set(percents)) or percents[-1] != 100:
         raise ScenarioError("rollout: stage percents increase and the last is 100")

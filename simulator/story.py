@@ -129,7 +129,7 @@ def _loop(
     counts = scenario.counts(facts.devices)
     n_drifted = counts[drift.cohort]
     ok(api.put(f"/models/{MODEL}/fl-policy", json={
-        "auto_release": True, "margin": 0.0,
+        "auto_release": True, "margin": 0.0, "strategy": times.round_strategy,
         "close": {"min_deltas": max(1, n_drifted // 2), "target_deltas": n_drifted,
                   "duration_ms": int(times.round_deadline_s * 1000)},
     }))  # fmt: skip
@@ -158,9 +158,18 @@ def _loop(
             )  # fmt: skip
         everyone = {i: d for f in fleets.values() for i, d in f.devices.items()}
         drifted = frozenset(fleets[drift.cohort].device_ids)
+        flipped = round(scenario.attack.label_flip_share * len(drifted))
+        poisoned = frozenset(sorted(drifted)[:flipped])
+        if poisoned:
+            strategy = times.round_strategy
+            say(f"poisoned: {', '.join(sorted(poisoned))} will get every label as the next "
+                f"class; the round aggregates with the {strategy!r} strategy")  # fmt: skip
+        facts.poisoned = sorted(poisoned)
         ids = list(everyone)
         wait("every agent enrolled and online", lambda: devices_where(api, ids, online))
-        load = Load(task, everyone, drifted, rows=data.rows_per_s, label_share=data.label_share)
+        load = Load(
+            task, everyone, drifted, poisoned, data.rows_per_s, label_share=data.label_share
+        )
         try:
             _story(facts, api, task, load, ids, scenario)
         finally:

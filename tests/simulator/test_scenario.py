@@ -101,3 +101,25 @@ def test_a_bad_model_rollout_ends_rolled_back_with_every_device_on_v1(tmp_path: 
     assert found["versions"]["final_distribution"] == {"1": 8}
     assert found["messages"]["lost"] == 0
     assert "halt: baking stage 1 -> rolling_back" in result.stdout
+
+
+def test_poisoned_devices_still_give_a_released_candidate_that_beats_v1(tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    result = subprocess.run(
+        [*EDGEFLEET, "sim", "--scenario", "poisoned-devices", "--with-hub", "--devices", "10",
+         "--json-out", str(report)],
+        capture_output=True, text=True, timeout=240, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    found = json.loads(report.read_text())
+    [round_] = found["rounds"]
+    assert round_["state"] == "accepted"
+    assert round_["poisoned"]["devices"] == 2
+    assert round_["poisoned"]["deltas_used"] >= 1  # the attack reached the aggregate
+    assert round_["poisoned"]["honest_deltas_used"] >= 1
+    validation = round_["judgement"]["validation"]
+    assert validation["candidate_accuracy"] > validation["parent_accuracy"]
+    assert found["versions"]["final_distribution"] == {"2": 10}
+    assert found["accuracy"]["after_rollout"] > found["accuracy"]["after_drift"]
+    assert found["messages"]["lost"] == 0
+    assert "from poisoned devices" in result.stdout
