@@ -125,6 +125,9 @@ class OutboxStats:
     in_flight: int
     dropped: int
     refused: int
+    # since this outbox was opened (not persisted): a simulator's sent / delivered counts
+    enqueued: int = 0
+    committed: int = 0
 
 
 @dataclass
@@ -154,6 +157,7 @@ class Outbox:
         self._lock = threading.RLock()
         self._flights: dict[int, _Flight] = {}
         self._cursor = 0
+        self._enqueued = self._committed = 0
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
         self._db = Database(conn)
         self._db.enable_wal()
@@ -197,6 +201,7 @@ class Outbox:
                     [seq, kind, DROP_ORDER.get(kind, KEPT), data, len(data), now_ms],
                 )
                 dropped = self._enforce_bounds()
+            self._enqueued += 1
             for victim in dropped:
                 self._flights.pop(victim, None)
         if dropped:
@@ -292,6 +297,7 @@ class Outbox:
                         refused.append((row[0], row[1], reason))
                 if refused:
                     self._add("refused", len(refused))
+            self._committed += len(committed)
             for seq in [c[0] for c in committed] + [r[0] for r in refused]:
                 self._flights.pop(seq, None)
         for seq, kind, reason in refused:
@@ -308,7 +314,13 @@ class Outbox:
         with self._lock:
             depth, size = self._totals()
             return OutboxStats(
-                depth, size, len(self._flights), self._get("dropped"), self._get("refused")
+                depth,
+                size,
+                len(self._flights),
+                self._get("dropped"),
+                self._get("refused"),
+                self._enqueued,
+                self._committed,
             )
 
     def take_drop_flag(self) -> bool:

@@ -65,9 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 DEMO_EPILOG = """\
 examples:
-  edgefleet demo                         three agents, temporary directory, about 15 seconds
-  edgefleet demo --devices 5 --keep demo-run/
-                                         keep the hub's data and the agents' state
+  edgefleet demo                         50 agents, temporary directory, about 2 minutes
+  edgefleet demo --devices 10 --json-out report.json
+                                         a smaller fleet; the run's numbers as JSON
+  edgefleet demo --keep demo-run/        keep the hub's data and the agents' state, and
+                                         print how to serve and explore them afterwards
+
+The story: v1 serves; sensors of the region=eu cohort drift; the hub's drift job alerts
+on those features and that cohort; the alert opens a federated round; agents retrain on
+late labels and send deltas; candidate v2 passes validation and is released; v2 rolls
+out 10% -> 50% -> 100% through its gates; accuracy on labelled feedback recovers.
+Time scales are shrunk (4 s drift buckets, 2 s stage bakes) so it fits in minutes.
 """
 
 SIM_EPILOG = """\
@@ -76,24 +84,39 @@ example:
   edgefleet sim --devices 5 --broker mqtt://127.0.0.1:1883 \\
       --root-metadata hub/keys/root/1.root.json --enrollment-token SECRET --state sim/
 
+  edgefleet sim --scenario full-loop --with-hub --devices 10 --json-out report.json
+
 Each device prints its local API (POST /predict, POST /feedback, GET /status) and runs
-until Ctrl-C or SIGTERM. Device ids are PREFIX-0, PREFIX-1, ...; state survives restarts.
-Devices log in to the broker as themselves (a password each makes, in its state); against
-Mosquitto set up by `edgefleet broker config`, add --enroll-broker mqtt://HOST:1884.
+until Ctrl-C or SIGTERM. With --scenario, the scenario (a built-in name or a TOML file, see
+docs/simulator.md) runs end to end against a hub in this process and prints its report.
+Device ids are PREFIX-0, PREFIX-1, ...; state survives restarts. Devices log in to the
+broker as themselves (a password each makes, in its state); against Mosquitto set up by
+`edgefleet broker config`, add --enroll-broker mqtt://HOST:1884.
 """
 
 
 def _add_demo(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "demo",
-        help="the whole loop on one machine: hub, agents, rollout, retraining",
+        help="the whole loop on one machine: drift, a federated round, a staged rollout",
         description="Run a hub and real agents in one process and walk the whole loop.",
         epilog=DEMO_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--devices", type=int, default=3, help="agents to run (default 3)")
+    parser.add_argument(
+        "--devices", type=int, help="agents to run (default: the scenario's, 50 for full-loop)"
+    )
+    parser.add_argument(
+        "--scenario",
+        default="full-loop",
+        metavar="NAME|FILE.toml",
+        help="what to run (default full-loop; docs/simulator.md describes the TOML schema)",
+    )
     parser.add_argument(
         "--keep", type=Path, metavar="DIR", help="work in DIR and keep it (default: a temp dir)"
+    )
+    parser.add_argument(
+        "--json-out", type=Path, metavar="FILE", help="write the run's report (JSON) to FILE"
     )
     parser.set_defaults(handler=_run_demo)
 
@@ -106,7 +129,9 @@ def _add_sim(subparsers: Any) -> None:
         epilog=SIM_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--devices", type=int, default=3, help="how many (default 3)")
+    parser.add_argument(
+        "--devices", type=int, help="how many (default 3; with --scenario, the scenario's)"
+    )
     parser.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="the hub's broker")
     parser.add_argument(
         "--enroll-broker",
@@ -114,11 +139,27 @@ def _add_sim(subparsers: Any) -> None:
         help="Mosquitto's enrollment listener (edgefleet broker config), if separate",
     )
     parser.add_argument(
-        "--root-metadata", type=Path, required=True, metavar="FILE", help="root v1 to pin"
+        "--root-metadata", type=Path, metavar="FILE", help="root v1 to pin (required)"
     )
     parser.add_argument("--enrollment-token", help="a token from the hub (or approve them)")
     parser.add_argument("--state", type=Path, default=Path("sim"), help="state root (sim/)")
     parser.add_argument("--prefix", default="sim", help="device id prefix (default sim)")
+    parser.add_argument(
+        "--scenario",
+        metavar="NAME|FILE.toml",
+        help="run a scenario end to end with its report (needs --with-hub; docs/simulator.md)",
+    )
+    parser.add_argument(
+        "--with-hub",
+        action="store_true",
+        help="with --scenario: run a hub and an embedded broker in this process",
+    )
+    parser.add_argument(
+        "--json-out", type=Path, metavar="FILE", help="with --scenario: write the report (JSON)"
+    )
+    parser.add_argument(
+        "--keep", type=Path, metavar="DIR", help="with --scenario: work in DIR and keep it"
+    )
     parser.set_defaults(handler=_run_sim)
 
 
@@ -129,6 +170,23 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def _run_sim(args: argparse.Namespace) -> int:
+    if args.scenario is not None:
+        from simulator import demo
+
+        if not args.with_hub:
+            print(
+                "edgefleet sim: --scenario runs with its own hub only for now: add --with-hub",
+                file=sys.stderr,
+            )
+            return 2
+        return demo.run(
+            "sim", args.scenario, devices=args.devices, json_out=args.json_out, keep=args.keep
+        )
+    if args.root_metadata is None:
+        print("edgefleet sim: --root-metadata FILE is required (or --scenario)", file=sys.stderr)
+        return 2
+    if args.devices is None:
+        args.devices = 3
     from simulator import fleet
 
     return fleet.main(args)

@@ -48,9 +48,11 @@ class SimulatedFleet:
         root_metadata: Path,
         enrollment_token: str | None,
         prefix: str = "sim",
+        tags: dict[str, str] | None = None,
         **settings: Any,
     ) -> SimulatedFleet:
-        """Start ``count`` devices ``{prefix}-0`` ... (``settings``: more AgentConfig fields).
+        """Start ``count`` devices ``{prefix}-0`` ... (``settings``: more AgentConfig fields;
+        ``tags``: what each device says about itself, ``{"fleet": prefix}`` by default).
 
         Each logs in to the broker as itself with a password it made (access control is on
         wherever the hub runs the broker, and on Mosquitto configured by ``edgefleet broker
@@ -72,7 +74,7 @@ class SimulatedFleet:
                     broker_url=broker_url,
                     root_metadata=root_metadata,
                     enrollment_token=enrollment_token,
-                    tags={"fleet": prefix},
+                    tags=tags if tags is not None else {"fleet": prefix},
                     http_port=port,
                     **settings,
                 )

@@ -73,37 +73,7 @@ class ShiftedTask:
         cos, sin = np.cos(angle), np.sin(angle)
         rotation[:2, :2] = [[cos, -sin], [sin, cos]]
         rule_b = rotation @ rule_a
-        # Head in closed form: logits = scale * x @ rule_a = (relu(z) - relu(-z)) @ m + bias.
-        m = np.linalg.pinv(v) @ rule_a * scale
-        head = np.vstack([m, -m])  # (2 * width, classes)
-        bias = -c @ m
-        w1 = np.hstack([v, -v]).astype(np.float32)
-        b1 = np.concatenate([c, -c]).astype(np.float32)
-        inits = [
-            numpy_helper.from_array(w1, "w1"),
-            numpy_helper.from_array(b1, "b1"),
-            numpy_helper.from_array(head.T.astype(np.float32), "head.weight"),
-            numpy_helper.from_array(bias.astype(np.float32), "head.bias"),
-        ]
-        nodes = [
-            helper.make_node("Gemm", ["x", "w1", "b1"], ["z"], name="hidden_gemm"),
-            helper.make_node("Relu", ["z"], ["hidden"], name="relu"),
-            helper.make_node(
-                "Gemm", ["hidden", "head.weight", "head.bias"], ["logits"], transB=1, name="head"
-            ),
-            helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1, name="softmax"),
-        ]
-        graph = helper.make_graph(
-            nodes,
-            "shifted_task",
-            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, n_inputs])],
-            [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, n_classes])],
-            inits,
-        )
-        proto = helper.make_model(
-            graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION
-        )
-        model: bytes = proto.SerializeToString()
+        model = classifier(v, c, rule_a, scale)
         shift_vector = np.full(n_inputs, shift)
         return cls(model, n_inputs, n_classes, rule_a, rule_b, shift_vector, noise)
 
@@ -120,3 +90,40 @@ class ShiftedTask:
         flip = rng.random(rows) < self.noise
         y[flip] = rng.integers(0, self.n_classes, size=int(flip.sum()))
         return x.astype(np.float32), y.astype(np.int64)
+
+
+def classifier(v: np.ndarray, c: np.ndarray, rule: np.ndarray, scale: float) -> bytes:
+    """The ONNX model ``x -> Gemm(v, c) -> Relu -> Gemm -> Softmax`` whose head is fitted in
+    closed form so that its logits are ``scale * x @ rule`` (see the module docstring)."""
+    m = np.linalg.pinv(v) @ rule * scale
+    head = np.vstack([m, -m])  # (2 * width, classes)
+    bias = -c @ m
+    w1 = np.hstack([v, -v]).astype(np.float32)
+    b1 = np.concatenate([c, -c]).astype(np.float32)
+    inits = [
+        numpy_helper.from_array(w1, "w1"),
+        numpy_helper.from_array(b1, "b1"),
+        numpy_helper.from_array(head.T.astype(np.float32), "head.weight"),
+        numpy_helper.from_array(bias.astype(np.float32), "head.bias"),
+    ]
+    nodes = [
+        helper.make_node("Gemm", ["x", "w1", "b1"], ["z"], name="hidden_gemm"),
+        helper.make_node("Relu", ["z"], ["hidden"], name="relu"),
+        helper.make_node(
+            "Gemm", ["hidden", "head.weight", "head.bias"], ["logits"], transB=1, name="head"
+        ),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1, name="softmax"),
+    ]
+    n_inputs, n_classes = v.shape[0], rule.shape[1]
+    graph = helper.make_graph(
+        nodes,
+        "shifted_task",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, n_inputs])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, n_classes])],
+        inits,
+    )
+    proto = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION
+    )
+    model: bytes = proto.SerializeToString()
+    return model

@@ -50,6 +50,7 @@ import contextlib
 import ipaddress
 import logging
 import threading
+from collections.abc import Iterator
 from types import TracebackType
 from typing import Any, Self
 
@@ -115,8 +116,31 @@ class _CappedReader:
         self._reader.feed_eof()
 
 
+class _Subscriptions(dict[str, list[tuple[Any, int]]]):
+    """amqtt's subscription table, iterated over a snapshot.
+
+    amqtt 0.12.1 walks the table across awaits: a broadcast awaits each target's topic
+    check, a connect each retained publish. A SUBSCRIBE or a disconnect in the meantime
+    raised "dictionary changed size during iteration", which ended that broadcast and
+    silently dropped it for every remaining subscriber (seen with 50 agents in the demo as
+    a rollout stage whose assignments stalled until the hub nudged). A snapshot delivers to
+    the filters held when the broadcast began.
+    """
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(super().keys()))
+
+    def items(self) -> list[tuple[str, list[tuple[Any, int]]]]:  # type: ignore[override]
+        return list(super().items())
+
+
 class _Broker(Broker):  # type: ignore[misc]  # amqtt ships no types
-    """amqtt's broker, sending retained messages only for the session's own filters."""
+    """amqtt's broker, sending retained messages only for the session's own filters, over
+    a subscription table that tolerates changes while it is walked (:class:`_Subscriptions`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._subscriptions = _Subscriptions()  # empty until the first SUBSCRIBE
 
     async def _publish_retained_messages_for_subscription(
         self, subscription: tuple[str, int], session: Any

@@ -11,7 +11,7 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from hub.transport.broker import BrokerError, EmbeddedBroker
+from hub.transport.broker import BrokerError, EmbeddedBroker, _Subscriptions
 from tests.brokers import mqtt_ping
 from tests.mqtt import TestClient
 
@@ -111,3 +111,16 @@ def test_oversize_message_disconnects_its_sender_and_is_not_forwarded() -> None:
 
 def test_amqtt_logging_is_quiet_by_default(running: EmbeddedBroker) -> None:
     assert not logging.getLogger("amqtt.broker").isEnabledFor(logging.INFO)
+
+
+def test_the_subscription_table_can_change_while_a_broadcast_walks_it() -> None:
+    # amqtt awaits inside this loop; a SUBSCRIBE meanwhile used to end the broadcast
+    table = _Subscriptions({"a/#": [], "b/#": []})
+    walked = []
+    for topic_filter, _ in table.items():
+        table[f"new/{topic_filter}"] = []
+        walked.append(topic_filter)
+    for topic_filter in table:
+        del table[topic_filter]
+    assert walked == ["a/#", "b/#"]
+    assert table == {}

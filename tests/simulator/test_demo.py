@@ -1,19 +1,26 @@
 """``edgefleet demo``: the whole loop runs to the end, and ``edgefleet sim`` runs real agents.
 
 The demo is what ``make demo`` runs on a fresh machine; this runs the same command in a
-subprocess, so a regression anywhere in the loop (enrollment, rollout, install,
-inference, retraining, deltas, sketches, REST) fails here with the demo's own output.
+subprocess at a small size, so a regression anywhere in the loop (enrollment, install,
+drift scoring and alerts, rounds, validation, staged rollouts, retraining, ingest, REST)
+fails here with the demo's own output, and checks its JSON report against the issue's
+acceptance: nothing lost, every device on v2, an alert naming the drifted features and
+cohort, one completed rollout of at least three stages, accuracy recovering.
 """
 
 from __future__ import annotations
 
+import json
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
 
 from edgefleet.clock import SystemClock
 from hub import keyring
@@ -24,31 +31,104 @@ from hub.transport.broker import EmbeddedBroker
 
 REPO = Path(__file__).resolve().parents[2]
 EDGEFLEET = [sys.executable, "-m", "edgefleet.cli"]
+README = (REPO / "README.md").read_text()
 
 
-def test_demo_runs_the_whole_loop_and_reports_each_step(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any], Path]:
+    """One run of ten devices, shared by the checks below: its output, report and kept dir."""
+    root = tmp_path_factory.mktemp("demo")
     result = subprocess.run(
-        [*EDGEFLEET, "demo", "--devices", "2", "--keep", str(tmp_path / "run")],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
+        [*EDGEFLEET, "demo", "--devices", "10", "--json-out", str(root / "report.json"),
+         "--keep", str(root / "run")],
+        cwd=REPO, capture_output=True, text=True, timeout=240, check=False,
+    )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
-    out = result.stdout
-    for step in ("[keys]", "[hub]", "[register]", "[enrol]", "[roll out]", "[infer]"):
-        assert step in out
-    assert out.count("holdout accuracy") == 2
-    assert out.count("runs shifted v1, health ok") == 2
-    assert "Not built yet" in out  # it says what is missing rather than pretending
-    assert "/ui   sign in with the viewer token efh_" in out
-    assert (tmp_path / "run" / "hub" / "hub.db").exists()
+    return result.stdout, json.loads((root / "report.json").read_text()), root / "run"
 
 
-def test_demo_refuses_a_fleet_of_zero_in_one_line() -> None:
+def test_demo_loses_no_message(demo: tuple[str, dict[str, Any], Path]) -> None:
+    _, report, _ = demo
+    messages = report["messages"]
+    assert messages["lost"] == 0
+    assert messages["sent"] > 0
+    assert messages["delivered"] == messages["sent"]
+
+
+def test_demo_ends_with_every_device_on_the_round_s_candidate(
+    demo: tuple[str, dict[str, Any], Path],
+) -> None:
+    _, report, _ = demo
+    [round_] = report["rounds"]
+    assert (round_["base"], round_["candidate"]) == (1, 2)
+    assert round_["deltas"] >= 1
+    assert report["versions"] == {"initial": 1, "final_distribution": {"2": 10}}
+
+
+def test_demo_alerts_on_the_drifted_features_in_the_drifted_cohort(
+    demo: tuple[str, dict[str, Any], Path],
+) -> None:
+    _, report, _ = demo
+    [alert] = report["drift"]["alerts"]
+    assert set(alert["features"]) == {"f8", "f9"}
+    assert alert["cohort"] == "region=eu"
+    assert alert["score"] > 0.25  # PSI well past the alert level
+    assert alert["round_requested"] is True
+
+
+def test_demo_rolls_v2_out_in_three_gated_stages(demo: tuple[str, dict[str, Any], Path]) -> None:
+    _, report, _ = demo
+    [rollout] = report["rollouts"]
+    assert (rollout["version"], rollout["outcome"]) == (2, "completed")
+    assert [s["percent"] for s in rollout["stages"]] == [10, 50, 100]
+    for stage in rollout["stages"]:
+        assert stage["outcome"] == "passed"
+        assert [g["outcome"] for g in stage["gates"] if g["metric"] == "update_success"][-1] == (
+            "pass"
+        )
+
+
+def test_demo_accuracy_drops_with_the_drift_and_recovers_after_the_rollout(
+    demo: tuple[str, dict[str, Any], Path],
+) -> None:
+    _, report, _ = demo
+    accuracy = report["accuracy"]
+    assert accuracy["after_drift"] < accuracy["before_drift"]
+    assert accuracy["after_rollout"] > accuracy["after_drift"]
+
+
+def test_demo_narrates_each_step_and_says_how_to_explore(
+    demo: tuple[str, dict[str, Any], Path],
+) -> None:
+    out, report, kept = demo
+    steps = ["[hub]", "[register]", "[enrol]", "[v1]", "[steady]", "[drift]", "[round]",
+             "[rollout]", "[recover]", "Summary"]  # fmt: skip
+    positions = [out.index(s) for s in steps]
+    assert positions == sorted(positions)
+    assert "ALERT alert: features f8, f9 in region=eu" in out
+    assert "complete: baking stage 3 -> completed" in out
+    assert "edgefleet hub serve --data" in out
+    assert (kept / "hub" / "hub.db").exists()
+    assert report["resources"]["cpu_s_per_device"] > 0
+
+
+def test_readme_shows_lines_the_demo_prints(demo: tuple[str, dict[str, Any], Path]) -> None:
+    out, _, _ = demo
+    block = README.split("## What `make demo` shows", 1)[1].split("```", 2)[1]
+
+    def steps(text: str) -> list[str]:  # from the step's name on, any number as "#"
+        return [re.sub(r"\d+", "#", s[s.index("[") :]) for s in text.splitlines() if " s  [" in s]
+
+    shown = steps(block)
+    assert len(shown) >= 5, "README shows the demo's step lines"
+    printed = set(steps(out))
+    for line in shown:
+        assert line in printed, line
+
+
+def test_demo_refuses_a_fleet_too_small_for_a_cohort_in_one_line() -> None:
     result = subprocess.run(
-        [*EDGEFLEET, "demo", "--devices", "0"], capture_output=True, text=True, timeout=60
+        [*EDGEFLEET, "demo", "--devices", "1"], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 2
     assert "Traceback" not in result.stdout + result.stderr
