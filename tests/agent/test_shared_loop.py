@@ -61,6 +61,12 @@ def next_event(events: queue.Queue[LinkEvent], kind: type) -> LinkEvent:
             return event
 
 
+def next_payload(events: queue.Queue[LinkEvent]) -> bytes:
+    event = next_event(events, Inbound)
+    assert isinstance(event, Inbound)
+    return event.payload
+
+
 def test_twenty_sessions_share_one_thread_and_each_gets_its_own_downlink_in_order(
     broker: BrokerRunner, loop: SharedLoop, topics: Topics
 ) -> None:
@@ -81,7 +87,7 @@ def test_twenty_sessions_share_one_thread_and_each_gets_its_own_downlink_in_orde
                 for n in range(3):
                     hub.publish(topics.down(device, "nudge"), f"{device}/{n}".encode())
         for device, (_, events) in fleet.items():
-            payloads = [next_event(events, Inbound).payload for _ in range(3)]  # type: ignore[attr-defined]
+            payloads = [next_payload(events) for _ in range(3)]
             assert payloads == [f"{device}/{n}".encode() for n in range(3)]
     finally:
         for link, _ in fleet.values():
@@ -135,8 +141,18 @@ def test_a_clean_disconnect_suppresses_the_will_and_a_dropped_loop_fires_it(
             device = "will-clean" if clean else "will-dropped"
             link = shared.link(settings(mosquitto_broker.port, device))
             connected = threading.Event()
-            link.on_event(lambda e, ev=connected: ev.set() if isinstance(e, Connected) else None)
-            link.connect(will=lambda d=device: (topics.up(d, "state"), b"offline"))
+            last_will = (topics.up(device, "state"), b"offline")
+
+            def sink(event: LinkEvent, up: threading.Event = connected) -> None:
+                if isinstance(event, Connected):
+                    up.set()
+
+            link.on_event(sink)
+
+            def will(w: tuple[str, bytes] = last_will) -> tuple[str, bytes]:
+                return w
+
+            link.connect(will=will)
             assert connected.wait(WAIT_S)
             if clean:
                 link.disconnect()
