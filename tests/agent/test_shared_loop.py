@@ -161,7 +161,7 @@ def test_a_clean_disconnect_suppresses_the_will_and_a_dropped_loop_fires_it(
                 shared.stop()  # the loop ends with the socket open: no DISCONNECT
                 assert link._sock is not None
                 link._sock.close()  # what the process's death would do
-        [will] = hub.wait_for(1)
-        assert will.topic == topics.up("will-dropped", "state")
+        [fired] = hub.wait_for(1)
+        assert fired.topic == topics.up("will-dropped", "state")
         time.sleep(1.0)
         assert hub.messages.empty()
