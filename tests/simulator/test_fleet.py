@@ -1,0 +1,115 @@
+"""SimulatedFleet: many real agents on one MQTT loop thread, against a real hub and broker.
+
+Twenty devices share one loop, one job pool and one onnxruntime session: they enrol, come
+online, publish telemetry the hub stores, and receive their desired state (a signed
+assignment) over the downlink, then download, verify and serve the version.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hub.fleet import enrollment
+from hub.fleet.desired import set_desired
+from hub.service import HubService
+from hub.store.rows import TelemetryRecord
+from protocol.topics import Topics
+from simulator.fleet import Pacing, ResourceMeter, SimulatedFleet
+from tests.brokers import BrokerRunner
+from tests.integration.live_fleet import (
+    CLOCK,
+    MODEL,
+    eventually,
+    hub_data,
+    hub_settings,
+    write_root,
+)
+
+DEVICES = 20
+FAST = {
+    "telemetry_interval_s": 1.0,
+    "drain_interval_s": 0.2,
+    "ack_timeout_s": 2.0,
+    "stop_grace_s": 1.0,
+    "retrain_interval_s": 3600.0,
+    "window_s": 3600.0,
+}
+
+
+@pytest.fixture
+def hub(tmp_path: Path, mosquitto_broker: BrokerRunner, topics: Topics) -> Iterator[HubService]:
+    data = hub_data(tmp_path / "hub", versions=1)
+    with HubService.start(hub_settings(data, mosquitto_broker, topics)) as service:
+        yield service
+
+
+def start_fleet(hub: HubService, tmp_path: Path, topics: Topics, count: int) -> SimulatedFleet:
+    now_ms = CLOCK.now_ms()
+    token = enrollment.create_token(
+        hub.store, kind="fleet", by="test", now_ms=now_ms, expires_at=now_ms + 3_600_000
+    )
+    return SimulatedFleet.start(
+        tmp_path / "devices",
+        count=count,
+        broker_url=hub.broker_url,
+        root_metadata=write_root(hub.settings.data_dir, tmp_path / "root.json"),
+        enrollment_token=token.secret,
+        topic_prefix=topics.prefix,
+        http=False,
+        pacing=Pacing(rate=200.0, max_unacked=10),
+        **FAST,  # type: ignore[arg-type]
+    )
+
+
+def online(hub: HubService, ids: list[str]) -> bool:
+    found = [hub.store.devices.find(i) for i in ids]
+    return all(d is not None and d.status == "active" and d.online for d in found)
+
+
+def test_twenty_devices_on_one_loop_come_online_publish_and_install_their_desired_state(
+    hub: HubService, tmp_path: Path, topics: Topics
+) -> None:
+    threads_before = threading.active_count()
+    meter = ResourceMeter.now()
+    with start_fleet(hub, tmp_path, topics, DEVICES) as fleet:
+        ids = fleet.device_ids
+        eventually(lambda: online(hub, ids), "every device enrolled and online")
+        eventually(lambda: fleet.enrolled() == DEVICES, "every hello acknowledged")
+        assert fleet.connected() == DEVICES
+        names = {t.name for t in threading.enumerate()}
+        assert not any(
+            n.startswith(("agent-link", "paho-mqtt-client-sim", "agent-http")) for n in names
+        )
+        # one loop thread, the shared pool (16) and APScheduler's: not a thread per device
+        assert threading.active_count() - threads_before <= 20
+
+        eventually(
+            lambda: all(hub.store.uplink.records(TelemetryRecord, i) for i in ids),
+            "telemetry from every device",
+        )
+        for device_id in ids:
+            set_desired(
+                hub.context, device_id=device_id, model_name=MODEL, model_version=1, actor="test"
+            )
+        eventually(
+            lambda: all(
+                (rt := d.manager.runtime) is not None and rt.ref.version == 1
+                for d in fleet.devices.values()
+            ),
+            "every device serving v1",
+            timeout_s=90.0,
+        )
+        sessions = {id(d.manager.runtime._session) for d in fleet.devices.values()}  # type: ignore[union-attr]
+        assert len(sessions) == 1
+        eventually(lambda: fleet.messages()["pending"] == 0, "every outbox settled")
+        counts = fleet.messages()
+        assert counts["dropped"] == 0
+        assert counts["acknowledged"] == counts["sent"] > DEVICES * 3
+        assert counts["downlink.accepted"] >= DEVICES * 2  # hello acks, the assignment...
+        resources = meter.per_device(DEVICES)
+        assert resources["rss_mb_per_device"] > 0
+        assert resources["cpu_s_per_device"] > 0
