@@ -202,6 +202,7 @@ def fleet_role(args: argparse.Namespace) -> dict[str, Any]:
         headers={"Authorization": f"Bearer {args.token}"},
         timeout=60,
     )
+    job_cpu = _time_jobs()
     before = ResourceMeter.now()
     started = time.monotonic()
     fleet = SimulatedFleet.start(
@@ -224,6 +225,8 @@ def fleet_role(args: argparse.Namespace) -> dict[str, Any]:
         time.sleep(SETTLE_S)
         sent_before = fleet.messages()["sent"]
         steady = ResourceMeter.now()
+        threads_before = _thread_cpu()
+        jobs_before = dict(job_cpu)
         stop = threading.Event()
         driver = threading.Thread(target=_predict_loop, args=(fleet, stop, np), daemon=True)
         driver.start()
@@ -231,6 +234,8 @@ def fleet_role(args: argparse.Namespace) -> dict[str, Any]:
         stop.set()
         driver.join()
         resources = before.per_device(args.devices, since=steady)
+        by_thread = {k: round(v - threads_before.get(k, 0.0), 2) for k, v in _thread_cpu().items()}
+        by_job = {k: round(v - jobs_before.get(k, 0.0), 2) for k, v in job_cpu.items()}
         messages = fleet.messages()
         sent = messages["sent"] - sent_before
         online = _online(api, fleet.device_ids)
@@ -240,6 +245,8 @@ def fleet_role(args: argparse.Namespace) -> dict[str, Any]:
         "messages": messages,
         "online_at_hub": online,
         "threads": threads,
+        "cpu_s_by_thread": by_thread,
+        "cpu_s_by_job": by_job,
         "enrol_s": round(enrolled_s, 1),
         "install_s": round(installed_s, 1),
         "messages_per_device_per_s": round(sent / args.devices / resources["seconds"], 5),
@@ -260,6 +267,46 @@ def _predict_loop(fleet: Any, stop: threading.Event, np: Any) -> None:
             if (delay := due - time.monotonic()) > 0 and stop.wait(delay):
                 return
             device.predict(row)
+
+
+def _time_jobs() -> dict[str, float]:
+    """Make every job of the fleet's scheduler add its thread CPU time to the returned
+    dict, by job name (a microsecond per run): which jobs a steady fleet's CPU goes to."""
+    from agent import scheduler
+
+    spent: dict[str, float] = {}
+    every = scheduler.HeapScheduler.every
+
+    def timed(self: Any, interval_s: float, fn: Any, *, name: str) -> Any:
+        def run() -> None:
+            started = time.thread_time()
+            try:
+                fn()
+            finally:
+                spent[name] = spent.get(name, 0.0) + time.thread_time() - started
+
+        return every(self, interval_s, run, name=name)
+
+    scheduler.HeapScheduler.every = timed  # type: ignore[method-assign]
+    return spent
+
+
+def _thread_cpu() -> dict[str, float]:
+    """CPU seconds this process's threads used, summed by kind (the name without its
+    number): where a steady fleet's CPU goes."""
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended
+            continue
+        name = names.get(int(tid), "native (onnxruntime, sqlite...)")
+        kind = name.rstrip("0123456789").rstrip("_-")
+        out[kind] = out.get(kind, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
 
 
 def _serving(fleet: Any) -> int:

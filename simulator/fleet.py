@@ -8,8 +8,8 @@ they share is what costs threads and memory when every device has its own:
 - **one MQTT loop** (:class:`agent.shared_loop.SharedLoop`): every device's session is
   a paho client driven by one selector thread, not a network thread and a supervisor
   thread per device;
-- **one job scheduler** (agent/scheduler.py): every device's jobs, outbox pump and
-  downlink dispatch run on one pool;
+- **one job scheduler** (:class:`agent.scheduler.HeapScheduler`): every device's jobs,
+  outbox pump and downlink dispatch are due times on one heap, run on one pool;
 - **one onnxruntime session per model** (agent/runtime.py's cache): devices serving the
   same version share it;
 - **no local HTTP API** unless ``http=True``: then each device serves its own on a
@@ -45,7 +45,7 @@ from typing import Any, Self
 from agent.config import AgentConfig
 from agent.device import Device
 from agent.errors import AgentError
-from agent.scheduler import ApsScheduler
+from agent.scheduler import HeapScheduler
 from agent.shared_loop import SharedLoop
 
 logger = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class SimulatedFleet:
 
     devices: dict[str, Device]
     urls: dict[str, str]
-    scheduler: ApsScheduler = dataclasses.field(default_factory=ApsScheduler)
+    scheduler: HeapScheduler = dataclasses.field(default_factory=HeapScheduler)
     loop: SharedLoop = dataclasses.field(default_factory=SharedLoop)
 
     @classmethod
@@ -102,7 +102,7 @@ class SimulatedFleet:
             AgentError: a local API port cannot be bound.
         """
         pace = pacing or Pacing()
-        fleet = cls({}, {}, ApsScheduler(threads=max(4, min(count, 16))), SharedLoop())
+        fleet = cls({}, {}, HeapScheduler(threads=max(4, min(count, 16))), SharedLoop())
         fleet.scheduler.start()
         fleet.loop.start()
         try:
