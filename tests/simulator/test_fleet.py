@@ -8,6 +8,7 @@ assignment) over the downlink, then download, verify and serve the version.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -113,3 +114,27 @@ def test_twenty_devices_on_one_loop_come_online_publish_and_install_their_desire
         resources = meter.per_device(DEVICES)
         assert resources["rss_mb_per_device"] > 0
         assert resources["cpu_s_per_device"] > 0
+
+
+@pytest.mark.slow
+def test_three_hundred_devices_stay_online_through_a_steady_minute_and_lose_nothing(
+    hub: HubService, tmp_path: Path, topics: Topics
+) -> None:
+    count = 300
+    threads_before = threading.active_count()
+    with start_fleet(hub, tmp_path, topics, count) as fleet:
+        ids = fleet.device_ids
+        eventually(lambda: online(hub, ids), "every device enrolled and online", timeout_s=180)
+        eventually(lambda: fleet.enrolled() == count, "every hello acknowledged")
+        assert threading.active_count() - threads_before <= 20
+        sent = fleet.messages()["sent"]
+        time.sleep(60)  # steady: telemetry every second from every device
+        assert online(hub, ids)
+        assert fleet.connected() == count
+        eventually(lambda: fleet.messages()["pending"] == 0, "every outbox settled")
+        counts = fleet.messages()
+        assert counts["dropped"] == 0
+        assert counts["sent"] - sent >= count * 50
+        assert counts["acknowledged"] == counts["sent"]
+        stored = {r.device_id for r in hub.store.uplink.records(TelemetryRecord)}
+        assert stored == set(ids)
