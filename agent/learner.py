@@ -36,6 +36,11 @@ The delta (:class:`~protocol.messages.DeltaUpload`):
 
 A non-finite result is never sent (B27): the status says ``failed`` and why.
 
+Exact mode: when the hub's config says ``update_kind = "stats"`` (a round of a model in
+exact mode), the retrain job trains nothing and sends, to that round, the sufficient
+statistics of every labelled row's head features (:mod:`protocol.linearstats`) instead of
+a delta; the hub solves for the whole fleet (docs/rounds.md, "Exact mode for linear heads").
+
 The holdout is drawn afresh for each run, so rows the current head was trained on may
 be held out the next time: that flatters the current head, which makes the keep policy
 conservative, never lax. A job re-runs only when the labelled set or the hub's config
@@ -71,6 +76,7 @@ from edgefleet.files import write_atomic
 from protocol.errors import EdgefleetError
 from protocol.headparams import read_head
 from protocol.heads import head_unsupported_reason
+from protocol.linearstats import local_stats, targets, to_tensors
 from protocol.manifest import Head, ModelManifest
 from protocol.messages import DeltaUpload, DeviceConfig, ModelRef
 from protocol.sparsify import sparsify, topk_fraction
@@ -264,6 +270,8 @@ class Learner(Generic[R]):
         if len(features) < needed:
             return self._finish(None, None, f"waiting: {len(features)} of {needed} labelled rows")
         self._attempted = attempt
+        if config.update_kind == "stats":
+            return self._statistics(self._head, config, features, labels)
         try:
             return self._retrain(runtime, self._head, config, features, labels, now_ms)
         except EdgefleetError as e:  # TrainingError, NonFinite, ModelUnhealthy...
@@ -337,6 +345,29 @@ class Learner(Generic[R]):
             self._current = (weight, bias)
         logger.info("retrained %s at %d: %s", _name(self.ref), now_ms, summary)
         return self._finish(served, upload, f"retrained: {summary}, delta in {encoding}")
+
+    def _statistics(
+        self, head: Head, config: DeviceConfig, features: Floats, labels: np.ndarray
+    ) -> Retrain[R]:
+        """Exact mode: the labelled rows' sufficient statistics for the round, nothing
+        trained or served here (the hub solves for the whole fleet at once)."""
+        if config.round_id is None:
+            return self._finish(None, None, "waiting: exact mode sends to a round; none is open")
+        with self._lock:
+            current_w, current_b = self._current
+        stats = local_stats(features, targets(head, labels))
+        score = evaluate(head, current_w, current_b, features, labels)
+        upload = DeltaUpload(
+            base=self.ref,
+            num_samples=stats.count,
+            metric="mse" if head.task == "regression" else "accuracy",
+            before=score,
+            after=score,
+            clip_norm=0.0,
+            tensors=encode_tensors(to_tensors(stats)),
+            round_id=config.round_id,
+        )
+        return self._finish(None, upload, f"sent: statistics of {stats.count} rows")
 
     def _finish(self, runtime: R | None, delta: DeltaUpload | None, status: str) -> Retrain[R]:
         with self._lock:

@@ -16,8 +16,9 @@ names them in :meth:`LearningLoop.feedback`) and the window folds in the inputs,
 and latency. Jobs (daemon scheduler): ``learning`` follows the active model and reports a
 changed retrain status, ``retrain`` runs :meth:`Learner.maybe_retrain` under the hub's
 latest :class:`~protocol.messages.DeviceConfig` and sends the delta once the manager
-serves the better head (``/status`` then says where the delta stands: queued until the
-hub acknowledges it), ``sketch-window`` sends the window's
+serves the better head, exact mode's statistics at once as they change nothing served
+(``/status`` then says where the delta stands: queued until the hub acknowledges it),
+``sketch-window`` sends the window's
 :class:`~protocol.messages.DataDelta` when it saw any inference. On stop (a daemon stop
 hook, before the ``offline`` report) the window is closed early and sent the same way,
 so what was observed since the last window is queued before the agent disconnects.
@@ -279,10 +280,14 @@ class LearningLoop:
         if model is None or runtime is None or runtime.ref != model.ref:
             return
         outcome = model.learner.maybe_retrain(runtime, self._hub.config, now_ms)
+        delta: DeltaUpload | None
         with self._lock:
             if outcome.runtime is not None:
                 model.unserved = (outcome.runtime, outcome.delta)
-            delta = self._serve_unserved(model) if self._model is model else None
+            if outcome.runtime is None and outcome.delta is not None:
+                delta = outcome.delta  # exact mode's statistics: nothing new to serve first
+            else:
+                delta = self._serve_unserved(model) if self._model is model else None
         if delta is not None:
             self._delta = (self._send(delta), delta.base)
         self._report_status()

@@ -81,6 +81,7 @@ class Hello(Message):
             check_verifier(self.broker_verifier)
 
 
+UpdateKind = Literal["delta", "stats"]
 InstallStatus = Literal["downloading", "installed", "refused", "failed", "rolled_back", "unchanged"]
 
 
@@ -253,6 +254,9 @@ class DeviceConfig:
     retrain_min_samples: int = 64
     delta_clip_norm: float = 10.0
     round_id: str | None = None
+    update_kind: UpdateKind = "delta"
+    """What the device's upload to the round carries: a trained ``delta``, or the head
+    rows' sufficient ``stats`` (exact mode, :mod:`protocol.linearstats`)."""
 
     def __post_init__(self) -> None:
         check_range(self.telemetry_interval_s, "telemetry_interval_s", 0.1, 86400)

@@ -94,12 +94,23 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         commands, "round policy", "show or change a model's FL policy", EPILOG, _policy
     )
     policy.add_argument("model", metavar="MODEL", help="the model's name")
-    policy.add_argument("--mode", choices=("rounds", "buffered"), help="rounds or FedBuff")
+    policy.add_argument(
+        "--mode", choices=("rounds", "buffered", "exact"),
+        help="rounds, FedBuff, or exact (rounds of sufficient statistics, linear heads)",
+    )  # fmt: skip
     policy.add_argument("--strategy", choices=sorted(PRESETS), help="aggregation strategy")
     policy.add_argument("--max-norm", type=float, help="delta L2 bound (pushed to devices)")
     policy.add_argument("--margin", type=float, help="gain a candidate needs (0.01 = 1 point)")
     policy.add_argument("--buffer-size", type=int, help="buffered: deltas per flush (K)")
     policy.add_argument("--max-staleness", type=int, help="buffered: versions behind at most")
+    schedule = policy.add_mutually_exclusive_group()
+    schedule.add_argument(
+        "--every", type=duration_s, metavar="D",
+        help="open a round this long after the last one opened: 6h, 1d",
+    )  # fmt: skip
+    schedule.add_argument(
+        "--no-schedule", action="store_true", help="only operators and drift alerts open rounds"
+    )
     release = policy.add_mutually_exclusive_group()
     release.add_argument("--auto-release", dest="auto_release", action="store_true", default=None)
     release.add_argument("--no-auto-release", dest="auto_release", action="store_false")
@@ -205,6 +216,8 @@ def _policy(args: argparse.Namespace) -> int:
         ):
             if value is not None:
                 change[key] = value
+        if args.every is not None or args.no_schedule:
+            change["every_ms"] = None if args.no_schedule else int(args.every * 1000)
         buffer = dict(current["buffer"])
         for key, value in (("size", args.buffer_size), ("max_staleness", args.max_staleness)):
             if value is not None:

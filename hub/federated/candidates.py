@@ -43,6 +43,7 @@ from hub.rounds.evaluation import (
     judge,
     summarize_holdouts,
 )
+from hub.rounds.exact import aggregate_stats
 from hub.rounds.layout import Layout, Tensors
 from hub.rounds.lineage import Excluded, Lineage, lineage_of
 from hub.rounds.policy import ModelPolicy
@@ -50,9 +51,10 @@ from hub.rounds.weighting import Submission
 from hub.store.rows import ModelVersion
 from protocol import canonical, schema
 from protocol.headparams import read_head, write_head
+from protocol.linearstats import LinearStats, from_tensors
 from protocol.metadata import Compat, ReleaseEntry
 from protocol.package import decode_package, encode_package, file_entry
-from protocol.tensors import decode_tensors
+from protocol.tensors import decode_tensors, encode_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -125,18 +127,36 @@ def compute(
     head = head_of(base)
     layout = Layout.of_head(head)
 
-    def load(key: str) -> Tensors:
+    def _stored(key: str) -> bytes:
         device_id, _, seq = key.rpartition(":")
         data = store.rounds.tensors(device_id, int(seq))
         if data is None:
             raise Conflict(f"delta {key} is no longer stored")
-        return decode_tensors(data, max_elements=2 * layout.size + 64)
+        return data
 
-    started = time.perf_counter()
-    aggregation = aggregate(submissions, load, layout, strategy, max_norm=policy.max_norm)
-    AGGREGATION_SECONDS.labels(strategy.name).observe(time.perf_counter() - started)
+    def load(key: str) -> Tensors:
+        return decode_tensors(_stored(key), max_elements=2 * layout.size + 64)
+
     package = decode_package(ArtifactStore(ctx.settings.artifacts_dir).read(base.sha256))
     w, b = read_head(package.model, head)
+    started = time.perf_counter()
+    if policy.mode == "exact":
+        elements = 2 * (head.n_features + 1) * (head.n_features + 1 + head.n_outputs) + 64
+
+        def load_stats(key: str) -> LinearStats:
+            data = _stored(key)
+            count = next(s.claimed_samples for s in submissions if s.key == key)
+            return from_tensors(decode_tensors(data, max_elements=elements), count)
+
+        aggregation = aggregate_stats(submissions, load_stats, head, (w, b), l2=policy.exact_l2)
+        label = "exact"
+    else:
+        velocity = _velocity_of(ctx, base) if strategy.server_momentum else None
+        aggregation = aggregate(
+            submissions, load, layout, strategy, max_norm=policy.max_norm, velocity=velocity
+        )
+        label = strategy.name
+    AGGREGATION_SECONDS.labels(label).observe(time.perf_counter() - started)
     update = aggregation.update
     new_w = w.astype(np.float64) + np.asarray(update[head.weight], np.float64).reshape(w.shape)
     new_b = b.astype(np.float64)
@@ -153,6 +173,16 @@ def compute(
     return Computed(
         base.name, base, files, aggregation, source, tuple(excluded), judgement, metrics, reports
     )
+
+
+def _velocity_of(ctx: HubContext, base: ModelVersion) -> Tensors | None:
+    """Server momentum's velocity where ``base``'s own aggregation left it (``None``:
+    ``base`` was not made with momentum, so it starts at zero)."""
+    record = canonical.loads(base.lineage.encode()) if base.lineage else None
+    sha256 = record.get("velocity") if isinstance(record, dict) else None
+    if not isinstance(sha256, str):
+        return None
+    return decode_tensors(ArtifactStore(ctx.settings.artifacts_dir).read(sha256))
 
 
 def _judge(
@@ -210,6 +240,7 @@ def register(
         )
         package = encode_package(manifest, files)
         sha256 = artifacts.put(package)
+        velocity = computed.aggregation.velocity
         lineage = lineage_of(
             computed.aggregation,
             model=base.name,
@@ -218,6 +249,8 @@ def register(
             source=computed.source,
             excluded=computed.excluded,
         ).with_validation(computed.validation, summarize_holdouts(computed.holdouts))
+        if velocity is not None:
+            lineage = replace(lineage, velocity=artifacts.put(encode_tensors(velocity)))
         store.registry.add_version(
             ModelVersion(
                 name=base.name,

@@ -58,7 +58,7 @@ def base_version(store: Store, name: str, version: int, max_norm: float) -> Base
     if head is None:
         return None
     return BaseVersion(
-        name, version, row.sha256, row.status == "released", Layout.of_head(head), max_norm
+        name, version, row.sha256, row.status == "released", Layout.of_head(head), max_norm, head
     )
 
 

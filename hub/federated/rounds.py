@@ -1,6 +1,7 @@
 """Rounds and buffers on the hub: open, announce, close, aggregate, cancel, resume.
 
-**Open** (:func:`open_round`, REST ``POST /api/v1/rounds``, ``edgefleet round start``):
+**Open** (:func:`open_round`, REST ``POST /api/v1/rounds``, ``edgefleet round start``, a
+drift alert, or the model policy's ``every_ms`` schedule, checked on each tick):
 one live round per model, on a released base (the latest by default), with the close
 policy and strategy fixed at open (so a restart runs the same round). Devices learn of it
 through their desired state: every device whose desired model is the round's base gets
@@ -53,6 +54,7 @@ from hub.rounds.lifecycle import (
     Fail,
     Reject,
     Round,
+    due_by_schedule,
     plan_close,
     step,
 )
@@ -62,7 +64,7 @@ from hub.rounds.weighting import Submission
 from hub.store import NotFound
 from hub.store.round_rows import BufferState, DeltaVerdict, RoundRecord
 from protocol import canonical, schema
-from protocol.messages import DeviceConfig
+from protocol.messages import DeviceConfig, UpdateKind
 
 logger = logging.getLogger(__name__)
 
@@ -131,8 +133,8 @@ def open_round(
     if not store.registry.has_model(model):
         raise NotFound(f"no model {model[:64]!r}")
     policy = policy_of(store, model)
-    if policy.mode != "rounds":
-        raise Conflict(f"{model} aggregates in {policy.mode} mode, not in rounds")
+    if policy.mode == "buffered":
+        raise Conflict(f"{model} aggregates in buffered mode, not in rounds")
     if strategy is not None and strategy not in PRESETS:
         raise InvalidRequest(f"strategy {strategy!r} is not one of {', '.join(PRESETS)}")
     close = ClosePolicy(
@@ -219,8 +221,10 @@ def announce(
     ctx: HubContext, model: str, base_version: int, round_id: str | None, max_norm: float | None
 ) -> int:
     """Set (or, ``round_id`` None, clear) the round in the desired config of every
-    device whose desired model is ``model`` v``base_version``; publish each. How many."""
+    device whose desired model is ``model`` v``base_version``, with what the round takes
+    (statistics in exact mode, deltas otherwise); publish each. How many."""
     store = ctx.store
+    kind: UpdateKind = "stats" if policy_of(store, model).mode == "exact" else "delta"
     changed = []
     for twin in store.desired.twins():
         desired = twin.desired
@@ -229,10 +233,13 @@ def announce(
         config = schema.from_json(DeviceConfig, canonical.loads(desired.config.encode()))
         if round_id is not None and desired.model_version == base_version:
             wanted = replace(
-                config, round_id=round_id, delta_clip_norm=max_norm or config.delta_clip_norm
+                config,
+                round_id=round_id,
+                delta_clip_norm=max_norm or config.delta_clip_norm,
+                update_kind=kind,
             )
         elif round_id is None and config.round_id is not None:
-            wanted = replace(config, round_id=None)
+            wanted = replace(config, round_id=None, update_kind="delta")
         else:
             continue
         if wanted == config:
@@ -267,9 +274,25 @@ def tick(ctx: HubContext) -> None:
         for record in store.rounds.rounds_in(("closing",)):
             _aggregate_round(ctx, record)
         for summary in store.registry.models():
-            if policy_of(store, summary.name).mode == "buffered":
+            policy = policy_of(store, summary.name)
+            if policy.mode == "buffered":
                 while flush_buffer(ctx, summary.name):
                     pass
+            else:
+                _open_on_schedule(ctx, summary.name, policy)
+
+
+def _open_on_schedule(ctx: HubContext, model: str, policy: ModelPolicy) -> None:
+    store = ctx.store
+    last = store.rounds.rounds(model=model, state=None, limit=1, offset=0).items
+    live = store.rounds.live_round(model) is not None
+    if not due_by_schedule(policy.every_ms, last[0].opened_ms if last else None, live,
+                           ctx.now_ms()):  # fmt: skip
+        return
+    try:
+        open_round(ctx, model, actor=ACTOR, trigger="schedule")
+    except (NotFound, Conflict) as e:  # no release yet, or a race with an operator
+        logger.info("scheduled round of %s not opened: %s", model, e)
 
 
 def rounds_job(ctx: HubContext) -> None:

@@ -99,12 +99,13 @@ class DeltaScreening:
             upload,
             device_id,
             ScreenContext(
-                mode="buffered" if policy.mode == "buffered" else "rounds",
+                mode=policy.mode,
                 base=base,
                 slot=slot,
                 current_version=current,
                 max_staleness=policy.buffer.max_staleness,
                 seen_digests=frozenset({tensor_digest}) if seen else frozenset(),
+                min_rows=policy.exact_min_rows,
             ),
         )
         row = DeltaVerdict(

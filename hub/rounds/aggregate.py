@@ -120,6 +120,9 @@ class Aggregation:
     plan: WeightPlan
     shares: dict[str, float]
     strategy: Strategy
+    ridge_l2: float | None = None
+    """Set when exact mode solved the ridge problem (:mod:`hub.rounds.exact`) instead of
+    combining deltas: ``strategy`` is then not what made the update."""
 
 
 def aggregate(

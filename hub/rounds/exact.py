@@ -30,82 +30,17 @@ devices' data is sensitive.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+import math
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from hub.rounds.layout import Floats32, Floats64
+from hub.rounds.aggregate import Aggregation, Strategy
+from hub.rounds.errors import NothingToAggregate
+from hub.rounds.layout import Floats32
+from hub.rounds.weighting import Planned, Submission, WeightPlan
+from protocol.linearstats import LinearStats, local_stats, targets
 from protocol.manifest import Head
-
-
-@dataclass(frozen=True, eq=False)
-class LinearStats:
-    """``A = Σ x̃ᵀx̃``, ``B = Σ x̃ᵀy`` with ``x̃ = [x, 1]``, and the row count ``n``."""
-
-    xtx: Floats64
-    xty: Floats64
-    count: int
-
-    def __post_init__(self) -> None:
-        d = self.xtx.shape[0]
-        if self.xtx.shape != (d, d) or self.xty.ndim != 2 or self.xty.shape[0] != d:
-            raise ValueError(f"xtx {self.xtx.shape} and xty {self.xty.shape} do not fit")
-        if self.count < 0:
-            raise ValueError("count must be >= 0")
-
-    @property
-    def n_features(self) -> int:
-        return int(self.xtx.shape[0]) - 1
-
-    @property
-    def n_outputs(self) -> int:
-        return int(self.xty.shape[1])
-
-    @classmethod
-    def empty(cls, n_features: int, n_outputs: int) -> LinearStats:
-        d = n_features + 1
-        return cls(np.zeros((d, d)), np.zeros((d, n_outputs)), 0)
-
-    def mismatch(self, head: Head, *, min_rows: int = 1) -> str | None:
-        """Why these statistics cannot come from a device of ``head`` (``None``: they
-        can): shapes, finiteness, symmetry, the count in the bias corner, ``min_rows``."""
-        d = head.n_features + 1
-        if self.xtx.shape != (d, d) or self.xty.shape != (d, head.n_outputs):
-            return f"statistics of {self.xtx.shape}/{self.xty.shape} for a head of {d - 1}"
-        if not (np.isfinite(self.xtx).all() and np.isfinite(self.xty).all()):
-            return "statistics hold NaN or Inf"
-        if not np.array_equal(self.xtx, self.xtx.T):
-            return "xtx is not symmetric"
-        if self.xtx[-1, -1] != self.count:
-            return f"xtx counts {self.xtx[-1, -1]} rows, the claim is {self.count}"
-        if np.any(np.diag(self.xtx) < 0):
-            return "xtx has a negative diagonal"
-        if self.count < min_rows:
-            return f"{self.count} rows, fewer than the {min_rows} exact mode requires"
-        return None
-
-
-def targets(head: Head, labels: np.ndarray) -> Floats64:
-    """Least-squares targets: one-hot classes, 0/1 for a binary head, values otherwise."""
-    y = np.asarray(labels)
-    out: Floats64
-    if head.task == "regression":
-        out = y.astype(np.float64).reshape(len(y), head.n_outputs)
-    elif head.n_outputs == 1:
-        out = (y == 1).astype(np.float64).reshape(-1, 1)
-    else:
-        out = np.eye(head.n_outputs)[y.astype(np.int64)]
-    return out
-
-
-def local_stats(features: np.ndarray, y: np.ndarray) -> LinearStats:
-    """One device's statistics from its rows (``y`` from :func:`targets`): the device side."""
-    x = np.asarray(features, dtype=np.float64)
-    xt = np.hstack([x, np.ones((len(x), 1))])
-    gram = xt.T @ xt
-    symmetric = (gram + gram.T) / 2  # BLAS need not give bit-equal (i, j) and (j, i)
-    return LinearStats(symmetric, xt.T @ np.asarray(y, dtype=np.float64), len(x))
 
 
 def merge(a: LinearStats, b: LinearStats) -> LinearStats:
@@ -160,4 +95,60 @@ def solve_ridge(
     return theta[:d].astype(np.float32), theta[d].astype(np.float32)
 
 
-__all__ = ["LinearStats", "combine", "local_stats", "merge", "solve_ridge", "targets"]
+def aggregate_stats(
+    submissions: Sequence[Submission],
+    load: Callable[[str], LinearStats],
+    head: Head,
+    base: tuple[np.ndarray, np.ndarray],
+    *,
+    l2: float,
+) -> Aggregation:
+    """Exact mode's aggregation: the ridge head of every submission's rows together,
+    anchored at the ``base`` head, as the update from ``base`` that the candidate adds.
+
+    Each device's share is its rows over all rows (what its statistics weigh in the
+    sums); there is no clipping and no sample cap: the counts are the statistics'
+    own (``xtx``'s corner), and a device that fabricates rows is not defended against
+    here (docs/rounds.md, "Exact mode for linear heads").
+
+    Raises:
+        NothingToAggregate: no submissions.
+    """
+    if not submissions:
+        raise NothingToAggregate("no statistics to solve")
+    per_device = {s.key: load(s.key) for s in submissions}
+    weight, bias = solve_ridge(combine(per_device), l2=l2, anchor=base)
+    base_w = np.asarray(base[0], np.float64)
+    update = {head.weight: (weight.astype(np.float64) - base_w).astype(np.float32)}
+    if head.bias is not None:
+        update[head.bias] = (bias.astype(np.float64) - np.asarray(base[1])).astype(np.float32)
+    total = sum(stats.count for stats in per_device.values())
+    entries = tuple(
+        Planned(
+            key=s.key,
+            device_id=s.device_id,
+            base_version=s.base_version,
+            claimed_samples=s.claimed_samples,
+            samples_used=per_device[s.key].count,
+            staleness=0,
+            staleness_factor=1.0,
+            weight=float(per_device[s.key].count),
+            norm_before=0.0,
+            scale=1.0,
+        )
+        for s in submissions
+    )
+    shares = {s.key: per_device[s.key].count / total for s in submissions}
+    plan = WeightPlan(entries, sample_cap=None, norm_bound=math.inf)
+    return Aggregation(update, None, plan, shares, Strategy(), ridge_l2=l2)
+
+
+__all__ = [
+    "LinearStats",
+    "aggregate_stats",
+    "combine",
+    "local_stats",
+    "merge",
+    "solve_ridge",
+    "targets",
+]

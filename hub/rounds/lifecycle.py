@@ -206,6 +206,17 @@ def plan_close(round_: Round, usable_deltas: int, now_ms: int) -> CloseDecision:
     )
 
 
+def due_by_schedule(
+    every_ms: int | None, last_opened_ms: int | None, live: bool, now_ms: int
+) -> bool:
+    """Whether a model's schedule opens a round now: it has one (``every_ms``), no round
+    of the model is live, and ``every_ms`` has passed since the last round opened (by any
+    trigger: a drift alert's or an operator's round resets the clock), or none ever did."""
+    if every_ms is None or live:
+        return False
+    return last_opened_ms is None or now_ms - last_opened_ms >= every_ms
+
+
 __all__ = [
     "FINAL",
     "TRANSITIONS",
@@ -222,6 +233,7 @@ __all__ = [
     "RoundState",
     "Trigger",
     "Wait",
+    "due_by_schedule",
     "plan_close",
     "step",
 ]

@@ -83,6 +83,11 @@ class Lineage:
     contributions: tuple[ContributionRecord, ...]
     validation: dict[str, float] | None = None
     holdouts: HoldoutSummary | None = None
+    velocity: str | None = None
+    """Server momentum's velocity after this aggregation: the sha256 of an f32 tensor
+    container in the hub's artifact store (``None`` without momentum). A round on this
+    version continues from it, so FedAvgM's state follows the lineage chain and survives
+    restarts; a rejected candidate's velocity is never picked up."""
 
     def to_json(self) -> dict[str, Any]:
         result: dict[str, Any] = schema.to_json(self)
@@ -164,15 +169,16 @@ def lineage_of(
         for x in excluded
     ]
     strategy = aggregation.strategy
+    exact = aggregation.ridge_l2 is not None
     return Lineage(
         model=model,
         version=version,
         parent_version=parent_version,
         source=source,
-        strategy=strategy.name,
-        combiner=strategy.combiner,
-        sample_weighting=strategy.weighting.samples,
-        parameters=strategy_parameters(strategy),
+        strategy="exact(ridge)" if exact else strategy.name,
+        combiner="ridge" if exact else strategy.combiner,
+        sample_weighting="rows" if exact else strategy.weighting.samples,
+        parameters={"l2": aggregation.ridge_l2 or 0.0} if exact else strategy_parameters(strategy),
         norm_bound=plan.norm_bound if math.isfinite(plan.norm_bound) else None,
         sample_cap=plan.sample_cap,
         contributions=tuple(records),

@@ -37,7 +37,9 @@ class ModelPolicy:
     accuracy, or 1% of mse). ``auto_release``: sign and release a passing candidate
     when the release key is on the hub; otherwise it waits for ``edgefleet keys
     sign-release``. ``exact_l2`` and ``exact_min_rows``: exact mode's ridge penalty and
-    the fewest rows a device's statistics may summarise.
+    the fewest rows a device's statistics may summarise. ``every_ms``: open a round on
+    the latest release this long after the last one opened (``None``: only operators and
+    drift alerts open rounds).
     """
 
     mode: PolicyMode = "rounds"
@@ -50,6 +52,7 @@ class ModelPolicy:
     exact_l2: float = 1e-3
     exact_min_rows: int = 32
     memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET
+    every_ms: int | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in ("rounds", "buffered", "exact"):
@@ -62,6 +65,10 @@ class ModelPolicy:
             raise InvalidPolicy("exact_l2 must be >= 0 and exact_min_rows >= 1")
         if self.memory_budget_bytes < 1:
             raise InvalidPolicy("memory_budget_bytes must be positive")
+        if self.every_ms is not None and self.every_ms < 1000:
+            raise InvalidPolicy(f"every_ms {self.every_ms} must be at least 1000 (one second)")
+        if self.every_ms is not None and self.mode == "buffered":
+            raise InvalidPolicy("a buffered model has no rounds to schedule: drop every_ms")
 
     @property
     def deltas_per_aggregation(self) -> int:

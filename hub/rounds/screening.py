@@ -30,6 +30,12 @@ norm_exceeded       refused   L2 norm above the model's bound by more than the c
                               aggregation clips it to the bound
 ==================  ========  =======================================================
 
+In exact mode (``mode="exact"``: rounds of sufficient statistics, :mod:`protocol.linearstats`)
+the round checks are the same; the container must hold ``xtx`` and ``xty`` that fit the
+base's head, are finite and symmetric, count ``num_samples`` rows in their corner and at
+least ``min_rows`` of them (``shape_mismatch`` otherwise, ``non_finite`` for NaN or Inf).
+There is no norm to bound.
+
 ``strike`` marks the reasons an honest agent never produces (it self-checks, clips and
 drops non-finite results before sending): ingest counts them against the device. The
 others (a round that closed while the delta was in flight, a base that moved on) happen
@@ -47,6 +53,8 @@ import numpy as np
 
 from hub.rounds.layout import Floats32, Layout
 from protocol.errors import Malformed, NonFinite, Oversize
+from protocol.linearstats import from_tensors
+from protocol.manifest import Head
 from protocol.messages import DeltaUpload
 from protocol.tensors import decode_tensors, l2_norm
 
@@ -65,7 +73,7 @@ Reason = Literal[
     "norm_exceeded",
 ]
 Status = Literal["accepted", "flagged", "refused"]
-Mode = Literal["rounds", "buffered"]
+Mode = Literal["rounds", "buffered", "exact"]
 STRIKES: frozenset[Reason] = frozenset(
     {"malformed", "non_finite", "shape_mismatch", "norm_exceeded", "oversize"}
 )
@@ -85,6 +93,9 @@ class BaseVersion:
     released: bool
     layout: Layout
     max_norm: float
+    head: Head | None = None
+    """The head itself: exact mode checks statistics against its feature and output
+    counts."""
 
 
 @dataclass(frozen=True)
@@ -119,6 +130,8 @@ class ScreenContext:
     max_staleness: int = 3
     seen_digests: frozenset[str] = frozenset()
     max_bytes: int = 16 * 1024 * 1024
+    min_rows: int = 32
+    """Exact mode: the fewest rows a device's statistics may describe."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -167,7 +180,7 @@ def screen(upload: DeltaUpload, device_id: str, ctx: ScreenContext) -> Verdict:
     if not base.released:
         return refuse("base_not_released", f"{ref.name} v{ref.version} was never released")
     staleness = 0
-    if ctx.mode == "rounds":
+    if ctx.mode in ("rounds", "exact"):
         if upload.round_id is None:
             return refuse("bad_round", f"{ref.name} aggregates in rounds; the delta names none")
         if slot is None or slot.round_id != upload.round_id or slot.model != ref.name:
@@ -192,7 +205,7 @@ def screen(upload: DeltaUpload, device_id: str, ctx: ScreenContext) -> Verdict:
         return Verdict("flagged", "duplicate", f"{device_id} already sent one to {where}", d)
     try:
         tensors = decode_tensors(
-            upload.tensors, max_bytes=ctx.max_bytes, max_elements=2 * base.layout.size + 64
+            upload.tensors, max_bytes=ctx.max_bytes, max_elements=_max_elements(base, ctx.mode)
         )
     except Oversize as e:
         return refuse("oversize", str(e), staleness)
@@ -200,6 +213,8 @@ def screen(upload: DeltaUpload, device_id: str, ctx: ScreenContext) -> Verdict:
         return refuse("non_finite", str(e), staleness)
     except Malformed as e:  # UnknownVersion and ShapeMismatch are Malformed too
         return refuse("malformed", str(e), staleness)
+    if ctx.mode == "exact":
+        return _screen_stats(upload, tensors, base, ctx.min_rows, d)
     mismatch = base.layout.mismatch(tensors)
     if mismatch is not None:
         return refuse("shape_mismatch", mismatch, staleness)
@@ -209,6 +224,31 @@ def screen(upload: DeltaUpload, device_id: str, ctx: ScreenContext) -> Verdict:
     if not math.isfinite(norm) or norm > base.max_norm * (1.0 + NORM_SLACK):
         return refuse("norm_exceeded", f"L2 norm {norm:.4g} above {base.max_norm:.4g}", staleness)
     return Verdict("accepted", None, "", d, staleness, norm, tensors)
+
+
+def _max_elements(base: BaseVersion, mode: Mode) -> int:
+    """Twice what an honest container holds, plus a little: more is a decompression bomb."""
+    if mode == "exact" and base.head is not None:
+        d = base.head.n_features + 1
+        return 2 * (d * d + d * base.head.n_outputs) + 64
+    return 2 * base.layout.size + 64
+
+
+def _screen_stats(
+    upload: DeltaUpload, tensors: dict[str, Floats32], base: BaseVersion, min_rows: int, d: str
+) -> Verdict:
+    """Exact mode's content checks (module docstring); the verdict carries no norm."""
+    if base.head is None:
+        return Verdict("refused", "shape_mismatch", "the base's head is unknown", d)
+    try:
+        stats = from_tensors(tensors, upload.num_samples)
+    except ValueError as e:
+        return Verdict("refused", "shape_mismatch", str(e)[:200], d)
+    problem = stats.mismatch(base.head, min_rows=min_rows)
+    if problem is not None:
+        reason: Reason = "non_finite" if "NaN" in problem else "shape_mismatch"
+        return Verdict("refused", reason, problem[:200], d)
+    return Verdict("accepted", None, "", d, 0, None, tensors)
 
 
 __all__ = [

@@ -16,6 +16,7 @@ from agent.learner import Learner, LearnerSettings, Retrain
 from agent.runtime import ModelRuntime
 from agent.sketches import SketchWindow
 from protocol.headparams import head_forward, read_head
+from protocol.linearstats import from_tensors, local_stats, targets
 from protocol.manifest import Head
 from protocol.messages import DeltaUpload, DeviceConfig
 from protocol.tensors import decode_tensors, l2_norm
@@ -193,6 +194,33 @@ def test_learner_clips_the_delta_and_serves_exactly_what_it_sends(task: ShiftedT
     weight, bias = read_head(outcome.runtime.model_bytes, head_of(base))
     np.testing.assert_array_equal(hub_weight, weight)
     np.testing.assert_array_equal(hub_bias, bias)
+
+
+def test_in_an_exact_round_the_learner_sends_its_rows_statistics_and_serves_as_before(
+    task: ShiftedTask,
+) -> None:
+    config = DeviceConfig(retrain_min_samples=64, round_id="round-7", update_kind="stats")
+    base, _, result = retrained(task, config=config, rows=300)
+    assert result.runtime is None  # nothing trained, nothing new served
+    upload = result.delta
+    assert upload is not None
+    assert (upload.round_id, upload.num_samples, upload.clip_norm) == ("round-7", 300, 0.0)
+    stats = from_tensors(decode_tensors(upload.tensors), upload.num_samples)
+    x, y = task.sample("B", 300, np.random.default_rng(1))
+    rows = base.predict(x).features
+    assert rows is not None
+    expected = local_stats(rows, targets(head_of(base), y))
+    assert stats.mismatch(head_of(base), min_rows=300) is None
+    np.testing.assert_allclose(stats.xtx, expected.xtx, rtol=1e-6, atol=1e-4)
+    np.testing.assert_allclose(stats.xty, expected.xty, rtol=1e-6, atol=1e-4)
+    assert result.status == "sent: statistics of 300 rows"
+
+
+def test_exact_mode_waits_for_a_round(task: ShiftedTask) -> None:
+    config = DeviceConfig(retrain_min_samples=64, update_kind="stats")
+    _, _, result = retrained(task, config=config, rows=100)
+    assert result.delta is None
+    assert result.status.startswith("waiting: exact mode")
 
 
 def test_learner_keeps_head_only_when_holdout_improves(task: ShiftedTask) -> None:

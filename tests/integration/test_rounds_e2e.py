@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from hub.rounds.exact import solve_ridge
+from protocol.linearstats import local_stats, targets
 from tests.integration.rounds_rig import RoundsRig, eventually, ok
 
 POINT = 0.01
@@ -68,6 +71,38 @@ def test_thirty_agents_reach_near_the_central_head_in_rounds(tmp_path: Path) -> 
         )
         assert final >= base + 5 * POINT
         assert final >= central - 2 * POINT
+
+
+EXACT = {**AUTO, "mode": "exact", "exact_l2": 1e-3, "exact_min_rows": 32}
+
+
+@pytest.mark.parametrize("devices", [6, pytest.param(30, marks=pytest.mark.slow)])
+def test_an_exact_round_of_real_agents_releases_the_central_ridge_head(
+    tmp_path: Path, devices: int
+) -> None:
+    with RoundsRig.start(tmp_path, devices=devices, policy=EXACT) as rig:
+        round_id = rig.open(target_deltas=devices, min_deltas=devices, duration_s=60)
+        rig.heard(round_id)
+        assert all(rig.fleet.devices[i].learning.hub_config.update_kind == "stats" for i in rig.ids)
+        rig.feed()
+        detail = rig.finished(round_id, timeout_s=120)
+        assert detail["state"] == "accepted", (detail["reason"], detail["deltas"])
+        assert detail["deltas"]["used"] == devices
+        version = detail["candidate_version"]
+        info = rig.released(version)
+        assert info["lineage"]["strategy"] == "exact(ridge)"
+        base = rig.head_of(1)
+        rows = rig.features(np.vstack([x for x, _ in rig.data.devices]))
+        labels = np.concatenate([y for _, y in rig.data.devices])
+        ridge = solve_ridge(local_stats(rows, targets(rig.head, labels)), l2=1e-3, anchor=base)
+        exact, central = rig.accuracy(rig.head_of(version)), rig.accuracy(ridge)
+        print(
+            f"\n{devices} agents, one exact round: base {rig.accuracy(base):.3f}, candidate "
+            f"v{version} {exact:.3f}, central ridge on the union {central:.3f}, central "
+            f"softmax head {rig.accuracy(rig.central()):.3f}"
+        )
+        assert abs(exact - central) <= 0.5 * POINT
+        rig.heard(None)
 
 
 BUFFERED = {

@@ -59,6 +59,13 @@ def test_round_policy_and_validation_set(
     policy = json.loads(capsys.readouterr().out)
     assert policy["auto_release"] is True
     assert policy["strategy"]["combiner"] == "median"
+    assert main(["round", "policy", MODEL, *d, "--every", "6h", "--mode", "exact"]) == 0
+    policy = json.loads(capsys.readouterr().out)
+    assert (policy["every_ms"], policy["mode"]) == (6 * 3600 * 1000, "exact")
+    assert main(["round", "policy", MODEL, *d, "--no-schedule", "--mode", "buffered"]) == 0
+    assert json.loads(capsys.readouterr().out)["every_ms"] is None
+    assert main(["round", "policy", MODEL, *d, "--every", "2h"]) == 2
+    assert "buffered model has no rounds to schedule" in capsys.readouterr().err
     unlabelled = tmp_path / "x.npz"
     unlabelled.write_bytes(npz(X=np.zeros((4, 3), np.float32)))
     assert main(["round", "validation-set", MODEL, str(unlabelled), *d]) == 2

@@ -13,13 +13,14 @@ from hub.errors import Conflict
 from hub.federated import rounds
 from hub.federated.models import manifest_of
 from hub.registry.profile import ModelRunner
+from hub.rounds.aggregate import PRESETS
 from hub.rounds.buffered import BufferPolicy
 from hub.rounds.errors import IllegalTransition
 from hub.rounds.lifecycle import Close, ClosePolicy
 from protocol.headparams import read_head
 from protocol.messages import DeltaUpload
 from protocol.package import decode_package
-from protocol.tensors import clip_l2, encode_tensors
+from protocol.tensors import clip_l2, decode_tensors, encode_tensors
 from tests.hub.federated.helpers import MODEL, FlHub
 
 
@@ -168,6 +169,67 @@ def _state(hub: FlHub, round_id: str) -> str:
     record = hub.store.rounds.round(round_id)
     assert record is not None
     return record.state
+
+
+def test_fedavgm_carries_its_velocity_from_the_base_version_into_the_next_round(
+    tmp_path: Path,
+) -> None:
+    hub = FlHub(tmp_path, auto_release=True, strategy=PRESETS["fedavgm"])
+    x, y = hub.task.sample("B", 600, np.random.default_rng(5))
+    devices = [hub.device(f"dev-{i}") for i in range(3)]
+    steps = []
+    for version in (1, 2):
+        round_id = hub.open(target_deltas=3, min_deltas=3)
+        uploads = [
+            _trained_delta(hub, x[i::3][: 100 * version], y[i::3][: 100 * version], round_id,
+                           version)
+            for i in range(3)
+        ]  # fmt: skip
+        for device, upload in zip(devices, uploads, strict=True):
+            hub.send(device, upload)
+        rounds.tick(hub.ctx)
+        record = hub.store.rounds.round(round_id)
+        assert record is not None
+        assert record.candidate_version == version + 1
+        assert version == 2 or record.state == "accepted", record.reason  # v2 is released
+        steps.append(_head_step(hub, version))
+        mean = {
+            name: np.mean([decode_tensors(u.tensors)[name] for u in uploads], axis=0)
+            for name in steps[-1]
+        }
+        momentum = 0.0 if version == 1 else 0.9
+        for name, step in steps[-1].items():  # v' = 0.9 v + mean; the step is v'
+            expected = mean[name] + (momentum * steps[0][name] if version == 2 else 0.0)
+            np.testing.assert_allclose(step, expected, atol=1e-4)
+
+
+def _head_step(hub: FlHub, version: int) -> dict[str, np.ndarray]:
+    """The candidate ``version + 1``'s head minus its base ``version``'s."""
+    heads = [read_head(decode_package(hub.registry.download(MODEL, v)).model, hub.head)
+             for v in (version, version + 1)]  # fmt: skip
+    (w0, b0), (w1, b1) = heads
+    return {hub.head.weight: w1 - w0, hub.head.bias or "bias": b1 - b0}
+
+
+def test_a_scheduled_model_opens_a_round_on_the_tick_and_the_next_one_an_interval_later(
+    tmp_path: Path,
+) -> None:
+    hub = FlHub(tmp_path, every_ms=600_000)
+    rounds.tick(hub.ctx)
+    first = hub.store.rounds.live_round(MODEL)
+    assert first is not None
+    assert first.trigger == "schedule"
+    rounds.tick(hub.ctx)
+    assert hub.store.rounds.count_rounds(MODEL) == 1  # one is live: nothing new
+    rounds.cancel_round(hub.ctx, first.round_id, actor="test")
+    hub.sim.clock.advance(599)
+    rounds.tick(hub.ctx)
+    assert hub.store.rounds.live_round(MODEL) is None
+    hub.sim.clock.advance(1)
+    rounds.tick(hub.ctx)
+    second = hub.store.rounds.live_round(MODEL)
+    assert second is not None
+    assert (second.trigger, second.opened_ms - first.opened_ms) == ("schedule", 600_000)
 
 
 def _trained_delta(

@@ -20,6 +20,7 @@ from hub.rounds.lifecycle import (
     Reject,
     Round,
     Wait,
+    due_by_schedule,
     plan_close,
     step,
 )
@@ -132,3 +133,11 @@ def test_contradicting_close_policies_are_refused(
 ) -> None:
     with pytest.raises(InvalidPolicy):
         ClosePolicy(min_deltas, target_deltas, duration_ms)
+
+
+def test_a_schedule_opens_a_round_once_its_interval_passed_since_the_last_one() -> None:
+    assert due_by_schedule(60_000, None, False, 5)  # never opened: at once
+    assert not due_by_schedule(60_000, 1_000, False, 60_999)
+    assert due_by_schedule(60_000, 1_000, False, 61_000)
+    assert not due_by_schedule(60_000, 1_000, True, 500_000)  # one is live
+    assert not due_by_schedule(None, None, False, 500_000)  # no schedule
