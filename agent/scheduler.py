@@ -55,6 +55,8 @@ logger = logging.getLogger(__name__)
 GUARD_INSTANCES = 1000
 """APScheduler's own per-job instance cap, set out of the way: the guard admits one run
 and turns the others into a flag (APScheduler would log each as a skipped run)."""
+TIMER_SLACK_S = 0.02
+"""HeapScheduler runs a due job up to this late, so close due times share a wake-up."""
 TIMEKEEPER_THREADS = 1
 """APScheduler's own pool only hands due jobs to the worker pool: one thread is plenty."""
 
@@ -195,19 +197,32 @@ class HeapScheduler:
             self._cv.notify()
 
     def _keep_time(self) -> None:
-        with self._cv:
-            while not self._stopped:
+        while True:
+            with self._cv:
+                if self._stopped:
+                    return
                 now = time.monotonic()
+                due_now: list[_GuardedJob] = []
                 while self._heap and self._heap[0][0] <= now:
                     due, _, job = heapq.heappop(self._heap)
                     interval = self._intervals.get(job.id)
                     if interval is None or due != self._due.get(job.id):
                         continue  # removed, or rescheduled: a newer entry stands for it
-                    self._submit(job.run)
+                    due_now.append(job)
                     # the next run one interval on; a late one is coalesced, not queued
                     self._push(max(due + interval, now), job)
-                timeout = self._heap[0][0] - now if self._heap else None
-                self._cv.wait(timeout)
+            for job in due_now:  # outside the lock: every() and cancel() never wait on it
+                self._submit(job.run)
+            with self._cv:
+                if self._halted():  # shutdown() ran while the lock was free
+                    return
+                # due times closer than TIMER_SLACK_S share one wake-up: a thousand
+                # agents' jobs cost a few dozen wake-ups a second, not thousands
+                wait = self._heap[0][0] - time.monotonic() if self._heap else None
+                self._cv.wait(None if wait is None else max(wait, TIMER_SLACK_S))
+
+    def _halted(self) -> bool:
+        return self._stopped
 
     # ------------------------------------------------------------------ for _GuardedJob
 
