@@ -1,31 +1,17 @@
 """Many agents' MQTT sessions on one thread: paho's external-loop API behind one selector.
 
-A device on its own uses :class:`agent.link.Link` (a paho network thread and a supervisor
-thread per device). A process running a thousand agents (the fleet simulator) cannot
-afford two thousand threads, so :class:`SharedLoop` runs every session on one thread:
+A thousand agents in one process (the fleet simulator) cannot afford :class:`agent.link.Link`'s
+two threads each. :class:`SharedLoop` drives every session's paho client from one
+``selectors`` thread with ``loop_read`` / ``loop_write`` (only while ``want_write``) /
+``loop_misc`` (keepalive, every :data:`MISC_INTERVAL_S`); paho's ``on_socket_open`` /
+``on_socket_close`` keep the selector in step, and ``on_socket_register_write`` (a publish
+from another thread queued bytes) wakes it through a socket pair so only the loop thread
+writes. Backoff, the connect deadline and the enrollment hold are timers on the loop.
 
-- each session's paho client is driven with ``loop_read`` / ``loop_write`` /
-  ``loop_misc`` (paho-mqtt 2.x's external-loop API) instead of ``loop_start``; one
-  ``selectors`` selector waits on every client's socket, for writing only while paho
-  has bytes queued (``want_write``);
-- paho calls ``on_socket_open`` / ``on_socket_close`` as a connection's socket comes
-  and goes (registered and unregistered here) and ``on_socket_register_write`` when a
-  publish from another thread queued bytes: that puts the session on a list and wakes
-  the selector through a socket pair, and the loop thread writes;
-- reconnect backoff, the connect deadline and the enrollment hold are timers on the
-  same loop; ``loop_misc`` (keepalive pings) runs for every connected client each
-  :data:`MISC_INTERVAL_S`.
-
-:class:`LoopLink` is one device's :class:`~agent.transport.Transport` on such a loop and
-behaves as :class:`~agent.link.Link` does (same :class:`~agent.link.LinkSettings`, clean
-sessions, QoS 1, ``Connected`` only after the SUBACK, full-jitter backoff, the last will,
-enrollment sessions when the broker refuses the login; agent/link.py describes them).
-Every paho call but ``publish`` is made on the loop thread; ``publish`` is callable from
-any thread, as paho allows while another thread runs the network loop.
-
-What it does not do: the TCP connect (and a TLS handshake) is paho's blocking one, made
-on the loop thread: cheap on a loopback or LAN broker, which is what the simulator uses,
-but a broker that takes seconds to answer a SYN would stall every session on the loop.
+:class:`LoopLink` is one device's :class:`~agent.transport.Transport` on it, with
+:class:`~agent.link.Link`'s behaviour (agent/link.py). Every paho call but ``publish``
+(callable from any thread) is made on the loop thread. Not done: the TCP connect (and a TLS
+handshake) is paho's blocking one, on the loop thread; docs/agent-architecture.md.
 """
 
 from __future__ import annotations
@@ -40,6 +26,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -60,16 +47,13 @@ logger = logging.getLogger(__name__)
 
 MISC_INTERVAL_S = 1.0
 """How often every connected client's ``loop_misc`` (keepalive) runs."""
-DISCONNECT_WAIT_S = 10.0
 
 
+@dataclass(slots=True, eq=False)
 class _Timer:
-    __slots__ = ("cancelled", "fn", "when")
-
-    def __init__(self, when: float, fn: Callable[[], None]) -> None:
-        self.when = when
-        self.fn = fn
-        self.cancelled = False
+    when: float
+    fn: Callable[[], None]
+    cancelled: bool = False
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -115,7 +99,7 @@ class SharedLoop:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """End the loop thread; sessions still open are dropped (their wills fire)."""
-        self.call_soon(self._halt)
+        self.call_soon(lambda: setattr(self, "_stopping", True))
         self._thread.join(timeout_s)
         self._selector.close()
         self._wake_r.close()
@@ -142,9 +126,9 @@ class SharedLoop:
 
     def _wake(self) -> None:
         with self._lock:
-            if self._woken:
-                return
-            self._woken = True
+            woken, self._woken = self._woken, True
+        if woken:
+            return
         with contextlib.suppress(OSError):  # full (a wake-up is pending) or closed (stopped)
             self._wake_w.send(b"\0")
 
@@ -158,16 +142,11 @@ class SharedLoop:
 
     def _interest(self, link: LoopLink, sock: Any, write: bool) -> None:
         events = selectors.EVENT_READ | (selectors.EVENT_WRITE if write else 0)
-        try:
+        with contextlib.suppress(KeyError, ValueError):  # the socket closed meanwhile
             if self._selector.get_key(sock).events != events:
                 self._selector.modify(sock, events, link)
-        except (KeyError, ValueError):
-            pass
 
     # ------------------------------------------------------------------ the loop
-
-    def _halt(self) -> None:
-        self._stopping = True
 
     def _run(self) -> None:
         self._ident = threading.get_ident()
@@ -287,7 +266,7 @@ class LoopLink:
         info = client.publish(topic, payload, qos=1)
         return info.rc == mqtt.MQTT_ERR_SUCCESS
 
-    def disconnect(self, timeout_s: float = DISCONNECT_WAIT_S) -> None:
+    def disconnect(self, timeout_s: float = 10.0) -> None:
         """Disconnect cleanly (no last will) and stop reconnecting; waits for it."""
         self._loop.call_soon(self._shut)
         self._ended.wait(timeout_s)
@@ -299,15 +278,12 @@ class LoopLink:
         self._timer = None
         if self._stopping:
             return
-        will = None
-        if not self._enrolling:
-            if self._will is None and self._will_factory is not None:
-                try:
-                    self._will = self._will_factory()
-                except Exception:
-                    logger.exception("cannot prepare the last will; connecting without one")
-            will = self._will
-        client = self._new_client(will)
+        if not self._enrolling and self._will is None and self._will_factory is not None:
+            try:
+                self._will = self._will_factory()
+            except Exception:
+                logger.exception("cannot prepare the last will; connecting without one")
+        client = self._new_client(None if self._enrolling else self._will)
         broker = self._target()
         self._came_up_now = False
         with self._lock:
@@ -325,8 +301,7 @@ class LoopLink:
     def _connect_timeout(self) -> None:
         self._timer = None
         if not self._came_up_now and self._client is not None:
-            broker = self._target()
-            logger.warning("broker %s:%d did not accept in time", broker.host, broker.port)
+            logger.warning("broker %s did not accept in time", self._target())
             self._close()
 
     def _close(self, session: mqtt.Client | None = None) -> None:
@@ -497,8 +472,7 @@ class LoopLink:
         with self._lock:
             self._up = True
             self.connections += 1
-        broker = self._target()
-        logger.info("connected to broker %s:%d", broker.host, broker.port)
+        logger.info("connected to broker %s", self._target())
         self._put(Connected())
 
     def _on_disconnect(
