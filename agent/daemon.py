@@ -61,6 +61,7 @@ from agent.identity import load_or_create
 from agent.link import Link, LinkSettings
 from agent.metrics import Metric, MetricSource, daemon_metrics, render
 from agent.scheduler import ApsScheduler, Job, JobBook, Scheduler
+from agent.shared_loop import SharedLoop
 from agent.stats import InferenceStats
 from agent.transport import Transport
 from agent.uplink import Uplink, with_flag
@@ -101,7 +102,10 @@ class Agent:
         trusted_now: lifts the clock's ``now_ms`` to trusted time (the trust store's time
             floor) for the downlink window's bound on seqs from the future; default the
             clock as it is.
-        transport: the broker session; default a :class:`~agent.link.Link` from config.
+        transport: the broker session; default a :class:`~agent.link.Link` from config,
+            or a session on ``loop`` when one is given.
+        loop: a :class:`~agent.shared_loop.SharedLoop` many agents' sessions share (one
+            thread for all: the fleet simulator); ignored when ``transport`` is given.
         scheduler: runs the jobs; default one of its own (started and shut down here).
         lock: the state directory's lock, already held by the caller (who releases it);
             default: the agent takes it and releases it on :meth:`stop`.
@@ -122,6 +126,7 @@ class Agent:
         transport: Transport | None = None,
         scheduler: Scheduler | None = None,
         lock: DirectoryLock | None = None,
+        loop: SharedLoop | None = None,
     ) -> None:
         self._own_lock = lock_state_dir(config) if lock is None else None
         self.config = config
@@ -131,7 +136,7 @@ class Agent:
         self._state_source: Callable[[], StateReport] = lambda: StateReport(active=None)
         try:  # what may raise, before anything else: the lock must not outlive a failure
             self.identity = load_or_create(config.state_dir, config.device_id)
-            self.transport: Transport = transport or Link(LinkSettings.from_config(config))
+            self.transport: Transport = transport or _link(config, loop)
             path = config.state_dir / STATE_DB
             self.uplink = Uplink(
                 config,
@@ -402,6 +407,11 @@ class Agent:
             self.downlink.counters(),
             connected=self.transport.connected,
         )
+
+
+def _link(config: AgentConfig, loop: SharedLoop | None) -> Transport:
+    settings = LinkSettings.from_config(config)
+    return Link(settings) if loop is None else loop.link(settings)
 
 
 __all__ = ["HELLO_RETRY_S", "STATE_DB", "Agent", "lock_state_dir"]

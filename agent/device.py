@@ -50,6 +50,7 @@ from agent.http_api import Prediction
 from agent.learner import LearnerSettings
 from agent.learning import LearningLoop
 from agent.scheduler import Scheduler
+from agent.shared_loop import SharedLoop
 from agent.transport import Transport
 from agent.trust_store import TrustStore
 from agent.updater import ModelManager, UpdaterConfig
@@ -64,7 +65,8 @@ class Device:
     """The whole device agent for one :class:`AgentConfig`; see the module docstring.
 
     ``clock``, ``updater`` and ``learner`` default to the wall clock and the components'
-    own defaults; ``transport`` and ``scheduler`` to the daemon's own (agent/daemon.py).
+    own defaults; ``transport`` and ``scheduler`` to the daemon's own (agent/daemon.py),
+    the transport a session on ``loop`` when one is given (many devices, one thread).
     Tests and the simulator pass their own.
 
     Raises (constructor):
@@ -84,10 +86,13 @@ class Device:
         learner: LearnerSettings | None = None,
         transport: Transport | None = None,
         scheduler: Scheduler | None = None,
+        loop: SharedLoop | None = None,
     ) -> None:
         self._lock = lock_state_dir(config)
         try:
-            self._build(config, clock, updater or UpdaterConfig(), learner, transport, scheduler)
+            self._build(
+                config, clock, updater or UpdaterConfig(), learner, transport, scheduler, loop
+            )
         except BaseException:
             self._lock.release()
             raise
@@ -100,6 +105,7 @@ class Device:
         learner: LearnerSettings | None,
         transport: Transport | None,
         scheduler: Scheduler | None,
+        loop: SharedLoop | None,
     ) -> None:
         self.config = config
         self.trust = TrustStore.open(config.state_dir, config.root_metadata)
@@ -111,6 +117,7 @@ class Device:
             transport=transport,
             scheduler=scheduler,
             lock=self._lock,
+            loop=loop,
         )
         self.trust.watch_downlink(self.agent.downlink.problem)
         self.manager = ModelManager(

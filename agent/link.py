@@ -133,7 +133,7 @@ class Link:
         self._rng = rng or random.Random()
         enroll = settings.enroll_broker
         uses_tls = settings.broker.tls or (enroll is not None and enroll.tls)
-        self._tls = _tls_context(settings) if uses_tls else None
+        self._tls = tls_context(settings) if uses_tls else None
         self._lock = threading.Lock()
         self._client: mqtt.Client | None = None
         self._up = False
@@ -354,7 +354,7 @@ class Link:
             logger.exception("the event sink failed: event discarded")
 
 
-def _tls_context(settings: LinkSettings) -> ssl.SSLContext:
+def tls_context(settings: LinkSettings) -> ssl.SSLContext:
     try:
         context = ssl.create_default_context(
             cafile=str(settings.ca_file) if settings.ca_file else None

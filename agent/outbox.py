@@ -323,6 +323,11 @@ class Outbox:
                 self._committed,
             )
 
+    def sent(self) -> int:
+        """How many seqs this outbox has given out: every message it ever took."""
+        with self._lock:
+            return max(0, self._get("next_seq") - 1)
+
     def take_drop_flag(self) -> bool:
         """True once after any drop: the caller raises ``outbox_dropped`` in a state report."""
         with self._lock, self._transaction():

@@ -31,16 +31,25 @@ for a classifier head with a softmax or sigmoid, the scores within [0, 1].
 **After a swap** the model manager watches the new runtime's :meth:`~ModelRuntime.counters`
 and :class:`WatchPolicy` decides: commit, roll back, or keep watching.
 
+**One session per identical model in a process.** Sessions are shared through a cache
+keyed by the SHA-256 of the model bytes and the thread count (:func:`shared_session`):
+a thousand simulated devices serving the same version hold one onnxruntime session, not
+a thousand. That is safe because a session is immutable once built and its ``run`` is
+thread-safe; the counters stay per runtime. A retrained head is other bytes, so another
+session. The cache holds sessions weakly: the last runtime to let go frees its session.
+
 What it does not do: decide which model to serve (agent/updater.py) or train heads
 (agent/learner.py builds a new runtime with :meth:`ModelRuntime.with_head`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import statistics
 import threading
 import time
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, Self
@@ -144,15 +153,7 @@ class ModelRuntime:
         self.model_bytes = model_bytes
         self._smoke = smoke
         self._threads = threads
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.log_severity_level = 3
-        try:
-            self._session = ort.InferenceSession(model_bytes, options, providers=list(PROVIDERS))
-        except Exception as e:  # onnxruntime's errors derive from Exception only
-            raise ModelUnhealthy(f"onnxruntime cannot load the model: {str(e)[:200]}") from e
+        self._session = shared_session(model_bytes, threads)
         head = manifest.head
         outputs = {o.name for o in manifest.outputs}
         self._features = head.feature if head is not None and head.feature in outputs else None
@@ -319,6 +320,36 @@ class ModelRuntime:
         with self._lock:
             self._predictions += rows
             self._errors += rows
+
+
+_SESSIONS: weakref.WeakValueDictionary[tuple[str, int], ort.InferenceSession] = (
+    weakref.WeakValueDictionary()
+)
+_SESSIONS_LOCK = threading.Lock()
+
+
+def shared_session(model_bytes: bytes, threads: int) -> ort.InferenceSession:
+    """The process's session for these exact model bytes and thread count, built once
+    (module docstring).
+
+    Raises:
+        ModelUnhealthy: onnxruntime cannot load the model.
+    """
+    key = (hashlib.sha256(model_bytes).hexdigest(), threads)
+    with _SESSIONS_LOCK:  # two devices installing one version at once build it once
+        session = _SESSIONS.get(key)
+        if session is None:
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+            options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            options.log_severity_level = 3
+            try:
+                session = ort.InferenceSession(model_bytes, options, providers=list(PROVIDERS))
+            except Exception as e:  # onnxruntime's errors derive from Exception only
+                raise ModelUnhealthy(f"onnxruntime cannot load the model: {str(e)[:200]}") from e
+            _SESSIONS[key] = session
+        return session
 
 
 class _Input:

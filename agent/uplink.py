@@ -98,6 +98,11 @@ class Uplink:
         self._hello_sent_ms: int | None = None
         self._waiting_said: str | None = None
 
+    @property
+    def hello_acked(self) -> bool:
+        """The hub acknowledged a hello of this process (it knows the device's key)."""
+        return self._hello_acked
+
     # ------------------------------------------------------------------ sending
 
     def send(self, message: Message) -> int:

@@ -7,6 +7,9 @@ when ``main()`` raises or returns a non-zero int: its traceback is printed, the 
 run, and the exit status is 1. So is a run in which no benchmark ran at all. An unknown
 name is a usage error (status 2) before anything runs.
 
+After the run it writes ``bench/results/SUMMARY.md``: one table over every result file
+there (:func:`bench.common.write_summary`).
+
 The soak and scale tests are pytest tests marked ``slow``; ``make bench`` runs them after
 this (``pytest -m slow``). This runner does not start them itself.
 """
@@ -21,6 +24,8 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+from bench.common import write_summary
 
 PACKAGE = "bench"
 NOT_BENCHMARKS = frozenset({"__main__", "common"})
@@ -85,6 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     chosen = [name for name in available if not args.names or name in args.names]
 
     outcomes = {name: run_one(name) for name in chosen}
+    print(f"\nsummary: {write_summary()}")
     failed = [name for name, ok in outcomes.items() if ok is False]
     ran = [name for name, ok in outcomes.items() if ok is not None]
     print(

@@ -1,4 +1,5 @@
-"""What every benchmark shares: interleaved timing, a results file, aligned report lines.
+"""What every benchmark shares: interleaved timing, a results file, aligned report lines,
+and the one-table summary of every benchmark's results.
 
 Benchmarks here run on a small shared machine (two cores, other work beside them), so
 absolute times drift from run to run. Each benchmark therefore reports ratios against a
@@ -19,6 +20,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 RESULTS = Path(__file__).resolve().parent / "results"
+SUMMARY = "SUMMARY.md"
+_rows: list[dict[str, Any]] = []
+"""The figures :func:`report` printed with a goal or a baseline since the last
+:func:`write_result`, which stores them as the result's ``summary``."""
 
 
 def calibrate(fn: Callable[[], object], *, target_s: float = 0.05) -> int:
@@ -75,14 +80,69 @@ def write_result(name: str, data: Mapping[str, Any]) -> Path:
             "loadavg": [round(x, 2) for x in os.getloadavg()],
         },
         "results": data,
+        "summary": list(_rows),
     }
+    _rows.clear()
     path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     return path
 
 
-def report(label: str, value: str, *, goal: str | None = None, met: bool | None = None) -> None:
-    """Print one aligned line, with the goal and whether this run met it when there is one."""
+def report(
+    label: str,
+    value: str,
+    *,
+    goal: str | None = None,
+    met: bool | None = None,
+    baseline: str | None = None,
+    ratio: str | None = None,
+) -> None:
+    """Print one aligned line, with the goal and whether this run met it when there is one.
+
+    A line with a goal or a baseline is also a row of the benchmark's summary (the next
+    :func:`write_result` keeps it; :func:`write_summary` tabulates them all).
+    """
     line = f"  {label:<46} {value:>14}"
+    if baseline is not None:
+        line += f"   baseline {baseline}" + ("" if ratio is None else f" (x{ratio})")
     if goal is not None:
         line += f"   goal {goal}" + ("" if met is None else (": met" if met else ": NOT MET"))
     print(line, flush=True)
+    if goal is not None or baseline is not None:
+        _rows.append(
+            {
+                "figure": label.strip(),
+                "value": value.strip(),
+                "baseline": baseline,
+                "ratio": ratio,
+                "goal": goal,
+                "met": met,
+            }
+        )
+
+
+def write_summary(results: Path = RESULTS) -> Path:
+    """Write ``SUMMARY.md`` in ``results``: one table of every benchmark's summary rows
+    (figure, value, baseline, ratio, goal), from the ``*.json`` files there, each with
+    the time it was measured."""
+    lines = [
+        "# Benchmark summary",
+        "",
+        "Written by `make bench` (`python -m bench`) from `bench/results/*.json`; each row is",
+        "a figure a benchmark reported with a goal or a baseline measured in the same run.",
+        "",
+        "| benchmark | figure | value | baseline | ratio | goal | met |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for path in sorted(results.glob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        name = f"{record.get('benchmark', path.stem)} ({record.get('timestamp', '?')})"
+        for row in record.get("summary", []):
+            met = {True: "yes", False: "**no**", None: ""}[row.get("met")]
+            cells = [row.get(k) or "" for k in ("figure", "value", "baseline", "ratio", "goal")]
+            lines.append("| " + " | ".join([name, *map(str, cells), met]) + " |")
+    path = results / SUMMARY
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -85,13 +85,19 @@ example:
       --root-metadata hub/keys/root/1.root.json --enrollment-token SECRET --state sim/
 
   edgefleet sim --scenario full-loop --with-hub --devices 10 --json-out report.json
+  edgefleet sim --devices 1000 --no-http --duration 120 --json-out sim.json ...
 
 Each device prints its local API (POST /predict, POST /feedback, GET /status) and runs
-until Ctrl-C or SIGTERM. With --scenario, the scenario (a built-in name or a TOML file, see
-docs/simulator.md) runs end to end against a hub in this process and prints its report.
-Device ids are PREFIX-0, PREFIX-1, ...; state survives restarts. Devices log in to the
-broker as themselves (a password each makes, in its state); against Mosquitto set up by
-`edgefleet broker config`, add --enroll-broker mqtt://HOST:1884.
+until Ctrl-C, SIGTERM or --duration; then a JSON report: devices connected and enrolled,
+messages (sent, acknowledged, pending, dropped; downlink by outcome) and resources (CPU
+seconds, share of a core and MB of memory per device, over the whole process). All
+devices share one MQTT loop thread, one job pool and one onnxruntime session per model;
+they start at most 50 a second, never more than 100 waiting for the hub's hello ack.
+With --scenario, the scenario (a built-in name or a TOML file, see docs/simulator.md)
+runs end to end against a hub in this process and prints its report.
+Device ids are PREFIX-0, PREFIX-1, ...; state survives restarts.
+Devices log in to the broker as themselves (a password each makes, in its state); against
+Mosquitto set up by `edgefleet broker config`, add --enroll-broker mqtt://HOST:1884.
 """
 
 
@@ -130,8 +136,9 @@ def _add_sim(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--devices", type=int, help="how many (default 3; with --scenario, the scenario's)"
-    )
+        "--devices", type=int,
+        help="how many, 1 to 5000 (default 3; with --scenario, the scenario's)",
+    )  # fmt: skip
     parser.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="the hub's broker")
     parser.add_argument(
         "--enroll-broker",
@@ -155,10 +162,23 @@ def _add_sim(subparsers: Any) -> None:
         help="with --scenario: run a hub and an embedded broker in this process",
     )
     parser.add_argument(
-        "--json-out", type=Path, metavar="FILE", help="with --scenario: write the report (JSON)"
+        "--keep", type=Path, metavar="DIR", help="with --scenario: work in DIR and keep it"
     )
     parser.add_argument(
-        "--keep", type=Path, metavar="DIR", help="with --scenario: work in DIR and keep it"
+        "--duration",
+        type=float,
+        metavar="S",
+        help="stop after S seconds of steady running and print the report (default: Ctrl-C)",
+    )
+    parser.add_argument(
+        "--http",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="each device serves its local HTTP API on a free port (a thread each; "
+        "--no-http for large fleets)",
+    )
+    parser.add_argument(
+        "--json-out", type=Path, metavar="FILE", help="also write the report to FILE as JSON"
     )
     parser.set_defaults(handler=_run_sim)
 

@@ -4,12 +4,15 @@ and a health check that catches NaN, wrong shapes and slow models."""
 from __future__ import annotations
 
 import dataclasses
+import gc
+import hashlib
 from typing import Any
 
 import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
+from agent import runtime as runtime_module
 from agent.errors import InferenceFailed, InvalidInput, ModelUnhealthy
 from agent.runtime import PROVIDERS, ModelRuntime, WatchPolicy
 from protocol.errors import ShapeMismatch
@@ -227,3 +230,35 @@ def test_watch_policy_table() -> None:
     assert policy.verdict(10, 3, 10) == "rollback"
     assert policy.verdict(0, 0, 1000) == "commit"  # a quiet window commits at its deadline
     assert policy.verdict(4, 1, 10, final=True) == "rollback"
+
+
+def test_runtimes_of_identical_model_bytes_share_one_session_and_keep_their_own_counters() -> None:
+    built = build_package(models.gemm_classifier())
+    first, second = runtime_of(built), runtime_of(built)
+    assert first._session is second._session
+    first.predict(np.ones((3, 4), np.float32))
+    assert first.counters() == (3, 0)
+    assert second.counters() == (0, 0)
+
+
+def test_a_retrained_head_or_another_thread_count_gets_its_own_session() -> None:
+    runtime = runtime_of(build_package(models.gemm_classifier()))
+    head = runtime.manifest.head
+    assert head is not None
+    retrained = runtime.with_head(
+        np.zeros((head.n_features, head.n_outputs), np.float32), np.zeros(3, np.float32)
+    )
+    threaded = ModelRuntime(runtime.manifest, runtime.model_bytes, ref=runtime.ref, threads=2)
+    assert len({id(runtime._session), id(retrained._session), id(threaded._session)}) == 3
+    scores = runtime.predict(np.ones((2, 4), np.float32)).scores
+    assert not np.allclose(scores, retrained.predict(np.ones((2, 4), np.float32)).scores)
+
+
+def test_the_shared_session_is_freed_with_the_last_runtime_that_holds_it() -> None:
+    built = build_package(models.gemm_classifier(hidden=11))
+    runtime = runtime_of(built)
+    key = (hashlib.sha256(runtime.model_bytes).hexdigest(), 1)
+    assert key in runtime_module._SESSIONS
+    del runtime
+    gc.collect()
+    assert key not in runtime_module._SESSIONS

@@ -1,6 +1,6 @@
-"""The scheduler seam (agent/scheduler.py) on the real APScheduler: one run at a time, wake-ups
-never lost, cancel waits for the run in progress, agents sharing one scheduler never
-collide."""
+"""The scheduler seam (agent/scheduler.py), on the real APScheduler and on the heap scheduler
+the simulator shares: one run at a time, wake-ups never lost, cancel waits for the run in
+progress, agents sharing one scheduler never collide."""
 
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from agent.scheduler import ApsScheduler, JobBook
+from agent.scheduler import ApsScheduler, HeapScheduler, JobBook
 from tests.clock import FakeClock
 
 LONG_S = 3600.0
 
 
-@pytest.fixture
-def scheduler() -> Iterator[ApsScheduler]:
-    shared = ApsScheduler(threads=4)
+@pytest.fixture(params=["aps", "heap"])
+def scheduler(request: pytest.FixtureRequest) -> Iterator[ApsScheduler | HeapScheduler]:
+    shared = ApsScheduler(threads=4) if request.param == "aps" else HeapScheduler(threads=4)
     shared.start()
     yield shared
     shared.shutdown()
@@ -31,7 +31,9 @@ def eventually(condition: Callable[[], bool], what: str, timeout_s: float = 5.0)
         time.sleep(0.01)
 
 
-def test_run_soon_runs_a_job_long_before_its_interval(scheduler: ApsScheduler) -> None:
+def test_run_soon_runs_a_job_long_before_its_interval(
+    scheduler: ApsScheduler | HeapScheduler,
+) -> None:
     ran = threading.Event()
     job = scheduler.every(LONG_S, ran.set, name="probe")
     started = time.monotonic()
@@ -41,7 +43,9 @@ def test_run_soon_runs_a_job_long_before_its_interval(scheduler: ApsScheduler) -
     job.cancel()
 
 
-def test_wake_ups_during_a_run_cost_exactly_one_more_run(scheduler: ApsScheduler) -> None:
+def test_wake_ups_during_a_run_cost_exactly_one_more_run(
+    scheduler: ApsScheduler | HeapScheduler,
+) -> None:
     inside, release = threading.Event(), threading.Event()
     runs: list[float] = []
 
@@ -63,7 +67,9 @@ def test_wake_ups_during_a_run_cost_exactly_one_more_run(scheduler: ApsScheduler
     job.cancel()
 
 
-def test_a_periodic_run_that_comes_while_one_runs_is_dropped(scheduler: ApsScheduler) -> None:
+def test_a_periodic_run_that_comes_while_one_runs_is_dropped(
+    scheduler: ApsScheduler | HeapScheduler,
+) -> None:
     runs = 0
     concurrent, peak = 0, 0
     lock = threading.Lock()
@@ -85,7 +91,7 @@ def test_a_periodic_run_that_comes_while_one_runs_is_dropped(scheduler: ApsSched
 
 
 def test_cancel_waits_for_the_run_in_progress_and_nothing_runs_after(
-    scheduler: ApsScheduler,
+    scheduler: ApsScheduler | HeapScheduler,
 ) -> None:
     inside = threading.Event()
     finished: list[bool] = []
@@ -106,7 +112,7 @@ def test_cancel_waits_for_the_run_in_progress_and_nothing_runs_after(
 
 
 def test_a_failing_job_is_logged_and_keeps_its_schedule(
-    scheduler: ApsScheduler, caplog: pytest.LogCaptureFixture
+    scheduler: ApsScheduler | HeapScheduler, caplog: pytest.LogCaptureFixture
 ) -> None:
     runs: list[int] = []
 
@@ -121,7 +127,7 @@ def test_a_failing_job_is_logged_and_keeps_its_schedule(
 
 
 def test_two_agents_job_books_share_a_scheduler_without_colliding(
-    scheduler: ApsScheduler, clock: FakeClock
+    scheduler: ApsScheduler | HeapScheduler, clock: FakeClock
 ) -> None:
     first, second = JobBook(scheduler, clock), JobBook(scheduler, clock)
     seen: dict[str, list[int]] = {"first": [], "second": []}
@@ -139,7 +145,7 @@ def test_two_agents_job_books_share_a_scheduler_without_colliding(
 
 
 def test_a_job_book_keeps_an_interval_set_before_start(
-    scheduler: ApsScheduler, clock: FakeClock
+    scheduler: ApsScheduler | HeapScheduler, clock: FakeClock
 ) -> None:
     book = JobBook(scheduler, clock)
     ran = threading.Event()
@@ -153,3 +159,13 @@ def test_a_job_book_keeps_an_interval_set_before_start(
     book.start()
     assert ran.wait(5)
     book.stop()
+
+
+def test_a_running_job_rescheduled_shorter_runs_at_its_new_interval(
+    scheduler: ApsScheduler | HeapScheduler,
+) -> None:
+    runs: list[float] = []
+    job = scheduler.every(LONG_S, lambda: runs.append(time.monotonic()), name="probe")
+    job.reschedule(0.05)
+    eventually(lambda: len(runs) >= 3, "runs at the new interval")
+    job.cancel()
