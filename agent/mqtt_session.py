@@ -24,7 +24,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.errors import ConfigError
 from agent.transport import Connected, EventSink, Inbound, LinkEvent, WillFactory
-from edgefleet.brokers import BrokerUrl
+from edgefleet.brokers import BrokerUrl, warn_if_exposed
 
 if TYPE_CHECKING:
     from agent.link import LinkSettings
@@ -43,6 +43,8 @@ class SessionCore:
     def __init__(self, settings: LinkSettings, *, rng: random.Random | None = None) -> None:
         """Raises: ConfigError: a TLS file cannot be loaded (the message names the key)."""
         self.settings = settings
+        if settings.password is not None:
+            warn_if_exposed(settings.broker, "this agent")
         self._rng = rng or random.Random()
         enroll = settings.enroll_broker
         uses_tls = settings.broker.tls or (enroll is not None and enroll.tls)
