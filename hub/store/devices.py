@@ -172,6 +172,13 @@ class SqliteDevices:
             return None
         return DeviceIdentity(row["id"], row["status"], row["public_key"], row["up_window"])
 
+    def key_holder(self, public_key: str, *, besides: str) -> str | None:
+        found = self._c.scalar(
+            "SELECT id FROM devices WHERE public_key = ? AND id != ? ORDER BY id LIMIT 1",
+            [public_key, besides],
+        )
+        return None if found is None else str(found)
+
     def page(
         self,
         *,

@@ -104,6 +104,11 @@ class Devices(Protocol):
 
     def identity(self, device_id: str) -> DeviceIdentity | None: ...
 
+    def key_holder(self, public_key: str, *, besides: str) -> str | None:
+        """Another device than ``besides`` (pending, active or revoked: a revoked device's
+        key may be the stolen one) whose key is ``public_key``."""
+        ...
+
     def page(
         self,
         *,
