@@ -115,6 +115,8 @@ def admit_claim(store: Store, claim: Claim, *, now_ms: int, max_pending: int) ->
         actor=f"device:{claim.device_id}",
         action=action,
         target=claim.device_id,
+        # a single-use token shown again by another device: leaked, or a cloned image
+        outcome="alert" if reason == "token_used" else "ok",
         reason=reason,
         detail=detail,
     )

@@ -122,6 +122,8 @@ def test_single_use_token_enrolls_only_one_device(hub: HubSim) -> None:
     assert audit_actions(hub)[-1] == ("device.pending", "dev-2", "token_used")
     assert device_row(hub, "dev-2").pending_reason == "token_used"
     assert hub.acks(second) == [HubAck(committed=(), refused=((1, "pending: token_used"),))]
+    reused = hub.store.audit.page(action="device.pending", target="dev-2").items
+    assert [e.outcome for e in reused] == ["alert"]  # a leaked token or a cloned image
 
 
 def test_a_resent_enrolling_hello_is_reacked_not_reused(hub: HubSim) -> None:
