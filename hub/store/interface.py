@@ -76,6 +76,13 @@ class StoreError(HubError):
     status_hint: ClassVar[int] = 409
 
 
+class StoreUnreachable(StoreError):
+    """The store's database cannot be reached (a PostgreSQL server down, a bad URL)."""
+
+    reason = "store_unreachable"
+    status_hint = 503
+
+
 class NotFound(StoreError):
     """No row with that key."""
 

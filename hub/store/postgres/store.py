@@ -30,7 +30,7 @@ from hub.store.interface import (
     Devices,
     EnrollmentTokens,
     Registry,
-    StoreError,
+    StoreUnreachable,
     Uplink,
 )
 from hub.store.postgres import migrate
@@ -81,7 +81,7 @@ class PostgresStore:
         applying pending migrations first.
 
         Raises:
-            StoreError: the database cannot be reached (the password is not repeated).
+            StoreUnreachable: the database cannot be reached (the password not repeated).
         """
         try:
             with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
@@ -90,7 +90,9 @@ class PostgresStore:
                 for table, column in conn.execute(_PRIMARY_KEYS):
                     keys.setdefault(table, []).append(column)
         except psycopg.OperationalError as e:
-            raise StoreError(f"cannot open the store at {describe(url)}: {_first_line(e)}") from e
+            raise StoreUnreachable(
+                f"cannot open the store at {describe(url)}: {_first_line(e)}"
+            ) from e
         if applied:
             logger.info("store %s: applied %s", describe(url), ", ".join(applied))
         primary = {table: tuple(columns) for table, columns in keys.items()}
