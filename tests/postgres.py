@@ -5,6 +5,8 @@ Fixtures (registered for every test by ``pytest_plugins`` in tests/conftest.py):
 - ``store_url``: parametrized ``sqlite`` / ``postgresql``, a fresh store location of each
   dialect (a SQLite file path, or the URL of a new migrated database): for behaviour tests
   that must pass on both stores, as ``broker`` runs them on both brokers;
+- ``database``: the same as ``HubSettings.database``: "" (SQLite in the data directory)
+  or a PostgreSQL URL, for tests that run the whole hub (``HubService``, the pipeline);
 - ``postgres_url``: a new migrated database's URL alone (PostgreSQL-only tests);
 - ``postgres_server``: the worker's server (its ``url(name)``, ``create_database()``).
 
@@ -68,6 +70,16 @@ def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
     url = postgres_server.create_database(template=TEMPLATE)
     yield url
     postgres_server.drop_database(url)
+
+
+@pytest.fixture(params=DIALECTS)
+def database(request: pytest.FixtureRequest) -> str:
+    """``HubSettings.database`` of each dialect: "" (SQLite in the data directory, the
+    default) or the URL of a new migrated PostgreSQL database; for whole-hub tests."""
+    if request.param == "sqlite":
+        return ""
+    url: str = request.getfixturevalue("postgres_url")
+    return url
 
 
 @pytest.fixture(params=DIALECTS)

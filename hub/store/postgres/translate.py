@@ -42,14 +42,14 @@ class Translator:
     """Translates statements, each once (cached), given every table's primary key."""
 
     def __init__(self, primary_keys: Mapping[str, tuple[str, ...]]) -> None:
-        self._keys = primary_keys
+        self.primary_keys = primary_keys
         self._done: dict[str, str] = {}
         self._lock = threading.Lock()
 
     def __call__(self, sql: str) -> str:
         found = self._done.get(sql)
         if found is None:
-            found = translate(sql, self._keys)
+            found = translate(sql, self.primary_keys)
             with self._lock:
                 self._done[sql] = found
         return found
