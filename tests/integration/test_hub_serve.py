@@ -168,7 +168,7 @@ def test_hub_serve_with_an_unreachable_database_exits_1_in_one_line_without_its_
     result = subprocess.run(
         [*COMMAND, "--data", str(keyed_data(tmp_path)), "--database", url],
         cwd=REPO,
-        env={**os.environ, "EDGEFLEET_HUB_EMBEDDED_BROKER": "1"},
+        env={**os.environ, "EDGEFLEET_HUB_BROKER_URL": "mqtt://127.0.0.1:9"},  # the store first
         capture_output=True,
         text=True,
         timeout=START_S,
