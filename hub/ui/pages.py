@@ -22,6 +22,7 @@ from hub.api.schemas import NAME_PATTERN
 from hub.errors import Unauthenticated
 from hub.ui import session
 from hub.ui.charts import line_chart, top_series
+from hub.ui.lineage import layout, lineage_svg, lineage_text
 from hub.ui.web import PAGE_SIZE, CsrfField, PageRoute, SignedDep, back_to, render, safe_next
 
 router = APIRouter(prefix="/ui", route_class=PageRoute, include_in_schema=False)
@@ -151,7 +152,11 @@ def model(
 ) -> Response:
     services = get_services(request)
     versions = models.list_versions(name, who.principal, services, limit=1000, offset=0)
-    return render(request, "model.html", who, name=name, versions=list(reversed(versions.items)))
+    graph = layout(versions.items)
+    return render(
+        request, "model.html", who, name=name, versions=list(reversed(versions.items)),
+        graph=lineage_svg(name, graph), graph_text=lineage_text(graph),
+    )  # fmt: skip
 
 
 @router.get("/models/{name}/versions/{version}", name="ui.version")
@@ -163,7 +168,11 @@ def version(
 ) -> Response:
     services = get_services(request)
     chain = models.get_lineage(name, version, who.principal, services).items
-    return render(request, "version.html", who, name=name, chain=chain, shown=chain[0])
+    graph = layout(chain)
+    return render(
+        request, "version.html", who, name=name, chain=chain, shown=chain[0],
+        graph=lineage_svg(name, graph, current=version), graph_text=lineage_text(graph),
+    )  # fmt: skip
 
 
 @router.get("/audit", name="ui.audit")
