@@ -111,6 +111,7 @@ class Devices(Protocol):
         tag: tuple[str, str] | None = None,
         model: tuple[str, int | None] | None = None,
         online: bool | None = None,
+        health: Health | None = None,
         limit: int = 100,
         offset: int = 0,
     ) -> Page[Device]:

@@ -32,6 +32,7 @@ from hub.api import auth
 from hub.service import HubService
 from hub.settings import HubSettings
 from hub.transport.broker import EmbeddedBroker
+from hub.ui.lineage import MAX_LISTED
 from tests.hub.ui.browser import Browser, assert_not_blank, chromium
 
 REPO = Path(__file__).resolve().parents[2]
@@ -151,8 +152,8 @@ def test_the_kept_demo_s_dashboard_shows_its_fleet_round_alert_and_rollout(
                 By.CSS_SELECTOR, "#contrib-h + .scroll tbody tr"
             )
             used = [r.text.split()[0] for r in contributors if " used " in f" {r.text} "]
-            assert len(used) == round_["deltas"] >= 1
-            assert all(device.startswith("eu-") for device in used), used
+            assert len(set(used)) == len(used) == round_["deltas"] >= 1
+            assert all(device.startswith(("eu-", "us-")) for device in used), used
             assert_not_blank(browser.screenshot("demo-round"))
 
             browser.go("/ui/drift")
@@ -177,6 +178,9 @@ def test_the_kept_demo_s_dashboard_shows_its_fleet_round_alert_and_rollout(
             assert "v1 · released" in graph.text
             assert "v2 · released" in graph.text
             assert f"round {round_['id']}" in graph.text, "the round that made v2 is on its edge"
+            assert f"{len(used)} contributing" in graph.text
+            for device in used[:MAX_LISTED]:
+                assert f"✓ {device}" in graph.text
             assert_not_blank(browser.screenshot("demo-lineage"))
         finally:
             driver.quit()

@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 
 import hub.ui
 from hub.api.auth import Role
+from hub.health import Health
 from hub.ui import session
 from hub.ui.session import Sessions
 from tests import models
@@ -231,3 +232,25 @@ def test_an_unknown_dashboard_path_is_an_html_404_and_static_files_still_load(ap
     assert "no dashboard page /ui/nowhere/at/all" in missing.text
     assert client.get("/ui/static/ui.css").status_code == 200
     assert client.get("/ui/static/nothing.css").status_code == 404
+
+
+def test_the_fleet_page_filters_by_health_and_links_each_health_count(api: Api) -> None:
+    for device_id in ("dev-003", "dev-007"):
+        api.store.devices.set_health(device_id, Health.STUCK)
+    api.store.devices.set_health("dev-050", Health.OK)
+    client = signed(api, "viewer")
+    fleet = client.get("/ui/fleet").text
+    assert '<a href="/ui/fleet?health=stuck">stuck</a>\n        <b>2</b>' in fleet
+    assert '<a href="/ui/fleet?health=ok">ok</a>\n        <b>1</b>' in fleet
+    stuck = client.get("/ui/fleet?health=stuck")
+    assert stuck.status_code == 200
+    listed = re.findall(r'<td><a href="/ui/devices/([^"]+)">', stuck.text)
+    assert listed == ["dev-003", "dev-007"]
+    assert "1–2 of 2" in stuck.text
+    assert "<option selected>stuck</option>" in stuck.text, "the form keeps the filter"
+    both = client.get("/ui/fleet?health=stuck&tag=region:us")
+    assert re.findall(r'<td><a href="/ui/devices/([^"]+)">', both.text) == []
+    assert client.get("/ui/fleet?health=").status_code == 200, "the form's 'any'"
+    refused = client.get("/ui/fleet?health=sick")
+    assert refused.status_code == 422
+    assert "health" in refused.text
