@@ -16,7 +16,6 @@ import hub.ui
 from hub.api.auth import Role
 from hub.health import Health
 from hub.ui import session
-from hub.ui.session import Sessions
 from tests import models
 from tests.clock import FakeClock
 from tests.hub.test_api import Api, add_device, make_api
@@ -165,17 +164,6 @@ def test_pages_escape_what_devices_and_callers_send(api: Api) -> None:
     page = client.get("/ui/devices/dev-x").text
     assert "<script>alert(1)" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
-
-
-def test_sessions_are_bounded_and_expire(clock: FakeClock) -> None:
-    sessions = Sessions(limit=2)
-    now = clock.now_ms()
-    first = sessions.open("a", now_ms=now)
-    second = sessions.open("b", now_ms=now)
-    sessions.open("c", now_ms=now)
-    assert sessions.find(first.id, now_ms=now) is None, "the oldest went first"
-    assert sessions.find(second.id, now_ms=now) == second
-    assert sessions.find(second.id, now_ms=now + session.SESSION_TTL_MS) is None
 
 
 def test_tag_counts_count_devices_per_tag_value_most_common_first(api: Api) -> None:
