@@ -136,10 +136,14 @@ def layout(versions: Sequence[VersionLike]) -> Graph:
     """Place the newest :data:`MAX_VERSIONS` of ``versions`` as a top-down forest."""
     kept = sorted(versions, key=lambda v: v.version)[-MAX_VERSIONS:]
     by_version = {v.version: v for v in kept}
+    # a parent is older than its child; one that is not (never written so) would loop
+    drawn = {
+        v.version for v in kept if v.parent_version in by_version and v.parent_version < v.version
+    }
     children: dict[int, list[int]] = {}
     roots: list[int] = []
     for v in kept:
-        if v.parent_version in by_version:
+        if v.version in drawn and v.parent_version is not None:
             children.setdefault(v.parent_version, []).append(v.version)
         else:
             roots.append(v.version)
@@ -179,7 +183,7 @@ def layout(versions: Sequence[VersionLike]) -> Graph:
             v.version,
             v.status,
             v.parent_version,
-            v.parent_version in by_version,
+            v.version in drawn,
             MARGIN + column[v.version] * COLUMN + (COLUMN - VERSION_W) / 2,
             tops[depth[v.version]],
             depth[v.version],
@@ -220,7 +224,7 @@ def lineage_text(graph: Graph) -> list[str]:
     return [_describe(n) for n in graph.nodes]
 
 
-def _maker_box(m: Maker, x: float, y: float) -> list[str]:
+def _maker_box(m: Maker, x: float, y: float) -> str:
     lines = [
         f'<text x="{x + 8}" y="{y + LINE}" class="maker-title">{escape(m.label[:30])}</text>',
         f'<text x="{x + 8}" y="{y + 2 * LINE}">{escape(m.strategy[:34])}</text>',
@@ -245,11 +249,8 @@ def _maker_box(m: Maker, x: float, y: float) -> list[str]:
     if len(m.flagged) > MAX_LISTED:
         more = len(m.flagged) - MAX_LISTED
         lines.append(f'<text x="{x + 14}" y="{y + row * LINE}">and {more} more flagged</text>')
-    box = (
-        f'<rect x="{x}" y="{y}" width="{MAKER_W}" height="{m.height}" rx="4" class="maker"/>'
-        + "".join(lines)
-    )
-    return [box]
+    rect = f'<rect x="{x}" y="{y}" width="{MAKER_W}" height="{m.height}" rx="4" class="maker"/>'
+    return rect + "".join(lines)
 
 
 def lineage_svg(name: str, graph: Graph, *, current: int | None = None) -> Markup:
@@ -287,7 +288,7 @@ def lineage_svg(name: str, graph: Graph, *, current: int | None = None) -> Marku
             m = node.maker
             mx, my = cx - MAKER_W / 2, top - GAP - m.height
             label = escape(_describe(node).split("; validation")[0])
-            box = "".join(_maker_box(m, mx, my))
+            box = _maker_box(m, mx, my)
             if m.round_id is not None:
                 boxes.append(
                     f'<a href="/ui/rounds/{escape(m.round_id)}" aria-label="{label}">{box}</a>'

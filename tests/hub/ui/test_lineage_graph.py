@@ -131,3 +131,9 @@ def test_an_empty_model_draws_an_empty_graph() -> None:
     graph = layout([])
     assert graph.nodes == ()
     assert ET.fromstring(lineage_svg("m", graph)).tag == f"{SVG}svg"  # noqa: S314
+
+
+def test_a_version_naming_itself_or_a_newer_one_as_parent_is_drawn_as_a_root() -> None:
+    graph = layout([V(1), V(2, 2), V(3, 4), V(4, 1)])
+    assert {n.version for n in graph.nodes if not n.parent_drawn} == {1, 2, 3}
+    assert graph.node(4).parent_drawn
