@@ -3,7 +3,8 @@
 :class:`SqliteStore` implements :class:`hub.store.interface.Store` with one object per
 concern (:mod:`hub.store.devices`, :mod:`~hub.store.desired`, :mod:`~hub.store.registry`,
 :mod:`~hub.store.uplink`, :mod:`~hub.store.audit`, :mod:`~hub.store.tokens`,
-:mod:`~hub.store.counters`), all sharing one :class:`Connection`. The schema is
+:mod:`~hub.store.ui_sessions`, :mod:`~hub.store.counters`), all sharing one
+:class:`Connection`. The schema is
 :mod:`hub.store.migrations`, applied on open.
 
 Concurrency: one connection shared by the hub's threads (ingest, scheduler jobs, REST),
@@ -45,6 +46,7 @@ from hub.store.interface import (
     NotFound,
     Registry,
     StoreError,
+    UiSessions,
     Uplink,
 )
 from hub.store.migrations import migrations
@@ -54,6 +56,7 @@ from hub.store.rollouts import SqliteRollouts
 from hub.store.round_rows import Rounds
 from hub.store.rounds import SqliteRounds
 from hub.store.tokens import SqliteApiTokens, SqliteEnrollmentTokens
+from hub.store.ui_sessions import SqliteUiSessions
 from hub.store.uplink import SqliteUplink
 
 logger = logging.getLogger(__name__)
@@ -169,6 +172,7 @@ class SqliteStore:
         self.audit: Audit = SqliteAudit(self.connection)
         self.api_tokens: ApiTokens = SqliteApiTokens(self.connection)
         self.enrollment_tokens: EnrollmentTokens = SqliteEnrollmentTokens(self.connection)
+        self.ui_sessions: UiSessions = SqliteUiSessions(self.connection)
         self.counters: Counters = SqliteCounters(self.connection)
         self.broker_credentials: BrokerCredentials = SqliteBrokerCredentials(self.connection)
         self.rounds: Rounds = SqliteRounds(self.connection)

@@ -60,6 +60,13 @@ def test_the_store_names_another_device_holding_a_key_whatever_its_status(store:
     assert store.devices.key_holder("12" * 32, besides="dev-x") is None
 
 
+def test_store_filters_devices_by_the_health_it_last_set(store: Store) -> None:
+    store.devices.set_health("dev-1", Health.STUCK)
+    assert [d.id for d in store.devices.page(health=Health.STUCK).items] == ["dev-1"]
+    assert [d.id for d in store.devices.page(health=Health.UNKNOWN).items] == ["dev-0"]
+    assert store.devices.page(health=Health.STUCK, tag=("region", "eu")).total == 0
+
+
 def test_a_device_reads_back_as_it_was_written(store: Store) -> None:
     device = Device(
         "dev-9",

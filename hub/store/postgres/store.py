@@ -31,6 +31,7 @@ from hub.store.interface import (
     EnrollmentTokens,
     Registry,
     StoreUnreachable,
+    UiSessions,
     Uplink,
 )
 from hub.store.postgres import migrate
@@ -41,6 +42,7 @@ from hub.store.rollouts import SqliteRollouts
 from hub.store.round_rows import Rounds
 from hub.store.rounds import SqliteRounds
 from hub.store.tokens import SqliteApiTokens, SqliteEnrollmentTokens
+from hub.store.ui_sessions import SqliteUiSessions
 from hub.store.uplink import SqliteUplink
 
 logger = logging.getLogger(__name__)
@@ -74,6 +76,7 @@ class PostgresStore:
         self.rounds: Rounds = SqliteRounds(connection)
         self.drift: Drift = SqliteDrift(connection)
         self.rollouts: Rollouts = SqliteRollouts(connection)
+        self.ui_sessions: UiSessions = SqliteUiSessions(connection)
 
     @classmethod
     def open(cls, url: str) -> PostgresStore:
