@@ -9,14 +9,13 @@ It keeps the result only if the holdout metric beats the current head's by
 hub: ``trained - base`` per tensor, L2-clipped to the hub's ``delta_clip_norm`` and
 encoded with :mod:`protocol.tensors`.
 
-In a round (the hub's config names one) any strict gain on the holdout sends the delta,
-unserved when it is below ``min_gain``: a round averages what its devices learned, and
-as the fleet model improves most devices gain less than ``min_gain``; leaving them out
-shrank 30-device rounds to a handful of deltas that failed validation, two points short
-of the central head. A device with no gain at all still sends nothing: its delta would
-only dilute what the others learned (a drift round whose undrifted cohort sent deltas
-failed validation). The hub screens and validates the aggregate; the device keeps
-serving its current head.
+In a round (the hub's config names one) the delta goes to the hub whatever the holdout
+says, unserved when it gains less than ``min_gain``: a round averages what its devices
+learned, and as the fleet model improves most devices gain less than ``min_gain``;
+leaving them out shrank 30-device rounds to a handful of deltas that failed validation,
+two points short of the central head. Which devices take part is the hub's choice (the
+round goes only to a drift alert's cohorts, docs/rounds.md); the hub screens and
+validates the aggregate, and the device keeps serving its current head.
 
 Clipping without lying. Training is projected onto the L2 ball of radius
 ``delta_clip_norm`` around the base head, so the clipped delta the hub receives,
@@ -318,8 +317,7 @@ class Learner(Generic[R]):
         )
         summary = _summary(result)
         better = improved(result, s.min_gain)
-        useful = better or (config.round_id is not None and improved(result, 0.0))
-        if not useful:
+        if not better and config.round_id is None:
             return self._finish(None, None, f"unchanged: the current head is as good ({summary})")
         names = {head.weight: 0} | ({head.bias: 1} if head.bias is not None else {})
         trained = (result.weight, result.bias)

@@ -96,13 +96,15 @@ Job = Callable[[HubContext], object]
 
 def round_on_alert(ctx: HubContext) -> Callable[[RoundRequest], object]:
     """What a drift alert of a ``retrain_on_alert`` model does: open a round on the version
-    it alerted on. A refusal (a round already live, a base that is not released) is a
-    :class:`~hub.errors.HubError` that drift audits as the request's outcome."""
+    it alerted on, for the devices of the cohorts it names. A refusal (a round already
+    live, a base that is not released) is a :class:`~hub.errors.HubError` that drift
+    audits as the request's outcome."""
 
     def request(r: RoundRequest) -> object:
         return open_round(
-            ctx, r.model_name, actor=r.requested_by, base_version=r.model_version, trigger="drift"
-        )
+            ctx, r.model_name, actor=r.requested_by, base_version=r.model_version,
+            trigger="drift", cohorts=r.cohorts,
+        )  # fmt: skip
 
     return request
 

@@ -226,13 +226,16 @@ def _story(
     say(f"fleet accuracy on labelled rows since the drift: {load.accuracy('after_drift'):.3f}")
     facts.alerts = [alert]
 
-    step(facts, "round", "the alert opened a federated round on v1 (retrain_on_alert)")
+    step(
+        facts, "round", f"the alert opened a federated round on v1 for {cohort} (retrain_on_alert)"
+    )
     live = wait("the round", lambda: first_round(api))
     say(f"round {live['round_id']}: trigger {live['trigger']}, closes at "
         f"{live['target_deltas']} deltas or in {times.round_deadline_s:g} s")  # fmt: skip
     load.set_phase("round")
-    wait("devices told of the round", lambda: all(
-        d.learning.hub_config.round_id == live["round_id"] for d in load.devices.values()
+    # the round goes to the alert's cohort only: the drifted devices hear of it
+    wait(f"the {cohort} devices told of the round", lambda: all(
+        load.devices[i].learning.hub_config.round_id == live["round_id"] for i in drifted
     ) or None)  # fmt: skip
     x_val, y_val = _recent(task, len(drifted) / len(ids))
     ok(api.put(f"/models/{MODEL}/validation-set",

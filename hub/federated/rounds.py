@@ -37,9 +37,9 @@ from dataclasses import replace
 from hub.context import HubContext
 from hub.errors import Conflict, InvalidRequest
 from hub.federated import candidates
+from hub.federated.announce import announce
 from hub.federated.models import head_of, latest_released, policy_of
 from hub.federated.screening import buffer_slot, buffer_version
-from hub.fleet.desired import publish_desired
 from hub.metrics import ROUNDS_ENDED
 from hub.rounds.aggregate import PRESETS
 from hub.rounds.buffered import Buffer, Flush, plan_flush
@@ -63,8 +63,6 @@ from hub.rounds.policy import ModelPolicy
 from hub.rounds.weighting import Submission
 from hub.store import NotFound
 from hub.store.round_rows import BufferState, DeltaVerdict, RoundRecord
-from protocol import canonical, schema
-from protocol.messages import DeviceConfig, UpdateKind
 
 logger = logging.getLogger(__name__)
 
@@ -120,8 +118,11 @@ def open_round(
     target_deltas: int | None = None,
     duration_ms: int | None = None,
     trigger: str = "operator",
+    cohorts: Sequence[str] = (),
 ) -> RoundRecord:
-    """Open a round of ``model`` and announce it to the devices on its base.
+    """Open a round of ``model`` and announce it to the devices on its base (only those in
+    one of ``cohorts``, such as ``region=eu``, when given: a drift alert's round goes to
+    where the drift is; ``fleet`` or none: every device on the base).
 
     Raises:
         NotFound: no such model or version, or no released version.
@@ -187,10 +188,13 @@ def open_round(
             actor=actor,
             action="round.open",
             target=round_id,
-            detail={"model": model, "base": base.version, "strategy": record.strategy},
-        )
+            detail={
+                "model": model, "base": base.version, "strategy": record.strategy,
+                "cohorts": list(cohorts) or ["fleet"],
+            },
+        )  # fmt: skip
     ROUNDS_ENDED.labels(model, "open").inc()
-    announce(ctx, model, base.version, round_id, policy.max_norm)
+    announce(ctx, model, base.version, round_id, policy.max_norm, cohorts=cohorts)
     return record
 
 
@@ -215,44 +219,6 @@ def cancel_round(ctx: HubContext, round_id: str, *, actor: str) -> RoundRecord:
         store.audit.append(at=ctx.now_ms(), actor=actor, action="round.cancel", target=round_id)
     announce(ctx, record.model, record.base_version, None, None)
     return record
-
-
-def announce(
-    ctx: HubContext, model: str, base_version: int, round_id: str | None, max_norm: float | None
-) -> int:
-    """Set (or, ``round_id`` None, clear) the round in the desired config of every
-    device whose desired model is ``model`` v``base_version``, with what the round takes
-    (statistics in exact mode, deltas otherwise); publish each. How many."""
-    store = ctx.store
-    kind: UpdateKind = "stats" if policy_of(store, model).mode == "exact" else "delta"
-    changed = []
-    for twin in store.desired.twins():
-        desired = twin.desired
-        if desired.model_name != model:
-            continue
-        config = schema.from_json(DeviceConfig, canonical.loads(desired.config.encode()))
-        if round_id is not None and desired.model_version == base_version:
-            wanted = replace(
-                config,
-                round_id=round_id,
-                delta_clip_norm=max_norm or config.delta_clip_norm,
-                update_kind=kind,
-            )
-        elif round_id is None and config.round_id is not None:
-            wanted = replace(config, round_id=None, update_kind="delta")
-        else:
-            continue
-        if wanted == config:
-            continue
-        text = canonical.dumps(schema.to_json(wanted)).decode()
-        store.desired.put(replace(desired, config=text, published_at=None))
-        changed.append(desired.device_id)
-    for device_id in changed:
-        try:
-            publish_desired(ctx, device_id)
-        except Exception:  # stored: the reconciler publishes it
-            logger.exception("desired state of %s not published", device_id)
-    return len(changed)
 
 
 # ---------------------------------------------------------------------- the tick

@@ -58,6 +58,7 @@ class RoundRequest:
     alert_id: str
     reason: str
     requested_by: str
+    cohorts: tuple[str, ...] = ()  # the alert's, e.g. ("region=eu",): where the round goes
 
 
 RequestRound = Callable[[RoundRequest], object]
@@ -173,9 +174,11 @@ def _apply(ctx: HubContext, scope: DriftScope, actions: Sequence[Action]) -> lis
     """Store and audit the alert actions together; the rounds they ask for."""
     requests = []
     now = ctx.now_ms()
+    alerts = {a.alert.id: a.alert for a in actions if not isinstance(a, StartRound)}
     with ctx.store.atomic():
         for action in actions:
             if isinstance(action, StartRound):
+                named = alerts.get(action.alert_id)
                 requests.append(
                     RoundRequest(
                         scope.model_name,
@@ -183,6 +186,7 @@ def _apply(ctx: HubContext, scope: DriftScope, actions: Sequence[Action]) -> lis
                         action.alert_id,
                         action.reason,
                         f"drift:{action.alert_id}",
+                        named.cohort_names if named is not None else (),
                     )
                 )
                 continue

@@ -255,7 +255,9 @@ def test_in_a_round_a_gain_below_min_gain_is_sent_unserved(
     assert learner.serving() is base  # and no head saved for a restart
 
 
-def test_in_a_round_a_device_with_no_gain_sends_nothing(task: ShiftedTask) -> None:
+def test_in_a_round_a_device_with_no_gain_still_sends_its_delta_unserved(
+    task: ShiftedTask,
+) -> None:
     base = runtime_for(task.model)
     learner = Learner(base, settings=LearnerSettings(seed=0))
     x, y = task.sample("A", 400, np.random.default_rng(1))  # what the base was made for
@@ -263,8 +265,10 @@ def test_in_a_round_a_device_with_no_gain_sends_nothing(task: ShiftedTask) -> No
 
     outcome = learner.maybe_retrain(base, DeviceConfig(round_id="round-3"), T0)
 
-    assert (outcome.runtime, outcome.delta) == (None, None)
-    assert outcome.status.startswith("unchanged: the current head is as good")
+    assert outcome.runtime is None
+    assert outcome.delta is not None
+    assert outcome.delta.after <= outcome.delta.before  # no gain, and it says so
+    assert outcome.status.startswith("sent unserved to the round")
 
 
 def test_learner_waits_for_enough_labels_and_does_not_rerun_without_new_ones(

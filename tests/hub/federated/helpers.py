@@ -19,10 +19,10 @@ from hub.federated import rounds
 from hub.registry.artifacts import ArtifactStore
 from hub.registry.registry import Registry
 from hub.rounds.policy import ModelPolicy
-from protocol import canonical
+from protocol import canonical, schema
 from protocol.heads import find_head
 from protocol.manifest import Head
-from protocol.messages import DeltaUpload, ModelRef
+from protocol.messages import DeltaUpload, DeviceConfig, ModelRef
 from protocol.tensors import encode_tensors
 from simulator.task import ShiftedTask
 from tests.hub.hubsim import HubSim, SimDevice
@@ -105,3 +105,9 @@ class FlHub:
 
     def verdicts(self, slot: str) -> list[tuple[str, str, str | None]]:
         return [(v.device_id, v.status, v.reason) for v in self.store.rounds.verdicts(slot)]
+
+
+def desired_config(hub: FlHub, device_id: str) -> tuple[str | None, str]:
+    twin = next(t for t in hub.store.desired.twins() if t.desired.device_id == device_id)
+    config = schema.from_json(DeviceConfig, canonical.loads(twin.desired.config.encode()))
+    return config.round_id, config.update_kind

@@ -14,14 +14,13 @@ from hub.federated import rounds
 from hub.fleet.desired import set_desired
 from hub.registry.profile import ModelRunner
 from hub.rounds.exact import solve_ridge
-from protocol import canonical, schema
 from protocol.headparams import read_head
 from protocol.linearstats import local_stats, targets, to_tensors
 from protocol.manifest import ModelManifest
-from protocol.messages import DeltaUpload, DeviceConfig
+from protocol.messages import DeltaUpload
 from protocol.package import decode_package
 from protocol.tensors import encode_tensors
-from tests.hub.federated.helpers import MODEL, FlHub
+from tests.hub.federated.helpers import MODEL, FlHub, desired_config
 
 L2 = 1e-3
 DEVICES = 4
@@ -104,9 +103,3 @@ def test_an_exact_round_tells_devices_to_send_statistics_and_stops_when_it_ends(
     assert desired_config(hub, "dev-0") == (round_id, "stats")
     rounds.cancel_round(hub.ctx, round_id, actor="test")
     assert desired_config(hub, "dev-0") == (None, "delta")
-
-
-def desired_config(hub: FlHub, device_id: str) -> tuple[str | None, str]:
-    twin = next(t for t in hub.store.desired.twins() if t.desired.device_id == device_id)
-    config = schema.from_json(DeviceConfig, canonical.loads(twin.desired.config.encode()))
-    return config.round_id, config.update_kind

@@ -12,6 +12,7 @@ from agent.trainer import train_head
 from hub.errors import Conflict
 from hub.federated import rounds
 from hub.federated.models import manifest_of
+from hub.fleet.desired import set_desired
 from hub.registry.profile import ModelRunner
 from hub.rounds.aggregate import PRESETS
 from hub.rounds.buffered import BufferPolicy
@@ -21,7 +22,7 @@ from protocol.headparams import read_head, write_head
 from protocol.messages import DeltaUpload
 from protocol.package import decode_package
 from protocol.tensors import clip_l2, decode_tensors, encode_tensors
-from tests.hub.federated.helpers import MODEL, FlHub, npz
+from tests.hub.federated.helpers import MODEL, FlHub, desired_config, npz
 
 
 @pytest.fixture
@@ -267,3 +268,18 @@ def _trained_delta(
     raw = {hub.head.weight: result.weight - w, hub.head.bias or "bias": result.bias - b}
     upload = hub.delta(version=version, round_id=round_id, samples=result.n_train)
     return replace(upload, tensors=encode_tensors(clip_l2(raw, 10.0)))
+
+
+def test_a_round_opened_for_cohorts_reaches_only_their_devices(hub: FlHub) -> None:
+    # a drift alert's round (hub.service.round_on_alert) goes where the drift is
+    for device_id, region in (("dev-eu", "eu"), ("dev-us", "us"), ("dev-eu2", "eu")):
+        hub.device(device_id)
+        hub.store.devices.set_tags(device_id, {"region": region})
+        set_desired(hub.ctx, device_id=device_id, model_name=MODEL, model_version=1, actor="t")
+    record = rounds.open_round(hub.ctx, MODEL, actor="drift:a-1", cohorts=("region=eu",))
+    told = {d: desired_config(hub, d)[0] for d in ("dev-eu", "dev-us", "dev-eu2")}
+    assert told == {"dev-eu": record.round_id, "dev-us": None, "dev-eu2": record.round_id}
+    rounds.cancel_round(hub.ctx, record.round_id, actor="test")
+    assert {desired_config(hub, d)[0] for d in told} == {None}
+    fleet = rounds.open_round(hub.ctx, MODEL, actor="drift:a-2", cohorts=("fleet",))
+    assert {desired_config(hub, d)[0] for d in told} == {fleet.round_id}
