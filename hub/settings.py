@@ -34,6 +34,15 @@ class HubSettings:
     http_port: int = 8080
     client_id: str = ""  # MQTT client id; "" derives one per data directory and process
 
+    # replicas (docs/scale-out.md): several hubs on one store, one broker, shared keys/artifacts
+    database: str = ""  # the store's location (a path, sqlite:///..., a URL); "" is data_dir/hub.db
+    shared_keys_dir: Path | None = None  # the key ring every replica reads; None: data_dir/keys
+    shared_artifacts_dir: Path | None = None  # None: data_dir/artifacts
+    replica_group: str = ""  # "": one hub; else the uplink is shared as $share/<group>/...
+    replica_id: str = ""  # who holds the leader lease; "" derives it from the client id
+    lease_ttl_s: float = 8.0  # a leader silent this long is replaced
+    lease_renew_s: float = 2.0  # how often every replica renews or tries to take the lease
+
     # ingest
     limits: Limits = field(default_factory=Limits)
     freshness: Freshness = field(default_factory=Freshness)
@@ -91,9 +100,20 @@ class HubSettings:
         return self.data_dir / "hub.db"
 
     @property
+    def store_location(self) -> str | Path:
+        """Where the store is: ``database``, or ``hub.db`` in the data directory."""
+        return self.database or self.db_path
+
+    @property
     def keys_dir(self) -> Path:
-        return self.data_dir / "keys"
+        return self.shared_keys_dir or self.data_dir / "keys"
 
     @property
     def artifacts_dir(self) -> Path:
-        return self.data_dir / "artifacts"
+        return self.shared_artifacts_dir or self.data_dir / "artifacts"
+
+    @property
+    def uplink_filter_prefix(self) -> str:
+        """What the uplink subscription's filter is prefixed with: ``$share/<group>/`` for a
+        replica (the broker hands each frame to one member of the group), else nothing."""
+        return f"$share/{self.replica_group}/" if self.replica_group else ""

@@ -13,6 +13,7 @@ transaction, the caches and the acknowledgements.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from hub.health import OFFLINE_FLAG, derive
@@ -24,6 +25,7 @@ from hub.store.rows import (
     DataWindowRecord,
     DeltaRecord,
     DeviceAckRecord,
+    DeviceIdentity,
     HelloUpdate,
     ReportedTwin,
     StateRecord,
@@ -31,6 +33,7 @@ from hub.store.rows import (
     UplinkRecord,
     UplinkSeen,
 )
+from protocol import keys
 from protocol.messages import (
     MAX_REASON,
     DataDelta,
@@ -39,6 +42,7 @@ from protocol.messages import (
     FetchRequest,
     StateReport,
 )
+from protocol.replay import SeqWindow
 
 REFUSED_INSTALLS = frozenset({"refused", "failed", "rolled_back"})
 
@@ -202,3 +206,20 @@ class Batch:
         )
         if self.audits:
             store.audit.append_many(self.audits)
+
+
+def load_device(identity: DeviceIdentity) -> Device:
+    """What the rules check a device's frames against, from what the store pins."""
+    window = identity.up_window
+    return Device(
+        id=identity.id,
+        status=identity.status,
+        key_hex=identity.public_key,
+        key=keys.public_from_hex(identity.public_key),
+        window=SeqWindow.from_bytes(window) if window else SeqWindow(),
+    )
+
+
+def device_ids(items: Iterable[tuple[str, bytes]], base: str) -> set[str]:
+    """The device ids in the topics of ``items`` (``<base><id>/up/<kind>``; others skipped)."""
+    return {topic[len(base) :].partition("/")[0] for topic, _ in items if topic.startswith(base)}

@@ -91,12 +91,12 @@ def assemble(
         settings.broker_url,
         client_id=login[0] if login else settings.mqtt_client_id(os.getpid()),
         inbox=inbox,
-        subscriptions=[topics.all_up()],
+        subscriptions=[settings.uplink_filter_prefix + topics.all_up()],
         tls=tls,
         on_ready=on_ready,
         login=login,
     )
-    store = store or open_store(settings.db_path)
+    store = store or open_store(settings.store_location)
     downlink = Downlink(store, link, topics, key, clock, limits=settings.limits)
     delivery = Delivery(
         store, artifacts or ArtifactStore(settings.artifacts_dir), downlink, clock, settings

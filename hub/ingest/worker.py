@@ -24,6 +24,9 @@ truth. The cache is updated only after a commit, dropped when a batch fails, and
 when the ``devices_epoch`` counter moved (approve/revoke/preauthorize bump it), checked
 inside each batch's transaction, so a revocation applies from the next batch on.
 
+**Replicas** (docs/scale-out.md): a batch takes the store's write lock first and locks its
+devices' rows; a cached device whose stored window another replica moved is read again.
+
 **Rejections** are counted (``edgefleet_hub_rejected_total{reason}``) and audited by
 :mod:`hub.ingest.sentry`: attacks always (outcome ``alert``), garbage a few rows per sender
 then summarised per reason; last wills count towards ``cloned_device``. Audit rows never
@@ -61,7 +64,15 @@ from edgefleet.clock import Clock
 from hub.federated.screening import DeltaScreening
 from hub.fleet import enrollment
 from hub.fleet.identity import ACTIVE, PENDING, Enroll, Pend, Refuse
-from hub.ingest.batch import Batch, SeenDevice, StateUpdate, record, reported_twin
+from hub.ingest.batch import (
+    Batch,
+    SeenDevice,
+    StateUpdate,
+    device_ids,
+    load_device,
+    record,
+    reported_twin,
+)
 from hub.ingest.rules import (
     Admitted,
     Claimed,
@@ -92,9 +103,7 @@ from hub.store import Store
 from hub.store.round_rows import DeltaVerdict
 from hub.store.rows import DeviceIdentity
 from hub.transport.mqtt import Inbound
-from protocol import keys
 from protocol.messages import DeltaUpload, FetchRequest, Hello, StateReport
-from protocol.replay import SeqWindow
 from protocol.topics import Topics
 
 logger = logging.getLogger(__name__)
@@ -173,6 +182,8 @@ class Ingest:
             PENDING_ANSWERS_PER_MIN, max_unknown=settings.max_pending_devices
         )
         self._devices: dict[str, Device] = {}
+        self._windows: dict[str, bytes | None] = {}  # the stored window each cached one began as
+        self._up_base = Topics(settings.topic_prefix).base + "/d/"
         self._epoch = -1
         self._fingerprints: OrderedDict[tuple[str, int], bytes] = OrderedDict()
         self._audited = 0
@@ -269,8 +280,9 @@ class Ingest:
             decoded = self.ahead.start(items)
         batch = Batch(self.clock.now_ms())
         try:
-            with self.store.atomic():
+            with self.store.immediate():
                 self._sync_epoch()
+                self._lock_windows(items)
                 lookup = self._lookup(batch)
                 for (topic, payload), ahead in zip(items, decoded, strict=True):
                     self._one(topic, payload, batch, lookup, ahead)
@@ -335,7 +347,8 @@ class Ingest:
                 identity = self.store.devices.identity(device_id)
                 if identity is None:
                     return None
-                device = self._devices[device_id] = _device(identity)
+                device = self._devices[device_id] = load_device(identity)
+                self._windows[device_id] = identity.up_window
             return device
 
         return lookup
@@ -369,7 +382,7 @@ class Ingest:
         identity = DeviceIdentity(
             claim.device_id, ACTIVE if active else PENDING, claim.hello.public_key, None
         )
-        seen = batch.seen[claim.device_id] = SeenDevice(_device(identity))
+        seen = batch.seen[claim.device_id] = SeenDevice(load_device(identity))
         if not active:
             if isinstance(decision, Pend) and self._answer(claim.device_id, batch):
                 seen.refused.append((claim.seq, f"pending: {decision.reason}"))
@@ -431,12 +444,24 @@ class Ingest:
             self._devices.clear()
             self._epoch = epoch
 
+    def _lock_windows(self, items: Sequence[Inbound]) -> None:
+        """Lock the rows of the devices ``items`` come from, and drop a cached device whose
+        stored window is not the one its cache was built on: another hub replica (sharing
+        the uplink through ``$share``) admitted frames of it since. Judged against the
+        stored window, a frame that replica stored is a duplicate here, never new twice."""
+        ids = device_ids(items, self._up_base)
+        for device_id, window in self.store.devices.windows_for_update(ids).items():
+            if device_id in self._devices and self._windows.get(device_id) != window:
+                del self._devices[device_id]
+
     # ------------------------------------------------------------------ after the commit
 
     def _committed(self, batch: Batch) -> None:
         for device_id, seen in batch.seen.items():
             if seen.device.status == ACTIVE:
                 self._devices[device_id] = seen.device
+                if seen.last_seen is not None:  # Batch.write stored this window
+                    self._windows[device_id] = seen.device.window.to_bytes()
             DUPLICATES.inc(len(seen.duplicates))
         for kind, count in Counter(frame.kind for frame in batch.admitted).items():
             INGESTED.labels(kind).inc(count)
@@ -486,15 +511,3 @@ class Ingest:
         self._audited = 0
         self.store.audit.prune(outcome="rejected", keep=self.settings.audit_rejections_keep)
         self.store.audit.prune(outcome="alert", keep=self.settings.audit_alerts_keep)
-
-
-def _device(identity: DeviceIdentity) -> Device:
-    """What the rules check a device's frames against, from what the store pins."""
-    window = identity.up_window
-    return Device(
-        id=identity.id,
-        status=identity.status,
-        key_hex=identity.public_key,
-        key=keys.public_from_hex(identity.public_key),
-        window=SeqWindow.from_bytes(window) if window else SeqWindow(),
-    )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from functools import lru_cache
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -23,6 +23,8 @@ from hub.store.rows import (
     UplinkSeen,
 )
 from protocol import canonical
+
+_IN_CHUNK = 500  # ids per IN (...) list, well below SQLite's bound on parameters
 
 if TYPE_CHECKING:
     from hub.store.sqlite import Connection
@@ -171,6 +173,20 @@ class SqliteDevices:
         if row is None:
             return None
         return DeviceIdentity(row["id"], row["status"], row["public_key"], row["up_window"])
+
+    def windows_for_update(self, device_ids: Collection[str]) -> dict[str, bytes | None]:
+        ids = sorted(device_ids)
+        found: dict[str, bytes | None] = {}
+        for start in range(0, len(ids), _IN_CHUNK):
+            chunk = ids[start : start + _IN_CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            found.update(
+                self._c.tuples(
+                    f"SELECT id, up_window FROM devices WHERE id IN ({marks})",  # noqa: S608
+                    chunk,
+                )
+            )
+        return found
 
     def page(
         self,

@@ -34,6 +34,7 @@ from typing import ClassVar, Protocol, TypeVar
 from hub.errors import HubError
 from hub.health import Health
 from hub.store.drift_rows import Drift
+from hub.store.lease_rows import Leases
 from hub.store.rollout_rows import Rollouts
 from hub.store.round_rows import Rounds
 from hub.store.rows import (
@@ -103,6 +104,13 @@ class Devices(Protocol):
         ...
 
     def identity(self, device_id: str) -> DeviceIdentity | None: ...
+
+    def windows_for_update(self, device_ids: Collection[str]) -> dict[str, bytes | None]:
+        """Each known device's replay window (``up_window``), its row locked until the
+        transaction ends: the caller holds ``immediate()`` (SQLite's write lock already
+        serialises; PostgreSQL: ``SELECT ... ORDER BY id FOR UPDATE``), so two hub
+        replicas never judge one device's frames against the same window."""
+        ...
 
     def page(
         self,
@@ -449,6 +457,9 @@ class Store(Protocol):
 
     @property
     def rollouts(self) -> Rollouts: ...
+
+    @property
+    def leases(self) -> Leases: ...
 
     def atomic(self) -> AbstractContextManager[None]: ...
 

@@ -464,3 +464,14 @@ def m013_shadow_assignments(db: Database) -> None:
     # hub.fleet.desired: the shadow assignment a device's desired state carries beside the
     # served one (a rollout's shadow stage), by its version in ``assignments``; NULL: none.
     db.table("desired").add_column("shadow_version", int)
+
+
+@migrations()
+def m015_leases(db: Database) -> None:
+    # hub.leader: the lease that names the one replica running the scheduled jobs
+    # (docs/scale-out.md); a generation per change of hands fences a deposed holder.
+    db.table("leases").create(
+        {"name": str, "holder": str, "generation": int, "acquired_ms": int, "expires_ms": int},
+        pk="name",
+        not_null={"holder", "generation", "acquired_ms", "expires_ms"},
+    )

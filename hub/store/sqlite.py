@@ -47,6 +47,8 @@ from hub.store.interface import (
     StoreError,
     Uplink,
 )
+from hub.store.lease_rows import Leases
+from hub.store.leases import SqliteLeases
 from hub.store.migrations import migrations
 from hub.store.registry import SqliteRegistry
 from hub.store.rollout_rows import Rollouts
@@ -174,6 +176,7 @@ class SqliteStore:
         self.rounds: Rounds = SqliteRounds(self.connection)
         self.drift: Drift = SqliteDrift(self.connection)
         self.rollouts: Rollouts = SqliteRollouts(self.connection)
+        self.leases: Leases = SqliteLeases(self.connection)
 
     @classmethod
     def open(cls, path: str | Path) -> SqliteStore:
