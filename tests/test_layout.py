@@ -128,6 +128,7 @@ PURE_CORES = (
     "hub/store/round_rows.py",  # the typed rows of federated rounds
     "hub/store/drift_rows.py",  # the drift concern's typed rows
     "hub/store/rollout_rows.py",  # the rollouts' part of the contract
+    "hub/store/lease_rows.py",  # the leases' part of the contract
     "hub/transport/__init__.py",
     "hub/transport/broker_access.py",  # who may touch which topic, for both brokers
     "hub/transport/mosquitto.py",  # Mosquitto's configuration as text

@@ -102,7 +102,11 @@ def retained_fleet_documents(broker: BrokerRunner, topics: Topics) -> set[str]:
 def test_hub_serves_rest_and_enrolls_a_device_over_mqtt(
     hub: HubService, broker: BrokerRunner, topics: Topics
 ) -> None:
-    assert httpx.get(f"{hub.http_url}/healthz").json() == {"status": "ok", "store": True}
+    assert httpx.get(f"{hub.http_url}/healthz").json() == {
+        "status": "ok",
+        "store": True,
+        "role": "single",
+    }
     admin = auth.create_token(hub.store, role="admin", name="t", actor="cli", now_ms=CLOCK.now_ms())
     token = enrollment.create_token(hub.store, kind="single", by="test", now_ms=CLOCK.now_ms())
     device = DeviceDouble(broker, topics, "dev-1", hub.keyring.chain[0], now=CLOCK.now_ms)
