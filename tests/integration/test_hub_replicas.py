@@ -11,20 +11,29 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 
+from hub import keyring
 from hub.api import auth
-from hub.fleet import enrollment
+from hub.context import HubContext
+from hub.fleet import enrollment, rollouts
+from hub.rollouts import RolloutSpec, Stage
+from hub.rollouts.spec import GateSpec
+from hub.settings import HubSettings
+from hub.store import Store
 from hub.store.dialects import open_store
 from hub.store.rows import TelemetryRecord
 from protocol.topics import Topics
 from tests.brokers import BrokerRunner
+from tests.hub.rollouts_shell.live import CLOCK, MODEL, Load, devices, eventually, prepare
 from tests.integration.replicas import Replica, Shared
 from tests.integration.test_hub_ingest import ResendingPublisher, wait_until
 
 HANDOVER_S = 15.0
+SUCCESS = (GateSpec.default("update_success"),)
 
 
 def stored(db: Path) -> set[tuple[str, int]]:
@@ -98,3 +107,89 @@ def test_kill_9_of_one_of_three_replicas_during_10000_frames_stores_each_frame_o
     kill_one_mid_ingest(
         mosquitto_broker, topics, tmp_path, replicas=3, frames=10_000, in_flight=100
     )
+
+
+def assignments(store: Store, device_id: str) -> list[int]:
+    """The model version of each assignment signed for ``device_id``, in order."""
+    return [
+        record.model_version
+        for k in range(1, store.desired.next_assignment_version(device_id))
+        if (record := store.desired.assignment(device_id, k)) is not None
+    ]
+
+
+def test_a_follower_takes_over_from_a_killed_leader_within_15_s_and_resumes_its_work(
+    mosquitto_broker: BrokerRunner, tmp_path: Path
+) -> None:
+    data, prefix = prepare(tmp_path)  # released models: the leader heartbeats
+    shared, topics = Shared(data, keyring.load(data / "keys")), Topics(prefix)
+    with ExitStack() as stack:
+        leader = stack.enter_context(Replica.start(shared, "r0", mosquitto_broker, topics))
+        follower = stack.enter_context(Replica.start(shared, "r1", mosquitto_broker, topics))
+        assert (leader.role(), follower.role()) == ("leader", "follower")
+        store = open_store(shared.database)
+        stack.callback(store.close)
+        beats = store.counters.get("heartbeat_version")
+        leader.kill()
+        killed_at = time.monotonic()
+        eventually(lambda: follower.role() == "leader", "the follower leads", HANDOVER_S)
+        assert time.monotonic() - killed_at <= HANDOVER_S
+        lease = store.leases.get("leader")
+        assert lease is not None
+        assert (lease.holder, lease.generation) == ("r1", 2)
+        actors = [e.actor for e in store.audit.page(action="leader.acquired").items]
+        assert actors == ["replica:r1", "replica:r0"]
+        # the new leader republished from the store: a fresh heartbeat, its version drawn there
+        eventually(lambda: store.counters.get("heartbeat_version") > beats, "a new heartbeat")
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_leader_mid_rollout_hands_the_jobs_over_within_15_s(
+    tmp_path: Path, mosquitto_broker: BrokerRunner
+) -> None:
+    data, prefix = prepare(tmp_path)
+    shared = Shared(data, keyring.load(data / "keys"))
+    topics = Topics(prefix)
+    fast = ("--rollout-tick", "0.25", "--reconcile-interval", "1", "--offline-after", "30")
+    with ExitStack() as stack:
+        store = open_store(data / "hub.db")
+        stack.callback(store.close)
+        ctx = HubContext(store, shared.ring, CLOCK, HubSettings(data_dir=data))
+        leader = stack.enter_context(Replica.start(shared, "r0", mosquitto_broker, topics, *fast))
+        follower = stack.enter_context(Replica.start(shared, "r1", mosquitto_broker, topics, *fast))
+        assert (leader.role(), follower.role()) == ("leader", "follower")
+        fleet = stack.enter_context(devices(ctx, tmp_path, mosquitto_broker.url, prefix, 10))
+        load = Load(fleet.devices)
+        load.start()
+        stack.callback(load.stop)
+        spec = RolloutSpec(
+            MODEL, 2, seed=4, device_timeout_ms=30_000,
+            stages=(
+                Stage(10, bake_ms=500, extend_ms=0, gates=SUCCESS),
+                Stage(50, bake_ms=4_000, extend_ms=0, gates=SUCCESS),
+                Stage(100, bake_ms=0, gates=SUCCESS),
+            ),
+        )  # fmt: skip
+        rollout_id = rollouts.create(ctx, spec, actor="test").rollout.rollout_id
+
+        def in_stage_2() -> bool:
+            rollout = rollouts.get(ctx, rollout_id).rollout
+            return rollout.phase == "baking" and rollout.stage == 1
+
+        eventually(in_stage_2, "stage 2")
+        leader.kill()
+        killed_at = time.monotonic()
+        assert 0 < len(store.rollouts.progress(rollout_id)) < 10
+        eventually(lambda: follower.role() == "leader", "the follower leads", HANDOVER_S)
+        assert time.monotonic() - killed_at <= HANDOVER_S
+        [taken] = [
+            e for e in store.audit.page(action="leader.acquired").items if e.actor == "replica:r1"
+        ]
+        assert '"replica":"r1"' in taken.detail
+        eventually(
+            lambda: rollouts.get(ctx, rollout_id).rollout.phase == "completed",
+            "the rollout completes under the new leader",
+        )
+        eventually(lambda: all(fleet.serving(d) == 2 for d in fleet.devices), "all on v2")
+        for device_id in fleet.devices:
+            assert assignments(store, device_id) == [1, 2], device_id
