@@ -75,7 +75,7 @@ from hub.ingest.pipeline import IngestService
 from hub.keyring import Keyring, KeyringError, LiveKeyring
 from hub.leader import Leadership
 from hub.monitor.jobs import RoundRequest, maintain_job, score_job
-from hub.registry.artifacts import ArtifactStore
+from hub.registry.artifacts import Artifacts, ArtifactStore
 from hub.registry.registry import Registry
 from hub.settings import HubSettings
 from hub.store import Store
@@ -251,7 +251,7 @@ class HubService:
 
     settings: HubSettings  # as started: the real broker URL and HTTP port
     context: HubContext
-    artifacts: ArtifactStore
+    artifacts: Artifacts
     registry: Registry
     pipeline: IngestService
     scheduler: BackgroundScheduler

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edgefleet.clock import Clock, SystemClock
 from hub.fleet.delivery import Delivery
 from hub.ingest.worker import Ingest
-from hub.registry.artifacts import ArtifactStore
+from hub.registry.artifacts import Artifacts, ArtifactStore
 from hub.settings import HubSettings
 from hub.store import Store
 from hub.store.dialects import open_store
@@ -69,7 +69,7 @@ def assemble(
     *,
     clock: Clock | None = None,
     store: Store | None = None,
-    artifacts: ArtifactStore | None = None,
+    artifacts: Artifacts | None = None,
     tls: TlsFiles | None = None,
     on_ready: Callable[[], None] | None = None,
     login: tuple[str, str] | None = None,

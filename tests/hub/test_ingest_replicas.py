@@ -68,9 +68,7 @@ def test_two_replicas_racing_on_the_same_devices_store_every_frame_once(
 ) -> None:
     a, b = replicas
     devices = [enrolled(a, f"dev-{i}") for i in range(5)]
-    frames = [
-        (d.id, seq, d.frame(telemetry(seq), seq=seq)) for d in devices for seq in range(1, 121)
-    ]
+    frames = [d.frame(telemetry(seq), seq=seq) for d in devices for seq in range(1, 121)]
     rng = random.Random(15)
     # every frame reaches one replica, a third of them again (a resend) the other or the same
     feeds: tuple[list[tuple[str, bytes]], list[tuple[str, bytes]]] = ([], [])
