@@ -5,6 +5,7 @@ serve`` (:class:`hub.service.HubService`) adds REST and the scheduler around it,
 this module's ``main`` runs it alone::
 
     python -m hub.ingest.pipeline --data DIR --broker URL [--prefix P] --key ROLLOUT.pem
+        [--database LOCATION --replica-group NAME]   # one of several replicas (bench/scale_out.py)
 
 The crash tests and the benchmark run that as a subprocess they can SIGKILL. It prints
 ``ready`` on stdout once the broker has granted the subscription, and exits 0 on SIGTERM
@@ -141,6 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--prefix", default="ef", help="topic prefix (default ef)")
     parser.add_argument("--key", type=Path, required=True, help="rollout key, PKCS#8 PEM")
     parser.add_argument("--client-id", default="edgefleet-hub-ingest")
+    parser.add_argument("--database", default="", help="store location (default DATA/hub.db)")
+    parser.add_argument("--replica-group", default="", help="share the uplink as $share/NAME/")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     settings = HubSettings(
@@ -148,6 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         broker_url=args.broker,
         topic_prefix=args.prefix,
         client_id=args.client_id,
+        database=args.database,
+        replica_group=args.replica_group,
     )
     key = keys.private_from_pem(args.key.read_bytes())
     service = start(settings, key)
