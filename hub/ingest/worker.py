@@ -24,8 +24,8 @@ truth. The cache is updated only after a commit, dropped when a batch fails, and
 when the ``devices_epoch`` counter moved (approve/revoke/preauthorize bump it), checked
 inside each batch's transaction, so a revocation applies from the next batch on.
 
-**Replicas** (docs/scale-out.md): a batch takes the store's write lock first and locks its
-devices' rows; a cached device whose stored window another replica moved is read again.
+**Replicas** (docs/scale-out.md): a batch's transaction (``store.for_update()``) locks its
+devices' rows first; a cached device whose stored window another replica moved is read again.
 
 **Rejections** are counted (``edgefleet_hub_rejected_total{reason}``) and audited by
 :mod:`hub.ingest.sentry`: attacks always (outcome ``alert``), garbage a few rows per sender
@@ -280,7 +280,7 @@ class Ingest:
             decoded = self.ahead.start(items)
         batch = Batch(self.clock.now_ms())
         try:
-            with self.store.immediate():
+            with self.store.for_update():
                 self._sync_epoch()
                 self._lock_windows(items)
                 lookup = self._lookup(batch)

@@ -107,8 +107,8 @@ class Devices(Protocol):
 
     def windows_for_update(self, device_ids: Collection[str]) -> dict[str, bytes | None]:
         """Each known device's replay window (``up_window``), its row locked until the
-        transaction ends: the caller holds ``immediate()`` (SQLite's write lock already
-        serialises; PostgreSQL: ``SELECT ... ORDER BY id FOR UPDATE``), so two hub
+        transaction ends (call it inside ``for_update()``; SQLite's one writer already
+        serialises, PostgreSQL: ``SELECT ... ORDER BY id FOR UPDATE``), so two hub
         replicas never judge one device's frames against the same window."""
         ...
 
@@ -464,6 +464,14 @@ class Store(Protocol):
     def atomic(self) -> AbstractContextManager[None]: ...
 
     def immediate(self) -> AbstractContextManager[None]: ...
+
+    def for_update(self) -> AbstractContextManager[None]:
+        """A transaction in which the caller locks the rows it reads before writing them
+        (the ``*_for_update`` methods), so concurrent writers serialise per row, not
+        globally: SQLite has one writer, so this takes the write lock first (as
+        ``immediate``); PostgreSQL runs a plain transaction and locks rows as they are read
+        (an ingest batch of hub replicas, docs/scale-out.md)."""
+        ...
 
     def ping(self) -> bool:
         """Whether the store answers a trivial query (``/healthz``)."""

@@ -212,6 +212,9 @@ class SqliteStore:
     def immediate(self) -> AbstractContextManager[None]:
         return self.connection.immediate()
 
+    def for_update(self) -> AbstractContextManager[None]:
+        return self.connection.immediate()  # one writer: rows need no lock of their own
+
     def ping(self) -> bool:
         try:
             self.connection.scalar("SELECT 1")
