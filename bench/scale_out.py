@@ -50,7 +50,7 @@ from protocol import keys
 from protocol.topics import Topics
 from tests.brokers import MosquittoBroker, find_mosquitto
 
-DEVICES = 12
+DEVICES = 10  # divides MESSAGES: bench.hub.Stream signs MESSAGES // DEVICES per device
 TRIALS = 3
 REPLICAS = (1, 2, 3)
 POSTGRES_ENV = "EDGEFLEET_BENCH_POSTGRES"
