@@ -79,6 +79,7 @@ from hub.registry.artifacts import Artifacts, ArtifactStore
 from hub.registry.registry import Registry
 from hub.settings import HubSettings
 from hub.store import Store
+from hub.store.dialects import describe
 from hub.transport import broker_accounts
 from hub.transport.broker import EmbeddedBroker
 from hub.transport.downlink import Downlink
@@ -393,10 +394,11 @@ class HubService:
                 stops.pop_all(),
             )
         logger.info(
-            "hub serving %s (dashboard %s/ui, broker %s)",
+            "hub serving %s (dashboard %s/ui, broker %s, store %s)",
             service.http_url,
             service.http_url,
             service.broker_url,
+            describe(settings.store_location),  # never a password
         )
         return service
 

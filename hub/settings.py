@@ -33,13 +33,13 @@ class HubSettings:
     http_host: str = "127.0.0.1"
     http_port: int = 8080
     client_id: str = ""  # MQTT client id; "" derives one per data directory and process
+    database: str = ""  # the store: a postgresql:// or sqlite:/// URL; "" is data_dir/hub.db
 
     # replicas (docs/scale-out.md): several hubs on one store, one broker, shared keys/artifacts
-    database: str = ""  # the store's location (a path, sqlite:///..., a URL); "" is data_dir/hub.db
     shared_keys_dir: Path | None = None  # the key ring every replica reads; None: data_dir/keys
     shared_artifacts_dir: Path | None = None  # None: data_dir/artifacts
     replica_group: str = ""  # "": one hub; else the uplink is shared as $share/<group>/...
-    replica_id: str = ""  # who holds the leader lease; "" derives it from the client id
+    replica_id: str = ""  # who holds the leader lease; "" is HOST:DATA (hub.service.replica_id)
     lease_ttl_s: float = 8.0  # a leader silent this long is replaced
     lease_renew_s: float = 2.0  # how often every replica renews or tries to take the lease
 
@@ -97,12 +97,19 @@ class HubSettings:
 
     @property
     def db_path(self) -> Path:
+        """The SQLite store's file (the default store)."""
         return self.data_dir / "hub.db"
 
     @property
     def store_location(self) -> str | Path:
-        """Where the store is: ``database``, or ``hub.db`` in the data directory."""
+        """Where the store is, for :func:`hub.store.dialects.open_store`: ``database`` if
+        set (PostgreSQL), else :attr:`db_path`."""
         return self.database or self.db_path
+
+    def store_exists(self) -> bool:
+        """Whether a store is there to open: a database URL is assumed to be; SQLite's
+        file must exist (commands other than ``serve`` never start a fresh one by typo)."""
+        return bool(self.database) or self.db_path.exists()
 
     @property
     def keys_dir(self) -> Path:

@@ -27,7 +27,7 @@ from protocol import canonical
 _IN_CHUNK = 500  # ids per IN (...) list, well below SQLite's bound on parameters
 
 if TYPE_CHECKING:
-    from hub.store.sqlite import Connection
+    from hub.store.sql import Connection
 
 COLUMNS = (
     "id",
@@ -175,18 +175,22 @@ class SqliteDevices:
         return DeviceIdentity(row["id"], row["status"], row["public_key"], row["up_window"])
 
     def windows_for_update(self, device_ids: Collection[str]) -> dict[str, bytes | None]:
-        ids = sorted(device_ids)
+        ids = sorted(device_ids)  # locked in one order: two replicas never deadlock
+        lock = " FOR UPDATE" if self._c.row_locks else ""
         found: dict[str, bytes | None] = {}
         for start in range(0, len(ids), _IN_CHUNK):
             chunk = ids[start : start + _IN_CHUNK]
             marks = ", ".join("?" * len(chunk))
-            found.update(
-                self._c.tuples(
-                    f"SELECT id, up_window FROM devices WHERE id IN ({marks})",  # noqa: S608
-                    chunk,
-                )
-            )
+            sql = f"SELECT id, up_window FROM devices WHERE id IN ({marks}) ORDER BY id{lock}"  # noqa: S608
+            found.update(self._c.tuples(sql, chunk))
         return found
+
+    def key_holder(self, public_key: str, *, besides: str) -> str | None:
+        found = self._c.scalar(
+            "SELECT id FROM devices WHERE public_key = ? AND id != ? ORDER BY id LIMIT 1",
+            [public_key, besides],
+        )
+        return None if found is None else str(found)
 
     def page(
         self,
@@ -254,7 +258,7 @@ class SqliteDevices:
             "SELECT json_extract(reported, '$.install.status') AS outcome, "
             "coalesce(json_extract(reported, '$.install.reason'), '') AS why, count(*) "
             "FROM devices WHERE status = 'active' AND json_valid(reported) "
-            "AND outcome IS NOT NULL GROUP BY outcome, why"
+            "AND json_extract(reported, '$.install.status') IS NOT NULL GROUP BY outcome, why"
         )
         return [InstallCount(str(outcome), str(why), n) for outcome, why, n in rows]
 
@@ -327,11 +331,11 @@ class SqliteDevices:
 
     def mark_offline(self, *, seen_before_ms: int) -> list[str]:
         with self._c.atomic():
-            rows = self._c.conn.execute(
+            rows = self._c.tuples(
                 "UPDATE devices SET online = 0 WHERE online = 1 AND "
                 "coalesce(last_seen, 0) < ? RETURNING id",
                 [seen_before_ms],
-            ).fetchall()
+            )
         return sorted(row[0] for row in rows)
 
     def note_refusals(self, refusals: Mapping[str, tuple[str, int]]) -> None:

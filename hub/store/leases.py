@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from hub.store.lease_rows import Lease
 
 if TYPE_CHECKING:
-    from hub.store.sqlite import Connection
+    from hub.store.sql import Connection
 
 _COLUMNS = "name, holder, generation, acquired_ms, expires_ms"
 _SELECT = f"SELECT {_COLUMNS} FROM leases WHERE name = ?"  # noqa: S608

@@ -22,11 +22,10 @@ from tests.hub.hubsim import HubSim, SimDevice
 
 
 @pytest.fixture
-def replicas(tmp_path: Path) -> Iterator[tuple[HubSim, HubSim]]:
-    """Two ingest pipelines, each with its own connection to one store file."""
-    path = tmp_path / "hub.db"
-    a = HubSim(tmp_path / "a", store=open_store(path))
-    b = HubSim(tmp_path / "b", store=open_store(path))
+def replicas(tmp_path: Path, store_url: str) -> Iterator[tuple[HubSim, HubSim]]:
+    """Two ingest pipelines, each with its own connection to one store (each dialect)."""
+    a = HubSim(tmp_path / "a", store=open_store(store_url))
+    b = HubSim(tmp_path / "b", store=open_store(store_url))
     yield a, b
     a.store.close()
     b.store.close()

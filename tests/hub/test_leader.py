@@ -1,6 +1,6 @@
 """The leader lease (hub.store.leases, hub.leader): who runs the scheduled jobs among
-replicas, on one store, with an injected clock; two ``Leadership`` objects on one SQLite
-file stand for two replicas."""
+replicas, on one store, with an injected clock; two ``Leadership`` objects on one store
+(each dialect: ``store_url``) stand for two replicas."""
 
 from __future__ import annotations
 
@@ -21,10 +21,11 @@ TTL_MS = 8_000
 
 
 @pytest.fixture
-def stores(tmp_path: Path) -> Iterator[tuple[Store, Store]]:
-    """Two connections to one store file, as two replica processes have."""
-    first = open_store(tmp_path / "hub.db")
-    second = open_store(tmp_path / "hub.db")
+def stores(store_url: str) -> Iterator[tuple[Store, Store]]:
+    """Two connections to one store (a SQLite file, a PostgreSQL database), as two replica
+    processes have."""
+    first = open_store(store_url)
+    second = open_store(store_url)
     yield first, second
     first.close()
     second.close()
