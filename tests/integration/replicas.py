@@ -28,26 +28,30 @@ from hub.keyring import Keyring
 from protocol.topics import Topics
 from tests.brokers import BrokerRunner
 
-READY_S = 30.0
+READY_S = 60.0  # a replica starts in a few seconds; a loaded 2-core machine took 30
 GROUP = "edgefleet-hubs"
 _SERVING = re.compile(r"hub serving (http://\S+)")
 
 
 @dataclass(frozen=True)
 class Shared:
-    """What every replica shares: the store file, the key ring, the artifacts."""
+    """What every replica shares: the store, the key ring, the artifacts under ``root``.
+    ``database`` "" is one SQLite file in ``root`` (replicas on one machine); else a
+    PostgreSQL URL (the ``database`` fixture's)."""
 
     root: Path
     ring: Keyring
+    database_url: str = ""
 
     @classmethod
-    def create(cls, root: Path, *, now_ms: int | None = None) -> Shared:
+    def create(cls, root: Path, database: str = "", *, now_ms: int | None = None) -> Shared:
         now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
-        return cls(root, keyring.init(root / "keys", now_ms=now))
+        return cls(root, keyring.init(root / "keys", now_ms=now), database)
 
     @property
-    def database(self) -> Path:
-        return self.root / "hub.db"
+    def database(self) -> str:
+        """The store's location, as ``--database`` takes it."""
+        return self.database_url or f"sqlite:///{self.root / 'hub.db'}"
 
     @property
     def artifacts(self) -> Path:
@@ -77,7 +81,7 @@ class Replica:
             *(sys.executable, "-m", "edgefleet", "hub", "serve"),
             *("--data", str(shared.root / name), "--broker", broker.url),
             *("--topic-prefix", topics.prefix, "--port", "0"),
-            *("--database", str(shared.database), "--keys", str(shared.root / "keys")),
+            *("--database", shared.database, "--keys", str(shared.root / "keys")),
             *("--artifacts", str(shared.artifacts), "--replica-group", GROUP),
             *("--replica-id", name),
             *extra,

@@ -1,5 +1,6 @@
 """Hub replicas on one store and one Mosquitto, the uplink shared through ``$share``
-(docs/scale-out.md): kill -9 of one replica mid-ingest, while devices resend every frame
+(docs/scale-out.md), on SQLite (one file, replicas on one machine) and on PostgreSQL
+(``database``): kill -9 of one replica mid-ingest, while devices resend every frame
 until acknowledged, loses nothing and stores each frame once; every acknowledged frame was
 stored before its ack; a follower takes the leader's jobs over within 15 s.
 
@@ -9,7 +10,6 @@ run in the default suite.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -36,22 +36,26 @@ HANDOVER_S = 15.0
 SUCCESS = (GateSpec.default("update_success"),)
 
 
-def stored(db: Path) -> set[tuple[str, int]]:
+def stored(location: str) -> set[tuple[str, int]]:
     """(device_id, seq) of every telemetry row, read with a connection of our own."""
-    with sqlite3.connect(db, timeout=30) as conn:
-        return set(conn.execute("SELECT device_id, seq FROM telemetry").fetchall())
+    store = open_store(location)
+    try:
+        return {(r.device_id, r.seq) for r in store.uplink.records(TelemetryRecord)}
+    finally:
+        store.close()
 
 
 def kill_one_mid_ingest(
     broker: BrokerRunner,
     topics: Topics,
     tmp_path: Path,
+    database: str,
     *,
     replicas: int,
     frames: int,
     in_flight: int,
 ) -> None:
-    shared = Shared.create(tmp_path / "shared")
+    shared = Shared.create(tmp_path / "shared", database)
     hub_key = shared.ring.signing_keys("rollout")[0]
     # a few frames in flight per device, so the kill lands while frames are still coming
     publisher = ResendingPublisher(broker, topics, hub_key, frames // 4, in_flight=in_flight)
@@ -95,17 +99,19 @@ def kill_one_mid_ingest(
 
 
 def test_kill_9_of_one_of_two_replicas_mid_ingest_stores_each_frame_once(
-    mosquitto_broker: BrokerRunner, topics: Topics, tmp_path: Path
+    mosquitto_broker: BrokerRunner, topics: Topics, tmp_path: Path, database: str
 ) -> None:
-    kill_one_mid_ingest(mosquitto_broker, topics, tmp_path, replicas=2, frames=1_000, in_flight=20)
+    kill_one_mid_ingest(
+        mosquitto_broker, topics, tmp_path, database, replicas=2, frames=1_000, in_flight=20
+    )
 
 
 @pytest.mark.slow
 def test_kill_9_of_one_of_three_replicas_during_10000_frames_stores_each_frame_once(
-    mosquitto_broker: BrokerRunner, topics: Topics, tmp_path: Path
+    mosquitto_broker: BrokerRunner, topics: Topics, tmp_path: Path, database: str
 ) -> None:
     kill_one_mid_ingest(
-        mosquitto_broker, topics, tmp_path, replicas=3, frames=10_000, in_flight=100
+        mosquitto_broker, topics, tmp_path, database, replicas=3, frames=10_000, in_flight=100
     )
 
 
@@ -119,10 +125,10 @@ def assignments(store: Store, device_id: str) -> list[int]:
 
 
 def test_a_follower_takes_over_from_a_killed_leader_within_15_s_and_resumes_its_work(
-    mosquitto_broker: BrokerRunner, tmp_path: Path
+    mosquitto_broker: BrokerRunner, tmp_path: Path, database: str
 ) -> None:
-    data, prefix = prepare(tmp_path)  # released models: the leader heartbeats
-    shared, topics = Shared(data, keyring.load(data / "keys")), Topics(prefix)
+    data, prefix = prepare(tmp_path, database=database)  # released models: the leader heartbeats
+    shared, topics = Shared(data, keyring.load(data / "keys"), database), Topics(prefix)
     with ExitStack() as stack:
         leader = stack.enter_context(Replica.start(shared, "r0", mosquitto_broker, topics))
         follower = stack.enter_context(Replica.start(shared, "r1", mosquitto_broker, topics))
@@ -145,16 +151,16 @@ def test_a_follower_takes_over_from_a_killed_leader_within_15_s_and_resumes_its_
 
 @pytest.mark.slow
 def test_kill_9_of_the_leader_mid_rollout_hands_the_jobs_over_within_15_s(
-    tmp_path: Path, mosquitto_broker: BrokerRunner
+    tmp_path: Path, mosquitto_broker: BrokerRunner, database: str
 ) -> None:
-    data, prefix = prepare(tmp_path)
-    shared = Shared(data, keyring.load(data / "keys"))
+    data, prefix = prepare(tmp_path, database=database)
+    shared = Shared(data, keyring.load(data / "keys"), database)
     topics = Topics(prefix)
     fast = ("--rollout-tick", "0.25", "--reconcile-interval", "1", "--offline-after", "30")
     with ExitStack() as stack:
-        store = open_store(data / "hub.db")
+        store = open_store(shared.database)
         stack.callback(store.close)
-        ctx = HubContext(store, shared.ring, CLOCK, HubSettings(data_dir=data))
+        ctx = HubContext(store, shared.ring, CLOCK, HubSettings(data_dir=data, database=database))
         leader = stack.enter_context(Replica.start(shared, "r0", mosquitto_broker, topics, *fast))
         follower = stack.enter_context(Replica.start(shared, "r1", mosquitto_broker, topics, *fast))
         assert (leader.role(), follower.role()) == ("leader", "follower")
