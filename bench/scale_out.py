@@ -44,6 +44,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from bench.common import interleaved, report, write_result
 from bench.hub import MESSAGES, Stream, _broker_process, _cpu_s, _spawn, _wait
 from hub.fleet import enrollment
+from hub.store import Store
 from hub.store.dialects import open_store
 from hub.store.rows import TelemetryRecord
 from protocol import keys
@@ -66,13 +67,12 @@ class Config:
     topics: Topics
     processes: list[psutil.Process] = field(default_factory=list)
     cpu_us: dict[str, list[float]] = field(default_factory=dict)
+    store: Store | None = None  # the bench's own connection, to count what is stored
 
     def stored(self) -> int:
-        store = open_store(self.location)
-        try:
-            return store.uplink.count(TelemetryRecord)  # trials run one at a time
-        finally:
-            store.close()
+        if self.store is None:
+            self.store = open_store(self.location)
+        return self.store.uplink.count(TelemetryRecord)  # trials run one at a time
 
 
 def _prepare(location: str, device_keys: list[Ed25519PrivateKey]) -> None:
@@ -153,6 +153,7 @@ def bench_scale_out(workdir: Path) -> dict[str, Any]:
             shift = k % len(configs)
             for config in configs[shift:] + configs[:shift]:
                 frames.setdefault(config.name, []).append(streams[config.name].sign(config.topics))
+        stack.callback(_close_stores, configs)
         mosquitto = _broker_process()
         me = psutil.Process()
 
@@ -193,6 +194,12 @@ def bench_scale_out(workdir: Path) -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "measured": measured,
     }
+
+
+def _close_stores(configs: list[Config]) -> None:
+    for config in configs:
+        if config.store is not None:
+            config.store.close()
 
 
 def _usage(config: Config, broker: psutil.Process | None, me: psutil.Process) -> dict[str, float]:
