@@ -1,5 +1,6 @@
 """What every benchmark shares: interleaved timing, a results file, aligned report lines,
-and the one-table summary of every benchmark's results.
+and the one-table summary of every benchmark's results; and, for the HTTP ones, an app
+served on loopback and round trips sampled one at a time with their percentiles.
 
 Benchmarks here run on a small shared machine (two cores, other work beside them), so
 absolute times drift from run to run. Each benchmark therefore reports ratios against a
@@ -13,11 +14,16 @@ import json
 import os
 import platform
 import statistics
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
+
+import httpx
+import uvicorn
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SUMMARY = "SUMMARY.md"
@@ -62,6 +68,64 @@ def interleaved(
             samples[name].append((time.perf_counter() - start) / count)
     pick = statistics.median if statistic == "median" else min
     return {name: pick(values) for name, values in samples.items()}
+
+
+def sample(fns: Mapping[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
+    """Seconds of each call, one call per candidate per round, rotating who goes first:
+    what percentiles need (:func:`interleaved` keeps only a statistic per trial)."""
+    names = list(fns)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for i in range(rounds):
+        shift = i % len(names)
+        for name in names[shift:] + names[:shift]:
+            start = time.perf_counter()
+            fns[name]()
+            samples[name].append(time.perf_counter() - start)
+    return samples
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    cuts = statistics.quantiles(values, n=100, method="inclusive")
+    return {"p50_ms": cuts[49] * 1000, "p95_ms": cuts[94] * 1000}
+
+
+def report_percentiles(samples: Mapping[str, list[float]]) -> dict[str, dict[str, float]]:
+    """p50 and p95 of each candidate's samples, each printed as a line."""
+    found = {name: percentiles(values) for name, values in samples.items()}
+    for name, cut in found.items():
+        report(f"{name} p50 / p95", f"{cut['p50_ms']:.2f} / {cut['p95_ms']:.2f} ms")
+    return found
+
+
+def fetch(client: httpx.Client, path: str) -> Callable[[], object]:
+    """A call that GETs ``path`` and fails on an error status: one round trip to time."""
+
+    def call() -> object:
+        response = client.get(path)
+        response.raise_for_status()
+        return response
+
+    return call
+
+
+@contextmanager
+def serve(app: Any) -> Iterator[str]:
+    """Run ``app`` with uvicorn on a free port of 127.0.0.1 in a thread; yield its URL."""
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="bench-uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 def write_result(name: str, data: Mapping[str, Any]) -> Path:

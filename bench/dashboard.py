@@ -1,7 +1,7 @@
 """The dashboard's fleet page with 10,000 devices, beside the REST list call, and its weight.
 
-Setup: :mod:`bench.hub_api`'s store of ``DEVICES`` devices (tags, statuses, two model
-versions), the real app (:func:`hub.api.create_app`, which serves the dashboard under
+Setup: :func:`bench.hub_api.fleet_app`, a store of ``DEVICES`` devices (tags, statuses, two
+model versions) and the real app (:func:`hub.api.create_app`, which serves the dashboard under
 ``/ui``) on uvicorn in a thread on 127.0.0.1, and two httpx keep-alive clients: one signed
 in to the dashboard (its session cookie), one with the same viewer token as a bearer.
 
@@ -25,24 +25,12 @@ on a first load, uncompressed); the goal is <= 300 KB. Writes
 from __future__ import annotations
 
 import re
-import tempfile
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import httpx
-from prometheus_client import CollectorRegistry
 
-from bench.common import report, write_result
-from bench.hub_api import DEVICES, percentiles, populate, sample, serve
-from edgefleet.clock import SystemClock
-from hub import keyring
-from hub.api import HubServices, auth, create_app
-from hub.context import HubContext
-from hub.registry.artifacts import ArtifactStore
-from hub.registry.registry import Registry
-from hub.settings import HubSettings
-from hub.store.dialects import open_store
+from bench.common import fetch, report, report_percentiles, sample, serve, write_result
+from bench.hub_api import DEVICES, fleet_app
 
 SAMPLES = 200
 WARMUP = 10
@@ -64,59 +52,31 @@ def page_weight(client: httpx.Client, path: str) -> dict[str, int]:
 
 
 def main() -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="bench-dashboard-") as tmp:
-        root = Path(tmp)
-        clock = SystemClock()
-        settings = HubSettings(data_dir=root)
-        store = open_store(settings.db_path)
-        populate(store, clock.now_ms())
-        ring = keyring.init(settings.keys_dir, now_ms=clock.now_ms())
-        artifacts = ArtifactStore(settings.artifacts_dir)
-        ctx = HubContext(store, ring, clock, settings)
-        services = HubServices(
-            registry=Registry(ctx, artifacts), artifacts=artifacts, metrics=CollectorRegistry()
-        )
-        token = auth.create_token(store, role="viewer", name="bench", actor="cli", now_ms=0).token
-        app = create_app(ctx, services)
-        with (
-            serve(app) as url,
-            httpx.Client(base_url=url, follow_redirects=True) as browser,
-            httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}) as rest,
-        ):
-            signed = browser.post("/ui/signin", data={"token": token})
-            if signed.status_code != 200 or "1–50 of 10000" not in signed.text:
-                raise RuntimeError(f"the fleet page did not list the fleet: {signed.text[:300]}")
-
-            def get(client: httpx.Client, path: str) -> Callable[[], object]:
-                def call() -> object:
-                    response = client.get(path)
-                    response.raise_for_status()
-                    return response
-
-                return call
-
-            fns = {
-                "fleet_page": get(browser, "/ui/fleet"),
-                "fleet_page_deep": get(browser, "/ui/fleet?offset=9950"),
-                "rest_devices": get(rest, "/api/v1/devices?limit=50"),
-                "rest_devices_default": get(rest, "/api/v1/devices"),
-            }
-            sample(fns, WARMUP)
-            samples = sample(fns, SAMPLES)
-            weights = page_weight(browser, "/ui/fleet")
-        store.close()
+    with (
+        fleet_app() as (_, app, token),
+        serve(app) as url,
+        httpx.Client(base_url=url, follow_redirects=True) as browser,
+        httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}) as rest,
+    ):
+        signed = browser.post("/ui/signin", data={"token": token})
+        if signed.status_code != 200 or "1–50 of 10000" not in signed.text:
+            raise RuntimeError(f"the fleet page did not list the fleet: {signed.text[:300]}")
+        fns = {
+            "fleet_page": fetch(browser, "/ui/fleet"),
+            "fleet_page_deep": fetch(browser, "/ui/fleet?offset=9950"),
+            "rest_devices": fetch(rest, "/api/v1/devices?limit=50"),
+            "rest_devices_default": fetch(rest, "/api/v1/devices"),
+        }
+        sample(fns, WARMUP)
+        samples = sample(fns, SAMPLES)
+        weights = page_weight(browser, "/ui/fleet")
 
     results: dict[str, Any] = {
         "devices_in_store": DEVICES,
         "samples": SAMPLES,
         "server": "uvicorn in a thread on 127.0.0.1, httpx keep-alive clients, round trips",
     }
-    for name, values in samples.items():
-        results[name] = percentiles(values)
-        report(
-            f"{name} p50 / p95",
-            f"{results[name]['p50_ms']:.2f} / {results[name]['p95_ms']:.2f} ms",
-        )
+    results.update(report_percentiles(samples))
     fleet, rest_page = results["fleet_page"], results["rest_devices"]
     results["fleet_p95_over_rest_p95"] = fleet["p95_ms"] / rest_page["p95_ms"]
     report("fleet page p95 / REST page p95", f"{results['fleet_p95_over_rest_p95']:.1f}x")

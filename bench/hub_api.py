@@ -9,7 +9,7 @@ against the store, the count and page queries, pydantic serialisation).
 
 Candidates, sampled round-robin one request each (``SAMPLES`` per candidate, the starting
 candidate rotating every round) so a busy patch of the shared machine hits all alike;
-:func:`bench.common.interleaved` times means, and percentiles need every sample:
+:func:`bench.common.sample` keeps every sample, as percentiles need:
 
 - ``healthz``: ``GET /healthz``, the baseline: the same server, client and HTTP path, no
   token, one trivial query;
@@ -25,20 +25,16 @@ Writes ``bench/results/hub_api.json``; takes about half a minute.
 
 from __future__ import annotations
 
-import statistics
 import tempfile
-import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 from prometheus_client import CollectorRegistry
 
-from bench.common import report, write_result
+from bench.common import fetch, report, report_percentiles, sample, serve, write_result
 from edgefleet.clock import SystemClock
 from hub import keyring
 from hub.api import HubServices, auth, create_app
@@ -82,96 +78,55 @@ def populate(store: Store, now: int) -> None:
 
 
 @contextmanager
-def serve(app: Any) -> Iterator[str]:
-    """Run ``app`` with uvicorn on a free port of 127.0.0.1 in a thread; yield its URL."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", access_log=False)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="bench-uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-
-
-def sample(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
-    """Seconds of each call, one call per candidate per round, rotating who goes first."""
-    names = list(fns)
-    samples: dict[str, list[float]] = {name: [] for name in names}
-    for i in range(rounds):
-        shift = i % len(names)
-        for name in names[shift:] + names[:shift]:
-            start = time.perf_counter()
-            fns[name]()
-            samples[name].append(time.perf_counter() - start)
-    return samples
-
-
-def percentiles(values: list[float]) -> dict[str, float]:
-    cuts = statistics.quantiles(values, n=100, method="inclusive")
-    return {"p50_ms": cuts[49] * 1000, "p95_ms": cuts[94] * 1000}
+def fleet_app() -> Iterator[tuple[Store, Any, str]]:
+    """A hub store of ``DEVICES`` devices in a temporary directory, the real app over it
+    (REST and dashboard), and a viewer token: what both HTTP benchmarks measure."""
+    with tempfile.TemporaryDirectory(prefix="bench-hub-api-") as tmp:
+        clock = SystemClock()
+        settings = HubSettings(data_dir=Path(tmp))
+        store = open_store(settings.db_path)
+        try:
+            populate(store, clock.now_ms())
+            ring = keyring.init(settings.keys_dir, now_ms=clock.now_ms())
+            artifacts = ArtifactStore(settings.artifacts_dir)
+            ctx = HubContext(store, ring, clock, settings)
+            services = HubServices(
+                registry=Registry(ctx, artifacts), artifacts=artifacts, metrics=CollectorRegistry()
+            )
+            token = auth.create_token(store, role="viewer", name="bench", actor="cli", now_ms=0)
+            yield store, create_app(ctx, services), token.token
+        finally:
+            store.close()
 
 
 def main() -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="bench-hub-api-") as tmp:
-        root = Path(tmp)
-        clock = SystemClock()
-        settings = HubSettings(data_dir=root)
-        store = open_store(settings.db_path)
-        populate(store, clock.now_ms())
-        ring = keyring.init(settings.keys_dir, now_ms=clock.now_ms())
-        artifacts = ArtifactStore(settings.artifacts_dir)
-        ctx = HubContext(store, ring, clock, settings)
-        services = HubServices(
-            registry=Registry(ctx, artifacts), artifacts=artifacts, metrics=CollectorRegistry()
-        )
-        token = auth.create_token(store, role="viewer", name="bench", actor="cli", now_ms=0).token
-        app = create_app(ctx, services)
-        with serve(app) as url, httpx.Client(base_url=url) as client:
-            client.headers["Authorization"] = f"Bearer {token}"
-
-            def get(path: str) -> Callable[[], object]:
-                def call() -> object:
-                    response = client.get(path)
-                    response.raise_for_status()
-                    return response
-
-                return call
-
-            fns: dict[str, Callable[[], object]] = {
-                "healthz": get("/healthz"),
-                "devices": get("/api/v1/devices"),
-                "devices_filtered": get(
-                    "/api/v1/devices?status=active&tag=site:site-3&online=true"
-                ),
-                "devices_deep": get("/api/v1/devices?limit=1000&offset=9000"),
-                "store_list": store.devices.page,
-            }
-            total = client.get("/api/v1/devices").json()["total"]
-            if total != DEVICES:
-                raise RuntimeError(f"the API lists {total} devices, not {DEVICES}")
-            sample(fns, WARMUP)
-            samples = sample(fns, SAMPLES)
-        store.close()
+    with (
+        fleet_app() as (store, app, token),
+        serve(app) as url,
+        httpx.Client(base_url=url) as client,
+    ):
+        client.headers["Authorization"] = f"Bearer {token}"
+        fns: dict[str, Callable[[], object]] = {
+            "healthz": fetch(client, "/healthz"),
+            "devices": fetch(client, "/api/v1/devices"),
+            "devices_filtered": fetch(
+                client, "/api/v1/devices?status=active&tag=site:site-3&online=true"
+            ),
+            "devices_deep": fetch(client, "/api/v1/devices?limit=1000&offset=9000"),
+            "store_list": store.devices.page,
+        }
+        total = client.get("/api/v1/devices").json()["total"]
+        if total != DEVICES:
+            raise RuntimeError(f"the API lists {total} devices, not {DEVICES}")
+        sample(fns, WARMUP)
+        samples = sample(fns, SAMPLES)
 
     results: dict[str, Any] = {
         "devices_in_store": DEVICES,
         "samples": SAMPLES,
         "server": "uvicorn in a thread on 127.0.0.1, one httpx keep-alive client",
     }
-    for name, values in samples.items():
-        results[name] = percentiles(values)
-        report(
-            f"{name} p50 / p95",
-            f"{results[name]['p50_ms']:.2f} / {results[name]['p95_ms']:.2f} ms",
-        )
+    results.update(report_percentiles(samples))
     devices, healthz = results["devices"], results["healthz"]
     results["devices_p50_over_healthz"] = devices["p50_ms"] / healthz["p50_ms"]
     results["devices_p95_over_healthz"] = devices["p95_ms"] / healthz["p95_ms"]

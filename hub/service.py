@@ -394,12 +394,12 @@ class HubService:
                 stops.pop_all(),
             )
         logger.info(
-            "hub serving %s (dashboard %s/ui, broker %s, store %s)",
+            "hub serving %s (dashboard %s/ui, broker %s)",
             service.http_url,
             service.http_url,
             service.broker_url,
-            describe(settings.store_location),  # never a password
         )
+        logger.info("hub store: %s", describe(settings.store_location))  # never a password
         return service
 
     @property

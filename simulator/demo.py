@@ -66,13 +66,23 @@ def run(
         report.write_json(facts.report, json_out)
         print(f"report: {json_out}")
     if keep is not None:
-        print(
-            f"\nkept {workdir}: hub data in hub/, agent state in devices/. To explore:\n"
-            f"  edgefleet hub serve --data {workdir / 'hub'} --embedded-broker --port 8080\n"
-            f"  edgefleet rollout list --hub http://127.0.0.1:8080 --token {facts.token}\n"
-            f"  edgefleet drift alerts --hub http://127.0.0.1:8080 --token {facts.token}\n"
-            f"  dashboard: http://127.0.0.1:8080/ui, sign in with the same token"
-        )
+        print(explore(workdir, facts.token))
     else:
         print("\nRun with --keep DIR to keep the hub's data and explore it afterwards.")
     return 0
+
+
+def explore(workdir: Path, token: str) -> str:
+    """How to look at a kept run once the demo's own hub has stopped: serve the kept hub
+    again (its broker on a free port, since 1883 is often a local mosquitto's) and sign in
+    to its dashboard, or ask its REST API, with the demo's admin token, which is kept in
+    the hub's store like any other."""
+    hub = "http://127.0.0.1:8080"
+    return (
+        f"\nkept {workdir}: hub data in hub/, agent state in devices/. To explore:\n"
+        f"  edgefleet hub serve --data {workdir / 'hub'} --embedded-broker --broker-port 0 "
+        f"--port 8080\n"
+        f"  dashboard: {hub}/ui, sign in with the token {token}\n"
+        f"  edgefleet rollout list --hub {hub} --token {token}\n"
+        f"  edgefleet drift alerts --hub {hub} --token {token}"
+    )

@@ -9,8 +9,10 @@ versions from ``GET /devices``, rollouts from ``GET /rollouts/{id}``, rounds fro
 
 ``messages.sent`` counts the durable frames the agents queued (state, data windows, deltas,
 telemetry...; not transient fetches nor last wills); ``delivered`` those whose commit the
-hub acknowledged; ``lost`` those neither committed nor refused once every outbox has
-drained: ``sent - delivered - refused``, so a frame an outbox dropped is lost.
+hub acknowledged; ``pending`` those still in an outbox when the report is read (the
+agents keep running after the drain the story waits for, so a telemetry frame queued in
+between is pending, not lost); ``lost`` those neither committed, refused nor pending:
+``sent - delivered - refused - pending``, so a frame an outbox dropped is lost.
 ``duplicates_dropped`` and ``rejected`` are the hub's counts (a redelivered frame is
 acknowledged again and not stored twice; ``hub_ingested`` also counts transient frames).
 
@@ -62,6 +64,7 @@ def collect(facts: Facts, api: httpx.Client, devices: dict[str, Device]) -> Fact
     sent = sum(b.enqueued for b in boxes)
     delivered = sum(b.committed for b in boxes)
     refused = sum(b.refused for b in boxes)
+    pending = sum(b.depth for b in boxes)
     listing = api.get("/devices", params={"limit": max(len(devices), 1)}).json()["items"]
     versions = Counter(
         str(d["active"]["version"]) if d["active"] else "none"
@@ -75,7 +78,8 @@ def collect(facts: Facts, api: httpx.Client, devices: dict[str, Device]) -> Fact
         "messages": {
             "sent": sent,
             "delivered": delivered,
-            "lost": sent - delivered - refused,
+            "lost": sent - delivered - refused - pending,
+            "pending": pending,
             "duplicates_dropped": hub["duplicates"],
             "rejected": hub["rejected"],
             "refused_to_agents": refused,

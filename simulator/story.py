@@ -91,7 +91,7 @@ def run(workdir: Path, *, devices: int, scenario: Scenario) -> Facts:
             hub.store, role="admin", name="demo", actor="demo", now_ms=clock.now_ms()
         )
         say(f"REST {hub.http_url}/api/v1   broker {hub.broker_url}")
-        say(f"dashboard {hub.http_url}/ui   sign in with the admin token below")
+        say(f"dashboard {hub.http_url}/ui   sign in with the admin token {admin.token}")
         with httpx.Client(
             base_url=f"{hub.http_url}/api/v1",
             headers={"Authorization": f"Bearer {admin.token}"},

@@ -215,7 +215,7 @@ def test_the_store_contract_names_no_table_and_takes_no_sql() -> None:
     assert members == {
         "api_tokens", "atomic", "audit", "broker_credentials", "close", "counters", "drift",
         "desired", "devices", "enrollment_tokens", "immediate", "ping", "registry", "uplink",
-        "rollouts", "rounds", "leases", "for_update",
+        "rollouts", "rounds", "ui_sessions", "leases", "for_update",
     }  # fmt: skip
 
 

@@ -144,3 +144,17 @@ def authenticate(store: Store, token: str) -> Principal:
     if not hmac.compare_digest(credential.digest, digest(token)) or row.revoked:
         raise Unauthenticated("unknown or revoked token")
     return Principal(row.id, check_role(row.role), row.name)
+
+
+def principal_of(store: Store, token_id: str) -> Principal:
+    """The caller behind a token already checked once (a dashboard session keeps its id,
+    not its secret): its role as it stands now.
+
+    Raises:
+        Unauthenticated: no such token, or it was revoked since.
+    """
+    credential = store.api_tokens.credential(token_id)
+    if credential is None or credential.token.revoked:
+        raise Unauthenticated("unknown or revoked token")
+    row = credential.token
+    return Principal(row.id, check_role(row.role), row.name)

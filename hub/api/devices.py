@@ -42,6 +42,7 @@ from hub.api.schemas import (
 )
 from hub.errors import InvalidRequest
 from hub.fleet import desired, enrollment
+from hub.health import Health
 from hub.store import Store
 from hub.store.rows import Desired as DesiredRow
 from hub.store.rows import Device as DeviceRow
@@ -70,6 +71,7 @@ def list_devices(
         str | None, Query(pattern=MODEL_FILTER, description="name or name:version")
     ] = None,
     online: bool | None = None,
+    health: Health | None = None,
     limit: LimitQuery = 100,
     offset: OffsetQuery = 0,
 ) -> DevicePage:
@@ -86,6 +88,7 @@ def list_devices(
         tag=tag_filter,
         model=model_filter,
         online=online,
+        health=health,
         limit=limit,
         offset=offset,
     )

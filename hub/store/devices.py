@@ -199,6 +199,7 @@ class SqliteDevices:
         tag: tuple[str, str] | None = None,
         model: tuple[str, int | None] | None = None,
         online: bool | None = None,
+        health: Health | None = None,
         limit: int = 100,
         offset: int = 0,
     ) -> Page[Device]:
@@ -220,6 +221,9 @@ class SqliteDevices:
         if online is not None:
             where.append("online = ?")
             params.append(int(online))
+        if health is not None:
+            where.append("health = ?")
+            params.append(health.value)
         clause = " AND ".join(where) or "1"
         # clause is built above from fixed fragments; every value is a bound parameter
         total = self._c.scalar(f"SELECT count(*) FROM devices WHERE {clause}", params)  # noqa: S608

@@ -61,6 +61,7 @@ from hub.store.rows import (
     StateRecord,
     TagCount,
     Twin,
+    UiSession,
     UplinkQuery,
     UplinkRecord,
     UplinkSeen,
@@ -131,6 +132,7 @@ class Devices(Protocol):
         tag: tuple[str, str] | None = None,
         model: tuple[str, int | None] | None = None,
         online: bool | None = None,
+        health: Health | None = None,
         limit: int = 100,
         offset: int = 0,
     ) -> Page[Device]:
@@ -382,6 +384,26 @@ class ApiTokens(Protocol):
         """Raises NotFound: no such token (revoking twice changes nothing)."""
 
 
+class UiSessions(Protocol):
+    """Dashboard sessions, by the digest of their id: in the store, so a sign-in outlives a
+    hub restart and works on every hub that shares the database."""
+
+    def add(self, session: UiSession) -> None:
+        """Raises StoreError: the digest exists."""
+
+    def get(self, digest: str) -> UiSession | None:
+        """The session, expired or not (the caller decides against its clock)."""
+        ...
+
+    def delete(self, digest: str) -> None:
+        """Sign out (deleting an absent session changes nothing)."""
+
+    def prune(self, *, now_ms: int, keep: int) -> int:
+        """Delete every session expired at ``now_ms``, then all but the ``keep`` newest;
+        how many went."""
+        ...
+
+
 class EnrollmentTokens(Protocol):
     def add(self, token: EnrollmentToken, *, digest: str) -> None:
         """Raises StoreError: the id or digest exists."""
@@ -454,6 +476,9 @@ class Store(Protocol):
 
     @property
     def enrollment_tokens(self) -> EnrollmentTokens: ...
+
+    @property
+    def ui_sessions(self) -> UiSessions: ...
 
     @property
     def counters(self) -> Counters: ...

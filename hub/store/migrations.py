@@ -2,8 +2,10 @@
 
 Each migration runs once, in a transaction, recorded in ``_sqlite_migrations``; a hub
 upgrading its code applies the new ones at start. Never edit a migration that has
-shipped: add the next one. Times are integer milliseconds since the Unix epoch; JSON
-columns hold canonical JSON text.
+shipped: add the next one, and its PostgreSQL twin of the same number in
+``hub/store/postgres/migrations/`` (``m014_<what>.sql``; m001_baseline there folds m001..m013
+here); ``tests/hub/test_store_schema.py`` fails while the two schemas differ. Times are
+integer milliseconds since the Unix epoch; JSON columns hold canonical JSON text.
 
 Tables, by concern:
 
@@ -12,7 +14,8 @@ Tables, by concern:
 - uplink records: ``telemetry``, ``states``, ``deltas``, ``data_windows``, ``device_acks``;
 - registry: ``models``, ``versions`` (manifest, lineage, release counter), ``artifacts``
   (content-addressed files), ``release_lists``, ``roots``, ``assignments``;
-- operations: ``api_tokens``, ``audit``, ``meta`` (counters such as the downlink seq);
+- operations: ``api_tokens``, ``audit``, ``meta`` (counters such as the downlink seq),
+  ``ui_sessions`` (dashboard sign-ins, by the digest of their id);
 - broker: ``broker_credentials`` (each device's broker password verifier).
 """
 
@@ -464,6 +467,20 @@ def m013_shadow_assignments(db: Database) -> None:
     # hub.fleet.desired: the shadow assignment a device's desired state carries beside the
     # served one (a rollout's shadow stage), by its version in ``assignments``; NULL: none.
     db.table("desired").add_column("shadow_version", int)
+
+
+@migrations()
+def m014_ui_sessions(db: Database) -> None:
+    # hub.ui.session: a dashboard sign-in, kept by the sha256 of its id (never the id, which
+    # only the browser's cookie holds), with the API token it signed in with (by id) and its
+    # lifetime; expiry and sign-out delete the row.
+    db.table("ui_sessions").create(
+        {"digest": str, "token_id": str, "created_ms": int, "expires_ms": int},
+        pk="digest",
+        not_null={"token_id", "created_ms", "expires_ms"},
+    )
+    db.table("ui_sessions").create_index(["expires_ms"])
+    db.table("ui_sessions").create_index(["created_ms"])
 
 
 @migrations()

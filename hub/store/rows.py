@@ -363,6 +363,18 @@ class ApiToken:
 
 
 @dataclass(frozen=True, slots=True)
+class UiSession:
+    """A dashboard sign-in (:mod:`hub.ui.session`): the sha256 of its id, hex (the id
+    itself lives only in the browser's cookie), the API token it signed in with, by id
+    (the token's role is read again on every request), and when it began and ends."""
+
+    digest: str
+    token_id: str
+    created_ms: int
+    expires_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class ApiCredential:
     """A token and the digest a presented secret must match."""
 

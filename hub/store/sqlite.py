@@ -1,9 +1,8 @@
 """The SQLite dialect of the store: one file in WAL mode, one connection, one lock.
 
-:class:`SqliteStore` implements :class:`hub.store.interface.Store` with one object per
-concern (:mod:`hub.store.devices`, :mod:`~hub.store.desired`, :mod:`~hub.store.registry`,
-:mod:`~hub.store.uplink`, :mod:`~hub.store.audit`, :mod:`~hub.store.tokens`,
-:mod:`~hub.store.counters`), all sharing one :class:`Connection`. The schema is
+:class:`SqliteStore` implements :class:`hub.store.interface.Store` with the concern objects
+of :class:`hub.store.concerns.Concerns` (one per table group, the statements written once
+for both dialects), all sharing one :class:`Connection`. The schema is
 :mod:`hub.store.migrations`, applied on open.
 
 Concurrency: one connection shared by the hub's threads (ingest, scheduler jobs, REST),
@@ -21,42 +20,18 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlite_utils import Database
 
-from hub.store.audit import SqliteAudit
-from hub.store.counters import SqliteCounters
-from hub.store.credentials import SqliteBrokerCredentials
-from hub.store.desired import SqliteDesired
-from hub.store.devices import SqliteDevices
-from hub.store.drift import SqliteDrift
-from hub.store.drift_rows import Drift
+from hub.store.concerns import Concerns
 from hub.store.interface import (
-    ApiTokens,
-    Audit,
-    BrokerCredentials,
-    Counters,
-    DesiredStates,
-    Devices,
-    EnrollmentTokens,
     NotFound,
-    Registry,
     StoreError,
-    Uplink,
 )
-from hub.store.lease_rows import Leases
-from hub.store.leases import SqliteLeases
 from hub.store.migrations import migrations
-from hub.store.registry import SqliteRegistry
-from hub.store.rollout_rows import Rollouts
-from hub.store.rollouts import SqliteRollouts
-from hub.store.round_rows import Rounds
-from hub.store.rounds import SqliteRounds
-from hub.store.tokens import SqliteApiTokens, SqliteEnrollmentTokens
-from hub.store.uplink import SqliteUplink
 
 logger = logging.getLogger(__name__)
 
@@ -161,24 +136,12 @@ class Connection:
                 raise
 
 
-class SqliteStore:
+class SqliteStore(Concerns):
     """The hub's store in one SQLite file; see :mod:`hub.store.interface` for the methods."""
 
     def __init__(self, db: Database) -> None:
         self.connection = Connection(db)
-        self.devices: Devices = SqliteDevices(self.connection)
-        self.desired: DesiredStates = SqliteDesired(self.connection)
-        self.registry: Registry = SqliteRegistry(self.connection)
-        self.uplink: Uplink = SqliteUplink(self.connection)
-        self.audit: Audit = SqliteAudit(self.connection)
-        self.api_tokens: ApiTokens = SqliteApiTokens(self.connection)
-        self.enrollment_tokens: EnrollmentTokens = SqliteEnrollmentTokens(self.connection)
-        self.counters: Counters = SqliteCounters(self.connection)
-        self.broker_credentials: BrokerCredentials = SqliteBrokerCredentials(self.connection)
-        self.rounds: Rounds = SqliteRounds(self.connection)
-        self.drift: Drift = SqliteDrift(self.connection)
-        self.rollouts: Rollouts = SqliteRollouts(self.connection)
-        self.leases: Leases = SqliteLeases(self.connection)
+        super().__init__(self.connection)
 
     @classmethod
     def open(cls, path: str | Path) -> SqliteStore:
@@ -207,15 +170,6 @@ class SqliteStore:
     def db(self) -> Database:
         """The sqlite-utils database: for this dialect's own tests and benchmarks only."""
         return self.connection.db
-
-    def atomic(self) -> AbstractContextManager[None]:
-        return self.connection.atomic()
-
-    def immediate(self) -> AbstractContextManager[None]:
-        return self.connection.immediate()
-
-    def for_update(self) -> AbstractContextManager[None]:
-        return self.connection.immediate()  # one writer: rows need no lock of their own
 
     def ping(self) -> bool:
         try:

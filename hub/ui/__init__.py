@@ -14,7 +14,7 @@ from starlette.staticfiles import StaticFiles
 
 from hub.store import NotFound
 from hub.ui import ops, pages
-from hub.ui.session import Sessions
+from hub.ui.session import MAX_SESSIONS
 from hub.ui.web import HERE, PageRoute
 
 __all__ = ["install"]
@@ -34,8 +34,9 @@ def _unknown(unknown: str) -> Response:
 def install(app: FastAPI, *, refresh_s: int = REFRESH_S) -> None:
     """Serve the dashboard on ``app``: pages under ``/ui``, its files under ``/ui/static``,
     and ``/`` sending a browser there. Open pages fetch themselves again every
-    ``refresh_s`` seconds (``app.state.ui_refresh_s``; 0: never)."""
-    app.state.ui_sessions = Sessions()
+    ``refresh_s`` seconds (``app.state.ui_refresh_s``; 0: never). Sessions live in the
+    hub's store, at most ``app.state.ui_max_sessions`` of them."""
+    app.state.ui_max_sessions = MAX_SESSIONS
     app.state.ui_refresh_s = refresh_s
     app.include_router(pages.router)
     app.include_router(ops.router)

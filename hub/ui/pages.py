@@ -20,8 +20,10 @@ from hub.api import audit, devices, drift, models, reports
 from hub.api.deps import MAX_OFFSET, get_services
 from hub.api.schemas import NAME_PATTERN
 from hub.errors import Unauthenticated
+from hub.health import Health
 from hub.ui import session
 from hub.ui.charts import line_chart, top_series
+from hub.ui.lineage import layout, lineage_svg, lineage_text
 from hub.ui.web import PAGE_SIZE, CsrfField, PageRoute, SignedDep, back_to, render, safe_next
 
 router = APIRouter(prefix="/ui", route_class=PageRoute, include_in_schema=False)
@@ -32,6 +34,7 @@ TOP_FEATURES = 5
 TagFilter = Annotated[str, Query(pattern=f"^$|{devices.TAG_FILTER}")]  # "": any (a form sends it)
 StatusFilter = Literal["", "pending", "active", "revoked"]
 ModelFilter = Annotated[str, Query(pattern=f"^$|{devices.MODEL_FILTER}")]  # name or name:version
+HealthFilter = Annotated[str, Query(pattern=f"^({'|'.join(h.value for h in Health)})?$")]
 Text = Annotated[str | None, Query(max_length=200)]
 
 
@@ -80,12 +83,14 @@ def fleet(
     online: bool | None = None,
     tag: TagFilter = "",
     model: ModelFilter = "",
+    health: HealthFilter = "",
     offset: Offset = 0,
 ) -> Response:
     store = who.hub.store
     page = devices.list_devices(
         who.principal, store, status=status or None, tag=tag or None, model=model or None,
-        online=online, limit=PAGE_SIZE, offset=offset,
+        online=online, health=Health(health) if health else None, limit=PAGE_SIZE,
+        offset=offset,
     )  # fmt: skip
     by: dict[str, Counter[str]] = {k: Counter() for k in ("status", "online", "version", "health")}
     for row in store.devices.census():
@@ -96,10 +101,11 @@ def fleet(
         by["health"][row.health.value] += row.count
     since = who.hub.now_ms() - HOUR_MS
     changes = audit.list_audit(who.principal, store, since=since, limit=10)
-    filters = {"status": status, "online": online, "tag": tag, "model": model}
+    filters = {"status": status, "online": online, "tag": tag, "model": model, "health": health}
     return render(
         request, "fleet.html", who, page=page, counts={k: v.most_common() for k, v in by.items()},
         tags=store.devices.tag_counts(limit=20), changes=changes, offset=offset, size=PAGE_SIZE,
+        healths=[h.value for h in Health],
         filters={k: v for k, v in filters.items() if v not in (None, "")},
     )  # fmt: skip
 
@@ -151,7 +157,11 @@ def model(
 ) -> Response:
     services = get_services(request)
     versions = models.list_versions(name, who.principal, services, limit=1000, offset=0)
-    return render(request, "model.html", who, name=name, versions=list(reversed(versions.items)))
+    graph = layout(versions.items)
+    return render(
+        request, "model.html", who, name=name, versions=list(reversed(versions.items)),
+        graph=lineage_svg(name, graph), graph_text=lineage_text(graph),
+    )  # fmt: skip
 
 
 @router.get("/models/{name}/versions/{version}", name="ui.version")
@@ -163,7 +173,11 @@ def version(
 ) -> Response:
     services = get_services(request)
     chain = models.get_lineage(name, version, who.principal, services).items
-    return render(request, "version.html", who, name=name, chain=chain, shown=chain[0])
+    graph = layout(chain)
+    return render(
+        request, "version.html", who, name=name, chain=chain, shown=chain[0],
+        graph=lineage_svg(name, graph, current=version), graph_text=lineage_text(graph),
+    )  # fmt: skip
 
 
 @router.get("/audit", name="ui.audit")

@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 import hub.api
 from hub.api import HubServices, auth, create_app
 from hub.api.auth import Role
+from hub.health import Health
 from hub.store import Store
 from hub.store.rows import Device, DeviceStatus
 from protocol import keys
@@ -421,6 +422,7 @@ def test_approving_an_active_device_is_a_409_problem(fleet: Api) -> None:
         pytest.param("/api/v1/devices?limit=1001", ["query", "limit"], id="limit-1001"),
         pytest.param("/api/v1/devices?offset=-1", ["query", "offset"], id="negative-offset"),
         pytest.param("/api/v1/devices?status=lost", ["query", "status"], id="unknown-status"),
+        pytest.param("/api/v1/devices?health=sick", ["query", "health"], id="unknown-health"),
         pytest.param("/api/v1/devices?tag=Region:eu", ["query", "tag"], id="tag-key-case"),
         pytest.param("/api/v1/devices?tag=a.b:c", ["query", "tag"], id="dotted-tag-key"),
         pytest.param("/api/v1/devices?model=../etc", ["query", "model"], id="model-traversal"),
@@ -525,7 +527,11 @@ def many(api: Api) -> Api:
         status: DeviceStatus = ("active", "pending", "revoked")[i % 3]
         tags = {"site": "berlin" if i < 10 else "lyon"}
         model = {"active_name": "iris", "active_version": 1 + i % 2} if i % 5 else {}
-        add_device(api.store, f"dev-{i:02d}", status, tags=tags, online=bool(i % 2), **model)
+        health = Health.STUCK if i % 4 == 0 else Health.OK
+        add_device(
+            api.store, f"dev-{i:02d}", status, tags=tags, online=bool(i % 2), health=health,
+            **model,
+        )  # fmt: skip
     return api
 
 
@@ -552,6 +558,9 @@ def test_device_pages_are_ordered_by_id_with_the_total(many: Api) -> None:
         ("model=iris:2", [i for i in range(25) if i % 5 and i % 2]),
         ("online=true", [i for i in range(25) if i % 2]),
         ("status=active&tag=site:lyon&online=false", [12, 18, 24]),
+        ("health=stuck", [i for i in range(25) if i % 4 == 0]),
+        ("health=stuck&status=active", [0, 12, 24]),
+        ("health=freeze_suspected", []),
     ],
 )
 def test_device_filters_combine(many: Api, query: str, expected: list[int]) -> None:

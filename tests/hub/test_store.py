@@ -60,6 +60,13 @@ def test_the_store_names_another_device_holding_a_key_whatever_its_status(store:
     assert store.devices.key_holder("12" * 32, besides="dev-x") is None
 
 
+def test_store_filters_devices_by_the_health_it_last_set(store: Store) -> None:
+    store.devices.set_health("dev-1", Health.STUCK)
+    assert [d.id for d in store.devices.page(health=Health.STUCK).items] == ["dev-1"]
+    assert [d.id for d in store.devices.page(health=Health.UNKNOWN).items] == ["dev-0"]
+    assert store.devices.page(health=Health.STUCK, tag=("region", "eu")).total == 0
+
+
 def test_a_device_reads_back_as_it_was_written(store: Store) -> None:
     device = Device(
         "dev-9",
@@ -219,13 +226,16 @@ def test_postgres_reads_do_not_queue_behind_an_open_transaction(postgres_url: st
     store.close()
 
 
-def test_postgres_immediate_serialises_read_then_write_steps(postgres_url: str) -> None:
-    """Each step reads the highest version then writes the next: under ``immediate`` no two
-    steps read the same highest, as with SQLite's BEGIN IMMEDIATE."""
-    store = open_store(postgres_url)
+def test_postgres_immediate_serialises_read_then_write_steps_across_stores(
+    postgres_url: str,
+) -> None:
+    """Each step reads a counter then writes the next value: under ``immediate`` no two
+    steps read the same value, as with SQLite's BEGIN IMMEDIATE, even from four stores (as
+    four processes or replicas would have) whose transactions nothing else orders."""
+    stores = [open_store(postgres_url) for _ in range(4)]
     errors: list[BaseException] = []
 
-    def step() -> None:
+    def step(store: Store) -> None:
         try:
             for _ in range(5):
                 with store.immediate():
@@ -235,15 +245,17 @@ def test_postgres_immediate_serialises_read_then_write_steps(postgres_url: str) 
         except BaseException as e:  # collected for the test's assertion
             errors.append(e)
 
-    threads = [threading.Thread(target=step) for _ in range(4)]
+    threads = [threading.Thread(target=step, args=(s,)) for s in stores]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert not errors, errors
+    store = stores[0]
     assert store.counters.get("down_seq") == 20
     assert sorted(e.at for e in store.audit.page(limit=100).items) == list(range(20))
-    store.close()
+    for opened in stores:
+        opened.close()
 
 
 def test_postgres_a_refused_write_leaves_the_transaction_usable(postgres_url: str) -> None:

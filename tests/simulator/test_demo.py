@@ -12,15 +12,19 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from selenium.webdriver.common.by import By
 
 from edgefleet.clock import SystemClock
 from hub import keyring
@@ -28,6 +32,8 @@ from hub.api import auth
 from hub.service import HubService
 from hub.settings import HubSettings
 from hub.transport.broker import EmbeddedBroker
+from hub.ui.lineage import MAX_LISTED
+from tests.hub.ui.browser import Browser, assert_not_blank, chromium
 
 REPO = Path(__file__).resolve().parents[2]
 EDGEFLEET = [sys.executable, "-m", "edgefleet.cli"]
@@ -112,6 +118,91 @@ def test_demo_narrates_each_step_and_says_how_to_explore(
     assert "edgefleet hub serve --data" in out
     assert (kept / "hub" / "hub.db").exists()
     assert report["resources"]["cpu_s_per_device"] > 0
+
+
+def test_the_kept_demo_s_dashboard_shows_its_fleet_round_alert_and_rollout(
+    demo: tuple[str, dict[str, Any], Path], tmp_path: Path
+) -> None:
+    """The acceptance of the dashboard: after the demo, the command it printed serves the
+    kept hub again, and its token signs in to pages that show what the demo did."""
+    out, report, _ = demo
+    [serve] = re.findall(r"^  (edgefleet hub serve .*)$", out, re.MULTILINE)
+    [token] = set(re.findall(r"sign in with the token (efh_\S+)", out))
+    assert "dashboard: http://127.0.0.1:8080/ui" in out
+    args = shlex.split(serve)[1:]
+    args[args.index("--port") + 1] = "0"  # the printed 8080 may be taken on this machine
+    with _serving(args, tmp_path / "hub.log") as base:
+        driver = chromium(tmp_path / "profile")
+        try:
+            browser = Browser(driver, base, tmp_path)
+            browser.sign_in(token)
+            assert browser.driver.current_url.endswith("/ui/fleet")
+            tiles = browser.text(".tiles")
+            assert "active\n10" in tiles
+            assert "sensors v2\n10" in tiles, "every device reports running v2"
+            assert "region=eu\n3" in tiles
+            assert "1–10 of 10" in browser.text(".pager")
+            assert_not_blank(browser.screenshot("demo-fleet"))
+
+            [round_] = report["rounds"]
+            browser.go("/ui/rounds")
+            assert round_["id"] in browser.text("#rounds")
+            browser.press(browser.driver.find_element(By.LINK_TEXT, round_["id"]))
+            contributors = browser.driver.find_elements(
+                By.CSS_SELECTOR, "#contrib-h + .scroll tbody tr"
+            )
+            used = [r.text.split()[0] for r in contributors if " used " in f" {r.text} "]
+            assert len(set(used)) == len(used) == round_["deltas"] >= 1
+            assert all(device.startswith(("eu-", "us-")) for device in used), used
+            assert_not_blank(browser.screenshot("demo-round"))
+
+            browser.go("/ui/drift")
+            [alert] = report["drift"]["alerts"]
+            row = browser.text(f"#alert-{alert['id']}")
+            assert "region=eu" in row
+            assert "f8, f9" in row
+            assert "round requested" in row
+            assert_not_blank(browser.screenshot("demo-drift"))
+
+            [rollout] = report["rollouts"]
+            browser.go("/ui/rollouts")
+            assert "completed" in browser.text("#rollouts")
+            browser.go(f"/ui/rollouts/{rollout['id']}")
+            assert browser.text("#phase") == "completed"
+            shares = browser.driver.find_elements(By.CSS_SELECTOR, "#stages tbody td:nth-child(2)")
+            assert [cell.text for cell in shares] == ["10 %", "50 %", "100 %"]
+            assert_not_blank(browser.screenshot("demo-rollout"))
+
+            browser.go("/ui/models/sensors")
+            graph = browser.driver.find_element(By.CSS_SELECTOR, "svg.lineage-graph")
+            assert "v1 · released" in graph.text
+            assert "v2 · released" in graph.text
+            assert f"round {round_['id']}" in graph.text, "the round that made v2 is on its edge"
+            assert f"{len(used)} contributing" in graph.text
+            for device in used[:MAX_LISTED]:
+                assert f"✓ {device}" in graph.text
+            assert_not_blank(browser.screenshot("demo-lineage"))
+        finally:
+            driver.quit()
+
+
+@contextmanager
+def _serving(args: list[str], log: Path) -> Iterator[str]:
+    """``edgefleet`` with ``args`` (a ``hub serve``) as a real process; its address."""
+    with log.open("w") as sink:
+        hub = subprocess.Popen([*EDGEFLEET, *args], cwd=REPO, stdout=sink, stderr=sink)
+    try:
+        deadline = time.monotonic() + 60
+        while (found := re.search(r"hub serving (http://\S+)", log.read_text())) is None:
+            assert hub.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        yield found.group(1)
+    finally:
+        hub.send_signal(signal.SIGTERM)
+        hub.wait(timeout=30)
+    assert hub.returncode == 0, log.read_text()
+    assert "Traceback" not in log.read_text()
 
 
 def test_readme_shows_lines_the_demo_prints(demo: tuple[str, dict[str, Any], Path]) -> None:

@@ -1,10 +1,14 @@
 """The PostgreSQL dialect's connection: a pool, a transaction bound to its thread, translation.
 
-Concurrency: a pool of connections (psycopg-pool) instead of SQLite's one connection and
-lock. A statement outside a transaction borrows a connection for itself (autocommit); a
-transaction (:meth:`PgConnection.atomic`) holds one for its thread until it ends, and every
-statement that thread runs meanwhile goes through it. So a REST read never waits for an
-ingest batch's transaction, it runs beside it on another connection.
+Concurrency: a pool of connections (psycopg-pool) instead of SQLite's one connection. A
+statement outside a transaction borrows a connection for itself (autocommit); a transaction
+(:meth:`PgConnection.atomic`) holds one for its thread until it ends, and every statement
+that thread runs meanwhile goes through it. So a REST read never waits for an ingest
+batch's transaction, it runs beside it on another connection. Transactions themselves still
+take turns within the process (a re-entrant lock, as SQLite's store holds its lock for a
+whole transaction): code written against the SQLite store, whose read-then-write steps in
+``atomic()`` never interleave with another thread's, keeps that guarantee here; between
+processes and replicas, ``immediate()`` is what serialises, on both dialects.
 
 :meth:`PgConnection.immediate` is what SQLite's ``BEGIN IMMEDIATE`` gives the store: its
 transaction first takes ``pg_advisory_xact_lock(WRITE_LOCK)``, so read-then-write steps
@@ -107,6 +111,7 @@ class PgConnection:
         )
         self.translate = Translator(primary_keys or {})
         self._local = threading.local()
+        self._turns = threading.RLock()  # one transaction at a time in this process
 
     @contextmanager
     def _conn(self) -> Iterator[psycopg.Connection[Any]]:
@@ -176,7 +181,7 @@ class PgConnection:
             with current.transaction():  # nested: a savepoint
                 yield
             return
-        with self.pool.connection() as conn:
+        with self._turns, self.pool.connection() as conn:
             self._local.conn = conn
             try:
                 with conn.transaction():

@@ -4,8 +4,9 @@ Each migration runs once, recorded by name in ``edgefleet_migrations``. All pend
 run in one transaction that first takes an advisory lock, so replicas of the hub starting
 together against one database migrate it once: the others wait for the lock, then find
 nothing left to do. Never edit a migration that has shipped: add the next one, the twin
-of the SQLite one in :mod:`hub.store.migrations` (``tests/hub/test_store_schema.py``
-fails while the two dialects' tables and columns differ).
+of the SQLite one in :mod:`hub.store.migrations`, named by the same number (``m001_baseline``
+folds SQLite's m001..m013; SQLite's m014 gets ``m014_<what>.sql``);
+``tests/hub/test_store_schema.py`` fails while the two dialects' tables and columns differ.
 """
 
 from __future__ import annotations

@@ -9,41 +9,16 @@ statements; the schema is ``migrations/*.sql``, applied on open (:mod:`.migrate`
 from __future__ import annotations
 
 import logging
-from contextlib import AbstractContextManager
 
 import psycopg
 
-from hub.store.audit import SqliteAudit
-from hub.store.counters import SqliteCounters
-from hub.store.credentials import SqliteBrokerCredentials
-from hub.store.desired import SqliteDesired
-from hub.store.devices import SqliteDevices
+from hub.store.concerns import Concerns
 from hub.store.dialects import describe
-from hub.store.drift import SqliteDrift
-from hub.store.drift_rows import Drift
 from hub.store.interface import (
-    ApiTokens,
-    Audit,
-    BrokerCredentials,
-    Counters,
-    DesiredStates,
-    Devices,
-    EnrollmentTokens,
-    Registry,
     StoreUnreachable,
-    Uplink,
 )
-from hub.store.lease_rows import Leases
-from hub.store.leases import SqliteLeases
 from hub.store.postgres import migrate
 from hub.store.postgres.connection import PgConnection
-from hub.store.registry import SqliteRegistry
-from hub.store.rollout_rows import Rollouts
-from hub.store.rollouts import SqliteRollouts
-from hub.store.round_rows import Rounds
-from hub.store.rounds import SqliteRounds
-from hub.store.tokens import SqliteApiTokens, SqliteEnrollmentTokens
-from hub.store.uplink import SqliteUplink
 
 logger = logging.getLogger(__name__)
 
@@ -59,24 +34,12 @@ ORDER BY c.relname, k.ord
 """
 
 
-class PostgresStore:
+class PostgresStore(Concerns):
     """The hub's store in a PostgreSQL database; see :mod:`hub.store.interface`."""
 
     def __init__(self, connection: PgConnection) -> None:
         self.connection = connection
-        self.devices: Devices = SqliteDevices(connection)
-        self.desired: DesiredStates = SqliteDesired(connection)
-        self.registry: Registry = SqliteRegistry(connection)
-        self.uplink: Uplink = SqliteUplink(connection)
-        self.audit: Audit = SqliteAudit(connection)
-        self.api_tokens: ApiTokens = SqliteApiTokens(connection)
-        self.enrollment_tokens: EnrollmentTokens = SqliteEnrollmentTokens(connection)
-        self.counters: Counters = SqliteCounters(connection)
-        self.broker_credentials: BrokerCredentials = SqliteBrokerCredentials(connection)
-        self.rounds: Rounds = SqliteRounds(connection)
-        self.drift: Drift = SqliteDrift(connection)
-        self.rollouts: Rollouts = SqliteRollouts(connection)
-        self.leases: Leases = SqliteLeases(connection)
+        super().__init__(connection)
 
     @classmethod
     def open(cls, url: str) -> PostgresStore:
@@ -100,15 +63,6 @@ class PostgresStore:
             logger.info("store %s: applied %s", describe(url), ", ".join(applied))
         primary = {table: tuple(columns) for table, columns in keys.items()}
         return cls(PgConnection(url, primary))
-
-    def atomic(self) -> AbstractContextManager[None]:
-        return self.connection.atomic()
-
-    def immediate(self) -> AbstractContextManager[None]:
-        return self.connection.immediate()
-
-    def for_update(self) -> AbstractContextManager[None]:
-        return self.connection.atomic()  # the caller locks its rows (SELECT ... FOR UPDATE)
 
     def ping(self) -> bool:
         try:

@@ -14,8 +14,8 @@ from fastapi.testclient import TestClient
 
 import hub.ui
 from hub.api.auth import Role
+from hub.health import Health
 from hub.ui import session
-from hub.ui.session import Sessions
 from tests import models
 from tests.clock import FakeClock
 from tests.hub.test_api import Api, add_device, make_api
@@ -166,17 +166,6 @@ def test_pages_escape_what_devices_and_callers_send(api: Api) -> None:
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
 
 
-def test_sessions_are_bounded_and_expire(clock: FakeClock) -> None:
-    sessions = Sessions(limit=2)
-    now = clock.now_ms()
-    first = sessions.open("a", now_ms=now)
-    second = sessions.open("b", now_ms=now)
-    sessions.open("c", now_ms=now)
-    assert sessions.find(first.id, now_ms=now) is None, "the oldest went first"
-    assert sessions.find(second.id, now_ms=now) == second
-    assert sessions.find(second.id, now_ms=now + session.SESSION_TTL_MS) is None
-
-
 def test_tag_counts_count_devices_per_tag_value_most_common_first(api: Api) -> None:
     found = [(t.key, t.value, t.count) for t in api.store.devices.tag_counts(limit=5)]
     assert found == [("region", "us", 90), ("region", "eu", 30)]
@@ -231,3 +220,25 @@ def test_an_unknown_dashboard_path_is_an_html_404_and_static_files_still_load(ap
     assert "no dashboard page /ui/nowhere/at/all" in missing.text
     assert client.get("/ui/static/ui.css").status_code == 200
     assert client.get("/ui/static/nothing.css").status_code == 404
+
+
+def test_the_fleet_page_filters_by_health_and_links_each_health_count(api: Api) -> None:
+    for device_id in ("dev-003", "dev-007"):
+        api.store.devices.set_health(device_id, Health.STUCK)
+    api.store.devices.set_health("dev-050", Health.OK)
+    client = signed(api, "viewer")
+    fleet = client.get("/ui/fleet").text
+    assert '<a href="/ui/fleet?health=stuck">stuck</a>\n        <b>2</b>' in fleet
+    assert '<a href="/ui/fleet?health=ok">ok</a>\n        <b>1</b>' in fleet
+    stuck = client.get("/ui/fleet?health=stuck")
+    assert stuck.status_code == 200
+    listed = re.findall(r'<td><a href="/ui/devices/([^"]+)">', stuck.text)
+    assert listed == ["dev-003", "dev-007"]
+    assert "1–2 of 2" in stuck.text
+    assert "<option selected>stuck</option>" in stuck.text, "the form keeps the filter"
+    both = client.get("/ui/fleet?health=stuck&tag=region:us")
+    assert re.findall(r'<td><a href="/ui/devices/([^"]+)">', both.text) == []
+    assert client.get("/ui/fleet?health=").status_code == 200, "the form's 'any'"
+    refused = client.get("/ui/fleet?health=sick")
+    assert refused.status_code == 422
+    assert "health" in refused.text

@@ -72,7 +72,16 @@ def test_a_viewer_sees_the_fleet_a_device_and_a_lineage_and_no_action_button(
     assert "iris v" in browser.text("#twin")
     assert "None: the device has not refused an install." in device
     assert browser.driver.find_elements(By.CSS_SELECTOR, "svg.chart")
-    browser.go("/ui/models/iris/versions/2")
+    browser.go("/ui/models/iris")
+    graph = browser.text("svg.lineage-graph")
+    assert "v1 · released" in graph
+    assert "v2 · released" in graph
+    assert "v2, released, from v1" in browser.read("#lineage-text"), "the graph in words"
+    assert browser.tab_to("lineage-v2"), "a version in the graph is reached by keyboard"
+    graph_page = browser.driver.find_element(By.TAG_NAME, "html")
+    browser.driver.switch_to.active_element.send_keys(Keys.ENTER)
+    browser.wait_new(graph_page)
+    assert browser.driver.current_url.endswith("/ui/models/iris/versions/2")
     lineage = browser.text("#lineage")
     assert "v2" in lineage
     assert "v1" in lineage, "a version's lineage reaches back to its parent"
