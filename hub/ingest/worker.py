@@ -19,13 +19,11 @@ IGNORE`` on their (device_id, seq) key as a second line of defence.
 **Verify workers** open and verify a batch's frames ahead of the worker, on threads of
 their own, and only save work (:mod:`hub.ingest.verify_ahead`).
 
-**Caches.** Device keys and windows are cached in memory for speed; the store is the
-truth. The cache is updated only after a commit, dropped when a batch fails, and dropped
-when the ``devices_epoch`` counter moved (approve/revoke/preauthorize bump it), checked
-inside each batch's transaction, so a revocation applies from the next batch on.
-
-**Replicas** (docs/scale-out.md): a batch's transaction (``store.for_update()``) locks its
-devices' rows first; a cached device whose stored window another replica moved is read again.
+**Caches.** Device keys and windows are cached for speed; the store is the truth. The
+cache is updated only after a commit, dropped when a batch fails or the ``devices_epoch``
+counter moved (approve/revoke/preauthorize bump it; checked in each batch's transaction,
+so a revocation applies from the next batch on), and checked against the stored windows of
+the batch's devices, their rows locked first (:func:`lock_windows`: hub replicas).
 
 **Rejections** are counted (``edgefleet_hub_rejected_total{reason}``) and audited by
 :mod:`hub.ingest.sentry`: attacks always (outcome ``alert``), garbage a few rows per sender
@@ -68,8 +66,8 @@ from hub.ingest.batch import (
     Batch,
     SeenDevice,
     StateUpdate,
-    device_ids,
     load_device,
+    lock_windows,
     record,
     reported_twin,
 )
@@ -183,7 +181,6 @@ class Ingest:
         )
         self._devices: dict[str, Device] = {}
         self._windows: dict[str, bytes | None] = {}  # the stored window each cached one began as
-        self._up_base = Topics(settings.topic_prefix).base + "/d/"
         self._epoch = -1
         self._fingerprints: OrderedDict[tuple[str, int], bytes] = OrderedDict()
         self._audited = 0
@@ -282,7 +279,7 @@ class Ingest:
         try:
             with self.store.for_update():
                 self._sync_epoch()
-                self._lock_windows(items)
+                lock_windows(self.store, items, self.rules.topics, self._devices, self._windows)
                 lookup = self._lookup(batch)
                 for (topic, payload), ahead in zip(items, decoded, strict=True):
                     self._one(topic, payload, batch, lookup, ahead)
@@ -443,16 +440,6 @@ class Ingest:
         if epoch != self._epoch:
             self._devices.clear()
             self._epoch = epoch
-
-    def _lock_windows(self, items: Sequence[Inbound]) -> None:
-        """Lock the rows of the devices ``items`` come from, and drop a cached device whose
-        stored window is not the one its cache was built on: another hub replica (sharing
-        the uplink through ``$share``) admitted frames of it since. Judged against the
-        stored window, a frame that replica stored is a duplicate here, never new twice."""
-        ids = device_ids(items, self._up_base)
-        for device_id, window in self.store.devices.windows_for_update(ids).items():
-            if device_id in self._devices and self._windows.get(device_id) != window:
-                del self._devices[device_id]
 
     # ------------------------------------------------------------------ after the commit
 

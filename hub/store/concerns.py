@@ -69,8 +69,11 @@ class Concerns:
         return self._transactions.immediate()
 
     def for_update(self) -> AbstractContextManager[None]:
-        """PostgreSQL: a plain transaction, the caller locks its rows (``FOR UPDATE``);
-        SQLite has one writer and no row locks, so its write lock first (``immediate``)."""
+        """A transaction in which the caller locks the rows it reads before writing them
+        (the ``*_for_update`` methods), so concurrent writers wait per row, not globally:
+        PostgreSQL runs a plain transaction and ``SELECT ... FOR UPDATE`` locks the rows;
+        SQLite has one writer and no row locks, so it takes the write lock first (as
+        ``immediate``). An ingest batch of hub replicas runs in one (docs/scale-out.md)."""
         if self._transactions.row_locks:
             return self._transactions.atomic()
         return self._transactions.immediate()

@@ -175,7 +175,10 @@ class SqliteDevices:
         return DeviceIdentity(row["id"], row["status"], row["public_key"], row["up_window"])
 
     def windows_for_update(self, device_ids: Collection[str]) -> dict[str, bytes | None]:
-        ids = sorted(device_ids)  # locked in one order: two replicas never deadlock
+        # each known device's up_window, its row locked until the transaction ends (on
+        # PostgreSQL; SQLite's one writer serialises), so two hub replicas never judge one
+        # device's frames against the same window; in one order: they never deadlock
+        ids = sorted(device_ids)
         lock = " FOR UPDATE" if self._c.row_locks else ""
         found: dict[str, bytes | None] = {}
         for start in range(0, len(ids), _IN_CHUNK):

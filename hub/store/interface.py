@@ -114,11 +114,7 @@ class Devices(Protocol):
     def identity(self, device_id: str) -> DeviceIdentity | None: ...
 
     def windows_for_update(self, device_ids: Collection[str]) -> dict[str, bytes | None]:
-        """Each known device's replay window (``up_window``), its row locked until the
-        transaction ends (call it inside ``for_update()``; SQLite's one writer already
-        serialises, PostgreSQL: ``SELECT ... ORDER BY id FOR UPDATE``), so two hub
-        replicas never judge one device's frames against the same window."""
-        ...
+        """Known devices' ``up_window``, rows locked until the commit (in ``for_update()``)."""
 
     def key_holder(self, public_key: str, *, besides: str) -> str | None:
         """Another device than ``besides`` (pending, active or revoked: a revoked device's
@@ -503,12 +499,7 @@ class Store(Protocol):
     def immediate(self) -> AbstractContextManager[None]: ...
 
     def for_update(self) -> AbstractContextManager[None]:
-        """A transaction in which the caller locks the rows it reads before writing them
-        (the ``*_for_update`` methods), so concurrent writers serialise per row, not
-        globally: SQLite has one writer, so this takes the write lock first (as
-        ``immediate``); PostgreSQL runs a plain transaction and locks rows as they are read
-        (an ingest batch of hub replicas, docs/scale-out.md)."""
-        ...
+        """A transaction locking per row, not globally (:mod:`hub.store.concerns`)."""
 
     def ping(self) -> bool:
         """Whether the store answers a trivial query (``/healthz``)."""
