@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 from edgefleet.clock import Clock
 from hub.keyring import Keys
@@ -52,6 +52,14 @@ class HubContext:
     settings: HubSettings
     downlink: Sender | None = None
     fleet: FleetPublisher | None = None
+    leading: Callable[[], bool] | None = None  # a replica's hub.leader; None: a lone hub leads
+
+    @property
+    def role(self) -> Literal["single", "leader", "follower"]:
+        """``single`` (no replicas), or this replica's ``leader`` or ``follower``."""
+        if self.leading is None:
+            return "single"
+        return "leader" if self.leading() else "follower"
 
     def now_ms(self) -> int:
         """The clock's time, milliseconds since the Unix epoch."""

@@ -112,6 +112,12 @@ BROKER_TAKEOVERS = Counter(
     "Embedded broker: logins that took over a live session with the same client id.",
     registry=REGISTRY,
 )
+LEADER = Gauge(
+    "edgefleet_hub_leader",
+    "1 while this hub runs the scheduled jobs: a replica holding the leader lease, or a hub "
+    "without --replica-group (it always does); 0 for a follower replica.",
+    registry=REGISTRY,
+)
 BROKER_ACCOUNTS = Gauge(
     "edgefleet_hub_broker_accounts",
     "Broker accounts the hub provisioned at its last sync (active devices plus the hub).",

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -62,7 +63,7 @@ from edgefleet.lock import DirectoryInUse, DirectoryLock
 from hub import keyring, metrics
 from hub.api import HubServices, create_app
 from hub.context import FleetPublisher, HubContext
-from hub.errors import HubError
+from hub.errors import HubError, InvalidRequest
 from hub.federated.rounds import RoundsKick, open_round, rounds_job
 from hub.fleet.documents import issue_heartbeat
 from hub.fleet.presence import mark_offline
@@ -72,8 +73,9 @@ from hub.fleet.rollouts import rollouts_job
 from hub.ingest import pipeline as ingest_run
 from hub.ingest.pipeline import IngestService
 from hub.keyring import Keyring, KeyringError, LiveKeyring
+from hub.leader import Leadership
 from hub.monitor.jobs import RoundRequest, maintain_job, score_job
-from hub.registry.artifacts import ArtifactStore
+from hub.registry.artifacts import Artifacts, ArtifactStore
 from hub.registry.registry import Registry
 from hub.settings import HubSettings
 from hub.store import Store
@@ -127,6 +129,18 @@ JOBS: dict[str, tuple[Callable[[HubSettings], float], Job]] = {
 with the context). Rounds, drift and rollouts add theirs here."""
 
 
+EMBEDDED_REPLICAS = (
+    "--replica-group needs a broker with shared subscriptions ($share, e.g. Mosquitto 2): "
+    "the embedded broker has none; give --broker"
+)
+
+
+def replica_id(settings: HubSettings) -> str:
+    """Who this replica is in the leader lease: ``replica_id``, or ``<host>:<data dir>``,
+    which a restarted replica keeps (it takes its own lease back at once)."""
+    return settings.replica_id or f"{socket.gethostname()}:{settings.data_dir.resolve()}"
+
+
 class BrokerUnreachable(HubError):
     """The broker did not accept the hub's connection and subscription in time."""
 
@@ -169,7 +183,8 @@ class KeyringJob:
         old, new = change
         if "rollout" in keyring.rotated_roles(old.root, new.root):
             self.downlink.set_key(new.signing_keys("rollout")[0])
-        rekey(ctx, old, new)
+        if ctx.role != "follower":  # every replica signs with the new keys; one republishes
+            rekey(ctx, old, new)
 
 
 def ledgered(publish: FleetPublisher, ledger: RetainedLedger, topics: Topics) -> FleetPublisher:
@@ -239,7 +254,7 @@ class HubService:
 
     settings: HubSettings  # as started: the real broker URL and HTTP port
     context: HubContext
-    artifacts: ArtifactStore
+    artifacts: Artifacts
     registry: Registry
     pipeline: IngestService
     scheduler: BackgroundScheduler
@@ -273,6 +288,8 @@ class HubService:
             hub.transport.http_server.HttpUnavailable: the HTTP address cannot be bound.
         """
         clock = clock or SystemClock()
+        if settings.replica_group and embedded_broker is not None:
+            raise InvalidRequest(EMBEDDED_REPLICAS)
         lock = lock_data_dir(settings.data_dir)
         with ExitStack() as stops:
             stops.callback(lock.release)
@@ -309,6 +326,16 @@ class HubService:
                 downlink=pipeline.downlink,
                 fleet=ledgered(fleet_publisher(pipeline.link, topics), ledger, topics),
             )
+            leadership = None
+            if settings.replica_group:
+                link = pipeline.link  # a new leader republishes now if connected, else on connect
+                leadership = Leadership(
+                    ctx,
+                    replica_id(settings),
+                    on_acquired=lambda: connected.set() if link.wait_ready(0) else None,
+                )
+                ctx = replace(ctx, leading=leadership.leading)
+            leads = leadership.confirm if leadership else lambda: True
             watch = RetainedWatch.connect(
                 settings.broker_url,
                 client_id=f"{settings.client_id}-w",
@@ -324,6 +351,8 @@ class HubService:
             stops.callback(watch.stop)
 
             def republish() -> None:
+                if not leads():  # a follower leaves the retained topics to the leader
+                    return
                 try:
                     republish_all(ctx)
                 finally:
@@ -333,9 +362,13 @@ class HubService:
             republisher.start()
             stops.callback(republisher.stop)
             kick = RoundsKick(ctx)  # closes rounds and flushes buffers after ingest
-            pipeline.ingest.on_deltas = kick
+            pipeline.ingest.on_deltas = lambda v: kick(v) if leads() else None
             stops.callback(kick.stop)
-            scheduler = _scheduler(ctx, KeyringJob(ring, pipeline.downlink))
+            if leadership is not None:
+                leadership.start()
+                stops.callback(leadership.stop)
+            metrics.LEADER.set(1 if leadership is None else int(leadership.leading()))
+            scheduler = _scheduler(ctx, KeyringJob(ring, pipeline.downlink), leads)
             scheduler.start()
             stops.callback(scheduler.shutdown)
             pipeline.start()
@@ -421,16 +454,17 @@ class HubService:
         self.stop()
 
 
-def _scheduler(ctx: HubContext, keyring_job: Job) -> BackgroundScheduler:
-    """The periodic jobs of :data:`JOBS` and the ``keyring`` job, each a one-line shim
-    over a function."""
+def _scheduler(ctx: HubContext, keyring_job: Job, leads: Callable[[], bool]) -> BackgroundScheduler:
+    """The periodic jobs of :data:`JOBS`, each a one-line shim over a function run only
+    while ``leads()`` (:mod:`hub.leader`), and the ``keyring`` job, run on every replica."""
     scheduler = BackgroundScheduler(
         timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1}
     )
     jobs = {**JOBS, "keyring": (lambda s: s.keyring_check_interval_s, keyring_job)}
     for name, (interval_s, job) in jobs.items():
+        gate = (lambda: True) if name == "keyring" else leads
         scheduler.add_job(
-            _logged(name, partial(job, ctx)),
+            _logged(name, partial(job, ctx), gate),
             "interval",
             seconds=interval_s(ctx.settings),
             id=name,
@@ -439,13 +473,15 @@ def _scheduler(ctx: HubContext, keyring_job: Job) -> BackgroundScheduler:
     return scheduler
 
 
-def _logged(name: str, job: Callable[[], object]) -> Callable[[], None]:
-    """Run ``job``, turning an error the hub raises on purpose (a key kept offline, say)
-    into one log line; anything else is a bug, and APScheduler logs its traceback."""
+def _logged(name: str, job: Callable[[], object], gate: Callable[[], bool]) -> Callable[[], None]:
+    """Run ``job`` if ``gate()`` allows, turning an error the hub raises on purpose (a key
+    kept offline, say) into one log line; anything else is a bug, and APScheduler logs
+    its traceback."""
 
     def run() -> None:
         try:
-            job()
+            if gate():
+                job()
         except EdgefleetError as e:
             logger.error("%s job: %s", name, e)
 

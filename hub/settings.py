@@ -33,7 +33,15 @@ class HubSettings:
     http_host: str = "127.0.0.1"
     http_port: int = 8080
     client_id: str = ""  # MQTT client id; "" derives one per data directory and process
-    database: str = ""  # the store: a postgresql:// URL; "" is SQLite in data_dir/hub.db
+    database: str = ""  # the store: a postgresql:// or sqlite:/// URL; "" is data_dir/hub.db
+
+    # replicas (docs/scale-out.md): several hubs on one store, one broker, shared keys/artifacts
+    shared_keys_dir: Path | None = None  # the key ring every replica reads; None: data_dir/keys
+    shared_artifacts_dir: Path | None = None  # None: data_dir/artifacts
+    replica_group: str = ""  # "": one hub; else the uplink is shared as $share/<group>/...
+    replica_id: str = ""  # who holds the leader lease; "" is HOST:DATA (hub.service.replica_id)
+    lease_ttl_s: float = 8.0  # a leader silent this long is replaced
+    lease_renew_s: float = 2.0  # how often every replica renews or tries to take the lease
 
     # ingest
     limits: Limits = field(default_factory=Limits)
@@ -105,8 +113,14 @@ class HubSettings:
 
     @property
     def keys_dir(self) -> Path:
-        return self.data_dir / "keys"
+        return self.shared_keys_dir or self.data_dir / "keys"
 
     @property
     def artifacts_dir(self) -> Path:
-        return self.data_dir / "artifacts"
+        return self.shared_artifacts_dir or self.data_dir / "artifacts"
+
+    @property
+    def uplink_filter_prefix(self) -> str:
+        """What the uplink subscription's filter is prefixed with: ``$share/<group>/`` for a
+        replica (the broker hands each frame to one member of the group), else nothing."""
+        return f"$share/{self.replica_group}/" if self.replica_group else ""

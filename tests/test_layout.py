@@ -128,6 +128,8 @@ PURE_CORES = (
     "hub/store/round_rows.py",  # the typed rows of federated rounds
     "hub/store/drift_rows.py",  # the drift concern's typed rows
     "hub/store/rollout_rows.py",  # the rollouts' part of the contract
+    "hub/store/lease_rows.py",  # the leases' part of the contract
+    "hub/store/session_rows.py",  # the dashboard sessions' part of the contract
     "hub/transport/__init__.py",
     "hub/transport/broker_access.py",  # who may touch which topic, for both brokers
     "hub/transport/mosquitto.py",  # Mosquitto's configuration as text
@@ -214,7 +216,7 @@ def test_the_store_contract_names_no_table_and_takes_no_sql() -> None:
     assert members == {
         "api_tokens", "atomic", "audit", "broker_credentials", "close", "counters", "drift",
         "desired", "devices", "enrollment_tokens", "immediate", "ping", "registry", "uplink",
-        "rollouts", "rounds", "ui_sessions",
+        "rollouts", "rounds", "ui_sessions", "leases", "for_update",
     }  # fmt: skip
 
 

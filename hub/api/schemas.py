@@ -72,6 +72,11 @@ class Problem(BaseModel):
 class Health(BaseModel):
     status: Literal["ok"]
     store: bool = Field(description="The store answered a query")
+    role: Literal["single", "leader", "follower"] = Field(
+        "single",
+        description="single: a hub without replicas; leader: the replica running the "
+        "scheduled jobs; follower: a replica serving ingest and REST only",
+    )
 
 
 # ---------------------------------------------------------------------- devices

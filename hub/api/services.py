@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
-from hub.registry.artifacts import ArtifactStore
+from hub.registry.artifacts import Artifacts
 from hub.registry.registry import Registry
 
 
@@ -33,5 +33,5 @@ class HubServices:
     """
 
     registry: Registry
-    artifacts: ArtifactStore
+    artifacts: Artifacts
     metrics: CollectorRegistry

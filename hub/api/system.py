@@ -38,15 +38,17 @@ class StoreUnavailable(HubError):
     response_model=Health,
     responses=problem_responses(503),
 )
-def health(store: StoreDep) -> Health:
-    """For load balancers and container runtimes: says nothing about the fleet.
+def health(store: StoreDep, request: Request) -> Health:
+    """For load balancers and container runtimes: says nothing about the fleet, only
+    whether this process is a lone hub, the replicas' leader or a follower.
     \f
     Raises:
         StoreUnavailable: the store did not answer (503).
     """
     if not store.ping():
         raise StoreUnavailable("the store did not answer")
-    return Health(status="ok", store=True)
+    role = get_context(request).hub.role
+    return Health(status="ok", store=True, role=role)
 
 
 class MetricsResponse(PlainTextResponse):

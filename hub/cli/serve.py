@@ -25,7 +25,7 @@ from typing import Any
 
 from hub.cli.common import Subcommands
 from hub.errors import InvalidRequest
-from hub.service import BrokerUnreachable, DataDirInUse, HubService
+from hub.service import EMBEDDED_REPLICAS, BrokerUnreachable, DataDirInUse, HubService
 from hub.settings import HubSettings
 from hub.store.dialects import POSTGRES_SCHEMES, SQLITE_SCHEME, describe
 from hub.store.interface import StoreUnreachable
@@ -75,6 +75,12 @@ def _seconds(text: str) -> float:
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
     return value
+
+
+def _group(text: str) -> str:
+    if not text or any(c in text for c in "/+#$") or not text.isprintable():
+        raise argparse.ArgumentTypeError(f"not a shared-subscription group name: {text!r}")
+    return text
 
 
 def _database(text: str) -> str:
@@ -145,6 +151,17 @@ OPTIONS: tuple[Option, ...] = (
     Option("--heartbeat-interval", "HEARTBEAT_INTERVAL_S", _seconds, "S", "seconds (60)"),
     Option("--offline-after", "OFFLINE_AFTER_S", _seconds, "S", "silent seconds (120)"),
     Option("--rollout-tick", "ROLLOUT_TICK_S", _seconds, "S", "seconds between rollout plans (5)"),
+    Option("--keys", "KEYS", Path, "DIR", "the key ring, shared by replicas (default: DIR/keys)"),
+    Option("--artifacts", "ARTIFACTS", Path, "DIR", "model files, shared (default: DIR/artifacts)"),
+    Option(
+        "--replica-group",
+        "REPLICA_GROUP",
+        _group,
+        "NAME",
+        "run as one of several replicas: the uplink via $share/NAME/, one leader",
+    ),
+    Option("--replica-id", "REPLICA_ID", str, "ID", "this replica in the lease (HOST:DIR)"),
+    Option("--lease-ttl", "LEASE_TTL_S", _seconds, "S", "a silent leader is replaced after (8)"),
 )
 EMBEDDED = Option(
     "--embedded-broker",
@@ -166,6 +183,11 @@ _FIELDS = {
     "heartbeat_interval": "heartbeat_interval_s",
     "offline_after": "offline_after_s",
     "rollout_tick": "rollout_tick_s",
+    "keys": "shared_keys_dir",
+    "artifacts": "shared_artifacts_dir",
+    "replica_group": "replica_group",
+    "replica_id": "replica_id",
+    "lease_ttl": "lease_ttl_s",
 }
 
 EPILOG = (
@@ -190,6 +212,11 @@ examples:
   edgefleet hub serve --data hub/ --broker mqtt://broker.local:1883 --host 0.0.0.0
   EDGEFLEET_HUB_DATA=/var/lib/edgefleet EDGEFLEET_HUB_PORT=9000 edgefleet hub serve
   edgefleet hub serve --data hub/ --database postgresql://hub:PASSWORD@db.local:5432/hub
+
+replicas (docs/scale-out.md): each its own --data; one --database, --keys, --artifacts
+(on one machine, replicas may share a SQLite file: --database sqlite:///shared/hub.db)
+  edgefleet hub serve --data r1/ --broker mqtt://mq:1883 --replica-group hubs --database
+    postgresql://hub@db/edgefleet --keys /shared/keys --artifacts /shared/artifacts
 """
 )
 
@@ -235,6 +262,11 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str]) -> ServeConfig
     embedded = bool(values["embedded_broker"]) and args.broker is None
     if args.broker_port is not None and not embedded:
         raise InvalidRequest("--broker-port is the embedded broker's: add --embedded-broker")
+    if embedded and values["replica_group"]:
+        raise InvalidRequest(EMBEDDED_REPLICAS)
+    renew_s = HubSettings.lease_renew_s
+    if values["lease_ttl"] is not None and values["lease_ttl"] < 3 * renew_s:
+        raise InvalidRequest(f"--lease-ttl must be at least {3 * renew_s:g} s (3 renewals)")
     fields = {_FIELDS[k]: v for k, v in values.items() if k in _FIELDS and v is not None}
     if embedded:
         fields.pop("broker_url", None)

@@ -37,7 +37,7 @@ from typing import Literal
 from edgefleet.clock import Clock
 from hub.context import Sender
 from hub.errors import InvalidRequest
-from hub.registry.artifacts import ArtifactCorrupt, ArtifactStore, check_digest
+from hub.registry.artifacts import ArtifactCorrupt, Artifacts, check_digest
 from hub.settings import FlowLimits as FlowLimits  # re-exported: delivery's own knobs
 from hub.settings import HubSettings
 from hub.store import NotFound, Store
@@ -156,7 +156,7 @@ class Delivery:
     def __init__(
         self,
         store: Store,
-        artifacts: ArtifactStore,
+        artifacts: Artifacts,
         downlink: Sender,
         clock: Clock,
         settings: HubSettings,
@@ -255,7 +255,7 @@ class ArtifactBytes:
 
 def http_artifact(
     store: Store,
-    artifacts: ArtifactStore,
+    artifacts: Artifacts,
     sha256: str,
     *,
     offset: int = 0,

@@ -13,6 +13,7 @@ transaction, the caches and the acknowledgements.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from hub.health import OFFLINE_FLAG, derive
@@ -24,6 +25,7 @@ from hub.store.rows import (
     DataWindowRecord,
     DeltaRecord,
     DeviceAckRecord,
+    DeviceIdentity,
     HelloUpdate,
     ReportedTwin,
     StateRecord,
@@ -31,6 +33,7 @@ from hub.store.rows import (
     UplinkRecord,
     UplinkSeen,
 )
+from protocol import keys
 from protocol.messages import (
     MAX_REASON,
     DataDelta,
@@ -39,6 +42,8 @@ from protocol.messages import (
     FetchRequest,
     StateReport,
 )
+from protocol.replay import SeqWindow
+from protocol.topics import Topics
 
 REFUSED_INSTALLS = frozenset({"refused", "failed", "rolled_back"})
 
@@ -202,3 +207,38 @@ class Batch:
         )
         if self.audits:
             store.audit.append_many(self.audits)
+
+
+def load_device(identity: DeviceIdentity) -> Device:
+    """What the rules check a device's frames against, from what the store pins."""
+    window = identity.up_window
+    return Device(
+        id=identity.id,
+        status=identity.status,
+        key_hex=identity.public_key,
+        key=keys.public_from_hex(identity.public_key),
+        window=SeqWindow.from_bytes(window) if window else SeqWindow(),
+    )
+
+
+def device_ids(items: Iterable[tuple[str, bytes]], base: str) -> set[str]:
+    """The device ids in the topics of ``items`` (``<base><id>/up/<kind>``; others skipped)."""
+    return {topic[len(base) :].partition("/")[0] for topic, _ in items if topic.startswith(base)}
+
+
+def lock_windows(
+    store: Store,
+    items: Iterable[tuple[str, bytes]],
+    topics: Topics,
+    cached: dict[str, Device],
+    began_as: Mapping[str, bytes | None],
+) -> None:
+    """Lock the rows of the devices ``items`` come from (inside ``store.for_update()``), and
+    drop from ``cached`` a device whose stored window is not the one its cache began as
+    (``began_as``): another hub replica, sharing the uplink through ``$share``, admitted
+    frames of it since. Judged against the stored window, a frame that replica stored is a
+    duplicate here, never new twice, and no window update of the other is written over."""
+    ids = device_ids(items, topics.base + "/d/")
+    for device_id, window in store.devices.windows_for_update(ids).items():
+        if device_id in cached and began_as.get(device_id) != window:
+            del cached[device_id]

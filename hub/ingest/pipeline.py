@@ -5,6 +5,7 @@ serve`` (:class:`hub.service.HubService`) adds REST and the scheduler around it,
 this module's ``main`` runs it alone::
 
     python -m hub.ingest.pipeline --data DIR --broker URL [--prefix P] --key ROLLOUT.pem
+        [--database LOCATION --replica-group NAME]   # one of several replicas (bench/scale_out.py)
 
 The crash tests and the benchmark run that as a subprocess they can SIGKILL. It prints
 ``ready`` on stdout once the broker has granted the subscription, and exits 0 on SIGTERM
@@ -30,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edgefleet.clock import Clock, SystemClock
 from hub.fleet.delivery import Delivery
 from hub.ingest.worker import Ingest
-from hub.registry.artifacts import ArtifactStore
+from hub.registry.artifacts import Artifacts, ArtifactStore
 from hub.settings import HubSettings
 from hub.store import Store
 from hub.store.dialects import open_store
@@ -69,7 +70,7 @@ def assemble(
     *,
     clock: Clock | None = None,
     store: Store | None = None,
-    artifacts: ArtifactStore | None = None,
+    artifacts: Artifacts | None = None,
     tls: TlsFiles | None = None,
     on_ready: Callable[[], None] | None = None,
     login: tuple[str, str] | None = None,
@@ -91,7 +92,7 @@ def assemble(
         settings.broker_url,
         client_id=login[0] if login else settings.mqtt_client_id(os.getpid()),
         inbox=inbox,
-        subscriptions=[topics.all_up()],
+        subscriptions=[settings.uplink_filter_prefix + topics.all_up()],
         tls=tls,
         on_ready=on_ready,
         login=login,
@@ -141,6 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--prefix", default="ef", help="topic prefix (default ef)")
     parser.add_argument("--key", type=Path, required=True, help="rollout key, PKCS#8 PEM")
     parser.add_argument("--client-id", default="edgefleet-hub-ingest")
+    parser.add_argument("--database", default="", help="store location (default DATA/hub.db)")
+    parser.add_argument("--replica-group", default="", help="share the uplink as $share/NAME/")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     settings = HubSettings(
@@ -148,6 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         broker_url=args.broker,
         topic_prefix=args.prefix,
         client_id=args.client_id,
+        database=args.database,
+        replica_group=args.replica_group,
     )
     key = keys.private_from_pem(args.key.read_bytes())
     service = start(settings, key)

@@ -19,10 +19,11 @@ IGNORE`` on their (device_id, seq) key as a second line of defence.
 **Verify workers** open and verify a batch's frames ahead of the worker, on threads of
 their own, and only save work (:mod:`hub.ingest.verify_ahead`).
 
-**Caches.** Device keys and windows are cached in memory for speed; the store is the
-truth. The cache is updated only after a commit, dropped when a batch fails, and dropped
-when the ``devices_epoch`` counter moved (approve/revoke/preauthorize bump it), checked
-inside each batch's transaction, so a revocation applies from the next batch on.
+**Caches.** Device keys and windows are cached for speed; the store is the truth. The
+cache is updated only after a commit, dropped when a batch fails or the ``devices_epoch``
+counter moved (approve/revoke/preauthorize bump it; checked in each batch's transaction,
+so a revocation applies from the next batch on), and checked against the stored windows of
+the batch's devices, their rows locked first (:func:`lock_windows`: hub replicas).
 
 **Rejections** are counted (``edgefleet_hub_rejected_total{reason}``) and audited by
 :mod:`hub.ingest.sentry`: attacks always (outcome ``alert``), garbage a few rows per sender
@@ -61,7 +62,15 @@ from edgefleet.clock import Clock
 from hub.federated.screening import DeltaScreening
 from hub.fleet import enrollment
 from hub.fleet.identity import ACTIVE, PENDING, Enroll, Pend, Refuse
-from hub.ingest.batch import Batch, SeenDevice, StateUpdate, record, reported_twin
+from hub.ingest.batch import (
+    Batch,
+    SeenDevice,
+    StateUpdate,
+    load_device,
+    lock_windows,
+    record,
+    reported_twin,
+)
 from hub.ingest.rules import (
     Admitted,
     Claimed,
@@ -92,9 +101,7 @@ from hub.store import Store
 from hub.store.round_rows import DeltaVerdict
 from hub.store.rows import DeviceIdentity
 from hub.transport.mqtt import Inbound
-from protocol import keys
 from protocol.messages import DeltaUpload, FetchRequest, Hello, StateReport
-from protocol.replay import SeqWindow
 from protocol.topics import Topics
 
 logger = logging.getLogger(__name__)
@@ -173,6 +180,7 @@ class Ingest:
             PENDING_ANSWERS_PER_MIN, max_unknown=settings.max_pending_devices
         )
         self._devices: dict[str, Device] = {}
+        self._windows: dict[str, bytes | None] = {}  # the stored window each cached one began as
         self._epoch = -1
         self._fingerprints: OrderedDict[tuple[str, int], bytes] = OrderedDict()
         self._audited = 0
@@ -269,8 +277,9 @@ class Ingest:
             decoded = self.ahead.start(items)
         batch = Batch(self.clock.now_ms())
         try:
-            with self.store.atomic():
+            with self.store.for_update():
                 self._sync_epoch()
+                lock_windows(self.store, items, self.rules.topics, self._devices, self._windows)
                 lookup = self._lookup(batch)
                 for (topic, payload), ahead in zip(items, decoded, strict=True):
                     self._one(topic, payload, batch, lookup, ahead)
@@ -335,7 +344,8 @@ class Ingest:
                 identity = self.store.devices.identity(device_id)
                 if identity is None:
                     return None
-                device = self._devices[device_id] = _device(identity)
+                device = self._devices[device_id] = load_device(identity)
+                self._windows[device_id] = identity.up_window
             return device
 
         return lookup
@@ -369,7 +379,7 @@ class Ingest:
         identity = DeviceIdentity(
             claim.device_id, ACTIVE if active else PENDING, claim.hello.public_key, None
         )
-        seen = batch.seen[claim.device_id] = SeenDevice(_device(identity))
+        seen = batch.seen[claim.device_id] = SeenDevice(load_device(identity))
         if not active:
             if isinstance(decision, Pend) and self._answer(claim.device_id, batch):
                 seen.refused.append((claim.seq, f"pending: {decision.reason}"))
@@ -437,6 +447,8 @@ class Ingest:
         for device_id, seen in batch.seen.items():
             if seen.device.status == ACTIVE:
                 self._devices[device_id] = seen.device
+                if seen.last_seen is not None:  # Batch.write stored this window
+                    self._windows[device_id] = seen.device.window.to_bytes()
             DUPLICATES.inc(len(seen.duplicates))
         for kind, count in Counter(frame.kind for frame in batch.admitted).items():
             INGESTED.labels(kind).inc(count)
@@ -486,15 +498,3 @@ class Ingest:
         self._audited = 0
         self.store.audit.prune(outcome="rejected", keep=self.settings.audit_rejections_keep)
         self.store.audit.prune(outcome="alert", keep=self.settings.audit_alerts_keep)
-
-
-def _device(identity: DeviceIdentity) -> Device:
-    """What the rules check a device's frames against, from what the store pins."""
-    window = identity.up_window
-    return Device(
-        id=identity.id,
-        status=identity.status,
-        key_hex=identity.public_key,
-        key=keys.public_from_hex(identity.public_key),
-        window=SeqWindow.from_bytes(window) if window else SeqWindow(),
-    )

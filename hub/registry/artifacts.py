@@ -29,7 +29,7 @@ import os
 import tempfile
 import threading
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 from edgefleet.files import file_sha256, fsync_dir
 from hub.errors import HubError, InvalidRequest
@@ -63,8 +63,29 @@ def check_digest(sha256: str) -> str:
     return sha256
 
 
+class Artifacts(Protocol):
+    """What the hub needs of an artifact store: bytes by their sha256. :class:`ArtifactStore`
+    keeps them in a directory (replicas share one, docs/scale-out.md); an object store (S3,
+    GCS) would implement the same five methods with the same checks: names are digests
+    the hub computed, and a read of a whole artifact verifies it."""
+
+    def put(self, data: bytes) -> str:
+        """Store ``data`` under its sha256; the digest."""
+        ...
+
+    def exists(self, sha256: str) -> bool: ...
+
+    def size(self, sha256: str) -> int: ...
+
+    def read(self, sha256: str) -> bytes:
+        """The whole artifact, verified against its name."""
+        ...
+
+    def read_range(self, sha256: str, offset: int, length: int) -> bytes: ...
+
+
 class ArtifactStore:
-    """Artifacts under one directory, created on first use."""
+    """Artifacts under one directory, created on first use (:class:`Artifacts`)."""
 
     def __init__(self, root_dir: Path, *, max_bytes: int = MAX_ARTIFACT_BYTES) -> None:
         self.root_dir = Path(root_dir)

@@ -28,7 +28,7 @@ from typing import Any
 from hub.context import HubContext
 from hub.errors import InvalidRequest
 from hub.registry import profile, releases
-from hub.registry.artifacts import ArtifactStore
+from hub.registry.artifacts import Artifacts
 from hub.store import NotFound
 from hub.store.rows import ModelSummary, ModelVersion
 from protocol import canonical, modelcheck, schema
@@ -89,7 +89,7 @@ class Registry:
     def __init__(
         self,
         ctx: HubContext,
-        artifacts: ArtifactStore,
+        artifacts: Artifacts,
         *,
         max_model_bytes: int = modelcheck.MAX_MODEL_BYTES,
     ) -> None:

@@ -26,14 +26,16 @@ from hub.store.interface import (
     Devices,
     EnrollmentTokens,
     Registry,
-    UiSessions,
     Uplink,
 )
+from hub.store.lease_rows import Leases
+from hub.store.leases import SqliteLeases
 from hub.store.registry import SqliteRegistry
 from hub.store.rollout_rows import Rollouts
 from hub.store.rollouts import SqliteRollouts
 from hub.store.round_rows import Rounds
 from hub.store.rounds import SqliteRounds
+from hub.store.session_rows import UiSessions
 from hub.store.sql import Connection
 from hub.store.tokens import SqliteApiTokens, SqliteEnrollmentTokens
 from hub.store.ui_sessions import SqliteUiSessions
@@ -58,9 +60,20 @@ class Concerns:
         self.rounds: Rounds = SqliteRounds(connection)
         self.drift: Drift = SqliteDrift(connection)
         self.rollouts: Rollouts = SqliteRollouts(connection)
+        self.leases: Leases = SqliteLeases(connection)
 
     def atomic(self) -> AbstractContextManager[None]:
         return self._transactions.atomic()
 
     def immediate(self) -> AbstractContextManager[None]:
+        return self._transactions.immediate()
+
+    def for_update(self) -> AbstractContextManager[None]:
+        """A transaction in which the caller locks the rows it reads before writing them
+        (the ``*_for_update`` methods), so concurrent writers wait per row, not globally:
+        PostgreSQL runs a plain transaction and ``SELECT ... FOR UPDATE`` locks the rows;
+        SQLite has one writer and no row locks, so it takes the write lock first (as
+        ``immediate``). An ingest batch of hub replicas runs in one (docs/scale-out.md)."""
+        if self._transactions.row_locks:
+            return self._transactions.atomic()
         return self._transactions.immediate()

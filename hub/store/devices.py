@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from functools import lru_cache
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -23,6 +23,8 @@ from hub.store.rows import (
     UplinkSeen,
 )
 from protocol import canonical
+
+_IN_CHUNK = 500  # ids per IN (...) list, well below SQLite's bound on parameters
 
 if TYPE_CHECKING:
     from hub.store.sql import Connection
@@ -171,6 +173,20 @@ class SqliteDevices:
         if row is None:
             return None
         return DeviceIdentity(row["id"], row["status"], row["public_key"], row["up_window"])
+
+    def windows_for_update(self, device_ids: Collection[str]) -> dict[str, bytes | None]:
+        # each known device's up_window, its row locked until the transaction ends (on
+        # PostgreSQL; SQLite's one writer serialises), so two hub replicas never judge one
+        # device's frames against the same window; in one order: they never deadlock
+        ids = sorted(device_ids)
+        lock = " FOR UPDATE" if self._c.row_locks else ""
+        found: dict[str, bytes | None] = {}
+        for start in range(0, len(ids), _IN_CHUNK):
+            chunk = ids[start : start + _IN_CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            sql = f"SELECT id, up_window FROM devices WHERE id IN ({marks}) ORDER BY id{lock}"  # noqa: S608
+            found.update(self._c.tuples(sql, chunk))
+        return found
 
     def key_holder(self, public_key: str, *, besides: str) -> str | None:
         found = self._c.scalar(

@@ -34,6 +34,7 @@ from typing import ClassVar, Protocol, TypeVar
 from hub.errors import HubError
 from hub.health import Health
 from hub.store.drift_rows import Drift
+from hub.store.lease_rows import Leases
 from hub.store.rollout_rows import Rollouts
 from hub.store.round_rows import Rounds
 from hub.store.rows import (
@@ -60,12 +61,12 @@ from hub.store.rows import (
     StateRecord,
     TagCount,
     Twin,
-    UiSession,
     UplinkQuery,
     UplinkRecord,
     UplinkSeen,
     VersionStatus,
 )
+from hub.store.session_rows import UiSessions
 
 R = TypeVar("R", bound=UplinkRecord)
 
@@ -111,6 +112,9 @@ class Devices(Protocol):
         ...
 
     def identity(self, device_id: str) -> DeviceIdentity | None: ...
+
+    def windows_for_update(self, device_ids: Collection[str]) -> dict[str, bytes | None]:
+        """Known devices' ``up_window``, rows locked until the commit (in ``for_update()``)."""
 
     def key_holder(self, public_key: str, *, besides: str) -> str | None:
         """Another device than ``besides`` (pending, active or revoked: a revoked device's
@@ -376,26 +380,6 @@ class ApiTokens(Protocol):
         """Raises NotFound: no such token (revoking twice changes nothing)."""
 
 
-class UiSessions(Protocol):
-    """Dashboard sessions, by the digest of their id: in the store, so a sign-in outlives a
-    hub restart and works on every hub that shares the database."""
-
-    def add(self, session: UiSession) -> None:
-        """Raises StoreError: the digest exists."""
-
-    def get(self, digest: str) -> UiSession | None:
-        """The session, expired or not (the caller decides against its clock)."""
-        ...
-
-    def delete(self, digest: str) -> None:
-        """Sign out (deleting an absent session changes nothing)."""
-
-    def prune(self, *, now_ms: int, keep: int) -> int:
-        """Delete every session expired at ``now_ms``, then all but the ``keep`` newest;
-        how many went."""
-        ...
-
-
 class EnrollmentTokens(Protocol):
     def add(self, token: EnrollmentToken, *, digest: str) -> None:
         """Raises StoreError: the id or digest exists."""
@@ -487,9 +471,15 @@ class Store(Protocol):
     @property
     def rollouts(self) -> Rollouts: ...
 
+    @property
+    def leases(self) -> Leases: ...
+
     def atomic(self) -> AbstractContextManager[None]: ...
 
     def immediate(self) -> AbstractContextManager[None]: ...
+
+    def for_update(self) -> AbstractContextManager[None]:
+        """A transaction locking per row, not globally (:mod:`hub.store.concerns`)."""
 
     def ping(self) -> bool:
         """Whether the store answers a trivial query (``/healthz``)."""

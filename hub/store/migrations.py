@@ -481,3 +481,14 @@ def m014_ui_sessions(db: Database) -> None:
     )
     db.table("ui_sessions").create_index(["expires_ms"])
     db.table("ui_sessions").create_index(["created_ms"])
+
+
+@migrations()
+def m015_leases(db: Database) -> None:
+    # hub.leader: the lease that names the one replica running the scheduled jobs
+    # (docs/scale-out.md); a generation per change of hands fences a deposed holder.
+    db.table("leases").create(
+        {"name": str, "holder": str, "generation": int, "acquired_ms": int, "expires_ms": int},
+        pk="name",
+        not_null={"holder", "generation", "acquired_ms", "expires_ms"},
+    )

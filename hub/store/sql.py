@@ -38,6 +38,10 @@ class Written(Protocol):
 class Connection(Protocol):
     """The few ways the concern modules use a connection."""
 
+    row_locks: bool
+    """Whether ``SELECT ... FOR UPDATE`` locks rows (PostgreSQL); SQLite has one writer and
+    no such clause, so a ``*_for_update`` read there is a plain read."""
+
     def rows(self, sql: str, params: Params = ()) -> Sequence[Row]:
         """Every row of a query, readable by column name."""
         ...

@@ -41,6 +41,8 @@ Params = Sequence[Any]
 class Connection:
     """The shared connection, its lock, and the few ways the concern modules use it."""
 
+    row_locks = False  # one writer at a time: nothing to lock row by row
+
     def __init__(self, db: Database) -> None:
         self.db = db
         self.conn: sqlite3.Connection = db.conn

@@ -810,7 +810,7 @@ def test_audit_filters_by_actor_action_outcome_and_time(fleet: Api) -> None:
 
 
 def test_healthz_needs_no_token(api: Api) -> None:
-    assert api.client.get("/healthz").json() == {"status": "ok", "store": True}
+    assert api.client.get("/healthz").json() == {"status": "ok", "store": True, "role": "single"}
 
 
 def test_metrics_count_requests_by_route_name(api: Api) -> None:

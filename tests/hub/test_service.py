@@ -120,7 +120,11 @@ def test_hub_serves_rest_and_enrolls_a_device_over_mqtt(
     hub_on_each_store: HubService, broker: BrokerRunner, topics: Topics
 ) -> None:
     hub = hub_on_each_store
-    assert httpx.get(f"{hub.http_url}/healthz").json() == {"status": "ok", "store": True}
+    assert httpx.get(f"{hub.http_url}/healthz").json() == {
+        "status": "ok",
+        "store": True,
+        "role": "single",
+    }
     admin = auth.create_token(hub.store, role="admin", name="t", actor="cli", now_ms=CLOCK.now_ms())
     token = enrollment.create_token(hub.store, kind="single", by="test", now_ms=CLOCK.now_ms())
     device = DeviceDouble(broker, topics, "dev-1", hub.keyring.chain[0], now=CLOCK.now_ms)

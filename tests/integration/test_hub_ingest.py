@@ -215,9 +215,16 @@ class ResendingPublisher:
     """
 
     def __init__(
-        self, broker: BrokerRunner, topics: Topics, hub_key: Ed25519PrivateKey, per_device: int
+        self,
+        broker: BrokerRunner,
+        topics: Topics,
+        hub_key: Ed25519PrivateKey,
+        per_device: int,
+        *,
+        in_flight: int = IN_FLIGHT,
     ) -> None:
         self.per_device = per_device
+        self.in_flight = in_flight  # unacked frames per device sent at a time
         clock = FakeClock(time.time_ns() // 1_000_000)
         self.devices = [SimDevice(f"dev-{i}", topics, clock) for i in range(DEVICES)]
         self.frames = {
@@ -279,7 +286,7 @@ class ResendingPublisher:
                 with self.lock:
                     done = set(self.acked[device.id])
                 waiting = [s for s in range(1, self.per_device + 1) if s not in done]
-                for seq in waiting[:IN_FLIGHT]:
+                for seq in waiting[: self.in_flight]:
                     key = (device.id, seq)
                     if now >= due.get(key, 0.0):
                         self._client.publish(*self.frames[device.id][seq - 1], qos=1)

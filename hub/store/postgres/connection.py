@@ -96,6 +96,8 @@ def _configure(conn: psycopg.Connection[Any]) -> None:
 class PgConnection:
     """The pool, the thread's transaction, and the ways the concern modules use them."""
 
+    row_locks = True  # SELECT ... FOR UPDATE (hub.store.devices.windows_for_update)
+
     def __init__(self, url: str, primary_keys: dict[str, tuple[str, ...]] | None = None,
                  *, max_size: int = 8) -> None:  # fmt: skip
         self.pool = ConnectionPool(
