@@ -27,6 +27,7 @@ setting a new served model drops it.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 from hub.context import HubContext
 from hub.errors import Conflict, KeyUnavailable
@@ -283,8 +284,38 @@ def publish_desired(ctx: HubContext, device_id: str, *, reissue: bool = False) -
     if ctx.downlink.send(device_id, message, retain=True) is None:
         logger.info("desired state of %s not published: broker out of reach", device_id)
         return False
-    store.desired.mark_published(device_id, at_ms=now_ms)
+    _mark_sent(ctx, desired, now_ms)
     return True
+
+
+def _mark_sent(ctx: HubContext, sent: Desired, now_ms: int) -> None:
+    """Mark the desired state published if it is still the one sent. Another writer may
+    have replaced it between the read and the send (a rollout's tick assigning a new
+    version while a round's end is being published): that writer left it unpublished, or
+    published its own, which this older frame may have displaced from the broker's
+    retained slot. Either way it is left (or set back) unpublished, so the newest is
+    published again (by its writer or the reconciler) and the device is not left with
+    the older one."""
+    store = ctx.store
+    with store.immediate():
+        now = store.desired.find(sent.device_id)
+        if now is None:
+            return
+        if _content(now) == _content(sent):
+            store.desired.mark_published(sent.device_id, at_ms=now_ms)
+        elif now.published_at is not None:
+            store.desired.put(replace(now, published_at=None))
+
+
+def _content(desired: Desired) -> tuple[object, ...]:
+    """What a published desired state carries of the row."""
+    return (
+        desired.model_name,
+        desired.model_version,
+        desired.assignment_version,
+        desired.config,
+        desired.shadow_version,
+    )
 
 
 def _assignment_doc(ctx: HubContext, desired: Desired) -> SignedDocument:
