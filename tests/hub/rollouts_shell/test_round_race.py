@@ -20,7 +20,8 @@ from hub.rollouts import RolloutSpec, Stage
 from hub.rollouts.spec import GateSpec
 from hub.store.rows import Device
 from protocol import canonical
-from protocol.messages import DeviceConfig, Message
+from protocol.frame import Message
+from protocol.messages import DeviceConfig
 from tests import models
 from tests.clock import FakeClock
 from tests.hub.test_registry import Hub, make_hub
@@ -71,7 +72,8 @@ class TickBetweenReadAndWrite:
     def twins(self) -> Any:
         read = self.real.twins()
         if self.thread is None:
-            self.thread = threading.Thread(target=rollouts.tick_one, args=(self.ctx, self.rollout_id))
+            tick = (self.ctx, self.rollout_id)
+            self.thread = threading.Thread(target=rollouts.tick_one, args=tick)
             self.thread.start()
             self.thread.join(0.5)  # done, unless it waits for the reader's transaction
         return read
