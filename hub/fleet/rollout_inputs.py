@@ -61,6 +61,7 @@ def device_views(store: Store, rollout: Rollout) -> list[DeviceView]:
                 watching=_watching(device, spec.model),
                 progress=progress.get(device.id),
                 shadow=shadows.get(device.id),
+                shadow_report=_shadow_report(device, spec.model),
             )
         )
     return views
@@ -80,6 +81,25 @@ def _install_report(device: Device, model: str) -> InstallReport | None:
         version=ref["version"],
         status=install["status"],
         reason=str(install.get("reason", "")),
+        received_ms=device.reported_at,
+    )
+
+
+def _shadow_report(device: Device, model: str) -> InstallReport | None:
+    """Why the device does not run its shadow of ``model`` (its state report's
+    ``shadow``: refused or failed), with when the hub received it."""
+    if device.reported is None or device.reported_at is None:
+        return None
+    shadow = json.loads(device.reported).get("shadow")
+    if not isinstance(shadow, dict) or shadow.get("status") not in ("refused", "failed"):
+        return None
+    ref = shadow.get("model") or {}
+    if ref.get("name") != model or not isinstance(ref.get("version"), int):
+        return None
+    return InstallReport(
+        version=ref["version"],
+        status=shadow["status"],
+        reason=str(shadow.get("reason", "")),
         received_ms=device.reported_at,
     )
 
