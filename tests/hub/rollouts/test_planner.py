@@ -363,6 +363,7 @@ def test_a_shadow_its_device_refuses_is_stopped_with_its_reason_and_replaced() -
     ]  # fmt: skip
     second = plan(first.rollout, ticked, {}, later + 1)
     assert second.shadow_stop == (refuser,)
-    assert len(second.shadow_start) == 1 and second.shadow_start[0] not in started
+    assert len(second.shadow_start) == 1
+    assert second.shadow_start[0] not in started
     assert f"shadow refused by {refuser}: model_unhealthy: NaN" in second.timeline
     assert all(isinstance(s, ShadowProgress) for s in second.shadows)

@@ -128,5 +128,6 @@ def test_a_shadow_the_devices_refuse_is_stopped_with_their_reason_and_never_wait
             assert f"shadow refused by {device_id}: " in text, text
         assert "does not classify" in text
         shadows = ctx.store.rollouts.shadows(rollout_id)
-        assert len(shadows) == 4 and all(s.state == "stopped" for s in shadows)
+        assert len(shadows) == 4
+        assert all(s.state == "stopped" for s in shadows)
         assert served_assignments(fleet, 4) == []
