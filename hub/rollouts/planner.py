@@ -237,15 +237,18 @@ def _shadow_stage(tick: _Tick) -> None:
 
 
 def _stop_refused_shadows(tick: _Tick) -> None:
-    """Stop the shadows their devices reported they cannot run (refused or failed since
-    the shadow started), with the device's reason in the timeline: the stage does not
-    wait for them, and takes another device in their place."""
+    """Stop the shadows their devices refused since the shadow started (its assignment or
+    its package; a failed download the agent retries on its own), with the device's
+    reason in the timeline: the stage does not wait for them, and takes another device
+    in their place."""
     version = tick.rollout.spec.version
     for view in tick.targeted:
         record, report = tick.shadows.get(view.device_id), view.shadow_report
         if record is None or record.state != "running" or report is None:
             continue
-        if report.version != version or report.received_ms < record.since_ms:
+        if report.status != "refused" or report.version != version:
+            continue
+        if report.received_ms < record.since_ms:
             continue
         tick.set_shadow(view.device_id, "stopped")
         tick.timeline.append(f"shadow {report.status} by {view.device_id}: {report.reason}")

@@ -367,3 +367,19 @@ def test_a_shadow_its_device_refuses_is_stopped_with_its_reason_and_replaced() -
     assert second.shadow_start[0] not in started
     assert f"shadow refused by {refuser}: model_unhealthy: NaN" in second.timeline
     assert all(isinstance(s, ShadowProgress) for s in second.shadows)
+
+
+def test_a_shadow_whose_download_failed_keeps_running_for_the_agent_to_retry() -> None:
+    shadowed = RolloutSpec("m", NEW, stages=(FINAL,), shadow=ShadowStage(30.0), seed=3)
+    views = [DeviceView(f"d{i}", active_version=OLD) for i in range(10)]
+    first = plan(Rollout("r-1", shadowed), views, {}, EPOCH_MS)
+    started = {s.device_id: s for s in first.shadows}
+    failed = InstallReport(NEW, "failed", "stalled", received_ms=EPOCH_MS + MIN)
+    ticked = [
+        replace(v, shadow=started.get(v.device_id),
+                shadow_report=failed if v.device_id in started else None)
+        for v in views
+    ]  # fmt: skip
+    second = plan(first.rollout, ticked, {}, EPOCH_MS + MIN + 1)
+    assert second.shadow_stop == ()
+    assert second.shadow_start == ()
