@@ -26,6 +26,7 @@ setting a new served model drops it.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import replace
 
@@ -397,8 +398,15 @@ def _active_manifest(ctx: HubContext, device: Device) -> ModelManifest | None:
 
 
 def _manifest(version: ModelVersion) -> ModelManifest | None:
+    return _parsed_manifest(version.manifest)
+
+
+@functools.lru_cache(maxsize=64)
+def _parsed_manifest(text: str) -> ModelManifest | None:
+    """A stored manifest, parsed once per text (a rollout's tick checks the same two
+    versions' manifests for every device it assigns; manifests never change)."""
     try:
-        return schema.from_json(ModelManifest, canonical.loads(version.manifest.encode()))
+        return schema.from_json(ModelManifest, canonical.loads(text.encode()))
     except ProtocolError:  # a row of an older schema: the device still checks
         return None
 

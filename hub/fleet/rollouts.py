@@ -60,6 +60,10 @@ from hub.store.rollout_rows import RolloutRecord, StoredVerdict, TimelineLine
 logger = logging.getLogger(__name__)
 
 SYSTEM = "system:rollouts"
+PUBLISH_BATCH = 100
+"""Desired states a tick publishes per write transaction: the store commits (and syncs)
+once per batch instead of once per device, and holds its write lock no longer than a
+batch's sends (1,000 devices took about 2 s of commits one by one)."""
 
 
 @dataclass(frozen=True)
@@ -144,8 +148,11 @@ def tick_one(ctx: HubContext, rollout_id: str) -> Plan | None:
         decided = plan(record.rollout, views, device_metrics(store, record.rollout, views), now_ms)
         published, cleared = _apply(ctx, record.rollout, decided, now_ms)
     metrics.ROLLOUT_PLAN_SECONDS.observe(time.perf_counter() - started)
-    for device_id in dict.fromkeys(published):
-        _publish(ctx, device_id)
+    ids = list(dict.fromkeys(published))
+    for start in range(0, len(ids), PUBLISH_BATCH):
+        with store.immediate():  # the batch's "published" marks: one commit, not one each
+            for device_id in ids[start : start + PUBLISH_BATCH]:
+                _publish(ctx, device_id)
     for device_id in cleared:
         clear_desired(ctx, device_id=device_id, actor=SYSTEM)
     return decided
