@@ -308,7 +308,10 @@ def summarize(results: dict[str, Any]) -> None:
            "never" if converged is None else f"{converged:.2f} s", baseline=floor_text,
            ratio=None if ratio is None else f"{ratio:.1f}", goal=f"<= {RATIO_GOAL:g}x floor",
            met=ratio is not None and ratio <= RATIO_GOAL)  # fmt: skip
-    print(f"  agents serving v2 over time (s, devices): {fleet['curve'][-12:]}")
+    results["created_s"] = round(fleet["created_at"] - start, 2)
+    report("POST /rollouts answered (its first tick done)", f"{results['created_s']:.2f} s")
+    curve = fleet["curve"]
+    print(f"  agents serving v2 over time (s, devices): {curve[:4]} ... {curve[-4:]}")
 
 
 def main() -> dict[str, Any]:

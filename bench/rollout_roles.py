@@ -98,6 +98,7 @@ def _roll(fleet: Any, api: httpx.Client, args: argparse.Namespace) -> dict[str, 
     start = time.monotonic()
     created = api.post("/rollouts", json=spec)
     created.raise_for_status()
+    created_at = time.monotonic()  # the API ticks a new rollout at once: assigned, published
     rollout_id = created.json()["id"]
     serving_at: float | None = None
     reported_at: float | None = None
@@ -119,6 +120,7 @@ def _roll(fleet: Any, api: httpx.Client, args: argparse.Namespace) -> dict[str, 
     view = api.get(f"/rollouts/{rollout_id}").json()
     return {
         "start": start,
+        "created_at": created_at,
         "serving_at": serving_at,
         "reported_at": reported_at,
         "serving": _serving(fleet, 2),
