@@ -113,26 +113,12 @@ def assign_desired(
     Raises: as :func:`set_desired`.
     """
     store = ctx.store
-    device = store.devices.find(device_id)
     previous = store.desired.find(device_id)
-    candidate = store.registry.version(model_name, model_version)
-    plan = plan_set(
-        device,
-        device_id=device_id,
-        model_name=model_name,
-        model_version=model_version,
-        registered=candidate is not None,
-        current=current if current is not None else signed_release(store),
-        previous=previous,
-        active=_active_manifest(ctx, device) if device is not None else None,
-        candidate=_manifest(candidate) if candidate is not None else None,
+    device, plan, assignment = _signed(
+        ctx, device_id, model_name, model_version, previous, current, now_ms
     )
-    if not isinstance(plan, Assign):
-        raise plan.error()
-    assert device is not None  # the plan refuses an unknown device
     if config is None:
         config = _config(previous) if previous else DeviceConfig()
-    assignment = _assign(ctx, device_id, plan.entry, plan.release, now_ms)
     store.desired.put(
         Desired(
             device_id=device_id,
@@ -179,22 +165,7 @@ def assign_shadow(
     """
     store = ctx.store
     desired = store.desired.get(device_id)
-    device = store.devices.find(device_id)
-    candidate = store.registry.version(model_name, model_version)
-    plan = plan_set(
-        device,
-        device_id=device_id,
-        model_name=model_name,
-        model_version=model_version,
-        registered=candidate is not None,
-        current=current if current is not None else signed_release(store),
-        previous=desired,
-        active=_active_manifest(ctx, device) if device is not None else None,
-        candidate=_manifest(candidate) if candidate is not None else None,
-    )
-    if not isinstance(plan, Assign):
-        raise plan.error()
-    assignment = _assign(ctx, device_id, plan.entry, plan.release, now_ms)
+    _, _, assignment = _signed(ctx, device_id, model_name, model_version, desired, current, now_ms)
     store.desired.set_shadow(device_id, assignment.version)
     store.audit.append(
         at=now_ms,
@@ -204,6 +175,40 @@ def assign_shadow(
         detail={"model": model_name, "version": model_version, "assignment": assignment.version},
     )
     return assignment
+
+
+def _signed(
+    ctx: HubContext,
+    device_id: str,
+    model_name: str,
+    model_version: int,
+    previous: Desired | None,
+    current: SignedRelease | None,
+    now_ms: int,
+) -> tuple[Device, Assign, Assignment]:
+    """What a served and a shadow assignment share: :func:`plan_set`'s decision whether
+    the device could take the version, then the signed assignment (the next version).
+
+    Raises: as :func:`set_desired`.
+    """
+    store = ctx.store
+    device = store.devices.find(device_id)
+    candidate = store.registry.version(model_name, model_version)
+    plan = plan_set(
+        device,
+        device_id=device_id,
+        model_name=model_name,
+        model_version=model_version,
+        registered=candidate is not None,
+        current=current if current is not None else signed_release(store),
+        previous=previous,
+        active=_active_manifest(ctx, device) if device is not None else None,
+        candidate=_manifest(candidate) if candidate is not None else None,
+    )
+    if not isinstance(plan, Assign):
+        raise plan.error()
+    assert device is not None  # the plan refuses an unknown device
+    return device, plan, _assign(ctx, device_id, plan.entry, plan.release, now_ms)
 
 
 def clear_shadow(ctx: HubContext, *, device_id: str, actor: str, now_ms: int) -> bool:
