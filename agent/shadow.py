@@ -55,7 +55,7 @@ from protocol import canonical, schema
 from protocol.errors import ProtocolError
 from protocol.frame import Message
 from protocol.manifest import ModelManifest, TensorSpec
-from protocol.messages import Chunk, ShadowReport
+from protocol.messages import MAX_REASON, Chunk, InstallOutcome, InstallStatus, ShadowReport
 from protocol.metadata import ReleaseEntry
 
 logger = logging.getLogger(__name__)
@@ -127,6 +127,10 @@ class ShadowRunner:
         self._retry_at_ms: int | None = None
         self.rows: Counter[str] = Counter()
         """Shadow rows since start, by outcome: agreed, disagreed, failed (``/metrics``)."""
+        self.outcome: InstallOutcome | None = None
+        """Why the shadow does not run, for the state report (None: it runs, downloads,
+        or none is asked for)."""
+        self._assignment_version = 0
 
     # ------------------------------------------------------------------ decisions
 
@@ -137,10 +141,11 @@ class ShadowRunner:
         share: float,
         inputs: tuple[TensorSpec, ...] | None,
         now_ms: int,
+        assignment_version: int = 0,
     ) -> None:
-        """Run ``entry`` as the shadow on ``share`` of the requests (a no-op but for the
-        share when it runs already). ``inputs``: the served model's, which the shadow must
-        take as they are."""
+        """Run ``entry`` (of the shadow assignment ``assignment_version``) as the shadow
+        on ``share`` of the requests (a no-op but for the share when it runs already).
+        ``inputs``: the served model's, which the shadow must take as they are."""
         with self._lock:
             if entry == self.entry:
                 if share != self.share:
@@ -150,6 +155,7 @@ class ShadowRunner:
             if self.entry is not None:
                 self._clear()
             self.entry, self._inputs, self.share = entry, inputs, share
+            self._assignment_version = assignment_version
             self.root.mkdir(parents=True, exist_ok=True)
             for stray in self.root.glob("*.pkg"):  # of a shadow stopped by a crash
                 if stray.stem != entry.sha256:
@@ -211,7 +217,7 @@ class ShadowRunner:
                     download.check_speed(now_ms)
                 except AgentError as e:
                     download.discard()  # its deadline runs across resumes: start afresh
-                    self._fail(f"{getattr(e, 'reason', 'error')}: {e}")
+                    self._fail(f"{getattr(e, 'reason', 'error')}: {e}", "failed")
                     self._retry_at_ms = now_ms + RETRY_MS
                 else:
                     self._pump(now_ms)
@@ -296,6 +302,7 @@ class ShadowRunner:
             download.discard()
         self._runtime, self._tally = runtime, ShadowTally(runtime.ref)
         self.status = "running"
+        self.outcome = None
         logger.info("shadow %s v%d runs beside the served model", entry.name, entry.version)
 
     def _drain(self) -> None:
@@ -339,12 +346,17 @@ class ShadowRunner:
         saved = _Saved(self.entry, self.share)
         write_atomic(self.root / STATE_FILE, canonical.dumps(schema.to_json(saved)))
 
-    def _fail(self, why: str) -> None:
+    def _fail(self, why: str, status: InstallStatus = "refused") -> None:
+        """The shadow cannot run: ``refused`` (its package will never do), or ``failed``
+        (its download; :meth:`tick` starts it again)."""
         entry = self.entry
         assert entry is not None
         logger.warning("shadow %s v%d cannot run: %s", entry.name, entry.version, why)
         self._download = None
         self.status = f"failed: {why}"
+        self.outcome = InstallOutcome(
+            self._assignment_version, ref_of(entry), status, why[:MAX_REASON]
+        )
 
     def _clear(self) -> None:
         if self._download is not None:
@@ -352,6 +364,8 @@ class ShadowRunner:
         self.entry = self._inputs = self._download = self._runtime = self._tally = None
         self.share = 0.0
         self._retry_at_ms = None
+        self.outcome = None
+        self._assignment_version = 0
         self._queue.clear()
         shutil.rmtree(self.root, ignore_errors=True)
         self.status = "off"

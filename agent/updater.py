@@ -62,6 +62,7 @@ from agent.trust_store import TrustStore
 from edgefleet.clock import Clock
 from edgefleet.files import write_atomic
 from protocol import canonical, metadata, schema
+from protocol.documents import SignedDocument
 from protocol.errors import EdgefleetError, MixAndMatch, ProtocolError
 from protocol.errors import Rollback as RollbackError
 from protocol.frame import Envelope, Message
@@ -143,6 +144,8 @@ class ModelManager:
         self._pending = self._load_pending()
         self._stats: InferenceStats | None = None
         self.counters: Counter[str] = Counter()
+        self._shadow_refused: InstallOutcome | None = None
+        """The last shadow assignment refused by the trust rules, for the state report."""
 
     # ------------------------------------------------------------------ wiring
 
@@ -233,6 +236,7 @@ class ModelManager:
             install=installer.outcome,
             trust=self._trust.versions(),
             flags=self._trust.flags(self._trust.now_ms(self._clock.now_ms())),
+            shadow=self._shadow_refused or self.shadow.outcome,
         )
 
     def metrics(self) -> list[Family]:
@@ -315,6 +319,7 @@ class ModelManager:
         """Start, keep or stop the shadow run (module docstring, step 6)."""
         if desired.shadow is None:
             self.shadow.stop("the desired state names no shadow")
+            self._shadow_refused = None
             return
         try:
             verdict = self._trust.verify_shadow(desired.shadow, now_ms, self._device_id)
@@ -322,7 +327,9 @@ class ModelManager:
             self.counters[f"refused.shadow.{e.reason}"] += 1
             logger.warning("shadow assignment refused: %s: %s", e.reason, e)
             self.shadow.stop(f"refused: {e.reason}")
+            self._shadow_refused = _claimed(desired.shadow, f"{e.reason}: {e}")
             return
+        self._shadow_refused = None
         if verdict.status == "new":
             self._trust.accept_shadow(verdict)
         runtime = self._installer.runtime
@@ -331,6 +338,7 @@ class ModelManager:
             share=desired.config.shadow_sample,
             inputs=runtime.manifest.inputs if runtime is not None else None,
             now_ms=self._clock.now_ms(),
+            assignment_version=verdict.assignment.version,
         )
 
     def _served(
@@ -428,3 +436,13 @@ class ModelManager:
 
 
 __all__ = ["MODELS_DIR", "PENDING_FILE", "AgentPort", "ModelManager", "UpdaterConfig"]
+
+
+def _claimed(document: SignedDocument, reason: str) -> InstallOutcome | None:
+    """A refused shadow assignment as an install outcome, naming what it claims to be
+    (None when it does not even parse)."""
+    try:
+        claimed = metadata.parse(Assignment, document)
+    except ProtocolError:
+        return None
+    return InstallOutcome(claimed.version, ref_of(claimed.entry), "refused", reason[:MAX_REASON])

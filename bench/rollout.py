@@ -1,129 +1,323 @@
-"""Staged rollout on the hub: seconds for 1,000 devices to converge with zero bake, against
-the floor of giving the same 1,000 devices their signed desired states directly.
+"""Staged rollout with real agents: seconds for N devices (the issue's 1,000) to converge on
+a new version with zero bake, against a bare-MQTT floor measured in the same run.
 
-Both run over a real SQLite store, key ring and registry (a temporary directory):
+Setup: Mosquitto on a free port; a hub (``edgefleet hub serve --rollout-tick 0.5``) in its
+own process with two compatible versions of one model (``edgefleet model example``, seeds 1
+and 2); N real agents in a child process (:mod:`bench.rollout_roles`, ``fleet``: one
+:class:`simulator.fleet.SimulatedFleet` on the shared MQTT loop, the agents' default
+install policy), enrolled and serving v1.
 
-- **rollout**: ``hub.fleet.rollouts.create`` then ``tick`` until ``completed``, stages
-  10 → 50 → 100 % with zero bake, gated on update success; each tick, every device whose
-  desired state names v2 reports v2 active (written to the store as ingest writes it), so the
-  time is the hub's: reading the inputs, planning, and committing assignments and progress;
-- **floor**: ``assign_desired`` for the same 1,000 devices in one transaction (the same
-  signed assignments and desired states, nothing else).
+- **rollout**: the fleet process creates a rollout of v2 to every device over REST, one
+  stage of 100 % with zero bake, ``max_updating`` N, gated on update success. Timed from
+  just before ``POST /api/v1/rollouts`` until the hub holds every device's state report of
+  v2 active (``converged``; also reported: until every agent *serves* v2). In between, the
+  hub's tick plans and signs N assignments, publishes N desired states, each agent
+  verifies its own, fetches the package chunk by chunk (``up/fetch`` → ``down/chunk``),
+  checks it (hash, ONNX safety, health check), swaps and reports.
+- **floor**: while the rollout runs, this process records every frame the hub publishes
+  on the devices' ``down/desired`` and ``down/chunk`` topics (a wildcard subscriber; live
+  frames only, not the retained v1 desired states). Then N bare sessions (``floor``: the
+  agents' MQTT stack, :class:`agent.shared_loop.SharedLoop`, nothing above it) subscribe
+  to the same device ids' downlinks under another prefix, and one bare paho client
+  publishes exactly those frames (same bytes, same QoS 1, desired states retained), in the
+  order the hub sent them. Timed from its first publish until every session has received
+  every frame addressed to it: the cost of moving the same signed desired states and model
+  bytes through the same broker to the same number of sessions, with no planning,
+  signing, verifying, installing or reporting.
 
-What this does not measure (yet): publishing to a broker and real agents installing; the
-issue's floor (a bare MQTT client publishing the same desired states and model bytes) needs a
-device simulator that can hold 1,000 sessions, which is a later issue's. Goal for the ratio
-here: <= 1.5.
+Reported: both times, the ratio (goal <= 1.5), the rollout's phase, how many frames the
+floor replayed and how the agents' convergence went over time. ``python -m bench rollout``
+uses ``EDGEFLEET_BENCH_ROLLOUT_DEVICES`` (default 1,000). Writes
+``bench/results/rollout.json``. Heavy: run it alone on the machine.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import tempfile
+import threading
 import time
-from dataclasses import replace
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+import httpx
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 from bench.common import report, write_result
-from hub.fleet import rollouts
-from hub.fleet.desired import assign_desired
-from hub.fleet.documents import signed_release
-from hub.rollouts import RolloutSpec, Stage
-from hub.rollouts.spec import GateSpec
-from hub.store.rows import Device
-from tests import models
-from tests.clock import FakeClock
-from tests.hub.test_registry import Hub, make_hub
+from bench.rollout_roles import FLOOR_PREFIX
 
-DEVICES = 1_000
 RATIO_GOAL = 1.5
-MODEL = "iris"
-SPEC = RolloutSpec(
-    MODEL,
-    2,
-    stages=tuple(
-        Stage(p, bake_ms=0, extend_ms=0, gates=(GateSpec.default("update_success"),))
-        for p in (10, 50, 100)
-    ),
-    max_updating=DEVICES,
-)
+MODEL = "demo"
+HUB_PREFIX = "ef"
+ROLLOUT_TICK_S = 0.5
+EDGEFLEET = [sys.executable, "-m", "edgefleet.cli"]
+ROLES = [sys.executable, "-m", "bench.rollout_roles"]
 
 
-def hub(root: Path) -> Hub:
-    made = make_hub(root, FakeClock())
-    made.register(models.gemm_classifier(hidden=6))
-    made.register(models.gemm_classifier(hidden=7))
-    v1 = made.store.registry.version(MODEL, 1)
-    assert v1 is not None
-    for k in range(DEVICES):
-        made.store.devices.add(
-            Device(f"d-{k:05d}", "ab" * 32, "active", first_seen=0, online=True,
-                   active_name=MODEL, active_version=1, active_sha256=v1.sha256)
-        )  # fmt: skip
-    return made
+def run(devices: int) -> dict[str, Any]:
+    from tests.brokers import MosquittoBroker, free_port
+
+    with tempfile.TemporaryDirectory(prefix="edgefleet-bench-rollout-") as tmp:
+        work = Path(tmp)
+        broker = MosquittoBroker(work / "mosquitto", max_queued_messages=100_000)
+        broker.start()
+        try:
+            with _hub(work, broker.url, free_port()) as (hub_url, token):
+                frames, fleet_result = _fleet(work, broker.url, hub_url, token, devices)
+            floor = _floor(work, broker.url, frames)
+        finally:
+            broker.stop()
+    return {"devices": devices, "fleet": fleet_result, "floor": floor}
 
 
-def converge(made: Hub) -> None:
-    """Devices whose desired state names v2 report it active."""
-    v2 = made.store.registry.version(MODEL, 2)
-    assert v2 is not None
-    with made.store.atomic():
-        for twin in made.store.desired.twins():
-            if twin.desired.model_version == 2 and twin.device.active_version != 2:
-                made.store.devices.put(
-                    replace(twin.device, active_version=2, active_sha256=v2.sha256)
-                )
+# ---------------------------------------------------------------------- the rollout
 
 
-def rollout_seconds(made: Hub) -> tuple[float, int]:
-    ctx = made.context()
-    started = time.perf_counter()
-    rollout_id = rollouts.create(ctx, SPEC, actor="bench").rollout.rollout_id
-    ticks = 0
-    while rollouts.get(ctx, rollout_id).rollout.phase != "completed":
-        rollouts.tick_one(ctx, rollout_id)
-        converge(made)
-        ticks += 1
-        assert ticks < 100, "the rollout did not complete"
-    return time.perf_counter() - started, ticks
+def _fleet(
+    work: Path, broker_url: str, hub_url: str, token: str, devices: int
+) -> tuple[list[tuple[str, bytes]], dict[str, Any]]:
+    """Run the fleet process; record the hub's downlink frames while the rollout runs."""
+    child = subprocess.Popen(
+        [
+            *ROLES, "fleet", "--broker", broker_url, "--devices", str(devices),
+            "--hub", hub_url, "--token", token, "--secret", _enroll_secret(hub_url, token),
+            "--model", MODEL, "--root", str(work / "hub" / "keys" / "root" / "1.root.json"),
+            "--state", str(work / "devices"),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        ready = _line(child, "fleet")
+        with _recorder(broker_url) as frames:
+            _go(child)
+            result = _line(child, "fleet")
+        child.wait(300)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    result["ready_s"] = ready["ready"]
+    return frames, result
 
 
-def floor_seconds(made: Hub) -> float:
-    ctx = made.context()
-    started = time.perf_counter()
-    current = signed_release(made.store)
-    with made.store.immediate():
-        for k in range(DEVICES):
-            assign_desired(ctx, device_id=f"d-{k:05d}", model_name=MODEL, model_version=2,
-                           actor="bench", now_ms=ctx.now_ms(), current=current)  # fmt: skip
-    converge(made)
-    return time.perf_counter() - started
+@contextmanager
+def _recorder(broker_url: str) -> Iterator[list[tuple[str, bytes]]]:
+    """Every live frame on the devices' ``down/desired`` and ``down/chunk``, in order."""
+    from edgefleet.brokers import BrokerUrl
+
+    url = BrokerUrl.parse(broker_url)
+    frames: list[tuple[str, bytes]] = []
+    subscribed = threading.Event()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-rollout-recorder")
+
+    def on_message(_c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
+        kind = message.topic.rsplit("/", 1)[-1]
+        if not message.retain and kind in ("desired", "chunk"):
+            frames.append((message.topic, bytes(message.payload)))
+
+    client.on_message = on_message
+    client.on_subscribe = lambda *_: subscribed.set()
+    client.on_connect = lambda c, *_: c.subscribe(f"{HUB_PREFIX}/v1/d/+/down/#", qos=1)
+    client.connect(url.host, url.port)
+    client.loop_start()
+    try:
+        if not subscribed.wait(30):
+            raise RuntimeError("the recorder could not subscribe")
+        yield frames
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+# ---------------------------------------------------------------------- the floor
+
+
+def _floor(work: Path, broker_url: str, frames: list[tuple[str, bytes]]) -> dict[str, Any]:
+    """Replay ``frames`` to bare sessions of the same device ids (module docstring)."""
+    from edgefleet.brokers import BrokerUrl
+
+    expect = Counter(_device(topic) for topic, _ in frames)
+    (work / "expect.json").write_text(json.dumps(expect))
+    url = BrokerUrl.parse(broker_url)
+    publisher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-rollout-floor")
+    publisher.max_inflight_messages_set(1000)
+    publisher.max_queued_messages_set(0)
+    connected = threading.Event()
+    publisher.on_connect = lambda *_: connected.set()
+    publisher.connect(url.host, url.port)
+    publisher.loop_start()
+    child = subprocess.Popen(
+        [*ROLES, "floor", "--broker", broker_url, "--expect", str(work / "expect.json")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        if not connected.wait(30):
+            raise RuntimeError("the floor's publisher could not connect")
+        _line(child, "floor")
+        start = time.monotonic()
+        for topic, payload in frames:
+            floor_topic = FLOOR_PREFIX + topic[len(HUB_PREFIX) :]
+            retain = topic.endswith("/desired")
+            publisher.publish(floor_topic, payload, qos=1, retain=retain)
+        published = time.monotonic()
+        result = _line(child, "floor")
+        child.wait(120)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        publisher.disconnect()
+        publisher.loop_stop()
+    kinds = Counter(topic.rsplit("/", 1)[-1] for topic, _ in frames)
+    return {
+        **result,
+        "start": start,
+        "published_s": round(published - start, 3),
+        "frames": dict(kinds),
+        "bytes": sum(len(p) for _, p in frames),
+    }
+
+
+def _device(topic: str) -> str:
+    return topic.split("/")[3]  # {prefix}/v1/d/{device}/down/{kind}
+
+
+# ---------------------------------------------------------------------- processes
+
+
+@contextmanager
+def _hub(work: Path, broker_url: str, port: int) -> Iterator[tuple[str, str]]:
+    """``hub serve`` with two compatible versions of :data:`MODEL` registered."""
+    data = work / "hub"
+    _cli("keys", "init", "--dir", str(data / "keys"))
+    token = _cli("hub", "token", "create", "--data", str(data), "--role", "admin", "--name", "b")
+    log = (work / "hub.log").open("w")
+    serve = [*EDGEFLEET, "--log-level", "WARNING", "hub", "serve", "--data", str(data)]
+    serve += ["--broker", broker_url, "--port", str(port), "--rollout-tick", str(ROLLOUT_TICK_S)]
+    hub = subprocess.Popen(serve, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    env = {"EDGEFLEET_HUB_URL": url, "EDGEFLEET_TOKEN": token}
+    try:
+        deadline = time.monotonic() + 60
+        while not _answers(url):
+            if hub.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the hub did not start: {(work / 'hub.log').read_text()}")
+            time.sleep(0.3)
+        for seed in (1, 2):
+            example = work / f"example-{seed}"
+            _cli("model", "example", "--out", str(example), "--seed", str(seed))
+            _cli("model", "register", str(example / "model.onnx"), "--name", MODEL,
+                 "--reference", str(example / "reference.npz"),
+                 "--validation", str(example / "validation.npz"), env=env)  # fmt: skip
+        yield url, token
+    finally:
+        hub.terminate()
+        hub.wait(30)
+        log.close()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> str:
+    done = subprocess.run(
+        [*EDGEFLEET, *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"edgefleet {' '.join(args)}: {done.stdout}{done.stderr}")
+    return done.stdout.strip()
+
+
+def _enroll_secret(hub_url: str, token: str) -> str:
+    response = httpx.post(
+        f"{hub_url}/api/v1/enrollment-tokens",
+        json={"kind": "fleet", "expires_in_s": 24 * 3600},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    response.raise_for_status()
+    secret: str = response.json()["token"]
+    return secret
+
+
+def _line(child: subprocess.Popen[str], role: str) -> dict[str, Any]:
+    """The child's next JSON line (its other output goes to stderr)."""
+    stream: IO[str] | None = child.stdout
+    assert stream is not None
+    line = stream.readline()
+    if not line:
+        child.wait(30)
+        raise RuntimeError(f"bench.rollout_roles {role} ended (status {child.returncode})")
+    record: dict[str, Any] = json.loads(line)
+    return record
+
+
+def _go(child: subprocess.Popen[str]) -> None:
+    assert child.stdin is not None
+    child.stdin.write("go\n")
+    child.stdin.flush()
+
+
+# ---------------------------------------------------------------------- entry points
+
+
+def summarize(results: dict[str, Any]) -> None:
+    """Seconds and ratios (rows of the summary table); None when something never converged."""
+    n, fleet, floor = results["devices"], results["fleet"], results["floor"]
+    start = fleet["start"]
+    converged = None if fleet["reported_at"] is None else fleet["reported_at"] - start
+    serving = None if fleet["serving_at"] is None else fleet["serving_at"] - start
+    floor_s = None if floor["done_at"] is None else floor["done_at"] - floor["start"]
+    results["converged_s"] = None if converged is None else round(converged, 2)
+    results["serving_s"] = None if serving is None else round(serving, 2)
+    results["floor_s"] = None if floor_s is None else round(floor_s, 3)
+    ratio = None if converged is None or not floor_s else converged / floor_s
+    results["ratio"] = None if ratio is None else round(ratio, 1)
+    results["ratio_goal"] = RATIO_GOAL
+    print(f"staged rollout with {n:,} real agents, zero bake, one 100 % stage:")
+    report("devices serving v2 / held at the hub",
+           f"{fleet['serving']}/{fleet['reported']}", goal=f"{n}/{n}",
+           met=fleet["serving"] == fleet["reported"] == n)  # fmt: skip
+    report("rollout phase at the end", fleet["phase"])
+    report("floor: frames replayed (desired, chunk)",
+           f"{floor['frames'].get('desired', 0)}, {floor['frames'].get('chunk', 0)}")  # fmt: skip
+    report("floor: frames received", f"{floor['received']}/{floor['expected']}")
+    floor_text = "never" if floor_s is None else f"{floor_s:.2f} s"
+    serving_ratio = None if serving is None or not floor_s else f"{serving / floor_s:.1f}"
+    report("every agent serving v2", "never" if serving is None else f"{serving:.2f} s",
+           baseline=floor_text, ratio=serving_ratio)  # fmt: skip
+    report(f"converged ({n:,} reports of v2 at the hub)",
+           "never" if converged is None else f"{converged:.2f} s", baseline=floor_text,
+           ratio=None if ratio is None else f"{ratio:.1f}", goal=f"<= {RATIO_GOAL:g}x floor",
+           met=ratio is not None and ratio <= RATIO_GOAL)  # fmt: skip
+    results["created_s"] = round(fleet["created_at"] - start, 2)
+    report("POST /rollouts answered (its first tick done)", f"{results['created_s']:.2f} s")
+    curve = fleet["curve"]
+    print(f"  agents serving v2 over time (s, devices): {curve[:4]} ... {curve[-4:]}")
 
 
 def main() -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
-        floor_hub, rollout_hub = hub(Path(a)), hub(Path(b))
-        try:
-            floor = floor_seconds(floor_hub)
-            seconds, ticks = rollout_seconds(rollout_hub)
-        finally:
-            floor_hub.store.close()
-            rollout_hub.store.close()
-    ratio = seconds / floor
-    met = ratio <= RATIO_GOAL
-    print(f"staged rollout on the hub, {DEVICES:,} devices, zero bake, stages 10/50/100:")
-    report("floor: the same desired states, one transaction", f"{floor:.2f} s")
-    report(f"rollout: create + {ticks} ticks to completed", f"{seconds:.2f} s")
-    report("  ratio to the floor", f"{ratio:.2f}", goal=f"<= {RATIO_GOAL:g}", met=met)
-    results: dict[str, Any] = {
-        "devices": DEVICES,
-        "floor_s": round(floor, 3),
-        "rollout_s": round(seconds, 3),
-        "ticks": ticks,
-        "ratio": round(ratio, 2),
-        "ratio_goal": RATIO_GOAL,
-        "met": met,
-    }
+    devices = int(os.environ.get("EDGEFLEET_BENCH_ROLLOUT_DEVICES", "1000"))
+    results = run(devices)
+    summarize(results)
     write_result("rollout", results)
     return results
 

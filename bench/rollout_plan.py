@@ -14,8 +14,8 @@ scenarios, each one tick of :func:`hub.rollouts.plan` with inputs built beforeha
 
 Reported: ms per tick for each, and its ratio to the baseline sort (goal: each tick
 <= 10x the sort, so the planner's own work stays within an order of magnitude of the
-minimum, and well under the scheduler's 1 s tick). ``bench/rollout.py``, convergence over
-a real broker, comes with the hub integration. Writes ``bench/results/rollout_plan.json``.
+minimum, and well under the scheduler's 1 s tick). ``bench/rollout.py`` measures convergence
+with real agents over a real broker. Writes ``bench/results/rollout_plan.json``.
 """
 
 from __future__ import annotations

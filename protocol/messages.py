@@ -120,6 +120,10 @@ class StateReport(Message):
     trust: TrustVersions = field(default_factory=TrustVersions)
     flags: tuple[str, ...] = ()
     retrain: str = "off"
+    shadow: InstallOutcome | None = None
+    """Why the shadow the hub asked for does not run (``refused``: its assignment or
+    package; ``failed``: its download, retried), None while it runs or none is asked for
+    (docs/rollouts.md, "Shadow runs")."""
 
     def __post_init__(self) -> None:
         if len(self.flags) > 16:

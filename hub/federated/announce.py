@@ -42,31 +42,36 @@ def announce(
     kind: UpdateKind = "stats" if policy_of(store, model).mode == "exact" else "delta"
     within = _cohort_filter(store, base_version, cohorts)
     changed = []
-    for twin in store.desired.twins():
-        desired = twin.desired
-        if desired.model_name != model:
-            continue
-        config = schema.from_json(DeviceConfig, canonical.loads(desired.config.encode()))
-        if (
-            round_id is not None
-            and desired.model_version == base_version
-            and within(desired.device_id)
-        ):
-            wanted = replace(
-                config,
-                round_id=round_id,
-                delta_clip_norm=max_norm or config.delta_clip_norm,
-                update_kind=kind,
-            )
-        elif round_id is None and config.round_id is not None:
-            wanted = replace(config, round_id=None, update_kind="delta")
-        else:
-            continue
-        if wanted == config:
-            continue
-        text = canonical.dumps(schema.to_json(wanted)).decode()
-        store.desired.put(replace(desired, config=text, published_at=None))
-        changed.append(desired.device_id)
+    # Read and rewrite the rows in one write transaction: a row read outside it and put
+    # back after a rollout's tick assigned the device a new version would put the old
+    # assignment back (the tick's device then never got its version, and the rollout's
+    # stage waited for the device timeout).
+    with store.immediate():
+        for twin in store.desired.twins():
+            desired = twin.desired
+            if desired.model_name != model:
+                continue
+            config = schema.from_json(DeviceConfig, canonical.loads(desired.config.encode()))
+            if (
+                round_id is not None
+                and desired.model_version == base_version
+                and within(desired.device_id)
+            ):
+                wanted = replace(
+                    config,
+                    round_id=round_id,
+                    delta_clip_norm=max_norm or config.delta_clip_norm,
+                    update_kind=kind,
+                )
+            elif round_id is None and config.round_id is not None:
+                wanted = replace(config, round_id=None, update_kind="delta")
+            else:
+                continue
+            if wanted == config:
+                continue
+            text = canonical.dumps(schema.to_json(wanted)).decode()
+            store.desired.put(replace(desired, config=text, published_at=None))
+            changed.append(desired.device_id)
     for device_id in changed:
         try:
             publish_desired(ctx, device_id)

@@ -26,7 +26,9 @@ setting a new served model drops it.
 
 from __future__ import annotations
 
+import functools
 import logging
+from dataclasses import replace
 
 from hub.context import HubContext
 from hub.errors import Conflict, KeyUnavailable
@@ -111,26 +113,12 @@ def assign_desired(
     Raises: as :func:`set_desired`.
     """
     store = ctx.store
-    device = store.devices.find(device_id)
     previous = store.desired.find(device_id)
-    candidate = store.registry.version(model_name, model_version)
-    plan = plan_set(
-        device,
-        device_id=device_id,
-        model_name=model_name,
-        model_version=model_version,
-        registered=candidate is not None,
-        current=current if current is not None else signed_release(store),
-        previous=previous,
-        active=_active_manifest(ctx, device) if device is not None else None,
-        candidate=_manifest(candidate) if candidate is not None else None,
+    device, plan, assignment = _signed(
+        ctx, device_id, model_name, model_version, previous, current, now_ms
     )
-    if not isinstance(plan, Assign):
-        raise plan.error()
-    assert device is not None  # the plan refuses an unknown device
     if config is None:
         config = _config(previous) if previous else DeviceConfig()
-    assignment = _assign(ctx, device_id, plan.entry, plan.release, now_ms)
     store.desired.put(
         Desired(
             device_id=device_id,
@@ -177,22 +165,7 @@ def assign_shadow(
     """
     store = ctx.store
     desired = store.desired.get(device_id)
-    device = store.devices.find(device_id)
-    candidate = store.registry.version(model_name, model_version)
-    plan = plan_set(
-        device,
-        device_id=device_id,
-        model_name=model_name,
-        model_version=model_version,
-        registered=candidate is not None,
-        current=current if current is not None else signed_release(store),
-        previous=desired,
-        active=_active_manifest(ctx, device) if device is not None else None,
-        candidate=_manifest(candidate) if candidate is not None else None,
-    )
-    if not isinstance(plan, Assign):
-        raise plan.error()
-    assignment = _assign(ctx, device_id, plan.entry, plan.release, now_ms)
+    _, _, assignment = _signed(ctx, device_id, model_name, model_version, desired, current, now_ms)
     store.desired.set_shadow(device_id, assignment.version)
     store.audit.append(
         at=now_ms,
@@ -202,6 +175,40 @@ def assign_shadow(
         detail={"model": model_name, "version": model_version, "assignment": assignment.version},
     )
     return assignment
+
+
+def _signed(
+    ctx: HubContext,
+    device_id: str,
+    model_name: str,
+    model_version: int,
+    previous: Desired | None,
+    current: SignedRelease | None,
+    now_ms: int,
+) -> tuple[Device, Assign, Assignment]:
+    """What a served and a shadow assignment share: :func:`plan_set`'s decision whether
+    the device could take the version, then the signed assignment (the next version).
+
+    Raises: as :func:`set_desired`.
+    """
+    store = ctx.store
+    device = store.devices.find(device_id)
+    candidate = store.registry.version(model_name, model_version)
+    plan = plan_set(
+        device,
+        device_id=device_id,
+        model_name=model_name,
+        model_version=model_version,
+        registered=candidate is not None,
+        current=current if current is not None else signed_release(store),
+        previous=previous,
+        active=_active_manifest(ctx, device) if device is not None else None,
+        candidate=_manifest(candidate) if candidate is not None else None,
+    )
+    if not isinstance(plan, Assign):
+        raise plan.error()
+    assert device is not None  # the plan refuses an unknown device
+    return device, plan, _assign(ctx, device_id, plan.entry, plan.release, now_ms)
 
 
 def clear_shadow(ctx: HubContext, *, device_id: str, actor: str, now_ms: int) -> bool:
@@ -283,8 +290,38 @@ def publish_desired(ctx: HubContext, device_id: str, *, reissue: bool = False) -
     if ctx.downlink.send(device_id, message, retain=True) is None:
         logger.info("desired state of %s not published: broker out of reach", device_id)
         return False
-    store.desired.mark_published(device_id, at_ms=now_ms)
+    _mark_sent(ctx, desired, now_ms)
     return True
+
+
+def _mark_sent(ctx: HubContext, sent: Desired, now_ms: int) -> None:
+    """Mark the desired state published if it is still the one sent. Another writer may
+    have replaced it between the read and the send (a rollout's tick assigning a new
+    version while a round's end is being published): that writer left it unpublished, or
+    published its own, which this older frame may have displaced from the broker's
+    retained slot. Either way it is left (or set back) unpublished, so the newest is
+    published again (by its writer or the reconciler) and the device is not left with
+    the older one."""
+    store = ctx.store
+    with store.immediate():
+        now = store.desired.find(sent.device_id)
+        if now is None:
+            return
+        if _content(now) == _content(sent):
+            store.desired.mark_published(sent.device_id, at_ms=now_ms)
+        elif now.published_at is not None:
+            store.desired.put(replace(now, published_at=None))
+
+
+def _content(desired: Desired) -> tuple[object, ...]:
+    """What a published desired state carries of the row."""
+    return (
+        desired.model_name,
+        desired.model_version,
+        desired.assignment_version,
+        desired.config,
+        desired.shadow_version,
+    )
 
 
 def _assignment_doc(ctx: HubContext, desired: Desired) -> SignedDocument:
@@ -366,8 +403,15 @@ def _active_manifest(ctx: HubContext, device: Device) -> ModelManifest | None:
 
 
 def _manifest(version: ModelVersion) -> ModelManifest | None:
+    return _parsed_manifest(version.manifest)
+
+
+@functools.lru_cache(maxsize=64)
+def _parsed_manifest(text: str) -> ModelManifest | None:
+    """A stored manifest, parsed once per text (a rollout's tick checks the same two
+    versions' manifests for every device it assigns; manifests never change)."""
     try:
-        return schema.from_json(ModelManifest, canonical.loads(version.manifest.encode()))
+        return schema.from_json(ModelManifest, canonical.loads(text.encode()))
     except ProtocolError:  # a row of an older schema: the device still checks
         return None
 

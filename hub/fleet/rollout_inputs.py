@@ -16,7 +16,9 @@ over its bins: labels counted in the window they arrived in). A device running t
 rollout's version as a shadow (the shadow stage) reports it in its windows' ``shadow``
 (``DataDelta.shadow``): per class of the served model, the sampled inputs and how many
 the shadow agreed on, summed into ``shadow_inputs`` and ``shadow_agreed`` when the report
-names the rollout's version.
+names the rollout's version. With a ``prediction_drift`` or ``label_free_accuracy`` gate,
+each device's predictions are scored against a reference and its confidence sketches
+averaged (:mod:`hub.fleet.rollout_drift`).
 """
 
 from __future__ import annotations
@@ -25,13 +27,17 @@ import json
 import statistics
 from collections import defaultdict
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
+from hub.drift.errors import UnusableReference
+from hub.fleet import rollout_drift
+from hub.monitor.references import References, policy
 from hub.rollouts import DeviceMetrics, DeviceView, InstallReport, Rollout
 from hub.rollouts.devices import FAILED_INSTALLS
 from hub.rollouts.machine import LIVE
 from hub.rollouts.spec import COMPARATIVE
-from hub.store import Store
+from hub.store import NotFound, Store
 from hub.store.rows import DataWindowRecord, Device
 
 
@@ -55,6 +61,7 @@ def device_views(store: Store, rollout: Rollout) -> list[DeviceView]:
                 watching=_watching(device, spec.model),
                 progress=progress.get(device.id),
                 shadow=shadows.get(device.id),
+                shadow_report=_shadow_report(device, spec.model),
             )
         )
     return views
@@ -74,6 +81,25 @@ def _install_report(device: Device, model: str) -> InstallReport | None:
         version=ref["version"],
         status=install["status"],
         reason=str(install.get("reason", "")),
+        received_ms=device.reported_at,
+    )
+
+
+def _shadow_report(device: Device, model: str) -> InstallReport | None:
+    """Why the device does not run its shadow of ``model`` (its state report's
+    ``shadow``: refused or failed), with when the hub received it."""
+    if device.reported is None or device.reported_at is None:
+        return None
+    shadow = json.loads(device.reported).get("shadow")
+    if not isinstance(shadow, dict) or shadow.get("status") not in ("refused", "failed"):
+        return None
+    ref = shadow.get("model") or {}
+    if ref.get("name") != model or not isinstance(ref.get("version"), int):
+        return None
+    return InstallReport(
+        version=ref["version"],
+        status=shadow["status"],
+        reason=str(shadow.get("reason", "")),
         received_ms=device.reported_at,
     )
 
@@ -118,7 +144,54 @@ def device_metrics(
         ):
             windows[record.device_id].append(_body(record))
     shadow = (rollout.spec.model, rollout.spec.version)
-    return {device_id: _summed(bodies, shadow) for device_id, bodies in windows.items()}
+    metrics = {device_id: _summed(bodies, shadow) for device_id, bodies in windows.items()}
+    if rollout.spec.metrics & DRIFT_METRICS:
+        metrics = _with_drift(store, rollout, views, windows, metrics)
+    return metrics
+
+
+DRIFT_METRICS = frozenset({"prediction_drift", "label_free_accuracy"})
+
+
+def _with_drift(
+    store: Store,
+    rollout: Rollout,
+    views: list[DeviceView],
+    windows: Mapping[str, list[dict[str, Any]]],
+    metrics: Mapping[str, DeviceMetrics],
+) -> dict[str, DeviceMetrics]:
+    """``metrics`` with each device's prediction drift and label-free accuracy."""
+    spec = rollout.spec
+    by_id = {v.device_id: v for v in views}
+    groups: dict[int, dict[str, rollout_drift.PredictionSums]] = defaultdict(dict)
+    for device_id, bodies in windows.items():
+        sums = rollout_drift.summed_predictions(bodies)
+        view = by_id[device_id]
+        if sums is None or view.active_version is None:
+            continue
+        progress = view.progress
+        previous = None
+        if progress is not None and view.active_version == spec.version:
+            previous = progress.previous_version
+        groups[rollout_drift.reference_version(sums.kind, view.active_version, previous)][
+            device_id
+        ] = sums
+    drift: dict[str, float] = {}
+    references, drift_policy = References(store), policy(store, spec.model)
+    for version, sums_by_device in groups.items():
+        try:
+            reference = references.of(spec.model, version).reference
+        except (NotFound, UnusableReference):
+            continue  # no profile to score against: the gate stays inconclusive
+        drift.update(rollout_drift.prediction_drift(sums_by_device, reference, drift_policy))
+    return {
+        device_id: replace(
+            m,
+            prediction_drift=drift.get(device_id),
+            label_free_accuracy=rollout_drift.label_free_accuracy(windows[device_id]),
+        )
+        for device_id, m in metrics.items()
+    }
 
 
 def _body(record: DataWindowRecord) -> dict[str, Any]:

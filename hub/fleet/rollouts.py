@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from hub import metrics
 from hub.context import HubContext
@@ -60,6 +62,10 @@ from hub.store.rollout_rows import RolloutRecord, StoredVerdict, TimelineLine
 logger = logging.getLogger(__name__)
 
 SYSTEM = "system:rollouts"
+PUBLISH_BATCH = 100
+"""Desired states a tick publishes per write transaction: the store commits (and syncs)
+once per batch instead of once per device, and holds its write lock no longer than a
+batch's sends (1,000 devices took about 2 s of commits one by one)."""
 
 
 @dataclass(frozen=True)
@@ -144,8 +150,11 @@ def tick_one(ctx: HubContext, rollout_id: str) -> Plan | None:
         decided = plan(record.rollout, views, device_metrics(store, record.rollout, views), now_ms)
         published, cleared = _apply(ctx, record.rollout, decided, now_ms)
     metrics.ROLLOUT_PLAN_SECONDS.observe(time.perf_counter() - started)
-    for device_id in dict.fromkeys(published):
-        _publish(ctx, device_id)
+    ids = list(dict.fromkeys(published))
+    for start in range(0, len(ids), PUBLISH_BATCH):
+        with store.immediate():  # the batch's "published" marks: one commit, not one each
+            for device_id in ids[start : start + PUBLISH_BATCH]:
+                _publish(ctx, device_id)
     for device_id in cleared:
         clear_desired(ctx, device_id=device_id, actor=SYSTEM)
     return decided
@@ -169,65 +178,52 @@ def _apply(
     published: list[str] = []
     cleared: list[str] = []
     current = signed_release(store)
+    actor = f"rollout:{rollout_id}"
+
+    def served(device_id: str, version: int) -> Callable[[], object]:
+        return partial(
+            assign_desired,
+            ctx,
+            device_id=device_id,
+            model_name=spec.model,
+            model_version=version,
+            actor=actor,
+            now_ms=now_ms,
+            current=current,
+        )
+
     for device_id in decided.assign:
-        try:
-            assign_desired(
-                ctx,
-                device_id=device_id,
-                model_name=spec.model,
-                model_version=spec.version,
-                actor=f"rollout:{rollout_id}",
-                now_ms=now_ms,
-                current=current,
-            )
-        except KeyUnavailable:
-            raise
-        except HubError as e:  # the device cannot take it: its attempt failed, for good
-            progress[device_id] = advance(progress[device_id], Failed(str(e), False), now_ms)
-            lines.append(f"{device_id} not assigned: {e}")
-            continue
-        published.append(device_id)
+        if (error := _attempt(served(device_id, spec.version))) is None:
+            published.append(device_id)
+        else:  # the device cannot take it: its attempt failed, for good
+            progress[device_id] = advance(progress[device_id], Failed(str(error), False), now_ms)
+            lines.append(f"{device_id} not assigned: {error}")
     for revert in decided.revert:
         if revert.version is None:
             cleared.append(revert.device_id)
-            continue
-        try:
-            assign_desired(
-                ctx,
-                device_id=revert.device_id,
-                model_name=spec.model,
-                model_version=revert.version,
-                actor=f"rollout:{rollout_id}",
-                now_ms=now_ms,
-                current=current,
-            )
-        except KeyUnavailable:
-            raise
-        except HubError as e:  # it times out going back, and the timeline says why
-            lines.append(f"{revert.device_id} not sent back to v{revert.version}: {e}")
-            continue
-        published.append(revert.device_id)
+        elif (error := _attempt(served(revert.device_id, revert.version))) is None:
+            published.append(revert.device_id)
+        else:  # it times out going back, and the timeline says why
+            lines.append(f"{revert.device_id} not sent back to v{revert.version}: {error}")
     shadows = {s.device_id: s for s in decided.shadows}
     for device_id in decided.shadow_start:
-        try:
-            assign_shadow(
-                ctx,
-                device_id=device_id,
-                model_name=spec.model,
-                model_version=spec.version,
-                actor=f"rollout:{rollout_id}",
-                now_ms=now_ms,
-                current=current,
-            )
-        except KeyUnavailable:
-            raise
-        except HubError as e:  # it cannot run the shadow: not waited for
+        shadow = partial(
+            assign_shadow,
+            ctx,
+            device_id=device_id,
+            model_name=spec.model,
+            model_version=spec.version,
+            actor=actor,
+            now_ms=now_ms,
+            current=current,
+        )
+        if (error := _attempt(shadow)) is None:
+            published.append(device_id)
+        else:  # it cannot run the shadow: not waited for
             shadows[device_id] = ShadowProgress(device_id, "stopped", now_ms)
-            lines.append(f"{device_id} runs no shadow: {e}")
-            continue
-        published.append(device_id)
+            lines.append(f"{device_id} runs no shadow: {error}")
     for device_id in decided.shadow_stop:
-        if clear_shadow(ctx, device_id=device_id, actor=f"rollout:{rollout_id}", now_ms=now_ms):
+        if clear_shadow(ctx, device_id=device_id, actor=actor, now_ms=now_ms):
             published.append(device_id)
     rollouts = store.rollouts
     if decided.rollout != before:
@@ -245,6 +241,18 @@ def _apply(
                 if verdict.outcome == "fail":
                     metrics.ROLLOUTS_HALTED.labels(verdict.metric).inc()
     return published, cleared
+
+
+def _attempt(write: Callable[[], object]) -> HubError | None:
+    """One device's desired-state write of a plan; the error that kept it from happening
+    (a missing signing key is not one device's problem: it stops the tick)."""
+    try:
+        write()
+    except KeyUnavailable:
+        raise
+    except HubError as e:
+        return e
+    return None
 
 
 def _verdict_changes(ctx: HubContext, before: Rollout, decided: Plan, now_ms: int) -> list[str]:

@@ -75,6 +75,8 @@ class DeviceView:
     progress: DeviceProgress | None = None
     shadow: ShadowProgress | None = None
     watching: bool = False
+    shadow_report: InstallReport | None = None
+    """Why the device does not run the shadow it was given (refused or failed), if so."""
 
 
 def observe(view: DeviceView, version: int, timeout_ms: int, now_ms: int) -> DeviceEvent | None:

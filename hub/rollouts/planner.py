@@ -217,6 +217,7 @@ def _shadow_stage(tick: _Tick) -> None:
     """The shadow stage: judge the running shadows, then start more up to its quota."""
     shadow = tick.rollout.spec.shadow
     assert shadow is not None  # the phase exists only for specs with a shadow stage
+    _stop_refused_shadows(tick)
     running = tick.running_shadows()
     candidates = [v.device_id for v in tick.targeted if _fresh(tick, v) and v.online]
     resolved = len(running) >= tick.shadow_quota or not candidates
@@ -233,6 +234,24 @@ def _shadow_stage(tick: _Tick) -> None:
     room = min(tick.shadow_quota - len(running), tick.rollout.spec.max_updating - silent)
     for device_id in candidates[: max(room, 0)]:
         tick.set_shadow(device_id, "running")
+
+
+def _stop_refused_shadows(tick: _Tick) -> None:
+    """Stop the shadows their devices refused since the shadow started (its assignment or
+    its package; a failed download the agent retries on its own), with the device's
+    reason in the timeline: the stage does not wait for them, and takes another device
+    in their place."""
+    version = tick.rollout.spec.version
+    for view in tick.targeted:
+        record, report = tick.shadows.get(view.device_id), view.shadow_report
+        if record is None or record.state != "running" or report is None:
+            continue
+        if report.status != "refused" or report.version != version:
+            continue
+        if report.received_ms < record.since_ms:
+            continue
+        tick.set_shadow(view.device_id, "stopped")
+        tick.timeline.append(f"shadow {report.status} by {view.device_id}: {report.reason}")
 
 
 def _watch(tick: _Tick) -> None:

@@ -325,3 +325,37 @@ def test_the_shadows_rows_are_counted_for_metrics(running: Device) -> None:
         "failed": 0.0,
     }
     assert families["shadow_running"].samples == [({}, 1.0)]
+
+
+def test_a_shadow_the_device_cannot_run_is_named_in_its_state_report(running: Device) -> None:
+    start_shadow(running, package(2, "nan"), version=12)
+    refused = running.manager.state_report().shadow
+    assert refused is not None
+    assert (refused.status, refused.assignment_version, refused.model.version) == (
+        "refused",
+        12,
+        2,
+    )
+    assert refused.reason.startswith("model_unhealthy")
+    running.desired(with_shadow(running.fleet, None))
+    assert running.manager.state_report().shadow is None, "no shadow asked for: nothing to say"
+
+
+def test_a_shadow_assignment_refused_by_the_trust_rules_is_named_in_the_state_report(
+    running: Device,
+) -> None:
+    fleet = running.fleet
+    entry = fleet.release(swapped(2))
+    fleet.sim.beat()
+    running.sync()
+    running.desired(with_shadow(fleet, shadow_doc(fleet, entry, 10, "release")))
+    refused = running.manager.state_report().shadow
+    assert refused is not None
+    assert (refused.status, refused.assignment_version) == ("refused", 10)
+    assert refused.reason.startswith("unsigned")
+
+
+def test_a_running_shadow_leaves_the_state_report_quiet(running: Device) -> None:
+    start_shadow(running, swapped(2))
+    assert running.manager.shadow.status == "running"
+    assert running.manager.state_report().shadow is None

@@ -19,6 +19,8 @@ from hub.rollouts import (
     RevertTo,
     RollBack,
     RolloutSpec,
+    ShadowProgress,
+    ShadowStage,
     Stage,
     dry_run,
     operate,
@@ -341,3 +343,43 @@ def test_tally_counts_each_stage_by_state() -> None:
     assert counts[1].counts["pending"] == 45
     assert sum(sum(c.counts.values()) for c in counts) == 50
     assert fleet.now_ms - EPOCH_MS == 4 * TICK_MS
+
+
+def test_a_shadow_its_device_refuses_is_stopped_with_its_reason_and_replaced() -> None:
+    shadowed = RolloutSpec("m", NEW, stages=(FINAL,), shadow=ShadowStage(30.0), seed=3)
+    views = [DeviceView(f"d{i}", active_version=OLD) for i in range(10)]
+    first = plan(Rollout("r-1", shadowed), views, {}, EPOCH_MS)
+    assert first.rollout.phase == "shadow"
+    assert len(first.shadow_start) == 3
+    started = {s.device_id: s for s in first.shadows}
+    refuser, other = first.shadow_start[0], first.shadow_start[1]
+    later = EPOCH_MS + MIN
+    refused = InstallReport(NEW, "refused", "model_unhealthy: NaN", received_ms=later)
+    stale = replace(refused, received_ms=EPOCH_MS - 1)  # from before this shadow started
+    ticked = [
+        replace(v, shadow=started.get(v.device_id), shadow_report={
+            refuser: refused, other: stale}.get(v.device_id))
+        for v in views
+    ]  # fmt: skip
+    second = plan(first.rollout, ticked, {}, later + 1)
+    assert second.shadow_stop == (refuser,)
+    assert len(second.shadow_start) == 1
+    assert second.shadow_start[0] not in started
+    assert f"shadow refused by {refuser}: model_unhealthy: NaN" in second.timeline
+    assert all(isinstance(s, ShadowProgress) for s in second.shadows)
+
+
+def test_a_shadow_whose_download_failed_keeps_running_for_the_agent_to_retry() -> None:
+    shadowed = RolloutSpec("m", NEW, stages=(FINAL,), shadow=ShadowStage(30.0), seed=3)
+    views = [DeviceView(f"d{i}", active_version=OLD) for i in range(10)]
+    first = plan(Rollout("r-1", shadowed), views, {}, EPOCH_MS)
+    started = {s.device_id: s for s in first.shadows}
+    failed = InstallReport(NEW, "failed", "stalled", received_ms=EPOCH_MS + MIN)
+    ticked = [
+        replace(v, shadow=started.get(v.device_id),
+                shadow_report=failed if v.device_id in started else None)
+        for v in views
+    ]  # fmt: skip
+    second = plan(first.rollout, ticked, {}, EPOCH_MS + MIN + 1)
+    assert second.shadow_stop == ()
+    assert second.shadow_start == ()

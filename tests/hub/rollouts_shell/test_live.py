@@ -161,3 +161,32 @@ def test_labels_scored_on_the_device_reach_the_gate_inputs_as_feedback_counts(
             return got is not None and (got.feedback_total, got.feedback_correct) == (10, 7)
 
         eventually(counted, "the window with 10 labels, 7 right")
+
+
+def test_a_devices_predictions_reach_the_drift_gate_inputs(
+    tmp_path: Path, mosquitto_broker: BrokerRunner
+) -> None:
+    """Its data windows' prediction counts are scored against v1's reference (PSI) and
+    its confidence sketches averaged (the label-free accuracy estimate)."""
+    with live_fleet(tmp_path, mosquitto_broker, 1) as fleet:
+        ctx = fleet.context
+        started = ctx.now_ms()
+        device = fleet.devices["dev-00"]
+        rng = np.random.default_rng(4)
+        for _ in range(20):
+            device.predict(rng.uniform(-1, 1, size=(10, 4)).astype(np.float32))
+        gates = (GateSpec.default("prediction_drift"), GateSpec.default("label_free_accuracy"))
+        gated = spec(2, Stage(50, gates=gates), Stage(100, gates=SUCCESS))
+        rollout = Rollout("r-x", gated, stage_started_ms=started - 60_000)
+
+        def scored() -> bool:
+            found = device_metrics(ctx.store, rollout, device_views(ctx.store, rollout))
+            got = found.get("dev-00")
+            return got is not None and got.inferences >= 200 and got.prediction_drift is not None
+
+        eventually(scored, "200 predictions in the windows, scored")
+        got = device_metrics(ctx.store, rollout, device_views(ctx.store, rollout))["dev-00"]
+        assert got.prediction_drift is not None
+        assert 0.0 <= got.prediction_drift < 0.5, "v1 on inputs like its reference's"
+        assert got.label_free_accuracy is not None
+        assert 1 / 3 <= got.label_free_accuracy <= 1.0

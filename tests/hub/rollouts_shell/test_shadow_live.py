@@ -10,6 +10,7 @@ nearly every row. Every device serves v1 first.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -108,3 +109,25 @@ def test_a_good_version_passes_the_shadow_stage_then_the_next_stages(
         assert "advance: shadow -> baking stage 1" in text
         eventually(lambda: all(fleet.serving(d) == GOOD for d in fleet.devices), "all on v5")
         assert sorted(served_assignments(fleet, GOOD)) == sorted(fleet.devices)
+
+
+def test_a_shadow_the_devices_refuse_is_stopped_with_their_reason_and_never_waited_for(
+    tmp_path: Path, mosquitto_broker: BrokerRunner
+) -> None:
+    """v4 regresses (one output, no classes): agents refuse to run it as a shadow, and
+    say why in their state reports; the hub stops each refused shadow, tries the next
+    device, writes the reason in the timeline, and pauses the stage when none is left."""
+    regressor = models.matmul_add_regressor(n_features=4, n_outputs=1)
+    with live_fleet(tmp_path, mosquitto_broker, 4, [regressor]) as fleet:
+        ctx = fleet.context
+        refused = replace(spec(4), shadow=ShadowStage(percent=50, bake_ms=300, extend_ms=1_000))
+        rollout_id = rollouts.create(ctx, refused, actor="test").rollout.rollout_id
+        assert run_to_end(fleet, rollout_id, timeout_s=60) == "paused", timeline(fleet, rollout_id)
+        text = timeline(fleet, rollout_id)
+        for device_id in fleet.devices:
+            assert f"shadow refused by {device_id}: " in text, text
+        assert "does not classify" in text
+        shadows = ctx.store.rollouts.shadows(rollout_id)
+        assert len(shadows) == 4
+        assert all(s.state == "stopped" for s in shadows)
+        assert served_assignments(fleet, 4) == []
