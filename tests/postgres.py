@@ -165,6 +165,8 @@ class PostgresServer:
                 "full_page_writes=off",
                 "-c",
                 "max_connections=200",
+                "-c",
+                "shared_buffers=32MB",  # one server per xdist worker: keep each small
             ),
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from edgefleet.cli import main
 from hub import keyring
 from hub.api import auth
 from hub.cli import token as cli_token
@@ -14,7 +15,9 @@ from hub.errors import InvalidRequest, Unauthenticated
 from hub.settings import HubSettings
 from hub.store import NotFound, Store
 from hub.store.dialects import open_store
+from hub.store.rows import Device
 from hub.store.sqlite import SqliteStore
+from protocol import broker_auth
 from tests.clock import FakeClock
 from tests.hub.tables import rows
 
@@ -216,3 +219,22 @@ def test_cli_help_has_examples(argv: list[str], capsys: pytest.CaptureFixture[st
     with pytest.raises(SystemExit):
         run([*argv, "--help"])
     assert "example" in capsys.readouterr().out
+
+
+def test_broker_config_reads_device_logins_from_the_postgres_store_named_by_database(
+    hub_dir: Path, postgres_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = open_store(postgres_url)
+    try:
+        store.devices.add(Device("dev-1", "ab" * 32, "active", first_seen=1))
+        verifier = broker_auth.make_verifier("device password", b"s" * 12, iterations=1000)
+        store.broker_credentials.put_many({"dev-1": verifier}, at_ms=1)
+    finally:
+        store.close()
+    out = tmp_path / "mosquitto"
+    argv = ["broker", "config", "--data", str(hub_dir), "--database", postgres_url]
+    assert main([*argv, "--out", str(out)]) == 0
+    assert "device logins" in capsys.readouterr().out
+    written = "".join(p.read_text() for p in out.rglob("*") if p.is_file())
+    assert f"dev-1:{verifier}" in written  # the login came from the PostgreSQL store
+    assert not HubSettings(data_dir=hub_dir).db_path.exists()

@@ -17,7 +17,7 @@ from hub.store import NotFound, Store, StoreError
 from hub.store.dialects import describe, open_store
 from hub.store.postgres import migrate
 from hub.store.postgres.store import PostgresStore
-from hub.store.rows import Device, ReportedTwin, StateRecord, UplinkSeen
+from hub.store.rows import Device, ReportedTwin, StateRecord, UiSession, UplinkSeen
 from hub.store.sqlite import SqliteStore
 from tests.brokers import free_port
 from tests.postgres import PostgresServer
@@ -142,6 +142,18 @@ def test_audit_prune_keeps_the_newest(store: Store) -> None:
     assert store.audit.prune(outcome="rejected", keep=2) == 3
     assert [e.at for e in store.audit.page(outcome="rejected").items] == [4, 3]
     assert store.audit.count(action="device.approve") == 1
+
+
+def test_dashboard_sessions_prune_the_expired_then_the_oldest(store: Store) -> None:
+    for i in range(4):
+        store.ui_sessions.add(UiSession(f"{i:064x}", "tok", created_ms=i, expires_ms=10 + i))
+    with pytest.raises(StoreError):
+        store.ui_sessions.add(UiSession(f"{0:064x}", "tok", created_ms=9, expires_ms=99))
+    assert store.ui_sessions.prune(now_ms=10, keep=2) == 2  # the expired one, then the oldest
+    assert store.ui_sessions.get(f"{1:064x}") is None
+    assert store.ui_sessions.get(f"{3:064x}") == UiSession(f"{3:064x}", "tok", 3, 13)
+    store.ui_sessions.delete(f"{3:064x}")
+    assert store.ui_sessions.get(f"{3:064x}") is None
 
 
 def test_a_store_location_with_an_unknown_scheme_is_refused(tmp_path: Path) -> None:
