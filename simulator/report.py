@@ -33,6 +33,8 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.device import Device
+from simulator import hubs
+from simulator.fleet import ResourceMeter
 
 
 @dataclass
@@ -50,6 +52,11 @@ class Facts:
     poisoned: list[str] = field(default_factory=list)
     hub_url: str = ""
     token: str = ""
+    hub_in_process: bool = True
+    meter: ResourceMeter | None = None  # marked before the agents started
+    retired: list[tuple[int, int]] = field(default_factory=list)  # agents a fault stopped
+    faults: dict[str, Any] = field(default_factory=dict)
+    steady: dict[str, Any] = field(default_factory=dict)
     report: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
     started_wall: float = field(default_factory=time.time)
@@ -58,11 +65,11 @@ class Facts:
 def collect(facts: Facts, api: httpx.Client, devices: dict[str, Device]) -> Facts:
     """Read the counters, versions, rollouts and alerts into ``facts.report``."""
     boxes = [d.agent.outbox.stats() for d in devices.values()]
-    hub = _hub_counters(api)
-    sent = sum(b.enqueued for b in boxes)
-    delivered = sum(b.committed for b in boxes)
+    hub = hub_counters(api)
+    sent = sum(b.enqueued for b in boxes) + sum(r[0] for r in facts.retired)
+    delivered = sum(b.committed for b in boxes) + sum(r[1] for r in facts.retired)
     refused = sum(b.refused for b in boxes)
-    listing = api.get("/devices", params={"limit": max(len(devices), 1)}).json()["items"]
+    listing = hubs.listing(api)
     versions = Counter(
         str(d["active"]["version"]) if d["active"] else "none"
         for d in listing
@@ -91,13 +98,31 @@ def collect(facts: Facts, api: httpx.Client, devices: dict[str, Device]) -> Fact
         "rounds": [_round(r, _lineage(api, facts.model, r), facts.poisoned) for r in facts.rounds],
         "accuracy": {k: None if v is None else round(v, 4) for k, v in facts.accuracy.items()},
         "resources": _resources(facts.devices),
+        "online": sum(1 for d in listing if d["id"] in devices and d["online"]),
+        "downlink": _downlink(devices),
+        "hub": {"in_process": facts.hub_in_process, "frames_a_minute_ahead": hub["skew_ahead"]},
     }
+    if facts.meter is not None:
+        facts.report["resources"]["agents"] = facts.meter.per_device(facts.devices)
+    if facts.faults:
+        facts.report["faults"] = facts.faults
+    if facts.steady:
+        facts.report["steady"] = facts.steady
     return facts
 
 
-def _hub_counters(api: httpx.Client) -> dict[str, int]:
+def _downlink(devices: dict[str, Device]) -> dict[str, int]:
+    """Frames the devices received, by outcome (accepted, duplicate, refused...), and the
+    model chunks they fetched again after a bad one."""
+    found: Counter[str] = Counter()
+    for device in devices.values():
+        found.update(device.agent.downlink.counters())
+    return dict(sorted(found.items()))
+
+
+def hub_counters(api: httpx.Client) -> dict[str, int]:
     text = api.get(f"{api.base_url.scheme}://{api.base_url.netloc.decode()}/metrics").text
-    totals = {"ingested": 0.0, "duplicates": 0.0, "rejected": 0.0}
+    totals = {"ingested": 0.0, "duplicates": 0.0, "rejected": 0.0, "skew_ahead": 0.0}
     names = {
         "edgefleet_hub_ingested_total": "ingested",
         "edgefleet_hub_duplicates_total": "duplicates",
@@ -107,6 +132,11 @@ def _hub_counters(api: httpx.Client) -> dict[str, int]:
         for sample in family.samples:
             if sample.name in names:
                 totals[names[sample.name]] += sample.value
+            elif sample.labels.get("direction") == "ahead":  # frames a minute or more ahead
+                if sample.name == "edgefleet_hub_clock_skew_seconds_count":
+                    totals["skew_ahead"] += sample.value
+                elif sample.name.endswith("_bucket") and sample.labels.get("le") == "60.0":
+                    totals["skew_ahead"] -= sample.value
     return {k: int(v) for k, v in totals.items()}
 
 
