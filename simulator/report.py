@@ -245,7 +245,7 @@ def summary(facts: Facts) -> str:
         f"{m['duplicates_dropped']} duplicates dropped, {m['rejected']} rejected",
     ]
     for alert in r["drift"]["alerts"]:
-        named = ", ".join(alert["features"]) or "label-free accuracy"
+        named = ", ".join(alert["features"]) or "accuracy"
         lines.append(f"drift: {alert['kind']} {alert['severity']} on {named} "
                      f"in {alert['cohort']}")  # fmt: skip
     for rnd in r["rounds"]:

@@ -1,0 +1,48 @@
+"""Running ``edgefleet sim --scenario`` in a subprocess, as a user would, and reading its report.
+
+Shared by the scenario, fault and remote-hub tests so each states only what it runs and
+what the JSON report must show.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+EDGEFLEET = [sys.executable, "-m", "edgefleet.cli"]
+
+
+def sim(
+    tmp_path: Path, *argv: str, timeout_s: float = 240, expect: int = 0
+) -> tuple[str, dict[str, Any]]:
+    """``edgefleet sim ARGV --json-out ...``: its stdout and report (``{}`` when it wrote
+    none); fails the test, with the run's output, unless it exits ``expect``."""
+    report = tmp_path / "report.json"
+    result = subprocess.run(
+        [*EDGEFLEET, "sim", *argv, "--json-out", str(report)],
+        cwd=REPO, capture_output=True, text=True, timeout=timeout_s, check=False,
+    )  # fmt: skip
+    assert result.returncode == expect, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    return result.stdout, json.loads(report.read_text()) if report.exists() else {}
+
+
+def scenario(
+    tmp_path: Path, name: str, devices: int, *argv: str, timeout_s: float = 240
+) -> tuple[str, dict[str, Any]]:
+    """Run scenario ``name`` (a built-in or a file) with a hub in the test's process tree."""
+    return sim(
+        tmp_path, "--scenario", name, "--with-hub", "--devices", str(devices), *argv,
+        timeout_s=timeout_s,
+    )  # fmt: skip
+
+
+def write(tmp_path: Path, text: str, name: str = "scenario.toml") -> str:
+    """A user's scenario file; its path, as ``--scenario`` takes it."""
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
