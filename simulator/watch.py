@@ -72,6 +72,7 @@ class Watch:
 
     api: httpx.Client
     live: bool = False
+    console: Console | None = None  # where the live table goes (default: stdout)
     samples: list[Sample] = field(default_factory=list)
     _load: Load | None = None
     _ids: frozenset[str] = frozenset()
@@ -100,7 +101,7 @@ class Watch:
         if not self.live:
             self._loop(None)
             return
-        with Live(self._table(), console=Console(), refresh_per_second=1,
+        with Live(self._table(), console=self.console or Console(), refresh_per_second=1,
                   redirect_stdout=True, transient=True) as live:  # fmt: skip
             self._loop(live)
 

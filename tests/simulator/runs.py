@@ -1,16 +1,22 @@
 """Running ``edgefleet sim --scenario`` in a subprocess, as a user would, and reading its report.
 
 Shared by the scenario, fault and remote-hub tests so each states only what it runs and
-what the JSON report must show.
+what the JSON report must show. :func:`once` runs a scenario once per test session even
+when pytest-xdist spreads the tests that read it over several workers.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 EDGEFLEET = [sys.executable, "-m", "edgefleet.cli"]
@@ -46,3 +52,24 @@ def write(tmp_path: Path, text: str, name: str = "scenario.toml") -> str:
     path = tmp_path / name
     path.write_text(text)
     return str(path)
+
+
+Run = tuple[str, dict[str, Any]]
+
+
+def once(factory: pytest.TempPathFactory, name: str, run: Callable[[Path], Run]) -> Run:
+    """``run`` once per session (the first worker to ask runs it under a file lock; the
+    others wait and read its output and report)."""
+    base = factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    folder = root / f"sim-{name}"
+    folder.mkdir(exist_ok=True)
+    with (root / f"sim-{name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        out = folder / "stdout.txt"
+        if not out.exists():
+            text, report = run(folder)
+            (folder / "result.json").write_text(json.dumps(report))
+            out.write_text(text)
+        found: dict[str, Any] = json.loads((folder / "result.json").read_text())
+        return out.read_text(), found

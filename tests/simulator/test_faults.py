@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.simulator.runs import scenario, write
+from tests.simulator.runs import Run, once, scenario, write
 
 FAULTS = """
 name = "faults"
@@ -49,13 +49,10 @@ skew_s = 300.0
 down_s = 1.0
 """
 
-Run = tuple[str, dict[str, Any]]
-
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
-    tmp = tmp_path_factory.mktemp("faults")
-    return scenario(tmp, write(tmp, FAULTS), 6)
+    return once(tmp_path_factory, "faults", lambda tmp: scenario(tmp, write(tmp, FAULTS), 6))
 
 
 def events(report: dict[str, Any], kind: str) -> list[dict[str, Any]]:

@@ -13,14 +13,12 @@ from typing import Any
 
 import pytest
 
-from tests.simulator.runs import scenario
-
-Run = tuple[str, dict[str, Any]]
+from tests.simulator.runs import Run, once, scenario
 
 
 @pytest.fixture(scope="module")
 def flaky(tmp_path_factory: pytest.TempPathFactory) -> Run:
-    return scenario(tmp_path_factory.mktemp("flaky"), "flaky-network", 8)
+    return once(tmp_path_factory, "flaky", lambda tmp: scenario(tmp, "flaky-network", 8))
 
 
 def converged(report: dict[str, Any], devices: int, version: int) -> None:
