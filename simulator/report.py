@@ -263,8 +263,10 @@ def summary(facts: Facts) -> str:
                      f"{rollout['outcome']}")  # fmt: skip
     if steady := r.get("steady"):
         share, mb = steady["cpu_share_per_device"], steady["rss_mb_per_device"]
-        lines.append(f"steady: {steady['online']} of {r['devices']} online; per device "
-                     f"{share:.5f} of a core, {mb:.3f} MB over {steady['seconds']:.0f} s")  # fmt: skip
+        lines.append(
+            f"steady: {steady['online']} of {r['devices']} online; per device "
+            f"{share:.5f} of a core, {mb:.3f} MB over {steady['seconds']:.0f} s"
+        )
     for fault in r.get("faults", {}).get("events", []):
         what = ", ".join(f"{k} {v}" for k, v in fault.items() if k not in ("at_s", "kind"))
         lines.append(f"fault at {fault['at_s']:g} s: {fault['kind']} ({what})")
