@@ -83,7 +83,7 @@ def run(
     workdir.mkdir(parents=True, exist_ok=True)
     print(f"scenario {scenario.name}: {scenario.description}")
     try:
-        with _hub(workdir, where) as hub, Watch(hub.api, live=options.live) as watch:
+        with _hub(workdir, where) as hub, _watch(hub, options) as watch:
             facts = story.run(workdir, hub, devices=size, scenario=scenario, watch=watch)
     except story.DemoFailed as e:
         print(f"\nedgefleet {prog}: FAILED: {e}")
@@ -96,7 +96,7 @@ def run(
     if json_out is not None:
         report.write_json(facts.report, json_out)
         print(f"report: {json_out}")
-    if options.plot is not None:
+    if watch is not None and options.plot is not None:
         for path in watch.plot(options.plot):
             print(f"chart: {path}")
     if keep is not None and where.hub_url is None:
@@ -121,6 +121,16 @@ def _adjusted(scenario: Scenario, options: Options) -> Scenario:
             scenario, data=dataclasses.replace(scenario.data, seed=options.seed)
         )
     return scenario
+
+
+@contextlib.contextmanager
+def _watch(hub: hubs.HubLink, options: Options) -> Iterator[Watch | None]:
+    """Sample the run only when someone looks: the live table or the charts."""
+    if not (options.live or options.plot):
+        yield None
+        return
+    with Watch(hub.api, live=options.live) as watch:
+        yield watch
 
 
 @contextlib.contextmanager

@@ -10,7 +10,9 @@ versions from ``GET /devices``, rollouts from ``GET /rollouts/{id}``, rounds fro
 ``messages.sent`` counts the durable frames the agents queued (state, data windows, deltas,
 telemetry...; not transient fetches nor last wills); ``delivered`` those whose commit the
 hub acknowledged; ``lost`` those neither committed nor refused once every outbox has
-drained: ``sent - delivered - refused``, so a frame an outbox dropped is lost.
+drained: ``sent - delivered - refused - pending``, so a frame an outbox dropped is lost
+(``pending``: frames still in an outbox when the counts are read, each snapshot taken under
+the outbox's lock; the agents keep queueing telemetry and data windows after the drain).
 ``duplicates_dropped`` and ``rejected`` are the hub's counts (a redelivered frame is
 acknowledged again and not stored twice; ``hub_ingested`` also counts transient frames).
 
@@ -69,6 +71,7 @@ def collect(facts: Facts, api: httpx.Client, devices: dict[str, Device]) -> Fact
     sent = sum(b.enqueued for b in boxes) + sum(r[0] for r in facts.retired)
     delivered = sum(b.committed for b in boxes) + sum(r[1] for r in facts.retired)
     refused = sum(b.refused for b in boxes)
+    pending = sum(b.depth for b in boxes)  # queued since the drain (telemetry, windows)
     listing = hubs.listing(api)
     versions = Counter(
         str(d["active"]["version"]) if d["active"] else "none"
@@ -82,7 +85,8 @@ def collect(facts: Facts, api: httpx.Client, devices: dict[str, Device]) -> Fact
         "messages": {
             "sent": sent,
             "delivered": delivered,
-            "lost": sent - delivered - refused,
+            "lost": sent - delivered - refused - pending,
+            "pending": pending,
             "duplicates_dropped": hub["duplicates"],
             "rejected": hub["rejected"],
             "refused_to_agents": refused,

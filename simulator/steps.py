@@ -91,13 +91,16 @@ def ok(response: httpx.Response) -> Any:
     return response.json()
 
 
-def wait(what: str, probe: Callable[[], T | None], timeout_s: float = STEP_TIMEOUT_S) -> T:
-    """Poll ``probe`` until it returns a value; DemoFailed on timeout."""
+def wait(
+    what: str, probe: Callable[[], T | None], timeout_s: float = STEP_TIMEOUT_S,
+    poll_s: float = 0.25,
+) -> T:  # fmt: skip
+    """Poll ``probe`` every ``poll_s`` until it returns a value; DemoFailed on timeout."""
     started = time.monotonic()
     while (found := probe()) is None:
         if time.monotonic() - started > timeout_s:
             raise DemoFailed(f"waited {timeout_s:.0f} s for {what}")
-        time.sleep(0.25)
+        time.sleep(poll_s)
     say(f"{what} ({time.monotonic() - started:.1f} s)")
     return found
 

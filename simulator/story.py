@@ -157,7 +157,7 @@ def _loop(
         facts.poisoned = sorted(poisoned)
         ids = list(everyone)
         wait("every agent enrolled and online", lambda: devices_where(api, ids, online),
-             timeout_s=_scaled(len(ids)))  # fmt: skip
+             timeout_s=_scaled(len(ids)), poll_s=_poll(len(ids)))  # fmt: skip
         load = Load(
             task, everyone, drifted, poisoned, concept=drift.kind == "concept",
             live_labels=scenario.story == "drift", rows=data.rows_per_s, tick_s=data.tick_s,
@@ -176,7 +176,7 @@ def _loop(
         facts.load_errors = load.errors
         wait("every outbox drained", lambda: all(
             d.agent.outbox.stats().depth == 0 for d in everyone.values()) or None,
-            timeout_s=_scaled(len(ids)))  # fmt: skip
+            timeout_s=_scaled(len(ids)), poll_s=_poll(len(ids)))  # fmt: skip
         facts.retired = [s for f in fleets.values() for s in f.retired]
         facts.faults = faults.summary()
         return collect(facts, api, everyone)
@@ -192,6 +192,12 @@ def _loop(
 def _scaled(devices: int) -> float:
     """How long a fleet-wide step may take: 90 s, or more for a large fleet."""
     return max(90.0, devices * 0.3)
+
+
+def _poll(devices: int) -> float:
+    """How often a fleet-wide wait asks: listing a thousand devices four times a second
+    would keep the hub busy answering instead of ingesting."""
+    return min(2.0, max(0.25, devices / 500))
 
 
 def _story(
@@ -212,7 +218,7 @@ def _story(
     with ThreadPoolExecutor(max_workers=4) as pool:  # as an operator's script would
         list(pool.map(assign, ids))
     wait("every device serves v1", lambda: devices_where(api, ids, runs(1)),
-         timeout_s=_scaled(len(ids)))  # fmt: skip
+         timeout_s=_scaled(len(ids)), poll_s=_poll(len(ids)))  # fmt: skip
     load.start()
     faults.start()
     if scenario.story in plays.STORIES:
