@@ -71,11 +71,16 @@ class Data:
 @dataclass(frozen=True)
 class Agent:
     """What the hub's desired config tells every agent: data windows every ``window_s``,
-    telemetry every ``telemetry_s``, local retraining on labelled feedback (``retrain``)."""
+    telemetry every ``telemetry_s``, local retraining on labelled feedback (``retrain``);
+    and two of the agents' own settings: how often the outbox looks for frames to resend
+    (``drain_interval_s``) and the learning loop for new labels (``retrain_interval_s``),
+    short for the demo's pace, the agent's defaults for a large steady fleet."""
 
     window_s: float = 2.0
     telemetry_s: float = 5.0
     retrain: bool = True
+    drain_interval_s: float = 0.1
+    retrain_interval_s: float = 1.0
 
 
 @dataclass(frozen=True)

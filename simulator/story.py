@@ -142,9 +142,11 @@ def _loop(
                 broker_url=relay.url if relay else hub.broker_url,
                 root_metadata=hub.root_file, enrollment_token=token["token"], prefix=cohort,
                 tags={"fleet": "demo"}, http=scenario.story != "steady",
-                window_s=scenario.agent.window_s, retrain_interval_s=1.0,
+                window_s=scenario.agent.window_s,
+                retrain_interval_s=scenario.agent.retrain_interval_s,
                 telemetry_interval_s=scenario.agent.telemetry_s,
-                drain_interval_s=0.1, ack_timeout_s=5.0, stop_grace_s=2.0,
+                drain_interval_s=scenario.agent.drain_interval_s, ack_timeout_s=5.0,
+                stop_grace_s=2.0,
             )  # fmt: skip
         everyone = {i: d for f in fleets.values() for i, d in f.devices.items()}
         drifted = frozenset(fleets[drift.cohort].device_ids)
