@@ -361,18 +361,30 @@ class Inbox:
         self.wake: Callable[[], None] = lambda: None
         """Asks for a :meth:`dispatch` run soon; the daemon sets it to its job's."""
         self.dropped = 0
+        self._streak = 0  # discarded since the queue last drained
+        self._streak_lock = threading.Lock()
 
     def put(self, event: LinkEvent) -> None:
-        """The transport's sink (its thread): queue and wake, nothing more."""
+        """The transport's sink (its thread): queue and wake, nothing more. A flood is
+        discarded (threat-model B31) with one log line when it starts and one count when
+        the job drains the queue, never a line per message."""
         try:
             self._events.put_nowait(event)
         except queue.Full:
-            self.dropped += 1
-            logger.warning("inbound queue is full: message discarded")
+            with self._streak_lock:
+                self.dropped += 1
+                self._streak += 1
+                first = self._streak == 1
+            if first:
+                logger.warning("inbound queue is full: discarding messages until it drains")
         self.wake()
 
     def dispatch(self) -> None:
         """The ``downlink`` job: every queued event, in order; it outlives any one of them."""
+        with self._streak_lock:
+            streak, self._streak = self._streak, 0
+        if streak:
+            logger.warning("inbound queue was full: %d messages discarded", streak)
         while True:
             try:
                 event = self._events.get_nowait()

@@ -24,6 +24,7 @@ Not thread-safe: the model manager serialises every call with its lock; only
 from __future__ import annotations
 
 import logging
+import shutil
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ class UpdaterConfig:
     tick_s: float = 1.0  # the scheduler job: download timeouts, the watch deadline
     threads: int = 1  # onnxruntime intra-op threads
     max_package_bytes: int = 512 * 1024 * 1024  # larger releases are refused before download
+    min_free_bytes: int = 64 * 1024 * 1024  # disk the device keeps free beside a download
     allowed_domains: frozenset[str] | None = None
     opset_range: tuple[int, int] | None = None
     download: DownloadPolicy = field(default_factory=DownloadPolicy)
@@ -247,6 +249,10 @@ class Installer:
             self._verify(entry, self.slots.read(entry.sha256), None, now_ms)
             return
         if self._download is None:
+            short = _short_of_space(self.slots.downloads, entry.length, self._config.min_free_bytes)
+            if short is not None:
+                self._end(table.Refuse(short))
+                return
             self._download = Download(self.slots.downloads, entry, now_ms, self._config.download)
         self._changed()
         self.pump(now_ms)
@@ -335,6 +341,19 @@ def _log_end(outcome: InstallOutcome) -> None:
         logger.warning(
             "install of %s %s: %s", model, outcome.status.replace("_", " "), outcome.reason
         )
+
+
+def _short_of_space(where: Path, length: int, headroom: int) -> str | None:
+    """Why a download of ``length`` bytes would not fit with ``headroom`` left free, or None.
+
+    Checked before the first byte (threat-model T4): a full disk otherwise shows up as a
+    failed write midway, after the broker carried most of the package for nothing, and
+    leaves the device with no room for its own outbox and logs.
+    """
+    free = shutil.disk_usage(where).free
+    if free - length >= headroom:
+        return None
+    return f"no_space: {length} bytes to download and {headroom} to keep free; {free} free"
 
 
 def _reason(error: Exception) -> str:

@@ -9,6 +9,15 @@ It keeps the result only if the holdout metric beats the current head's by
 hub: ``trained - base`` per tensor, L2-clipped to the hub's ``delta_clip_norm`` and
 encoded with :mod:`protocol.tensors`.
 
+In a round (the hub's config names one) any strict gain on the holdout sends the delta,
+unserved when it is below ``min_gain``: a round averages what its devices learned, and
+as the fleet model improves most devices gain less than ``min_gain``; leaving them out
+shrank 30-device rounds to a handful of deltas that failed validation, two points short
+of the central head. A device with no gain at all still sends nothing: its delta would
+only dilute what the others learned (a drift round whose undrifted cohort sent deltas
+failed validation). The hub screens and validates the aggregate; the device keeps
+serving its current head.
+
 Clipping without lying. Training is projected onto the L2 ball of radius
 ``delta_clip_norm`` around the base head, so the clipped delta the hub receives,
 applied to the base, is the head the device serves and the ``after`` it reports
@@ -308,7 +317,9 @@ class Learner(Generic[R]):
             max_distance=config.delta_clip_norm,
         )
         summary = _summary(result)
-        if not improved(result, s.min_gain):
+        better = improved(result, s.min_gain)
+        useful = better or (config.round_id is not None and improved(result, 0.0))
+        if not useful:
             return self._finish(None, None, f"unchanged: the current head is as good ({summary})")
         names = {head.weight: 0} | ({head.bias: 1} if head.bias is not None else {})
         trained = (result.weight, result.bias)
@@ -316,7 +327,6 @@ class Learner(Generic[R]):
         delta = clip_l2(raw, config.delta_clip_norm)
         weight = base_w + delta[head.weight]
         bias = base_b + delta[head.bias] if head.bias is not None else base_b
-        served = runtime.with_head(weight, bias)
         holdout = result.holdout
         before = evaluate(head, base_w, base_b, features[holdout], labels[holdout])
         size = sum(d.size for d in delta.values())
@@ -340,6 +350,12 @@ class Learner(Generic[R]):
             tensors=encode_tensors(sent, encoding=encoding, topk_fraction=fraction),
             round_id=config.round_id,
         )
+        if not better:
+            logger.info("sent %s's unserved delta to its round: %s", _name(self.ref), summary)
+            return self._finish(
+                None, upload, f"sent unserved to the round: {summary}, delta in {encoding}"
+            )
+        served = runtime.with_head(weight, bias)
         self._save_head(weight, bias)
         with self._lock:
             self._current = (weight, bias)

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import logging
 import random
-import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -53,20 +52,14 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
 from agent import broker_login
 from agent.config import AgentConfig
-from agent.errors import ConfigError
-from agent.transport import Connected, EventSink, Inbound, LinkEvent, WillFactory
+from agent.mqtt_session import SessionCore
+from agent.transport import WillFactory
 from edgefleet.brokers import BrokerUrl
 
 logger = logging.getLogger(__name__)
-
-PAHO_MAX_INFLIGHT = 100
-"""QoS 1 publishes paho keeps awaiting the broker's PUBACK before queueing the next."""
-LOGIN_REFUSED = (134, 135)  # CONNACK: bad user name or password, not authorized
-HELLO_SUFFIX = "/up/hello"
 
 
 @dataclass(frozen=True)
@@ -116,7 +109,7 @@ def backoff_delay(failures: int, low_s: float, high_s: float, rng: random.Random
     return rng.uniform(0.0, min(high_s, low_s * 2 ** min(failures, 32)))
 
 
-class Link:
+class Link(SessionCore):
     """A self-healing MQTT connection: the :class:`~agent.transport.Transport` the agent
     uses unless it is given another."""
 
@@ -126,44 +119,11 @@ class Link:
         Raises:
             ConfigError: a TLS file cannot be loaded (the message names the key).
         """
-        self.settings = settings
-        self._sink: EventSink | None = None
-        self._subscriptions: tuple[str, ...] = ()
-        self._will_factory: WillFactory | None = None
-        self._rng = rng or random.Random()
-        enroll = settings.enroll_broker
-        uses_tls = settings.broker.tls or (enroll is not None and enroll.tls)
-        self._tls = tls_context(settings) if uses_tls else None
-        self._lock = threading.Lock()
-        self._client: mqtt.Client | None = None
-        self._up = False
+        super().__init__(settings, rng=rng)
         self._ended = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._suback_mid: int | None = None
-        self._enrolling = False  # this connection is an enrollment session
-        self._login_refused = False
         self._closing = False  # the supervisor is ending the session itself
-        self.connections = 0
-        self.enrollment_sessions = 0
-
-    @property
-    def connected(self) -> bool:
-        return self._up
-
-    @property
-    def enrolling(self) -> bool:
-        """The connection up now is an enrollment session (only the hello goes out)."""
-        return self._up and self._enrolling
-
-    def subscribe(self, *topics: str) -> None:
-        """Subscribe to ``topics`` on every connection from the next one on (call it before
-        :meth:`connect`)."""
-        self._subscriptions = (*self._subscriptions, *topics)
-
-    def on_event(self, sink: EventSink) -> None:
-        """Where events go; called from paho's network thread, it must not block."""
-        self._sink = sink
 
     def connect(self, *, will: WillFactory | None = None) -> None:
         """Start the supervisor thread, which connects and reconnects until
@@ -171,17 +131,6 @@ class Link:
         self._will_factory = will
         self._thread = threading.Thread(target=self._supervise, name="agent-link", daemon=True)
         self._thread.start()
-
-    def publish(self, topic: str, payload: bytes) -> bool:
-        """Hand one QoS 1 frame to the current connection; False when none is up."""
-        with self._lock:
-            client = self._client if self._up else None
-            if self._enrolling and not topic.endswith(HELLO_SUFFIX):
-                client = None
-        if client is None:
-            return False
-        info = client.publish(topic, payload, qos=1)
-        return info.rc == mqtt.MQTT_ERR_SUCCESS
 
     def disconnect(self, timeout_s: float = 10.0) -> None:
         """Disconnect cleanly (no last will) and wait for the link's threads to end."""
@@ -260,77 +209,13 @@ class Link:
             self._closing = False
         return self.connections > before
 
-    def _target(self) -> BrokerUrl:
-        """The broker of the next session: the enrollment one for an enrollment session."""
-        enroll = self.settings.enroll_broker
-        return enroll if self._enrolling and enroll is not None else self.settings.broker
-
-    def _new_client(self, will: tuple[str, bytes] | None) -> mqtt.Client:
-        """A paho client for the next session: logged in, or anonymous and without a
-        will for an enrollment session."""
-        client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=self.settings.client_id,
-            clean_session=True,
-            protocol=mqtt.MQTTv311,
-            reconnect_on_failure=False,
-        )
-        client.max_inflight_messages_set(PAHO_MAX_INFLIGHT)
-        if self._tls is not None and self._target().tls:
-            client.tls_set_context(self._tls)
-        if not self._enrolling and self.settings.username is not None:
-            client.username_pw_set(self.settings.username, self.settings.password)
-        if will is not None:
-            client.will_set(will[0], will[1], qos=1, retain=False)
-        client.on_connect = self._on_connect
-        client.on_subscribe = self._on_subscribe
-        client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
-        return client
-
     # ------------------------------------------------------------------ paho callbacks
 
-    def _on_connect(
-        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
-    ) -> None:
-        if reason.is_failure:
-            if reason.value in LOGIN_REFUSED and not self._enrolling:
-                self._login_refused = True
-                logger.info("broker refused the login (%s): not provisioned yet", reason)
-            else:
-                logger.warning("broker refused the connection: %s", reason)
-            self._ended.set()
-            return
-        if self._enrolling:
-            self.enrollment_sessions += 1
-            logger.info("enrollment session: saying hello until the hub admits this device")
-            self._came_up()
-            return
-        if not self._subscriptions:
-            self._came_up()
-            return
-        result, self._suback_mid = client.subscribe([(topic, 1) for topic in self._subscriptions])
-        if result != mqtt.MQTT_ERR_SUCCESS:
-            self._ended.set()
+    def _end_session(self, client: mqtt.Client) -> None:
+        self._ended.set()
 
-    def _on_subscribe(
-        self, client: mqtt.Client, userdata: Any, mid: int, codes: Any, properties: Any
-    ) -> None:
-        if mid != self._suback_mid:
-            return
-        pairs = zip(self._subscriptions, codes, strict=False)
-        refused = [topic for topic, code in pairs if code.is_failure]
-        if refused:
-            logger.error("broker refused subscriptions %s: no downlink on them", refused)
+    def _enrollment_up(self) -> None:
         self._came_up()
-
-    def _came_up(self) -> None:
-        with self._lock:
-            self._up = True
-            self.connections += 1
-        broker = self._target()
-        logger.info("connected to broker %s:%d", broker.host, broker.port)
-        self._put(Connected())
 
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
@@ -340,30 +225,3 @@ class Link:
         if was_up and not (self._stopping.is_set() or self._closing):
             logger.warning("lost the broker connection: %s", reason)
         self._ended.set()
-
-    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        self._put(Inbound(message.topic, bytes(message.payload), bool(message.retain)))
-
-    def _put(self, event: LinkEvent) -> None:
-        sink = self._sink
-        if sink is None:
-            return
-        try:
-            sink(event)
-        except Exception:  # paho's thread must outlive a faulty sink
-            logger.exception("the event sink failed: event discarded")
-
-
-def tls_context(settings: LinkSettings) -> ssl.SSLContext:
-    try:
-        context = ssl.create_default_context(
-            cafile=str(settings.ca_file) if settings.ca_file else None
-        )
-    except (OSError, ssl.SSLError) as e:
-        raise ConfigError(f"ca_file {settings.ca_file}: {e}") from e
-    if settings.cert_file is not None:
-        try:
-            context.load_cert_chain(settings.cert_file, settings.key_file)
-        except (OSError, ssl.SSLError) as e:
-            raise ConfigError(f"cert_file/key_file cannot be loaded: {e}") from e
-    return context

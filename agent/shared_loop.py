@@ -30,18 +30,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.link import (
-    HELLO_SUFFIX,
-    LOGIN_REFUSED,
-    PAHO_MAX_INFLIGHT,
-    LinkSettings,
-    backoff_delay,
-    tls_context,
-)
-from agent.transport import Connected, EventSink, Inbound, LinkEvent, WillFactory
-from edgefleet.brokers import BrokerUrl
+from agent.link import LinkSettings, backoff_delay
+from agent.mqtt_session import SessionCore
+from agent.transport import WillFactory
 
 logger = logging.getLogger(__name__)
 
@@ -205,66 +197,26 @@ class SharedLoop:
             logger.exception("a task on the MQTT loop failed")
 
 
-class LoopLink:
+class LoopLink(SessionCore):
     """One device's :class:`~agent.transport.Transport` on a :class:`SharedLoop`; the
     behaviour of :class:`agent.link.Link`, without its threads (module docstring)."""
 
     def __init__(
         self, loop: SharedLoop, settings: LinkSettings, *, rng: random.Random | None = None
     ) -> None:
-        self.settings = settings
+        super().__init__(settings, rng=rng)
         self._loop = loop
-        self._rng = rng or random.Random()
-        enroll = settings.enroll_broker
-        uses_tls = settings.broker.tls or (enroll is not None and enroll.tls)
-        self._tls = tls_context(settings) if uses_tls else None
-        self._sink: EventSink | None = None
-        self._subscriptions: tuple[str, ...] = ()
-        self._will_factory: WillFactory | None = None
-        self._lock = threading.Lock()
-        self._client: mqtt.Client | None = None  # the session's client, loop thread only
-        self._sock: Any = None
-        self._up = False
-        self._enrolling = False
-        self._login_refused = False
+        self._sock: Any = None  # the session's socket; it and the client: loop thread only
         self._came_up_now = False
         self._will: tuple[str, bytes] | None = None
         self._failures = 0
         self._timer: _Timer | None = None
         self._stopping = False
         self._ended = threading.Event()
-        self._suback_mid: int | None = None
-        self.connections = 0
-        self.enrollment_sessions = 0
-
-    @property
-    def connected(self) -> bool:
-        return self._up
-
-    @property
-    def enrolling(self) -> bool:
-        return self._up and self._enrolling
-
-    def subscribe(self, *topics: str) -> None:
-        self._subscriptions = (*self._subscriptions, *topics)
-
-    def on_event(self, sink: EventSink) -> None:
-        """Where events go; called on the loop thread, it must not block."""
-        self._sink = sink
 
     def connect(self, *, will: WillFactory | None = None) -> None:
         self._will_factory = will
         self._loop.call_soon(self._attempt)
-
-    def publish(self, topic: str, payload: bytes) -> bool:
-        with self._lock:
-            client = self._client if self._up else None
-            if self._enrolling and not topic.endswith(HELLO_SUFFIX):
-                client = None
-        if client is None:
-            return False
-        info = client.publish(topic, payload, qos=1)
-        return info.rc == mqtt.MQTT_ERR_SUCCESS
 
     def disconnect(self, timeout_s: float = 10.0) -> None:
         """Disconnect cleanly (no last will) and stop reconnecting; waits for it."""
@@ -384,29 +336,8 @@ class LoopLink:
             client.loop_misc()
             self._flush()
 
-    def _target(self) -> BrokerUrl:
-        enroll = self.settings.enroll_broker
-        return enroll if self._enrolling and enroll is not None else self.settings.broker
-
     def _new_client(self, will: tuple[str, bytes] | None) -> mqtt.Client:
-        client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=self.settings.client_id,
-            clean_session=True,
-            protocol=mqtt.MQTTv311,
-            reconnect_on_failure=False,
-        )
-        client.max_inflight_messages_set(PAHO_MAX_INFLIGHT)
-        if self._tls is not None and self._target().tls:
-            client.tls_set_context(self._tls)
-        if not self._enrolling and self.settings.username is not None:
-            client.username_pw_set(self.settings.username, self.settings.password)
-        if will is not None:
-            client.will_set(will[0], will[1], qos=1, retain=False)
-        client.on_connect = self._on_connect
-        client.on_subscribe = self._on_subscribe
-        client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
+        client = super()._new_client(will)
         client.on_socket_open = self._on_socket_open
         client.on_socket_close = self._on_socket_close
         client.on_socket_register_write = self._on_register_write
@@ -427,53 +358,21 @@ class LoopLink:
         if threading.get_ident() != self._loop._ident:  # on the loop, _io/_flush write next
             self._loop._wants_write(self)
 
-    def _on_connect(
-        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
-    ) -> None:
-        if reason.is_failure:
-            if reason.value in LOGIN_REFUSED and not self._enrolling:
-                self._login_refused = True
-                logger.info("broker refused the login (%s): not provisioned yet", reason)
-            else:
-                logger.warning("broker refused the connection: %s", reason)
-            self._loop.call_soon(lambda: self._close(client))
-            return
-        if self._enrolling:
-            self.enrollment_sessions += 1
-            logger.info("enrollment session: saying hello until the hub admits this device")
-            self._came_up()
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer = self._loop.call_later(self.settings.enroll_hold_s, self._close)
-            return
-        if not self._subscriptions:
-            self._came_up()
-            return
-        result, self._suback_mid = client.subscribe([(topic, 1) for topic in self._subscriptions])
-        if result != mqtt.MQTT_ERR_SUCCESS:
-            self._loop.call_soon(lambda: self._close(client))
+    def _end_session(self, client: mqtt.Client) -> None:
+        self._loop.call_soon(lambda: self._close(client))
 
-    def _on_subscribe(
-        self, client: mqtt.Client, userdata: Any, mid: int, codes: Any, properties: Any
-    ) -> None:
-        if mid != self._suback_mid:
-            return
-        pairs = zip(self._subscriptions, codes, strict=False)
-        refused = [topic for topic, code in pairs if code.is_failure]
-        if refused:
-            logger.error("broker refused subscriptions %s: no downlink on them", refused)
+    def _enrollment_up(self) -> None:
         self._came_up()
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_later(self.settings.enroll_hold_s, self._close)
 
     def _came_up(self) -> None:
         if self._timer is not None and not self._enrolling:
             self._timer.cancel()  # the connect deadline
             self._timer = None
         self._came_up_now = True
-        with self._lock:
-            self._up = True
-            self.connections += 1
-        logger.info("connected to broker %s", self._target())
-        self._put(Connected())
+        super()._came_up()
 
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
@@ -483,18 +382,6 @@ class LoopLink:
         if was_up and not self._stopping:
             logger.warning("lost the broker connection: %s", reason)
         self._session_over(client)
-
-    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        self._put(Inbound(message.topic, bytes(message.payload), bool(message.retain)))
-
-    def _put(self, event: LinkEvent) -> None:
-        sink = self._sink
-        if sink is None:
-            return
-        try:
-            sink(event)
-        except Exception:  # the loop must outlive a faulty sink
-            logger.exception("the event sink failed: event discarded")
 
 
 __all__ = ["MISC_INTERVAL_S", "LoopLink", "SharedLoop"]

@@ -6,8 +6,13 @@ credentials belong in files, never in URLs, where logs and process lists show th
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 from dataclasses import dataclass
+from functools import cache
 from urllib.parse import urlsplit
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 
@@ -53,5 +58,33 @@ class BrokerUrl:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{'mqtts' if self.tls else 'mqtt'}://{host}:{self.port}"
 
+    @property
+    def exposed(self) -> bool:
+        """Plain MQTT to a host other than this machine: a password in CONNECT crosses
+        the network in clear (threat-model M8)."""
+        return not self.tls and not _loopback(self.host)
 
-__all__ = ["BadBrokerUrl", "BrokerUrl"]
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@cache
+def warn_if_exposed(url: BrokerUrl, who: str) -> None:
+    """Log once per process and broker that ``who`` logs in over plain MQTT off this
+    machine; frames stay signed, but the password is readable on the wire."""
+    if url.exposed:
+        logger.warning(
+            "%s logs in to %s over plain mqtt://: its broker password crosses the network "
+            "in clear; use mqtts:// where the network is not yours (docs/broker-security.md)",
+            who,
+            url,
+        )
+
+
+__all__ = ["BadBrokerUrl", "BrokerUrl", "warn_if_exposed"]

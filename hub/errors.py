@@ -33,6 +33,7 @@ all seen together, and ``tests/hub/test_errors.py`` keeps it complete and accura
     │  ├─ Unauthenticated       hub.errors                401  no token, or an unknown one
     │  ├─ KeyUnavailable        hub.errors                409  the signing key is kept offline
     │  ├─ StoreError            hub.store.interface       409  the store's constraints refuse it
+    │  │  ├─ StoreUnreachable   hub.store.interface       503  the store's database is out of reach
     │  │  └─ NotFound           hub.store.interface       404  no such row
     │  ├─ ArtifactCorrupt       hub.registry.artifacts    500  a stored artifact's hash changed
     │  ├─ StoreUnavailable      hub.api.system            503  /healthz: the store does not answer

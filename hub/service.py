@@ -77,6 +77,7 @@ from hub.registry.artifacts import ArtifactStore
 from hub.registry.registry import Registry
 from hub.settings import HubSettings
 from hub.store import Store
+from hub.store.dialects import describe
 from hub.transport import broker_accounts
 from hub.transport.broker import EmbeddedBroker
 from hub.transport.downlink import Downlink
@@ -365,6 +366,7 @@ class HubService:
             service.http_url,
             service.broker_url,
         )
+        logger.info("hub store: %s", describe(settings.store_location))  # never a password
         return service
 
     @property

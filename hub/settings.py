@@ -33,6 +33,7 @@ class HubSettings:
     http_host: str = "127.0.0.1"
     http_port: int = 8080
     client_id: str = ""  # MQTT client id; "" derives one per data directory and process
+    database: str = ""  # the store: a postgresql:// URL; "" is SQLite in data_dir/hub.db
 
     # ingest
     limits: Limits = field(default_factory=Limits)
@@ -88,7 +89,19 @@ class HubSettings:
 
     @property
     def db_path(self) -> Path:
+        """The SQLite store's file (the default store)."""
         return self.data_dir / "hub.db"
+
+    @property
+    def store_location(self) -> str | Path:
+        """Where the store is, for :func:`hub.store.dialects.open_store`: ``database`` if
+        set (PostgreSQL), else :attr:`db_path`."""
+        return self.database or self.db_path
+
+    def store_exists(self) -> bool:
+        """Whether a store is there to open: a database URL is assumed to be; SQLite's
+        file must exist (commands other than ``serve`` never start a fresh one by typo)."""
+        return bool(self.database) or self.db_path.exists()
 
     @property
     def keys_dir(self) -> Path:

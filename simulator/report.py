@@ -9,10 +9,10 @@ versions from ``GET /devices``, rollouts from ``GET /rollouts/{id}``, rounds fro
 
 ``messages.sent`` counts the durable frames the agents queued (state, data windows, deltas,
 telemetry...; not transient fetches nor last wills); ``delivered`` those whose commit the
-hub acknowledged; ``lost`` those neither committed nor refused once every outbox has
-drained: ``sent - delivered - refused - pending``, so a frame an outbox dropped is lost
-(``pending``: frames still in an outbox when the counts are read, each snapshot taken under
-the outbox's lock; the agents keep queueing telemetry and data windows after the drain).
+hub acknowledged; ``pending`` those still in an outbox when the report is read (the
+agents keep running after the drain the story waits for, so a telemetry frame queued in
+between is pending, not lost); ``lost`` those neither committed, refused nor pending:
+``sent - delivered - refused - pending``, so a frame an outbox dropped is lost.
 ``duplicates_dropped`` and ``rejected`` are the hub's counts (a redelivered frame is
 acknowledged again and not stored twice; ``hub_ingested`` also counts transient frames).
 
@@ -71,7 +71,7 @@ def collect(facts: Facts, api: httpx.Client, devices: dict[str, Device]) -> Fact
     sent = sum(b.enqueued for b in boxes) + sum(r[0] for r in facts.retired)
     delivered = sum(b.committed for b in boxes) + sum(r[1] for r in facts.retired)
     refused = sum(b.refused for b in boxes)
-    pending = sum(b.depth for b in boxes)  # queued since the drain (telemetry, windows)
+    pending = sum(b.depth for b in boxes)
     listing = hubs.listing(api)
     versions = Counter(
         str(d["active"]["version"]) if d["active"] else "none"

@@ -24,6 +24,8 @@ from protocol.topics import Topics
 from tests.brokers import BrokerRunner, EmbeddedTestBroker, MosquittoBroker, find_mosquitto
 from tests.clock import FakeClock
 
+pytest_plugins = ["tests.postgres"]  # store_url, postgres_url, postgres_server
+
 BROKERS = ["mosquitto", "amqtt"]
 REQUIRE_MOSQUITTO = "EDGEFLEET_REQUIRE_MOSQUITTO"
 REQUIRED_MARKERS = ("slow",)

@@ -107,7 +107,7 @@ def _config(args: argparse.Namespace) -> int:
         user=args.user or pwd.getpwuid(os.geteuid()).pw_name,
         log_file=args.log,
     )
-    store = open_store(args.data, create=True)
+    store = open_store(args.data, create=True, database=args.database)
     try:
         setup = write_mosquitto(args.data, layout, store)
         verifiers = len(setup.target.current())

@@ -71,6 +71,11 @@ def add_target_options(parser: argparse.ArgumentParser) -> None:
     where.add_argument(
         "--data", type=Path, metavar="DIR", help="the hub's data directory, on its machine"
     )
+    where.add_argument(
+        "--database",
+        metavar="URL",
+        help="with --data: the hub's PostgreSQL store, postgresql://USER:PASSWORD@HOST/DB",
+    )
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,7 @@ class Target:
     url: str | None = None
     token: str | None = None
     data: Path | None = None
+    database: str | None = None
 
 
 def resolve(args: argparse.Namespace, environ: Mapping[str, str]) -> Target:
@@ -93,8 +99,11 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str]) -> Target:
     token: str | None = getattr(args, "token", None)
     if data is not None and (url is not None or token is not None):
         raise CliFailure("--data works on the hub's files; leave out --hub and --token", 2)
+    database: str | None = getattr(args, "database", None)
+    if database is not None and data is None:
+        raise CliFailure("--database is the store of a hub's --data DIR: add --data", 2)
     if data is not None:
-        return Target(data=data)
+        return Target(data=data, database=database)
     url = url or environ.get(HUB_URL_VARIABLE) or None
     token = token or environ.get(TOKEN_VARIABLE) or None
     if url is None:
@@ -215,21 +224,23 @@ class InProcess(httpx.BaseTransport):
         return asyncio.run(call())
 
 
-def local_app(data: Path, *, create: bool = False) -> tuple[FastAPI, Any]:
-    """The hub's REST API over the files in ``data``, acting as the local operator; and
-    the store to close afterwards.
+def local_app(
+    data: Path, *, create: bool = False, database: str | None = None
+) -> tuple[FastAPI, Any]:
+    """The hub's REST API over the files in ``data`` (and the store at ``database``, if
+    given), acting as the local operator; and the store to close afterwards.
 
     Raises:
         CliFailure: no hub store in ``data`` (unless ``create``), or no key ring (2).
     """
-    settings = HubSettings(data_dir=data)
-    if not create and not settings.db_path.exists():
+    settings = HubSettings(data_dir=data, database=database or "")
+    if not create and not settings.store_exists():
         raise CliFailure(f"no hub store at {settings.db_path}", 2)
     try:
         ring = keyring.load(settings.keys_dir)
     except keyring.KeyringError as e:
         raise CliFailure(str(e), 2) from None
-    store = open_store(settings.db_path)
+    store = open_store(settings.store_location)
     ctx = HubContext(store, ring, SystemClock(), settings)
     artifacts = ArtifactStore(settings.artifacts_dir)
     services = HubServices(Registry(ctx, artifacts), artifacts, CollectorRegistry())
@@ -252,7 +263,7 @@ def connect(args: argparse.Namespace, *, create: bool = False) -> Iterator[HubCl
         with httpx.Client(base_url=target.url, headers=headers, timeout=timeout) as http:
             yield HubClient(http, target.url)
         return
-    app, store = local_app(target.data, create=create)
+    app, store = local_app(target.data, create=create, database=target.database)
     try:
         with httpx.Client(base_url=LOCAL_URL, transport=InProcess(app)) as http:
             yield HubClient(http, str(target.data))

@@ -72,18 +72,25 @@ def positive(text: str) -> int:
 
 def data_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, required=True, help="the hub's data directory")
+    parser.add_argument(
+        "--database",
+        metavar="URL",
+        help="the hub's PostgreSQL store, postgresql://USER:PASSWORD@HOST/DB (default: "
+        "SQLite in --data)",
+    )
 
 
-def open_store(data: Path, *, create: bool = False) -> Store:
-    """The hub's store in ``data``; only ``create`` may start a new one there.
+def open_store(data: Path, *, create: bool = False, database: str | None = None) -> Store:
+    """The hub's store: in ``data``, or at ``database``; only ``create`` may start a new
+    SQLite one.
 
     Raises:
         FileNotFoundError: no store yet and not ``create``.
     """
-    path = HubSettings(data_dir=data).db_path
-    if not create and not path.exists():
-        raise FileNotFoundError(f"no hub store at {path}")
-    return open_location(path)
+    settings = HubSettings(data_dir=data, database=database or "")
+    if not create and not settings.store_exists():
+        raise FileNotFoundError(f"no hub store at {settings.db_path}")
+    return open_location(settings.store_location)
 
 
 def json_option(parser: argparse.ArgumentParser) -> None:

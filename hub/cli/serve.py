@@ -27,15 +27,24 @@ from hub.cli.common import Subcommands
 from hub.errors import InvalidRequest
 from hub.service import BrokerUnreachable, DataDirInUse, HubService
 from hub.settings import HubSettings
+from hub.store.dialects import POSTGRES_SCHEMES, SQLITE_SCHEME, describe
+from hub.store.interface import StoreUnreachable
 from hub.transport.broker import BrokerError, EmbeddedBroker
 from hub.transport.http_server import HttpUnavailable
 from hub.transport.mqtt import TlsFiles
 from protocol.errors import EdgefleetError
 
 ENV_PREFIX = "EDGEFLEET_HUB_"
+DATABASE_SCHEMES = (*POSTGRES_SCHEMES, SQLITE_SCHEME)
 EMBEDDED_PORT = 1883
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
-_UNAVAILABLE = (BrokerUnreachable, HttpUnavailable, BrokerError, DataDirInUse)  # exit 1, not 2
+_UNAVAILABLE = (  # exit 1, not 2
+    BrokerUnreachable,
+    HttpUnavailable,
+    BrokerError,
+    DataDirInUse,
+    StoreUnreachable,
+)
 
 
 # Parsers for flags and variables alike; argparse shows an ArgumentTypeError's message.
@@ -68,6 +77,14 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _database(text: str) -> str:
+    if not text.startswith(DATABASE_SCHEMES):
+        raise argparse.ArgumentTypeError(
+            f"not a database URL: {describe(text)[:80]!r} (postgresql://USER:PASSWORD@HOST/DB)"
+        )
+    return text
+
+
 def _flag(text: str) -> bool:
     if text.strip().lower() in _TRUE | _FALSE:
         return text.strip().lower() in _TRUE
@@ -95,6 +112,13 @@ class Option:
 
 OPTIONS: tuple[Option, ...] = (
     Option("--data", "DATA", Path, "DIR", "hub data directory: hub.db, keys/, artifacts/"),
+    Option(
+        "--database",
+        "DATABASE",
+        _database,
+        "URL",
+        "the store: postgresql://USER:PASSWORD@HOST:PORT/DB (default: SQLite, DIR/hub.db)",
+    ),
     Option("--broker", "BROKER_URL", str, "URL", "mqtt://HOST:PORT or mqtts://HOST:PORT"),
     Option("--broker-port", "BROKER_PORT", _port, "PORT", "embedded broker port (1883)"),
     Option("--host", "HOST", str, "ADDR", "REST API address (127.0.0.1)"),
@@ -131,6 +155,7 @@ EMBEDDED = Option(
 )
 _FIELDS = {
     "data": "data_dir",
+    "database": "database",
     "broker": "broker_url",
     "host": "http_host",
     "port": "http_port",
@@ -152,7 +177,9 @@ variable (the flag wins):
 """
     + "".join(f"  {o.flag:<22} {o.variable}\n" for o in (*OPTIONS, EMBEDDED))
     + """
-The key ring must exist first: `edgefleet keys init --dir DIR/keys`. One hub per data
+The store is SQLite in DIR/hub.db unless --database names a PostgreSQL database (its
+schema is migrated at start; docs/operations.md, "The store on PostgreSQL"). The key ring
+must exist first: `edgefleet keys init --dir DIR/keys`. One hub per data
 directory: a second one exits at once. Keys rotated with `edgefleet keys rotate` take
 effect within seconds, without a restart. Exit status: 0 after SIGTERM or SIGINT, 1 if
 the broker or HTTP address is unavailable or another hub runs on DIR, 2 for settings to
@@ -162,6 +189,7 @@ examples:
   edgefleet hub serve --data hub/ --embedded-broker
   edgefleet hub serve --data hub/ --broker mqtt://broker.local:1883 --host 0.0.0.0
   EDGEFLEET_HUB_DATA=/var/lib/edgefleet EDGEFLEET_HUB_PORT=9000 edgefleet hub serve
+  edgefleet hub serve --data hub/ --database postgresql://hub:PASSWORD@db.local:5432/hub
 """
 )
 

@@ -263,6 +263,8 @@ def tick(ctx: HubContext) -> None:
     with _TICK:
         store, now_ms = ctx.store, ctx.now_ms()
         for record in store.rounds.rounds_in(("open",)):
+            if _superseded(ctx, record):
+                continue
             decision = plan_close(
                 to_round(record), store.rounds.count_usable(record.round_id), now_ms
             )
@@ -280,6 +282,28 @@ def tick(ctx: HubContext) -> None:
                     pass
             else:
                 _open_on_schedule(ctx, summary.name, policy)
+
+
+def _superseded(ctx: HubContext, record: RoundRecord) -> bool:
+    """Cancel an open round whose base is no longer the latest release: its devices are
+    moving to the newer version and their deltas against the old base would build a
+    candidate beside, not after, what is served. True when it was cancelled."""
+    store = ctx.store
+    try:
+        latest = latest_released(store, record.model).version
+    except NotFound:  # the base itself was withdrawn: the deadline ends the round
+        return False
+    if latest <= record.base_version:
+        return False
+    by = f"release v{latest}"
+    store.rounds.put_round(_moved(record, Cancel(ctx.now_ms(), by)))
+    store.audit.append(
+        at=ctx.now_ms(), actor=ACTOR, action="round.cancel", target=record.round_id, reason=by
+    )
+    logger.info("round %s on v%d cancelled: %s superseded it", record.round_id,
+                record.base_version, by)  # fmt: skip
+    announce(ctx, record.model, record.base_version, None, None)
+    return True
 
 
 def _open_on_schedule(ctx: HubContext, model: str, policy: ModelPolicy) -> None:

@@ -69,7 +69,11 @@ def admit_claim(store: Store, claim: Claim, *, now_ms: int, max_pending: int) ->
     if claim.hello.enrollment_token is not None:
         token = store.enrollment_tokens.by_digest(token_hash(claim.hello.enrollment_token))
     pending = store.devices.count(status=PENDING)
-    decision = decide(claim, device, token, now_ms=now_ms, pending=pending, max_pending=max_pending)
+    holder = store.devices.key_holder(claim.hello.public_key, besides=claim.device_id)
+    decision = decide(
+        claim, device, token, now_ms=now_ms, pending=pending, max_pending=max_pending,
+        key_holder=holder,
+    )  # fmt: skip
     if isinstance(decision, Enroll) and not store.enrollment_tokens.use(decision.token_id):
         # only if another hello used up the token since it was read
         decision = Pend("token_used") if device is None else Refuse("pending")
@@ -111,6 +115,8 @@ def admit_claim(store: Store, claim: Claim, *, now_ms: int, max_pending: int) ->
         actor=f"device:{claim.device_id}",
         action=action,
         target=claim.device_id,
+        # a single-use token shown again by another device: leaked, or a cloned image
+        outcome="alert" if reason == "token_used" else "ok",
         reason=reason,
         detail=detail,
     )

@@ -17,6 +17,9 @@ pending, same key          no valid token                  refused ``pending`` w
                                                            waiting)
 pending, other key         no valid token                  refused ``identity_mismatch``,
                                                            alert ``key_conflict``
+any                        a key another device holds      refused ``identity_mismatch``,
+                           (any status), any token         alert ``key_reused``: one key
+                                                           never speaks for two ids
 =========================  ==============================  ===================================
 
 Active and revoked devices never reach :func:`decide`: ingest verifies their frames with
@@ -131,6 +134,7 @@ def decide(
     now_ms: int,
     pending: int,
     max_pending: int,
+    key_holder: str | None = None,
 ) -> Decision:
     """What to do with a verified hello from an unknown or pending device.
 
@@ -142,7 +146,11 @@ def decide(
         pending: how many devices are pending now.
         max_pending: refuse new pending devices beyond this (a hello flood must not
             fill the disk: docs/decisions.md, "Bounded state a stranger can create").
+        key_holder: another device (of any status) whose key the hello carries: a copied
+            or revoked key enrolling under a second id, refused whatever the token.
     """
+    if key_holder is not None:
+        return Refuse("identity_mismatch", "key_reused")
     problem = "no_token" if claim.hello.enrollment_token is None else token_problem(token, now_ms)
     if problem is None and token is not None:
         return Enroll(token.id, {**claim.hello.tags, **token.tags})

@@ -28,6 +28,7 @@ from hub.context import HubContext
 from hub.errors import KeyUnavailable
 from hub.fleet.desired import publish_desired
 from hub.fleet.documents import issue_heartbeat, publish_release, publish_root_chain
+from hub.fleet.fast_forward import fast_forward, raise_alarm
 from hub.transport.retained import Restored
 from protocol import frame
 from protocol.errors import ProtocolError
@@ -38,7 +39,11 @@ logger = logging.getLogger(__name__)
 
 
 def restore_retained(ctx: HubContext, route: Route, found: bytes) -> Restored:
-    """The hub's repair of ``route``'s retained topic, which holds ``found``."""
+    """The hub's repair of ``route``'s retained topic, which holds ``found``; first the
+    alarm, if ``found`` is a fast-forward signed with the hub's own keys."""
+    forged = fast_forward(ctx, route, found)
+    if forged is not None:
+        raise_alarm(ctx, route, *forged)
     if route.direction == "fleet":
         return _restore_fleet(ctx, route.kind)
     if route.device_id is None or route.kind != "desired":

@@ -96,7 +96,7 @@ def assemble(
         on_ready=on_ready,
         login=login,
     )
-    store = store or open_store(settings.db_path)
+    store = store or open_store(settings.store_location)
     downlink = Downlink(store, link, topics, key, clock, limits=settings.limits)
     delivery = Delivery(
         store, artifacts or ArtifactStore(settings.artifacts_dir), downlink, clock, settings

@@ -9,7 +9,7 @@ from hub.store.rows import AuditEntry, AuditRecord, Page
 from protocol import canonical
 
 if TYPE_CHECKING:
-    from hub.store.sqlite import Connection
+    from hub.store.sql import Connection
 
 _INSERT = (
     "INSERT INTO audit (at, actor, action, target, outcome, reason, detail) "

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from hub.store.rows import Counter
 
 if TYPE_CHECKING:
-    from hub.store.sqlite import Connection
+    from hub.store.sql import Connection
 
 
 class SqliteCounters:

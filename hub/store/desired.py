@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -12,7 +11,7 @@ from hub.store.interface import NotFound
 from hub.store.rows import AssignmentRecord, Desired, Twin
 
 if TYPE_CHECKING:
-    from hub.store.sqlite import Connection
+    from hub.store.sql import Connection, Row
 
 COLUMNS = (
     "device_id",
@@ -46,7 +45,7 @@ def _desired(row: Sequence[Any]) -> Desired:
     return Desired(*row)
 
 
-def _assignment(row: sqlite3.Row) -> AssignmentRecord:
+def _assignment(row: Row) -> AssignmentRecord:
     return AssignmentRecord(
         row["device_id"],
         row["version"],

@@ -25,7 +25,7 @@ from hub.store.rows import (
 from protocol import canonical
 
 if TYPE_CHECKING:
-    from hub.store.sqlite import Connection
+    from hub.store.sql import Connection
 
 COLUMNS = (
     "id",
@@ -172,6 +172,13 @@ class SqliteDevices:
             return None
         return DeviceIdentity(row["id"], row["status"], row["public_key"], row["up_window"])
 
+    def key_holder(self, public_key: str, *, besides: str) -> str | None:
+        found = self._c.scalar(
+            "SELECT id FROM devices WHERE public_key = ? AND id != ? ORDER BY id LIMIT 1",
+            [public_key, besides],
+        )
+        return None if found is None else str(found)
+
     def page(
         self,
         *,
@@ -238,7 +245,7 @@ class SqliteDevices:
             "SELECT json_extract(reported, '$.install.status') AS outcome, "
             "coalesce(json_extract(reported, '$.install.reason'), '') AS why, count(*) "
             "FROM devices WHERE status = 'active' AND json_valid(reported) "
-            "AND outcome IS NOT NULL GROUP BY outcome, why"
+            "AND json_extract(reported, '$.install.status') IS NOT NULL GROUP BY outcome, why"
         )
         return [InstallCount(str(outcome), str(why), n) for outcome, why, n in rows]
 
@@ -311,11 +318,11 @@ class SqliteDevices:
 
     def mark_offline(self, *, seen_before_ms: int) -> list[str]:
         with self._c.atomic():
-            rows = self._c.conn.execute(
+            rows = self._c.tuples(
                 "UPDATE devices SET online = 0 WHERE online = 1 AND "
                 "coalesce(last_seen, 0) < ? RETURNING id",
                 [seen_before_ms],
-            ).fetchall()
+            )
         return sorted(row[0] for row in rows)
 
     def note_refusals(self, refusals: Mapping[str, tuple[str, int]]) -> None:

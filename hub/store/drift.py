@@ -8,7 +8,6 @@ newest, so a roll-up is recomputed from its children whenever one of them change
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +25,7 @@ from hub.store.drift_rows import (
 )
 
 if TYPE_CHECKING:
-    from hub.store.sqlite import Connection
+    from hub.store.sql import Connection, Row
 
 _AGG = "scope, counts, moments, performance, inferences, errors, windows, parts"
 _AGG_MARKS = ", ".join("?" for _ in _AGG.split(", "))
@@ -43,7 +42,7 @@ def _agg_values(a: AggregateColumns) -> tuple[Any, ...]:
     return (a.scope, a.counts, a.moments, a.performance, a.inferences, a.errors, a.windows, a.parts)
 
 
-def _agg(row: sqlite3.Row) -> AggregateColumns:
+def _agg(row: Row) -> AggregateColumns:
     return AggregateColumns(
         row["scope"],
         row["counts"],
@@ -56,7 +55,7 @@ def _agg(row: sqlite3.Row) -> AggregateColumns:
     )
 
 
-def _device(row: sqlite3.Row) -> DriftDeviceBucket:
+def _device(row: Row) -> DriftDeviceBucket:
     return DriftDeviceBucket(
         device_id=row["device_id"],
         width_ms=row["width_ms"],
@@ -69,7 +68,7 @@ def _device(row: sqlite3.Row) -> DriftDeviceBucket:
     )
 
 
-def _cohort(row: sqlite3.Row) -> DriftCohortBucket:
+def _cohort(row: Row) -> DriftCohortBucket:
     return DriftCohortBucket(
         cohort=row["cohort"],
         width_ms=row["width_ms"],
@@ -80,7 +79,7 @@ def _cohort(row: sqlite3.Row) -> DriftCohortBucket:
     )
 
 
-def _assessment(row: sqlite3.Row) -> DriftAssessment:
+def _assessment(row: Row) -> DriftAssessment:
     return DriftAssessment(
         row["scope"],
         row["width_ms"],
@@ -91,7 +90,7 @@ def _assessment(row: sqlite3.Row) -> DriftAssessment:
     )
 
 
-def _alert(row: sqlite3.Row) -> DriftAlertRecord:
+def _alert(row: Row) -> DriftAlertRecord:
     return DriftAlertRecord(
         id=row["id"],
         scope=row["scope"],
@@ -367,7 +366,7 @@ class SqliteDrift:
         )
 
 
-def _scope(row: sqlite3.Row) -> DriftScope:
+def _scope(row: Row) -> DriftScope:
     return DriftScope(
         row["scope"],
         row["model_name"],

@@ -3,10 +3,10 @@
 Modules above the store annotate with :class:`Store` and call its typed methods
 (``store.devices.get(device_id)``, ``store.registry.next_version(name)``,
 ``store.audit.append(...)``); none of them names a table, writes SQL or sees a
-connection. Every SQL statement lives in the dialect that implements this contract:
-:mod:`hub.store.sqlite` today. A second dialect (PostgreSQL) implements the same
-protocols in a package of its own and is chosen by :func:`hub.store.open_store` from
-the location's scheme; nothing above the store changes (docs/architecture.md).
+connection. Every SQL statement lives in the store's concern modules, run by the dialect
+that implements this contract: :mod:`hub.store.sqlite` as written, or
+:mod:`hub.store.postgres`, translated; :func:`hub.store.dialects.open_store` chooses one
+from the location's scheme, and nothing above the store changes (docs/architecture.md).
 
 The contract is deliberately narrow: each method is one question or one change the hub
 needs, so a dialect can answer it with its own statements (``INSERT OR IGNORE`` here,
@@ -76,6 +76,13 @@ class StoreError(HubError):
     status_hint: ClassVar[int] = 409
 
 
+class StoreUnreachable(StoreError):
+    """The store's database cannot be reached (a PostgreSQL server down, a bad URL)."""
+
+    reason = "store_unreachable"
+    status_hint = 503
+
+
 class NotFound(StoreError):
     """No row with that key."""
 
@@ -103,6 +110,11 @@ class Devices(Protocol):
         ...
 
     def identity(self, device_id: str) -> DeviceIdentity | None: ...
+
+    def key_holder(self, public_key: str, *, besides: str) -> str | None:
+        """Another device than ``besides`` (pending, active or revoked: a revoked device's
+        key may be the stolen one) whose key is ``public_key``."""
+        ...
 
     def page(
         self,

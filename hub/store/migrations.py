@@ -2,7 +2,9 @@
 
 Each migration runs once, in a transaction, recorded in ``_sqlite_migrations``; a hub
 upgrading its code applies the new ones at start. Never edit a migration that has
-shipped: add the next one. Times are integer milliseconds since the Unix epoch; JSON
+shipped: add the next one, and its PostgreSQL twin of the same number in
+``hub/store/postgres/migrations/`` (``m014_<what>.sql``; m001_baseline there folds m001..m013
+here); ``tests/hub/test_store_schema.py`` fails while the two schemas differ. Times are integer milliseconds since the Unix epoch; JSON
 columns hold canonical JSON text.
 
 Tables, by concern:

@@ -3,13 +3,12 @@
 
 from __future__ import annotations
 
-import sqlite3
 from typing import TYPE_CHECKING
 
 from hub.store.rows import ModelSummary, ModelVersion, ReleaseListRecord, VersionStatus
 
 if TYPE_CHECKING:
-    from hub.store.sqlite import Connection
+    from hub.store.sql import Connection, Row
 
 VERSION_COLUMNS = (
     "name",
@@ -32,11 +31,11 @@ _INSERT_VERSION = (
 RELEASE_COLUMNS = "version, document, signed, created_at, created_by"
 
 
-def _version(row: sqlite3.Row) -> ModelVersion:
+def _version(row: Row) -> ModelVersion:
     return ModelVersion(*(row[c] for c in VERSION_COLUMNS))
 
 
-def _release(row: sqlite3.Row) -> ReleaseListRecord:
+def _release(row: Row) -> ReleaseListRecord:
     return ReleaseListRecord(
         row["version"], row["document"], bool(row["signed"]), row["created_at"], row["created_by"]
     )

@@ -18,7 +18,7 @@ from hub.store.rows import DataWindowRecord, Device
 from protocol import canonical
 
 if TYPE_CHECKING:
-    from hub.store.sqlite import Connection
+    from hub.store.sql import Connection
 
 _ROLLOUT = (
     "id", "model_name", "model_version", "spec", "phase", "stage", "stage_started_ms",

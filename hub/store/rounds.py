@@ -16,7 +16,7 @@ from hub.store.round_rows import BufferState, DeltaVerdict, RoundRecord
 from hub.store.rows import Page
 
 if TYPE_CHECKING:
-    from hub.store.sqlite import Connection
+    from hub.store.sql import Connection
 
 _ROUND_COLUMNS = tuple(f.name for f in fields(RoundRecord))
 _VERDICT_COLUMNS = tuple(f.name for f in fields(DeltaVerdict))

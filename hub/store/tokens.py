@@ -7,20 +7,19 @@ except :meth:`SqliteApiTokens.credential`, which exists to compare one.
 
 from __future__ import annotations
 
-import sqlite3
 from typing import TYPE_CHECKING
 
 from hub.store.devices import decode_tags, encode_tags
 from hub.store.rows import ApiCredential, ApiToken, EnrollmentToken
 
 if TYPE_CHECKING:
-    from hub.store.sqlite import Connection
+    from hub.store.sql import Connection, Row
 
 _API = "id, role, name, created_at, created_by, revoked"
 _ENROLLMENT = "id, kind, created_at, created_by, expires_at, uses, revoked, tags"
 
 
-def _api(row: sqlite3.Row) -> ApiToken:
+def _api(row: Row) -> ApiToken:
     return ApiToken(
         row["id"],
         row["role"],
@@ -31,7 +30,7 @@ def _api(row: sqlite3.Row) -> ApiToken:
     )
 
 
-def _enrollment(row: sqlite3.Row) -> EnrollmentToken:
+def _enrollment(row: Row) -> EnrollmentToken:
     return EnrollmentToken(
         row["id"],
         row["kind"],

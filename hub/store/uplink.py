@@ -13,7 +13,6 @@ records cost no more than the dicts they replaced.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from operator import attrgetter
@@ -32,7 +31,7 @@ from hub.store.rows import (
 )
 
 if TYPE_CHECKING:
-    from hub.store.sqlite import Connection
+    from hub.store.sql import Connection, Row
 
 R = TypeVar("R", bound=UplinkRecord)
 
@@ -158,5 +157,5 @@ class SqliteUplink:
         return Page([DeltaSummary(*row) for row in rows], int(total))
 
 
-def _record(kind: type[R], row: sqlite3.Row) -> R:
+def _record(kind: type[R], row: Row) -> R:
     return kind(*row)

@@ -44,7 +44,7 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edgefleet.brokers import BadBrokerUrl, BrokerUrl
+from edgefleet.brokers import BadBrokerUrl, BrokerUrl, warn_if_exposed
 from hub.context import FleetPublisher
 from hub.errors import InvalidRequest
 from hub.metrics import SHED
@@ -146,6 +146,7 @@ class HubLink:
         self._client.max_inflight_messages_set(1000)
         self._client.max_queued_messages_set(max_queued_publishes)
         if login is not None:
+            warn_if_exposed(self.url, "the hub")
             self._client.username_pw_set(*login)
         if self.url.tls:
             self._client.tls_set_context((tls or TlsFiles()).context())

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from agent.downlink import Downlink, WindowStore
+from agent.downlink import Downlink, Inbox, WindowStore
+from agent.transport import Inbound
 from protocol import frame
 from protocol.frame import Envelope, Message
 from protocol.messages import Chunk, HubAck, Nudge, StateReport
@@ -275,3 +276,26 @@ def test_a_flood_of_junk_frames_is_summarised_not_logged_frame_by_frame(
     summarised = sum(int(line.split()[1]) for line in lines if line.startswith("downlink: "))
     first = sum(1 for line in lines if "frame refused" in line)
     assert summarised + first == 20_000
+
+
+def test_a_flood_beyond_the_inbox_is_discarded_with_two_log_lines_and_the_rest_kept_in_order(
+    store: WindowStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    handled = Recorder()
+    link = guard(store)
+    link.register("ack", handled)
+    connected: list[int] = []
+    inbox = Inbox(link, lambda: connected.append(1), size=4)
+    frames = [down(ACK, downlink_seq(NOW, i)) for i in range(4)]
+    with caplog.at_level(logging.WARNING, logger="agent.downlink"):
+        for payload in frames:
+            inbox.put(Inbound(TOPICS.down("dev-1", "ack"), payload, False))
+        for _ in range(10_000):  # the flood, while the job is busy elsewhere
+            inbox.put(Inbound(TOPICS.down("dev-1", "ack"), b"junk", False))
+        inbox.dispatch()
+    assert inbox.dropped == 10_000
+    assert [e.header.seq for e in handled.seen] == [downlink_seq(NOW, i) for i in range(4)]
+    assert [r.getMessage() for r in caplog.records] == [
+        "inbound queue is full: discarding messages until it drains",
+        "inbound queue was full: 10000 messages discarded",
+    ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -229,11 +230,41 @@ def test_learner_keeps_head_only_when_holdout_improves(task: ShiftedTask) -> Non
     x, y = task.sample("A", 400, np.random.default_rng(1))  # what the base was made for
     feed(learner, base, x, y)
 
-    outcome = learner.maybe_retrain(base, CONFIG, T0)
+    outcome = learner.maybe_retrain(base, replace(CONFIG, round_id=None), T0)
 
     assert (outcome.runtime, outcome.delta) == (None, None)
     assert outcome.status.startswith("unchanged: the current head is as good")
     assert learner.status == outcome.status
+
+
+def test_in_a_round_a_gain_below_min_gain_is_sent_unserved(
+    task: ShiftedTask, tmp_path: Path
+) -> None:
+    base = runtime_for(task.model)
+    learner = Learner(base, state_dir=tmp_path, settings=LearnerSettings(seed=0, min_gain=0.99))
+    x, y = task.sample("B", 400, np.random.default_rng(1))  # shifted: training gains
+    feed(learner, base, x, y)
+
+    outcome = learner.maybe_retrain(base, DeviceConfig(round_id="round-3"), T0)
+
+    assert outcome.runtime is None  # below min_gain: nothing new served
+    assert outcome.delta is not None
+    assert outcome.delta.round_id == "round-3"
+    assert outcome.delta.before < outcome.delta.after < outcome.delta.before + 0.99
+    assert outcome.status.startswith("sent unserved to the round")
+    assert learner.serving() is base  # and no head saved for a restart
+
+
+def test_in_a_round_a_device_with_no_gain_sends_nothing(task: ShiftedTask) -> None:
+    base = runtime_for(task.model)
+    learner = Learner(base, settings=LearnerSettings(seed=0))
+    x, y = task.sample("A", 400, np.random.default_rng(1))  # what the base was made for
+    feed(learner, base, x, y)
+
+    outcome = learner.maybe_retrain(base, DeviceConfig(round_id="round-3"), T0)
+
+    assert (outcome.runtime, outcome.delta) == (None, None)
+    assert outcome.status.startswith("unchanged: the current head is as good")
 
 
 def test_learner_waits_for_enough_labels_and_does_not_rerun_without_new_ones(

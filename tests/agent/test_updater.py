@@ -15,6 +15,7 @@ import base64
 import dataclasses
 import json
 import logging
+import shutil
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
@@ -407,6 +408,20 @@ def test_agent_refuses_a_release_it_cannot_take_before_downloading(
     assert code(device.report.install.reason) == reason  # type: ignore[union-attr]
     assert len(device.fetches()) == fetched
     assert device.active == package(1).ref
+
+
+def test_agent_refuses_a_release_that_would_not_fit_on_its_disk_before_downloading(
+    fleet: FleetDouble, tmp_path: Path, clock: FakeClock
+) -> None:
+    disk = shutil.disk_usage(tmp_path).total  # more than could ever be free, whatever else runs
+    full = Device(fleet, tmp_path, clock, dataclasses.replace(CONFIG, min_free_bytes=disk + 1))
+    fetched = len(full.fetches())
+    full.install(fleet.release(package(1)))
+    outcome = full.report.install
+    assert outcome is not None
+    assert (outcome.status, code(outcome.reason)) == ("refused", "no_space")
+    assert len(full.fetches()) == fetched  # not one chunk asked for
+    assert full.active is None
 
 
 # ---------------------------------------------------------------- freeze and clocks

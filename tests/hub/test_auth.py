@@ -13,6 +13,7 @@ from hub.cli import token as cli_token
 from hub.errors import InvalidRequest, Unauthenticated
 from hub.settings import HubSettings
 from hub.store import NotFound, Store
+from hub.store.dialects import open_store
 from hub.store.sqlite import SqliteStore
 from tests.clock import FakeClock
 from tests.hub.tables import rows
@@ -151,6 +152,20 @@ def test_cli_creates_a_token_that_the_store_accepts(
     token = capsys.readouterr().out.strip()
     store = SqliteStore.open(HubSettings(data_dir=hub_dir).db_path)
     assert auth.authenticate(store, token).role == "admin"
+
+
+def test_cli_creates_a_token_in_the_postgres_store_named_by_database(
+    hub_dir: Path, postgres_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["hub", "token", "create", "--data", str(hub_dir), "--database", postgres_url]
+    assert run([*argv, "--role", "operator"]) == 0
+    token = capsys.readouterr().out.strip()
+    store = open_store(postgres_url)
+    try:
+        assert auth.authenticate(store, token).role == "operator"
+    finally:
+        store.close()
+    assert not HubSettings(data_dir=hub_dir).db_path.exists()
 
 
 def test_cli_lists_and_revokes_without_printing_secrets(

@@ -122,6 +122,8 @@ def test_single_use_token_enrolls_only_one_device(hub: HubSim) -> None:
     assert audit_actions(hub)[-1] == ("device.pending", "dev-2", "token_used")
     assert device_row(hub, "dev-2").pending_reason == "token_used"
     assert hub.acks(second) == [HubAck(committed=(), refused=((1, "pending: token_used"),))]
+    reused = hub.store.audit.page(action="device.pending", target="dev-2").items
+    assert [e.outcome for e in reused] == ["alert"]  # a leaked token or a cloned image
 
 
 def test_a_resent_enrolling_hello_is_reacked_not_reused(hub: HubSim) -> None:
@@ -241,6 +243,31 @@ def test_hello_with_another_key_for_an_active_device_is_refused_and_alerted(
     assert hub.snapshot() == before
     assert hub.acks("dev-1") == []
     assert hub.rejections() == [("device:dev-1", "key_change_refused", "identity_mismatch")]
+
+
+def test_a_key_already_enrolled_under_another_id_is_refused_and_alerted(hub: HubSim) -> None:
+    first = hub.device("dev-1", enrolled=True)
+    issued = token(hub)
+    before = hub.snapshot()
+    copy = SimDevice("dev-2", hub.topics, hub.clock, key=first.key)  # the same key, a new id
+
+    hub.send(copy.hello(issued.secret))
+
+    assert hub.snapshot() == before  # no device, no pending row, the token unused
+    assert hub.acks("dev-2") == []
+    assert hub.rejections() == [("device:dev-2", "key_reused", "identity_mismatch")]
+
+
+def test_a_revoked_devices_key_cannot_enroll_under_a_new_id(hub: HubSim) -> None:
+    first = hub.device("dev-1", enrolled=True)
+    hub.store.devices.revoke("dev-1")
+    issued = token(hub)
+    copy = SimDevice("dev-9", hub.topics, hub.clock, key=first.key)
+
+    hub.send(copy.hello(issued.secret))
+
+    assert hub.store.devices.find("dev-9") is None
+    assert hub.rejections()[-1] == ("device:dev-9", "key_reused", "identity_mismatch")
 
 
 def test_hello_whose_signature_does_not_prove_its_key_is_refused(hub: HubSim) -> None:

@@ -300,6 +300,16 @@ def test_path_traversal_model_name_is_refused(hub: Hub) -> None:
     assert not hub.artifacts.root_dir.exists()
 
 
+@pytest.mark.parametrize(
+    "name", ["\u0456ris", "ir\u0456s", "iris\u200b", "\uff49ris", "iris\u2215x", "caf\u00e9"]
+)
+def test_a_model_name_with_non_ascii_characters_is_refused(hub: Hub, name: str) -> None:
+    # confusables ("іris" with a Cyrillic і), invisible and look-alike slashes: refused,
+    # so two models can never look alike in a listing or a path
+    refused(hub, InvalidRequest, lambda: hub.register(name=name), "model name")
+    assert not hub.artifacts.root_dir.exists()
+
+
 def test_pickled_reference_data_is_refused(hub: Hub) -> None:
     buffer = io.BytesIO()
     np.savez(buffer, X=np.array([object(), None], dtype=object))

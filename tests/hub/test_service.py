@@ -39,9 +39,12 @@ WAIT_S = 15.0
 FLEET_KINDS = {"root", "release", "heartbeat"}
 
 
-def hub_settings(data: Path, broker: BrokerRunner, topics: Topics) -> HubSettings:
+def hub_settings(
+    data: Path, broker: BrokerRunner, topics: Topics, database: str = ""
+) -> HubSettings:
     return HubSettings(
         data_dir=data,
+        database=database,
         broker_url=broker.url,
         topic_prefix=topics.prefix,
         client_id=f"hub-{uuid.uuid4().hex[:8]}",
@@ -51,13 +54,17 @@ def hub_settings(data: Path, broker: BrokerRunner, topics: Topics) -> HubSetting
 
 @pytest.fixture
 def data(tmp_path: Path) -> Path:
+    return hub_data(tmp_path / "hub")
+
+
+def hub_data(path: Path, database: str = "") -> Path:
     """A hub data directory with a key ring and one released model (so a release list
-    and heartbeats exist to publish)."""
-    path = tmp_path / "hub"
+    and heartbeats exist to publish), its store in the directory or at ``database``."""
     ring = keyring.init(path / "keys", now_ms=CLOCK.now_ms())
-    store = open_store(path / "hub.db")
+    settings = HubSettings(data_dir=path, database=database)
+    store = open_store(settings.store_location)
     try:
-        ctx = HubContext(store, ring, CLOCK, HubSettings(data_dir=path))
+        ctx = HubContext(store, ring, CLOCK, settings)
         registry = Registry(ctx, ArtifactStore(path / "artifacts"))
         registry.register(
             models.gemm_classifier(), name="churn", reference=reference(), actor="test"
@@ -99,9 +106,20 @@ def retained_fleet_documents(broker: BrokerRunner, topics: Topics) -> set[str]:
     return seen
 
 
+@pytest.fixture
+def hub_on_each_store(
+    tmp_path: Path, broker: BrokerRunner, topics: Topics, database: str
+) -> Iterator[HubService]:
+    """A hub over SQLite, then over PostgreSQL (the ``database`` fixture)."""
+    data = hub_data(tmp_path / "hub", database)
+    with HubService.start(hub_settings(data, broker, topics, database)) as service:
+        yield service
+
+
 def test_hub_serves_rest_and_enrolls_a_device_over_mqtt(
-    hub: HubService, broker: BrokerRunner, topics: Topics
+    hub_on_each_store: HubService, broker: BrokerRunner, topics: Topics
 ) -> None:
+    hub = hub_on_each_store
     assert httpx.get(f"{hub.http_url}/healthz").json() == {"status": "ok", "store": True}
     admin = auth.create_token(hub.store, role="admin", name="t", actor="cli", now_ms=CLOCK.now_ms())
     token = enrollment.create_token(hub.store, kind="single", by="test", now_ms=CLOCK.now_ms())

@@ -104,14 +104,20 @@ class RoundsRig:
     @classmethod
     @contextmanager
     def start(
-        cls, root: Path, *, devices: int, policy: dict[str, Any], seed: int = 1
+        cls,
+        root: Path,
+        *,
+        devices: int,
+        policy: dict[str, Any],
+        seed: int = 1,
+        database: str = "",
     ) -> Iterator[RoundsRig]:
         clock = SystemClock()
         task = ShiftedTask.build(seed=0, n_inputs=8, width=64, n_classes=5)
         data = Data.build(task, devices, seed=seed)
         settings = HubSettings(
             data_dir=root / "hub", http_port=0, reconcile_interval_s=1.0,
-            round_tick_interval_s=0.5,
+            round_tick_interval_s=0.5, database=database,
         )  # fmt: skip
         ring = keyring.init(settings.keys_dir, now_ms=clock.now_ms())
         root_file = root / "root.json"

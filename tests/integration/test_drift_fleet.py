@@ -58,12 +58,13 @@ ROWS = 150
 STATIONARY, SHIFTED = 2, 4
 
 
-def hub_data(path: Path) -> Path:
+def hub_data(path: Path, database: str = "") -> Path:
     ring = keyring.init(path / "keys", now_ms=CLOCK.now_ms())
-    store = open_store(path / "hub.db")
+    settings = HubSettings(data_dir=path, database=database)
+    store = open_store(settings.store_location)
     try:
         registry = Registry(
-            HubContext(store, ring, CLOCK, HubSettings(data_dir=path)),
+            HubContext(store, ring, CLOCK, settings),
             ArtifactStore(path / "artifacts"),
         )
         x_val = reference_rows(500, seed=12)
@@ -81,10 +82,15 @@ def hub_data(path: Path) -> Path:
 
 
 @pytest.fixture
-def hub(tmp_path: Path, broker: BrokerRunner, topics: Topics) -> Iterator[HubService]:
-    data = hub_data(tmp_path / "hub")
+def hub(
+    tmp_path: Path, broker: BrokerRunner, topics: Topics, database: str
+) -> Iterator[HubService]:
+    data = hub_data(tmp_path / "hub", database)
     settings = replace(
-        hub_settings(data, broker, topics), drift_score_interval_s=0.5, drift_grace_s=1.0
+        hub_settings(data, broker, topics),
+        drift_score_interval_s=0.5,
+        drift_grace_s=1.0,
+        database=database,
     )
     with HubService.start(settings) as service:
         views.put_policy(service.context, MODEL, {"bucket_ms": BUCKET_MS}, by="test")
@@ -178,6 +184,11 @@ def predict_one_bucket(
             done.result()
 
 
+@pytest.mark.parametrize(
+    ("broker", "database"),
+    [("mosquitto", "sqlite"), ("amqtt", "sqlite"), ("mosquitto", "postgresql")],
+    indirect=True,
+)  # both brokers, both stores; PostgreSQL on one broker (the suite's time)
 def test_a_shift_of_two_features_in_one_cohort_alerts_on_exactly_them_end_to_end(
     hub: HubService, fleets: dict[str, SimulatedFleet], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -2,6 +2,7 @@
 
 1. Garbage on every ``up/`` kind, published with a real MQTT client: the hub stays up, the
    audit log shows each rejection with its reason, and no other row is written.
+   On both stores (SQLite and PostgreSQL: the ``database`` fixture).
 2. kill -9 of the hub (``python -m hub.ingest.pipeline`` in a subprocess) while it ingests
    10,000 frames (2,000 through the much slower embedded broker) from publishers that
    re-send until acknowledged; after a restart every frame is stored exactly once, and
@@ -106,11 +107,12 @@ def publish_oversized(broker: BrokerRunner, topic: str, size: int) -> None:
 
 
 def test_garbage_on_every_up_kind_is_audited_and_changes_nothing(
-    broker: BrokerRunner, topics: Topics, tmp_path: Path
+    broker: BrokerRunner, topics: Topics, tmp_path: Path, database: str
 ) -> None:
     clock = FakeClock(time.time_ns() // 1_000_000)
     settings = HubSettings(
         data_dir=tmp_path,
+        database=database,
         broker_url=broker.url,
         topic_prefix=topics.prefix,
         client_id=f"hub-{uuid.uuid4().hex[:8]}",

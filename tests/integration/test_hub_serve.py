@@ -135,3 +135,47 @@ def test_hub_serve_refuses_bad_settings_in_one_line_with_status_2(
     assert result.stderr.startswith("edgefleet hub serve: error: ")
     assert says in result.stderr
     assert result.stderr.count("\n") == 1, result.stderr
+
+
+def test_hub_serve_on_postgres_takes_the_database_from_the_environment_and_hides_its_password(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """The test server trusts its users, so the password in the URL is any word: it must
+    not reach the log."""
+    http_port, broker_port = free_port(), free_port()
+    url = postgres_url.replace("edgefleet@", "edgefleet:s3cret@")
+    env = {"EDGEFLEET_HUB_DATABASE": url}
+    process = spawn(
+        tmp_path,
+        *("--data", str(keyed_data(tmp_path)), "--embedded-broker"),
+        *("--broker-port", str(broker_port), "--port", str(http_port)),
+        env=env,
+    )
+    try:
+        wait_healthy(process, http_port, tmp_path)
+        assert httpx.get(f"http://127.0.0.1:{http_port}/healthz").json()["store"] is True
+    finally:
+        stop(process, signal.SIGTERM, tmp_path)
+    assert f"hub store: {url.replace(':s3cret@', ':***@')}" in log(tmp_path)
+    assert "s3cret" not in log(tmp_path)
+    assert not (tmp_path / "hub" / "hub.db").exists()  # the store is the database
+
+
+def test_hub_serve_with_an_unreachable_database_exits_1_in_one_line_without_its_password(
+    tmp_path: Path,
+) -> None:
+    url = f"postgresql://hub:s3cret@127.0.0.1:{free_port()}/hub"
+    result = subprocess.run(
+        [*COMMAND, "--data", str(keyed_data(tmp_path)), "--database", url],
+        cwd=REPO,
+        env={**os.environ, "EDGEFLEET_HUB_BROKER_URL": "mqtt://127.0.0.1:9"},  # the store first
+        capture_output=True,
+        text=True,
+        timeout=START_S,
+        check=False,
+    )
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith("edgefleet hub serve: error: cannot open the store at ")
+    assert "hub:***@127.0.0.1" in result.stderr
+    assert "s3cret" not in result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr

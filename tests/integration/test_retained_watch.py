@@ -10,17 +10,22 @@ audited. The device on the other end keeps serving, and trusts what it trusted.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from hub.fleet.documents import signed_release
+from hub.fleet.releases import heartbeat_for
 from hub.service import HubService
 from protocol import frame, metadata
 from protocol.documents import SignedDocument
-from protocol.messages import DesiredState
+from protocol.messages import DesiredState, DeviceConfig
 from protocol.metadata import ReleaseList
+from protocol.replay import downlink_seq
 from protocol.topics import Topics
 from tests import models
 from tests.brokers import BrokerRunner
@@ -157,3 +162,59 @@ def test_the_hub_restores_its_retained_topics_a_hostile_client_overwrote(
     assert one.device.trust.versions().release == trusted.release
     assert one.device.trust.versions().assignment >= trusted.assignment
     assert "downlink_refused" not in one.flags()
+    # the hub's own older release list is stale, not forged: no fast-forward alarm
+    assert hub.store.audit.count(action="security.fast_forward") == 0
+
+
+def test_a_document_signed_with_the_hubs_own_key_ahead_of_the_hub_raises_the_alarm(
+    hub: HubService,
+    devices: tuple[LiveDevice, LiveDevice],
+    mosquitto_broker: BrokerRunner,
+    topics: Topics,
+) -> None:
+    one, _ = devices
+    assign(hub.context, one, 1)
+    eventually(lambda: one.serving() is not None, "dev-1 serving")
+    # a thief holding the heartbeat and rollout keys (threat-model T7): a heartbeat far
+    # ahead, and a desired state whose seq stands a day ahead of the hub's clock
+    now_ms = int(time.time() * 1000)
+    current = signed_release(hub.store)
+    assert current is not None
+    beat = heartbeat_for(current, version=999_999, now_ms=now_ms, lifetime_ms=3_600_000)
+    forged_beat = metadata.sign(beat, hub.keyring.signing_keys("heartbeat")).to_bytes()
+    far_list = replace(current.release, version=current.release.version + 1000)
+    forged_list = metadata.sign(far_list, hub.keyring.signing_keys("release")).to_bytes()
+    forged_desired = frame.encode(
+        DesiredState(DeviceConfig()),
+        device_id="dev-1",
+        seq=downlink_seq(now_ms + 86_400_000, 7),
+        sent_at=now_ms,
+        nonce=os.urandom(16),
+        key=hub.keyring.signing_keys("rollout")[0],
+    )
+    with TestClient(mosquitto_broker, client_id="thief") as thief:
+        thief.publish(topics.fleet("heartbeat"), forged_beat, retain=True)
+        thief.publish(topics.fleet("release"), forged_list, retain=True)
+        thief.publish(topics.down("dev-1", "desired"), forged_desired, retain=True)
+
+    def alarms() -> dict[str, str] | None:
+        found = hub.store.audit.page(action="security.fast_forward").items
+        by_target = {e.target: e.reason for e in found if e.outcome == "alert"}
+        return by_target if len(by_target) == 3 else None
+
+    eventually(lambda: alarms() is not None, "every forgery to raise the alarm", WITHIN_S)
+    raised = alarms()
+    assert raised is not None
+    assert raised[topics.fleet("heartbeat")].startswith("a heartbeat v999999 signed with the")
+    assert "rotate the heartbeat key" in raised[topics.fleet("heartbeat")]
+    assert "release list v1001 signed with the release key" in raised[topics.fleet("release")]
+    assert "ahead of the hub's clock" in raised[topics.down("dev-1", "desired")]
+    assert "rotate the rollout key" in raised[topics.down("dev-1", "desired")]
+    eventually(
+        lambda: (
+            desired_for(hub, retained(mosquitto_broker, topics.down("dev-1", "desired"))) == "dev-1"
+            and retained(mosquitto_broker, topics.down("dev-1", "desired")) != forged_desired
+        ),
+        "the hub's own desired state back",
+        WITHIN_S,
+    )

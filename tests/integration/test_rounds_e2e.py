@@ -19,8 +19,11 @@ POINT = 0.01
 AUTO = {"auto_release": True, "margin": 0.0}
 
 
-def test_a_round_of_real_agents_releases_a_candidate_that_beats_the_base(tmp_path: Path) -> None:
-    with RoundsRig.start(tmp_path, devices=6, policy=AUTO) as rig:
+def test_a_round_of_real_agents_releases_a_candidate_that_beats_the_base(
+    tmp_path: Path, database: str
+) -> None:
+    """On both stores (the ``database`` fixture: SQLite, PostgreSQL)."""
+    with RoundsRig.start(tmp_path, devices=6, policy=AUTO, database=database) as rig:
         round_id = rig.open(target_deltas=6, min_deltas=3, duration_s=20)
         rig.heard(round_id)
         rig.feed()

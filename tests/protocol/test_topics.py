@@ -48,6 +48,12 @@ def test_layout_matches_the_architecture() -> None:
         pytest.param("", id="empty"),
         pytest.param("a" * 65, id="over-long"),
         pytest.param("-dash-first", id="leading-dash"),
+        pytest.param("dev\u0456ce", id="cyrillic-i-confusable"),
+        pytest.param("d\u0435v", id="cyrillic-e-confusable"),
+        pytest.param("cafe\u0301", id="combining-accent"),
+        pytest.param("dev\u2215x", id="division-slash"),
+        pytest.param("\uff44ev", id="fullwidth-d"),
+        pytest.param("dev\u200b", id="zero-width-space"),
     ],
 )
 def test_device_ids_that_could_escape_their_topic_are_refused(device: str) -> None:

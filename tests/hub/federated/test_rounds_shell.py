@@ -17,11 +17,11 @@ from hub.rounds.aggregate import PRESETS
 from hub.rounds.buffered import BufferPolicy
 from hub.rounds.errors import IllegalTransition
 from hub.rounds.lifecycle import Close, ClosePolicy
-from protocol.headparams import read_head
+from protocol.headparams import read_head, write_head
 from protocol.messages import DeltaUpload
 from protocol.package import decode_package
 from protocol.tensors import clip_l2, decode_tensors, encode_tensors
-from tests.hub.federated.helpers import MODEL, FlHub
+from tests.hub.federated.helpers import MODEL, FlHub, npz
 
 
 @pytest.fixture
@@ -122,6 +122,25 @@ def test_one_live_round_per_model_and_cancel_is_final(hub: FlHub) -> None:
     dev = hub.device("dev-0")
     hub.send(dev, hub.delta(round_id=round_id))
     assert hub.verdicts(round_id) == [("dev-0", "refused", "bad_round")]
+
+
+def test_an_open_round_is_cancelled_when_a_newer_version_is_released(hub: FlHub) -> None:
+    round_id = hub.open(target_deltas=5, min_deltas=1)
+    hub.send(hub.device("dev-0"), hub.delta(round_id=round_id))
+    w, b = read_head(hub.task.model, hub.head)
+    newer = write_head(hub.task.model, hub.head, w * 1.1, b)
+    x_ref, _ = hub.task.sample("A", 100, np.random.default_rng(1))
+    hub.registry.register(newer, name=MODEL, reference=npz(X=x_ref), actor="operator")
+    assert hub.store.registry.version(MODEL, 2).status == "released"  # type: ignore[union-attr]
+    rounds.tick(hub.ctx)
+    record = hub.store.rounds.round(round_id)
+    assert record is not None
+    assert (record.state, record.reason) == ("cancelled", "cancelled by release v2")
+    assert record.candidate_version is None
+    assert hub.store.registry.version(MODEL, 3) is None  # the round built nothing
+    assert (rounds.ACTOR, "round.cancel", "release v2") in [
+        (a.actor, a.action, a.reason) for a in hub.store.audit.page(limit=50).items
+    ]
 
 
 def test_a_closing_round_is_aggregated_after_a_restart(tmp_path: Path) -> None:

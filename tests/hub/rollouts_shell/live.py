@@ -95,14 +95,15 @@ def reference() -> bytes:
     return buffer.getvalue()
 
 
-def hub_data(path: Path, extra: Sequence[bytes] = ()) -> Path:
+def hub_data(path: Path, extra: Sequence[bytes] = (), database: str = "") -> Path:
     """Key ring and three released versions: v1 and v2 good, v3 NaN beyond the smoke rows;
-    ``extra`` models become v4, v5, ..."""
+    ``extra`` models become v4, v5, ...; the store in ``path`` or at ``database``."""
     ring = keyring.init(path / "keys", now_ms=CLOCK.now_ms())
-    store = open_store(path / "hub.db")
+    settings = HubSettings(data_dir=path, database=database)
+    store = open_store(settings.store_location)
     try:
         registry = Registry(
-            HubContext(store, ring, CLOCK, HubSettings(data_dir=path)),
+            HubContext(store, ring, CLOCK, settings),
             ArtifactStore(path / "artifacts"),
         )
         for model in (models.gemm_classifier(), models.gemm_classifier(hidden=7)):
@@ -115,9 +116,10 @@ def hub_data(path: Path, extra: Sequence[bytes] = ()) -> Path:
     return path
 
 
-def hub_settings(data: Path, broker: BrokerRunner, prefix: str) -> HubSettings:
+def hub_settings(data: Path, broker: BrokerRunner, prefix: str, database: str = "") -> HubSettings:
     return HubSettings(
         data_dir=data,
+        database=database,
         broker_url=broker.url,
         topic_prefix=prefix,
         http_port=0,
@@ -235,10 +237,10 @@ class Fleet:
         )
 
 
-def prepare(tmp_path: Path, extra: Sequence[bytes] = ()) -> tuple[Path, str]:
+def prepare(tmp_path: Path, extra: Sequence[bytes] = (), database: str = "") -> tuple[Path, str]:
     """The hub's data directory (see :func:`hub_data`), the devices' pinned root beside
     it, and a topic prefix of the test's own."""
-    data = hub_data(tmp_path / "hub", extra)
+    data = hub_data(tmp_path / "hub", extra, database)
     (tmp_path / "root.json").write_bytes(
         (data / "keys" / keyring.ROOT_DIR / "1.root.json").read_bytes()
     )
@@ -281,13 +283,18 @@ def devices(
 
 @contextmanager
 def live_fleet(
-    tmp_path: Path, broker: BrokerRunner, count: int, extra: Sequence[bytes] = ()
+    tmp_path: Path,
+    broker: BrokerRunner,
+    count: int,
+    extra: Sequence[bytes] = (),
+    database: str = "",
 ) -> Iterator[Fleet]:
     """A hub in this process and ``count`` devices serving v1 (stopped on exit);
-    ``extra`` models registered as v4, v5, ..."""
-    data, prefix = prepare(tmp_path, extra)
+    ``extra`` models registered as v4, v5, ...; the store in the hub's data directory or
+    at ``database`` (PostgreSQL)."""
+    data, prefix = prepare(tmp_path, extra, database)
     with (
-        HubService.start(hub_settings(data, broker, prefix)) as hub,
+        HubService.start(hub_settings(data, broker, prefix, database)) as hub,
         devices(hub.context, tmp_path, hub.broker_url, prefix, count) as fleet,
     ):
         yield fleet

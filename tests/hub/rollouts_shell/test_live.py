@@ -37,9 +37,10 @@ def timeline(fleet: Fleet, rollout_id: str) -> str:
 
 @pytest.mark.parametrize("count", [10, pytest.param(50, marks=pytest.mark.slow)])
 def test_a_good_version_goes_10_50_100_and_the_whole_target_ends_on_it(
-    tmp_path: Path, mosquitto_broker: BrokerRunner, count: int
+    tmp_path: Path, mosquitto_broker: BrokerRunner, count: int, database: str
 ) -> None:
-    with live_fleet(tmp_path, mosquitto_broker, count) as fleet:
+    """On both stores (the ``database`` fixture: SQLite, PostgreSQL)."""
+    with live_fleet(tmp_path, mosquitto_broker, count, database=database) as fleet:
         load = Load(fleet.devices)
         load.start()
         try:
