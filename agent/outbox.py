@@ -323,6 +323,12 @@ class Outbox:
                 self._committed,
             )
 
+    def opened_counts(self) -> tuple[int, int]:
+        """``(enqueued, committed)`` since this outbox was opened; readable after
+        :meth:`close` too (a simulator adds up the counts of an agent it restarted)."""
+        with self._lock:
+            return self._enqueued, self._committed
+
     def sent(self) -> int:
         """How many seqs this outbox has given out: every message it ever took."""
         with self._lock:

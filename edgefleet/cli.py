@@ -85,6 +85,9 @@ example:
       --root-metadata hub/keys/root/1.root.json --enrollment-token SECRET --state sim/
 
   edgefleet sim --scenario full-loop --with-hub --devices 10 --json-out report.json
+  edgefleet sim --scenario flaky-network --with-hub --plot charts/ --json-out report.json
+  edgefleet sim --scenario steady --devices 1000 --duration 120 --hub http://127.0.0.1:8080 \
+      --token ADMIN --broker mqtt://127.0.0.1:1883 --root-metadata hub/keys/root/1.root.json
   edgefleet sim --devices 1000 --no-http --duration 120 --json-out sim.json ...
 
 Each device prints its local API (POST /predict, POST /feedback, GET /status) and runs
@@ -94,7 +97,13 @@ seconds, share of a core and MB of memory per device, over the whole process). A
 devices share one MQTT loop thread, one job pool and one onnxruntime session per model;
 they start at most 50 a second, never more than 100 waiting for the hub's hello ack.
 With --scenario, the scenario (a built-in name or a TOML file, see docs/simulator.md)
-runs end to end against a hub in this process and prints its report.
+runs end to end and prints its report: against a hub in this process (--with-hub, over an
+embedded broker, or --broker URL's), or a hub elsewhere (--hub URL --token T --broker URL
+--root-metadata FILE; a fresh hub: the scenario registers model "sensors" v1). While it
+runs, a live table (devices online, versions, messages, rollout, drift alerts, round)
+shows when stdout is a terminal (--quiet: not); --plot DIR writes PNG charts (matplotlib:
+pip install 'edgefleet[plot]'). --duration S sets the scenario's duration_s, --seed S its
+data seed.
 Device ids are PREFIX-0, PREFIX-1, ...; state survives restarts.
 Devices log in to the broker as themselves (a password each makes, in its state); against
 Mosquitto set up by `edgefleet broker config`, add --enroll-broker mqtt://HOST:1884.
@@ -139,7 +148,23 @@ def _add_sim(subparsers: Any) -> None:
         "--devices", type=int,
         help="how many, 1 to 5000 (default 3; with --scenario, the scenario's)",
     )  # fmt: skip
-    parser.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="the hub's broker")
+    parser.add_argument(
+        "--broker", metavar="URL", help="the hub's broker (default mqtt://127.0.0.1:1883)"
+    )
+    parser.add_argument(
+        "--embedded-broker",
+        action="store_true",
+        help="with --scenario --with-hub: the hub runs an embedded broker (the default)",
+    )
+    parser.add_argument("--hub", metavar="URL", help="with --scenario: a hub elsewhere")
+    parser.add_argument("--token", help="with --hub: an admin token of that hub")
+    parser.add_argument("--seed", type=int, metavar="S", help="with --scenario: the data seed")
+    parser.add_argument(
+        "--quiet", action="store_true", help="with --scenario: no live table while it runs"
+    )
+    parser.add_argument(
+        "--plot", type=Path, metavar="DIR", help="with --scenario: PNG charts of the run in DIR"
+    )
     parser.add_argument(
         "--enroll-broker",
         metavar="URL",
@@ -154,7 +179,7 @@ def _add_sim(subparsers: Any) -> None:
     parser.add_argument(
         "--scenario",
         metavar="NAME|FILE.toml",
-        help="run a scenario end to end with its report (needs --with-hub; docs/simulator.md)",
+        help="run a scenario end to end with its report (--with-hub or --hub; docs/simulator.md)",
     )
     parser.add_argument(
         "--with-hub",
@@ -191,17 +216,8 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 def _run_sim(args: argparse.Namespace) -> int:
     if args.scenario is not None:
-        from simulator import demo
-
-        if not args.with_hub:
-            print(
-                "edgefleet sim: --scenario runs with its own hub only for now: add --with-hub",
-                file=sys.stderr,
-            )
-            return 2
-        return demo.run(
-            "sim", args.scenario, devices=args.devices, json_out=args.json_out, keep=args.keep
-        )
+        return _run_scenario(args)
+    args.broker = args.broker or "mqtt://127.0.0.1:1883"
     if args.root_metadata is None:
         print("edgefleet sim: --root-metadata FILE is required (or --scenario)", file=sys.stderr)
         return 2
@@ -210,6 +226,30 @@ def _run_sim(args: argparse.Namespace) -> int:
     from simulator import fleet
 
     return fleet.main(args)
+
+
+def _run_scenario(args: argparse.Namespace) -> int:
+    from simulator import demo
+
+    problem = None
+    if args.with_hub == (args.hub is not None):
+        problem = "--scenario needs a hub: --with-hub (in this process) or --hub URL"
+    elif args.hub is not None and not (args.token and args.broker and args.root_metadata):
+        problem = "--hub needs --token, --broker and --root-metadata too"
+    elif args.embedded_broker and (args.broker or args.hub):
+        problem = "--embedded-broker is for --with-hub without --broker"
+    if problem is not None:
+        print(f"edgefleet sim: {problem}", file=sys.stderr)
+        return 2
+    where = demo.Where(args.hub, args.token, args.broker, args.root_metadata)
+    options = demo.Options(
+        devices=args.devices, duration_s=args.duration, seed=args.seed,
+        live=sys.stdout.isatty() and not args.quiet, plot=args.plot,
+    )  # fmt: skip
+    return demo.run(
+        "sim", args.scenario, devices=args.devices, json_out=args.json_out, keep=args.keep,
+        where=where, options=options,
+    )  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -14,14 +14,41 @@ hub's data and the agents' state and says how to look at them.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import logging
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
-from simulator import report, story
-from simulator.scenario import ScenarioError, load
+from simulator import hubs, report, story
+from simulator.scenario import Scenario, ScenarioError, load
+from simulator.watch import PlotUnavailable, Watch, check_plot
+
+
+@dataclasses.dataclass(frozen=True)
+class Where:
+    """Where the scenario's hub is: ``hub_url`` and ``token`` for one elsewhere (its broker
+    ``broker_url``, its root ``root_file``); else a hub in this process, over an embedded
+    broker or ``broker_url``'s."""
+
+    hub_url: str | None = None
+    token: str | None = None
+    broker_url: str | None = None
+    root_file: Path | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """What the command line may change in a run (``None``: the scenario's)."""
+
+    devices: int | None = None
+    duration_s: float | None = None
+    seed: int | None = None
+    live: bool = False
+    plot: Path | None = None
 
 
 def main(args: argparse.Namespace) -> int:
@@ -31,14 +58,17 @@ def main(args: argparse.Namespace) -> int:
 
 def run(
     prog: str, scenario_name: str, *, devices: int | None, json_out: Path | None,
-    keep: Path | None,
+    keep: Path | None, where: Where | None = None, options: Options | None = None,
 ) -> int:  # fmt: skip
-    """Run ``scenario_name`` with a hub in this process; the exit status (0, 1 failed, 2 bad
-    arguments)."""
+    """Run ``scenario_name`` against the hub ``where`` says (default: one in this process);
+    the exit status (0, 1 failed, 2 bad arguments)."""
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    where, options = where or Where(), options or Options(devices=devices)
     try:
-        scenario = load(scenario_name)
-    except ScenarioError as e:
+        scenario = _adjusted(load(scenario_name), options)
+        if options.plot is not None:
+            check_plot()
+    except (ScenarioError, PlotUnavailable) as e:
         print(f"edgefleet {prog}: {e}", file=sys.stderr)
         return 2
     size = scenario.devices if devices is None else devices
@@ -53,7 +83,8 @@ def run(
     workdir.mkdir(parents=True, exist_ok=True)
     print(f"scenario {scenario.name}: {scenario.description}")
     try:
-        facts = story.run(workdir, devices=size, scenario=scenario)
+        with _hub(workdir, where) as hub, _watch(hub, options) as watch:
+            facts = story.run(workdir, hub, devices=size, scenario=scenario, watch=watch)
     except story.DemoFailed as e:
         print(f"\nedgefleet {prog}: FAILED: {e}")
         return 1
@@ -65,9 +96,12 @@ def run(
     if json_out is not None:
         report.write_json(facts.report, json_out)
         print(f"report: {json_out}")
-    if keep is not None:
+    if watch is not None and options.plot is not None:
+        for path in watch.plot(options.plot):
+            print(f"chart: {path}")
+    if keep is not None and where.hub_url is None:
         print(explore(workdir, facts.token))
-    else:
+    elif keep is None:
         print("\nRun with --keep DIR to keep the hub's data and explore it afterwards.")
     return 0
 
@@ -86,3 +120,37 @@ def explore(workdir: Path, token: str) -> str:
         f"  edgefleet rollout list --hub {hub} --token {token}\n"
         f"  edgefleet drift alerts --hub {hub} --token {token}"
     )
+
+
+def _adjusted(scenario: Scenario, options: Options) -> Scenario:
+    """The scenario with the command line's ``--duration`` and ``--seed``."""
+    if options.duration_s is not None:
+        scenario = dataclasses.replace(scenario, duration_s=options.duration_s)
+    if options.seed is not None:
+        scenario = dataclasses.replace(
+            scenario, data=dataclasses.replace(scenario.data, seed=options.seed)
+        )
+    return scenario
+
+
+@contextlib.contextmanager
+def _watch(hub: hubs.HubLink, options: Options) -> Iterator[Watch | None]:
+    """Sample the run only when someone looks: the live table or the charts."""
+    if not (options.live or options.plot):
+        yield None
+        return
+    with Watch(hub.api, live=options.live) as watch:
+        yield watch
+
+
+@contextlib.contextmanager
+def _hub(workdir: Path, where: Where) -> Iterator[hubs.HubLink]:
+    if where.hub_url is None:
+        with hubs.in_process(workdir, where.broker_url) as link:
+            yield link
+        return
+    assert where.token is not None
+    assert where.broker_url is not None
+    assert where.root_file is not None
+    with hubs.remote(where.hub_url, where.token, where.broker_url, where.root_file) as link:
+        yield link

@@ -47,6 +47,7 @@ from agent.device import Device
 from agent.errors import AgentError
 from agent.scheduler import HeapScheduler
 from agent.shared_loop import SharedLoop
+from edgefleet.clock import Clock
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +76,10 @@ class SimulatedFleet:
     urls: dict[str, str]
     scheduler: HeapScheduler = dataclasses.field(default_factory=HeapScheduler)
     loop: SharedLoop = dataclasses.field(default_factory=SharedLoop)
+    configs: dict[str, AgentConfig] = dataclasses.field(default_factory=dict)
+    retired: list[tuple[int, int]] = dataclasses.field(default_factory=list)
+    """``(enqueued, committed)`` of the outboxes of agents :meth:`halt` stopped (a new agent
+    counts anew from its start; dropped and refused counts are kept in the outbox's file)."""
 
     @classmethod
     def start(
@@ -123,6 +128,7 @@ class SimulatedFleet:
                     http_port=port,
                     **settings,
                 )
+                fleet.configs[device_id] = config
                 device = Device(config, scheduler=fleet.scheduler, loop=fleet.loop)
                 device.start()
                 fleet.devices[device_id] = device
@@ -172,6 +178,25 @@ class SimulatedFleet:
             "dropped": dropped,
             **{f"downlink.{k}": v for k, v in sorted(downlink.items())},
         }
+
+    def halt(self, device_id: str, *, crash: bool = False) -> None:
+        """Stop one agent (it goes offline); ``crash``: without waiting for the hub's acks,
+        so what was in flight stays in its outbox for the next agent to resend."""
+        device = self.devices.pop(device_id)
+        if crash:
+            device.agent.config = dataclasses.replace(device.agent.config, stop_grace_s=0.0)
+        device.stop()
+        self.retired.append(device.agent.outbox.opened_counts())
+
+    def revive(self, device_id: str, *, clock: Clock | None = None) -> Device:
+        """Start a new agent for a halted device from its state directory (same identity,
+        outbox, slots); ``clock``: a clock of its own (a skewed one)."""
+        device = Device(
+            self.configs[device_id], clock=clock, scheduler=self.scheduler, loop=self.loop
+        )
+        device.start()
+        self.devices[device_id] = device
+        return device
 
     def stop(self) -> None:
         """Stop every device, a few dozen at a time (each waits up to its stop grace for

@@ -44,6 +44,12 @@ class Load:
     devices: dict[str, Device]
     drifted: frozenset[str]
     poisoned: frozenset[str] = frozenset()
+    concept: bool = False
+    """The drift moves the drifted devices' labels (each class becomes the next), not
+    their readings."""
+    live_labels: bool = False
+    """Hand labels to the devices every tick rather than when :meth:`deliver_labels` is
+    called."""
     rows: int = 40
     tick_s: float = 1.0
     label_share: float = 0.5
@@ -87,8 +93,11 @@ class Load:
         for device_id, labels in pending.items():
             if device_id in self.poisoned:
                 labels = {i: (y + 1) % self.task.n_classes for i, y in labels.items()}
+            device = self.devices.get(device_id)
+            if device is None:  # stopped (a fault): its predictions are gone with it
+                continue
             with contextlib.suppress(AgentError):  # installing, or the learner not built yet
-                answer = self.devices[device_id].feedback(labels)
+                answer = device.feedback(labels)
                 taken += len(answer.get("accepted", ()))
         return taken
 
@@ -97,10 +106,14 @@ class Load:
         while not self._stop.wait(self.tick_s):
             for device_id, device in list(self.devices.items()):
                 drifted = self._drift and device_id in self.drifted
-                x, y = self.task.sample(self.rows, rng, drifted=drifted)
+                x, y = self.task.sample(self.rows, rng, drifted=drifted and not self.concept)
+                if drifted and self.concept:
+                    y = (y + 1) % self.task.n_classes
                 try:
                     served = device.predict(x)
-                except AgentError:  # no model yet, or swapping: the agent counted it
+                except Exception as e:  # counted, as the agent counts its failures
+                    if not isinstance(e, AgentError) and self.devices.get(device_id) is device:
+                        raise  # a real failure, not a device a fault is stopping
                     self.errors += 1
                     continue
                 predicted = np.argmax(np.asarray(served.outputs), axis=1)
@@ -111,3 +124,5 @@ class Load:
                     score.correct += int((predicted[keep] == y[keep]).sum())
                     for i in np.flatnonzero(keep).tolist():
                         self._pending[device_id][served.ids[i]] = int(y[i])
+            if self.live_labels:
+                self.deliver_labels()

@@ -35,6 +35,8 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.device import Device
+from simulator import hubs
+from simulator.fleet import ResourceMeter
 
 
 @dataclass
@@ -52,6 +54,11 @@ class Facts:
     poisoned: list[str] = field(default_factory=list)
     hub_url: str = ""
     token: str = ""
+    hub_in_process: bool = True
+    meter: ResourceMeter | None = None  # marked before the agents started
+    retired: list[tuple[int, int]] = field(default_factory=list)  # agents a fault stopped
+    faults: dict[str, Any] = field(default_factory=dict)
+    steady: dict[str, Any] = field(default_factory=dict)
     report: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
     started_wall: float = field(default_factory=time.time)
@@ -60,12 +67,12 @@ class Facts:
 def collect(facts: Facts, api: httpx.Client, devices: dict[str, Device]) -> Facts:
     """Read the counters, versions, rollouts and alerts into ``facts.report``."""
     boxes = [d.agent.outbox.stats() for d in devices.values()]
-    hub = _hub_counters(api)
-    sent = sum(b.enqueued for b in boxes)
-    delivered = sum(b.committed for b in boxes)
+    hub = hub_counters(api)
+    sent = sum(b.enqueued for b in boxes) + sum(r[0] for r in facts.retired)
+    delivered = sum(b.committed for b in boxes) + sum(r[1] for r in facts.retired)
     refused = sum(b.refused for b in boxes)
     pending = sum(b.depth for b in boxes)
-    listing = api.get("/devices", params={"limit": max(len(devices), 1)}).json()["items"]
+    listing = hubs.listing(api)
     versions = Counter(
         str(d["active"]["version"]) if d["active"] else "none"
         for d in listing
@@ -95,13 +102,31 @@ def collect(facts: Facts, api: httpx.Client, devices: dict[str, Device]) -> Fact
         "rounds": [_round(r, _lineage(api, facts.model, r), facts.poisoned) for r in facts.rounds],
         "accuracy": {k: None if v is None else round(v, 4) for k, v in facts.accuracy.items()},
         "resources": _resources(facts.devices),
+        "online": sum(1 for d in listing if d["id"] in devices and d["online"]),
+        "downlink": _downlink(devices),
+        "hub": {"in_process": facts.hub_in_process, "frames_a_minute_ahead": hub["skew_ahead"]},
     }
+    if facts.meter is not None:
+        facts.report["resources"]["agents"] = facts.meter.per_device(facts.devices)
+    if facts.faults:
+        facts.report["faults"] = facts.faults
+    if facts.steady:
+        facts.report["steady"] = facts.steady
     return facts
 
 
-def _hub_counters(api: httpx.Client) -> dict[str, int]:
+def _downlink(devices: dict[str, Device]) -> dict[str, int]:
+    """Frames the devices received, by outcome (accepted, duplicate, refused...), and the
+    model chunks they fetched again after a bad one."""
+    found: Counter[str] = Counter()
+    for device in devices.values():
+        found.update(device.agent.downlink.counters())
+    return dict(sorted(found.items()))
+
+
+def hub_counters(api: httpx.Client) -> dict[str, int]:
     text = api.get(f"{api.base_url.scheme}://{api.base_url.netloc.decode()}/metrics").text
-    totals = {"ingested": 0.0, "duplicates": 0.0, "rejected": 0.0}
+    totals = {"ingested": 0.0, "duplicates": 0.0, "rejected": 0.0, "skew_ahead": 0.0}
     names = {
         "edgefleet_hub_ingested_total": "ingested",
         "edgefleet_hub_duplicates_total": "duplicates",
@@ -111,6 +136,11 @@ def _hub_counters(api: httpx.Client) -> dict[str, int]:
         for sample in family.samples:
             if sample.name in names:
                 totals[names[sample.name]] += sample.value
+            elif sample.labels.get("direction") == "ahead":  # frames a minute or more ahead
+                if sample.name == "edgefleet_hub_clock_skew_seconds_count":
+                    totals["skew_ahead"] += sample.value
+                elif sample.name.endswith("_bucket") and sample.labels.get("le") == "60.0":
+                    totals["skew_ahead"] -= sample.value
     return {k: int(v) for k, v in totals.items()}
 
 
@@ -219,7 +249,7 @@ def summary(facts: Facts) -> str:
         f"{m['duplicates_dropped']} duplicates dropped, {m['rejected']} rejected",
     ]
     for alert in r["drift"]["alerts"]:
-        named = ", ".join(alert["features"]) or "label-free accuracy"
+        named = ", ".join(alert["features"]) or "accuracy"
         lines.append(f"drift: {alert['kind']} {alert['severity']} on {named} "
                      f"in {alert['cohort']}")  # fmt: skip
     for rnd in r["rounds"]:
@@ -235,6 +265,15 @@ def summary(facts: Facts) -> str:
         stages = " -> ".join(f"{s['percent']:g}%" for s in rollout["stages"])
         lines.append(f"rollout {rollout['id']}: v{rollout['version']} {stages}, "
                      f"{rollout['outcome']}")  # fmt: skip
+    if steady := r.get("steady"):
+        share, mb = steady["cpu_share_per_device"], steady["rss_mb_per_device"]
+        lines.append(
+            f"steady: {steady['online']} of {r['devices']} online; per device "
+            f"{share:.5f} of a core, {mb:.3f} MB over {steady['seconds']:.0f} s"
+        )
+    for fault in r.get("faults", {}).get("events", []):
+        what = ", ".join(f"{k} {v}" for k, v in fault.items() if k not in ("at_s", "kind"))
+        lines.append(f"fault at {fault['at_s']:g} s: {fault['kind']} ({what})")
     final = ", ".join(f"v{v}: {n}" for v, n in sorted(r["versions"]["final_distribution"].items()))
     lines.append(f"versions now: {final}")
     lines.append(

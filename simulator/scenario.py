@@ -25,10 +25,18 @@ from hub.rounds.aggregate import PRESETS
 from protocol.errors import EdgefleetError
 
 GATES = ("update_success", "error_rate", "latency_p95")
-STORIES = ("full-loop", "bad-model-rollout")
-"""What happens after the drift: the alert opens a round whose candidate rolls out
-(``full-loop``), or the operator rolls out a v2 that fails on the drifted readings and must
-be rolled back (``bad-model-rollout``)."""
+STORIES = ("full-loop", "bad-model-rollout", "steady", "rollout", "drift")
+"""What happens after the steady start: the drift's alert opens a round whose candidate rolls
+out (``full-loop``); the operator rolls out a v2 that fails on the drifted readings and must
+be rolled back (``bad-model-rollout``); nothing, for ``duration_s`` (``steady``); the operator
+rolls out a better v2 while faults hit and devices go offline (``rollout``); one cohort
+drifts and the hub must alert on it, with no round (``drift``)."""
+DRIFT_KINDS = ("covariate", "concept")
+FAULTS = (
+    "disconnect-storm", "broker-restart", "agent-crash", "garbage-frames", "clock-skew",
+    "corrupted-chunk",
+)  # fmt: skip
+"""What :mod:`simulator.faults` can do to a running fleet (docs/simulator.md, *Faults*)."""
 
 
 class ScenarioError(EdgefleetError):
@@ -57,14 +65,33 @@ class Data:
     label_share: float = 0.5
     noise: float = 0.03
     seed: int = 0
+    tick_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class Agent:
+    """What the hub's desired config tells every agent: data windows every ``window_s``,
+    telemetry every ``telemetry_s``, local retraining on labelled feedback (``retrain``);
+    and two of the agents' own settings: how often the outbox looks for frames to resend
+    (``drain_interval_s``) and the learning loop for new labels (``retrain_interval_s``),
+    short for the demo's pace, the agent's defaults for a large steady fleet."""
+
+    window_s: float = 2.0
+    telemetry_s: float = 5.0
+    retrain: bool = True
+    drain_interval_s: float = 0.1
+    retrain_interval_s: float = 1.0
 
 
 @dataclass(frozen=True)
 class Drift:
-    """Covariate drift: in ``cohort``, ``features`` (indices) go from standard deviation
+    """``covariate`` drift: in ``cohort``, ``features`` (indices) go from standard deviation
     ``quiet_sd`` (what v1 was trained on: it ignores them) to ``sd``, ``after_s`` seconds
-    into the traffic."""
+    into the traffic (the ``rollout`` story starts its rollout then). ``concept`` drift:
+    the readings stay as they were and the cohort's labels move (every class becomes the
+    next one), which only labelled feedback shows."""
 
+    kind: str = "covariate"
     cohort: str = "eu"
     features: tuple[int, ...] = (8, 9)
     quiet_sd: float = 0.2
@@ -93,6 +120,32 @@ class Hub:
 
 
 @dataclass(frozen=True)
+class Offline:
+    """In the ``rollout`` story, ``share`` of the fleet's agents stop just before the
+    rollout starts and start again ``down_s`` seconds later, from their state directories."""
+
+    share: float = 0.0
+    down_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One scripted fault, ``at`` seconds after the traffic starts (:data:`FAULTS`):
+    ``share`` of the devices (at least one) is hit; ``down_s``: how long a broker or an
+    agent stays down; ``frames``: garbage frames per device hit; ``skew_s``: the clock
+    offset of a restarted device; ``repeat``/``every_s``: a storm of several cuts."""
+
+    at: float
+    kind: str
+    share: float = 0.2
+    down_s: float = 2.0
+    frames: int = 5
+    skew_s: float = 120.0
+    repeat: int = 1
+    every_s: float = 3.0
+
+
+@dataclass(frozen=True)
 class Stage:
     percent: float
     bake_s: float = 2.0
@@ -105,12 +158,16 @@ class Scenario:
     description: str = ""
     story: str = "full-loop"
     devices: int = 50
+    duration_s: float = 30.0
     cohorts: tuple[Cohort, ...] = (Cohort("eu", 0.3), Cohort("us", 0.7))
     data: Data = field(default_factory=Data)
+    agent: Agent = field(default_factory=Agent)
     drift: Drift = field(default_factory=Drift)
     attack: Attack = field(default_factory=Attack)
     hub: Hub = field(default_factory=Hub)
     rollout: tuple[Stage, ...] = (Stage(10), Stage(50), Stage(100, bake_s=0))
+    offline: Offline = field(default_factory=Offline)
+    faults: tuple[Fault, ...] = ()
 
     def counts(self, devices: int) -> dict[str, int]:
         """Devices per cohort value for a fleet of ``devices`` (each cohort at least one)."""
@@ -162,17 +219,22 @@ def parse(raw: dict[str, Any]) -> Scenario:
         _build(Cohort, c, f"cohorts[{i}]") for i, c in enumerate(raw.get("cohorts", []))
     )
     stages = tuple(_build(Stage, s, f"rollout[{i}]") for i, s in enumerate(raw.get("rollout", [])))
+    faults = tuple(_build(Fault, f, f"faults[{i}]") for i, f in enumerate(raw.get("faults", [])))
     scenario = Scenario(
         name=name,
         description=_typed(raw.get("description", ""), str, "description"),
         story=_typed(raw.get("story", "full-loop"), str, "story"),
         devices=_typed(raw.get("devices", 50), int, "devices"),
+        duration_s=float(_typed(raw.get("duration_s", 30.0), (int, float), "duration_s")),
         cohorts=cohorts or Scenario.cohorts,
         data=_build(Data, raw.get("data", {}), "data"),
+        agent=_build(Agent, raw.get("agent", {}), "agent"),
         drift=_build(Drift, raw.get("drift", {}), "drift"),
         attack=_build(Attack, raw.get("attack", {}), "attack"),
         hub=_build(Hub, raw.get("hub", {}), "hub"),
         rollout=stages or Scenario.rollout,
+        offline=_build(Offline, raw.get("offline", {}), "offline"),
+        faults=faults,
     )
     _check(scenario)
     return scenario
@@ -195,6 +257,15 @@ def _check(s: Scenario) -> None:
         raise ScenarioError("data: label_share in (0, 1], noise in [0, 1)")
     if not 0.0 <= s.attack.label_flip_share <= 1.0:
         raise ScenarioError("attack.label_flip_share: in [0, 1]")
+    if s.drift.kind not in DRIFT_KINDS:
+        raise ScenarioError(f"drift.kind: one of {', '.join(DRIFT_KINDS)}")
+    if not 0.0 <= s.offline.share < 1.0:
+        raise ScenarioError("offline.share: in [0, 1)")
+    for i, fault in enumerate(s.faults):
+        if fault.kind not in FAULTS:
+            raise ScenarioError(f"faults[{i}].kind: one of {', '.join(FAULTS)}")
+        if fault.at < 0 or not 0.0 < fault.share <= 1.0 or fault.repeat < 1:
+            raise ScenarioError(f"faults[{i}]: at >= 0, share in (0, 1], repeat >= 1")
     if s.hub.round_strategy not in PRESETS:
         raise ScenarioError(f"hub.round_strategy: one of {', '.join(sorted(PRESETS))}")
     percents = [stage.percent for stage in s.rollout]
@@ -205,7 +276,9 @@ def _check(s: Scenario) -> None:
         if unknown:
             raise ScenarioError(f"rollout[{i}].gates: {sorted(unknown)} not among {GATES}")
     for name, value in [("data.rows_per_s", s.data.rows_per_s), ("hub.bucket_s", s.hub.bucket_s),
-                        ("hub.round_deadline_s", s.hub.round_deadline_s)]:  # fmt: skip
+                        ("hub.round_deadline_s", s.hub.round_deadline_s),
+                        ("duration_s", s.duration_s), ("data.tick_s", s.data.tick_s),
+                        ("agent.window_s", s.agent.window_s)]:  # fmt: skip
         if value <= 0:
             raise ScenarioError(f"{name}: must be above 0")
 
@@ -239,7 +312,8 @@ def _build(cls: type, raw: object, path: str) -> Any:
             value = _typed(value, (int, float), f"{path}.{spec.name}")
             value = float(value)
         else:
-            value = _typed(value, {"int": int, "str": str}[want], f"{path}.{spec.name}")
+            kind = {"int": int, "str": str, "bool": bool}[want]
+            value = _typed(value, kind, f"{path}.{spec.name}", bools=kind is bool)
         values[spec.name] = value
     try:
         return cls(**values)
@@ -247,7 +321,7 @@ def _build(cls: type, raw: object, path: str) -> Any:
         raise ScenarioError(f"{path}: {e}") from e
 
 
-def _typed(value: Any, kind: type | tuple[type, ...], path: str) -> Any:
-    if isinstance(value, bool) or not isinstance(value, kind):
+def _typed(value: Any, kind: type | tuple[type, ...], path: str, *, bools: bool = False) -> Any:
+    if (isinstance(value, bool) and not bools) or not isinstance(value, kind):
         raise ScenarioError(f"{path}: expected {getattr(kind, '__name__', 'a number')}")
     return value

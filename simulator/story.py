@@ -14,97 +14,76 @@ v1, refresh the validation set with recent labels, and start the rollout of v2.
 What runs (cohorts, data, drift, rollout stages, time scales) is a scenario
 (:mod:`simulator.scenario`; ``edgefleet demo`` runs ``full-loop``). Time scales are shrunk so
 the loop fits in about two minutes, and each is a real setting: drift buckets of seconds
-(default 5 minutes) scored every half second, :data:`GRACE_S` after they close; rounds
-ticked every half second with a deadline of seconds; rollout stages baked for seconds; data
-windows of two seconds; agents' watch window of 200 predicted rows, which the traffic fills in about
-five seconds.
+(default 5 minutes) scored every half second, :data:`simulator.hubs.GRACE_S` after they
+close; rounds ticked every half second with a deadline of seconds; rollout stages baked for
+seconds; data windows of two seconds; agents' watch window of 200 predicted rows, which the
+traffic fills in about five seconds. The other stories (steady, a rollout through faults, a
+drift alert) are in :mod:`simulator.plays`.
 """
 
 from __future__ import annotations
 
-import io
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
 
-from edgefleet.clock import SystemClock
-from hub import keyring
-from hub.api import auth
-from hub.service import HubService
-from hub.settings import HubSettings
-from hub.transport.broker import EmbeddedBroker
-from simulator.fleet import SimulatedFleet
+from simulator import plays
+from simulator.faults import NETWORK, Faults
+from simulator.fleet import ResourceMeter, SimulatedFleet
+from simulator.hubs import HubLink
 from simulator.load import Load
+from simulator.relay import Relay
 from simulator.report import Facts, collect
 from simulator.scenario import Scenario
+from simulator.steps import (
+    MODEL,
+    DemoFailed,
+    alerted,
+    devices_where,
+    follow_rollout,
+    npz,
+    ok,
+    online,
+    rollout_spec,
+    runs,
+    say,
+    step,
+    wait,
+)
 from simulator.streams import SensorTask, broken
+from simulator.watch import Watch
 
-MODEL = "sensors"
-GRACE_S = 1.0
+__all__ = ["DemoFailed", "run"]
 BROKEN_ABOVE = 1.0  # bad-model-rollout's v2 fails beyond this (quiet sensors: sd 0.2)
-STEP_TIMEOUT_S = 90.0
-T = TypeVar("T")
 
 
-class DemoFailed(Exception):
-    """A step did not reach its goal in time; the message says which and what was seen."""
-
-
-def step(facts: Facts, name: str, what: str) -> None:
-    """A step's header, with the seconds since the run began."""
-    print(f"\n{time.monotonic() - facts.started:5.1f} s  [{name}] {what}", flush=True)
-
-
-def event(facts: Facts, at_ms: int, line: str) -> None:
-    """A hub event (wall-clock ``at_ms``), with the seconds since the run began."""
-    print(f"{at_ms / 1000 - facts.started_wall:5.1f} s    {line}", flush=True)
-
-
-def say(line: str) -> None:
-    print(f"    {line}", flush=True)
-
-
-def run(workdir: Path, *, devices: int, scenario: Scenario) -> Facts:
-    """Run the whole loop in ``workdir``; what happened, for the report.
+def run(
+    workdir: Path, hub: HubLink, *, devices: int, scenario: Scenario, watch: Watch | None = None
+) -> Facts:
+    """Run the scenario in ``workdir`` against ``hub``; what happened, for the report.
 
     Raises:
         DemoFailed: a step did not reach its goal in time.
     """
     facts = Facts(devices=devices, model=MODEL, initial_version=1)
-    clock = SystemClock()
-    settings = HubSettings(
-        data_dir=workdir / "hub", http_port=0, reconcile_interval_s=1.0,
-        round_tick_interval_s=0.5, drift_score_interval_s=0.5, drift_grace_s=GRACE_S,
-        rollout_tick_s=0.5,
-    )  # fmt: skip
-    ring = keyring.init(settings.keys_dir, now_ms=clock.now_ms())
-    root_file = workdir / "root.json"
-    root_file.write_bytes(ring.chain[0].to_bytes())
-    step(facts, "hub", "embedded MQTT broker, SQLite, REST API and the hub's scheduled jobs")
-    with HubService.start(settings, embedded_broker=EmbeddedBroker()) as hub:
-        admin = auth.create_token(
-            hub.store, role="admin", name="demo", actor="demo", now_ms=clock.now_ms()
-        )
-        say(f"REST {hub.http_url}/api/v1   broker {hub.broker_url}")
-        say(f"dashboard {hub.http_url}/ui   sign in with the admin token {admin.token}")
-        with httpx.Client(
-            base_url=f"{hub.http_url}/api/v1",
-            headers={"Authorization": f"Bearer {admin.token}"},
-            timeout=60.0,
-        ) as api:
-            facts.hub_url, facts.token = hub.http_url, admin.token
-            return _loop(workdir, hub, api, root_file, facts, scenario)
+    where = "in this process" if hub.broker is not None else "elsewhere"
+    step(facts, "hub", f"MQTT broker, SQLite, REST API and the hub's scheduled jobs, {where}")
+    say(f"REST {hub.http_url}/api/v1   broker {hub.broker_url}")
+    say(f"dashboard {hub.http_url}/ui   sign in with the admin token {hub.token}")
+    facts.hub_url, facts.token = hub.http_url, hub.token
+    facts.hub_in_process = hub.broker is not None
+    return _loop(workdir, hub, facts, scenario, watch)
 
 
 def _loop(
-    workdir: Path, hub: HubService, api: httpx.Client, root_file: Path, facts: Facts,
-    scenario: Scenario,
-) -> Facts:  # fmt: skip
+    workdir: Path, hub: HubLink, facts: Facts, scenario: Scenario, watch: Watch | None
+) -> Facts:
+    api = hub.api
     data, drift, times = scenario.data, scenario.drift, scenario.hub
     task = SensorTask.build(
         seed=data.seed, n_features=data.features, n_classes=data.classes, quiet=drift.features,
@@ -140,9 +119,17 @@ def _loop(
     else:
         say(f"drift buckets of {times.bucket_s:g} s; alerts open no round")
 
+    relay = None
+    if any(f.kind in NETWORK for f in scenario.faults):
+        target = urlsplit(hub.broker_url)
+        relay = Relay(target.hostname or "127.0.0.1", target.port or 1883)
+        relay.start()
+        say(f"devices reach the broker through a relay that can cut and damage: {relay.url}")
     tags = {c.value: c.tag for c in scenario.cohorts}
     step(facts, "enrol", ", ".join(f"{n} agents in {tags[c]}={c}" for c, n in counts.items()))
     fleets: dict[str, SimulatedFleet] = {}
+    faults: Faults | None = None
+    meter = ResourceMeter.now()
     try:
         for cohort, count in counts.items():
             if count == 0:
@@ -151,11 +138,15 @@ def _loop(
                 "kind": "fleet", "expires_in_s": 3600, "tags": {tags[cohort]: cohort},
             }))  # fmt: skip
             fleets[cohort] = SimulatedFleet.start(
-                workdir / "devices" / cohort, count=count, broker_url=hub.broker_url,
-                root_metadata=root_file, enrollment_token=token["token"], prefix=cohort,
-                tags={"fleet": "demo"},
-                window_s=2.0, retrain_interval_s=1.0, telemetry_interval_s=5.0,
-                drain_interval_s=0.1, ack_timeout_s=5.0, stop_grace_s=2.0,
+                workdir / "devices" / cohort, count=count,
+                broker_url=relay.url if relay else hub.broker_url,
+                root_metadata=hub.root_file, enrollment_token=token["token"], prefix=cohort,
+                tags={"fleet": "demo"}, http=scenario.story != "steady",
+                window_s=scenario.agent.window_s,
+                retrain_interval_s=scenario.agent.retrain_interval_s,
+                telemetry_interval_s=scenario.agent.telemetry_s,
+                drain_interval_s=scenario.agent.drain_interval_s, ack_timeout_s=5.0,
+                stop_grace_s=2.0,
             )  # fmt: skip
         everyone = {i: d for f in fleets.values() for i, d in f.devices.items()}
         drifted = frozenset(fleets[drift.cohort].device_ids)
@@ -167,32 +158,60 @@ def _loop(
                 f"class; the round aggregates with the {strategy!r} strategy")  # fmt: skip
         facts.poisoned = sorted(poisoned)
         ids = list(everyone)
-        wait("every agent enrolled and online", lambda: devices_where(api, ids, online))
+        wait("every agent enrolled and online", lambda: devices_where(api, ids, online),
+             timeout_s=_scaled(len(ids)), poll_s=_poll(len(ids)))  # fmt: skip
         load = Load(
-            task, everyone, drifted, poisoned, data.rows_per_s, label_share=data.label_share
-        )
+            task, everyone, drifted, poisoned, concept=drift.kind == "concept",
+            live_labels=scenario.story == "drift", rows=data.rows_per_s, tick_s=data.tick_s,
+            label_share=data.label_share,
+        )  # fmt: skip
+        faults = Faults(scenario.faults, fleets, everyone, hub, relay)
+        if watch is not None:
+            watch.attach(load, ids)
+        facts.meter = meter
         try:
-            _story(facts, api, task, load, ids, scenario)
+            _story(facts, api, task, load, faults, ids, scenario)
+            wait("every fault over, every stopped agent running again",
+                 lambda: faults.join(0.5) or None, timeout_s=120)  # fmt: skip
         finally:
             load.stop()
         facts.load_errors = load.errors
         wait("every outbox drained", lambda: all(
-            d.agent.outbox.stats().depth == 0 for d in everyone.values()) or None)  # fmt: skip
+            d.agent.outbox.stats().depth == 0 for d in everyone.values()) or None,
+            timeout_s=_scaled(len(ids)), poll_s=_poll(len(ids)))  # fmt: skip
+        facts.retired = [s for f in fleets.values() for s in f.retired]
+        facts.faults = faults.summary()
         return collect(facts, api, everyone)
     finally:
+        if faults is not None:
+            faults.stop()
         for fleet in fleets.values():
             fleet.stop()
+        if relay is not None:
+            relay.stop()
+
+
+def _scaled(devices: int) -> float:
+    """How long a fleet-wide step may take: 90 s, or more for a large fleet."""
+    return max(90.0, devices * 0.3)
+
+
+def _poll(devices: int) -> float:
+    """How often a fleet-wide wait asks: listing a thousand devices four times a second
+    would keep the hub busy answering instead of ingesting."""
+    return min(2.0, max(0.25, devices / 500))
 
 
 def _story(
-    facts: Facts, api: httpx.Client, task: SensorTask, load: Load, ids: list[str],
-    scenario: Scenario,
+    facts: Facts, api: httpx.Client, task: SensorTask, load: Load, faults: Faults,
+    ids: list[str], scenario: Scenario,
 ) -> None:  # fmt: skip
     drift, times = scenario.drift, scenario.hub
     drifted = load.drifted
     step(facts, "v1", f"desired {MODEL} v1 for every device: signed assignment, chunked download")
-    config = {"window_s": 2.0, "retrain": True, "retrain_min_samples": 100,
-              "telemetry_interval_s": 5.0}  # fmt: skip
+    config = {"window_s": scenario.agent.window_s, "retrain": scenario.agent.retrain,
+              "retrain_min_samples": 100,
+              "telemetry_interval_s": scenario.agent.telemetry_s}  # fmt: skip
 
     def assign(device_id: str) -> None:
         ok(api.put(f"/devices/{device_id}/desired",
@@ -200,8 +219,13 @@ def _story(
 
     with ThreadPoolExecutor(max_workers=4) as pool:  # as an operator's script would
         list(pool.map(assign, ids))
-    wait("every device serves v1", lambda: devices_where(api, ids, runs(1)))
+    wait("every device serves v1", lambda: devices_where(api, ids, runs(1)),
+         timeout_s=_scaled(len(ids)), poll_s=_poll(len(ids)))  # fmt: skip
     load.start()
+    faults.start()
+    if scenario.story in plays.STORIES:
+        plays.STORIES[scenario.story](facts, api, task, load, faults, ids, scenario)
+        return
     step(facts, "steady", f"each device classifies {load.rows} readings a second; "
          f"{load.label_share:.0%} get a label later")  # fmt: skip
     time.sleep(drift.after_s)
@@ -316,34 +340,6 @@ def _bad_rollout(
     facts.accuracy = {p: load.accuracy(p) for p in ("before_drift", "after_drift", "after_rollout")}
 
 
-def rollout_spec(version: int, scenario: Scenario) -> dict[str, Any]:
-    stages = [
-        {"percent": stage.percent, "bake_ms": int(stage.bake_s * 1000), "extend_ms": 0,
-         "gates": [{"metric": gate} for gate in stage.gates]}
-        for stage in scenario.rollout
-    ]  # fmt: skip
-    return {"model": MODEL, "version": version, "device_timeout_ms": 60_000, "seed": 3,
-            "stages": stages}  # fmt: skip
-
-
-def follow_rollout(facts: Facts, api: httpx.Client, rollout_id: str) -> dict[str, Any]:
-    """Narrate the rollout's timeline as it grows; its final view."""
-    shown = 0
-    deadline = time.monotonic() + STEP_TIMEOUT_S
-    while True:
-        view: dict[str, Any] = ok(api.get(f"/rollouts/{rollout_id}"))
-        for line in view["timeline"][shown:]:
-            event(facts, line["at_ms"], line["line"])
-        shown = len(view["timeline"])
-        if view["phase"] in ("completed", "rolled_back", "aborted", "paused"):
-            return view
-        if time.monotonic() > deadline:
-            counts = [{k: v for k, v in c.items() if v} for c in view["counts"]]
-            raise DemoFailed(f"rollout {rollout_id} still {view['phase']} after "
-                             f"{STEP_TIMEOUT_S:.0f} s: devices per stage {counts}")  # fmt: skip
-        time.sleep(0.25)
-
-
 def _recent(task: SensorTask, drifted_share: float) -> tuple[np.ndarray, np.ndarray]:
     """Labelled rows as the fleet sees them now: the drifted cohort in its share."""
     rng = np.random.default_rng(99)
@@ -362,11 +358,6 @@ def _judged(judgement: dict[str, Any]) -> str:
     return str(judgement)
 
 
-def alerted(api: httpx.Client) -> dict[str, Any] | None:
-    found = ok(api.get("/drift/alerts"))
-    return next((a for a in found if a["severity"] == "alert"), None)
-
-
 def first_round(api: httpx.Client) -> dict[str, Any] | None:
     items = ok(api.get("/rounds", params={"model": MODEL}))["items"]
     return items[0] if items else None
@@ -376,49 +367,3 @@ def ended(api: httpx.Client, round_id: str) -> dict[str, Any] | None:
     detail = ok(api.get(f"/rounds/{round_id}"))
     done = detail["state"] in ("accepted", "rejected", "failed", "cancelled")
     return detail if done else None
-
-
-def npz(**arrays: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)  # type: ignore[arg-type]
-    return buffer.getvalue()
-
-
-def ok(response: httpx.Response) -> Any:
-    if response.is_error:
-        raise DemoFailed(
-            f"{response.request.method} {response.request.url.path}: "
-            f"{response.status_code} {response.text[:300]}"
-        )
-    return response.json()
-
-
-def wait(what: str, probe: Callable[[], T | None], timeout_s: float = STEP_TIMEOUT_S) -> T:
-    """Poll ``probe`` until it returns a value; DemoFailed on timeout."""
-    started = time.monotonic()
-    while (found := probe()) is None:
-        if time.monotonic() - started > timeout_s:
-            raise DemoFailed(f"waited {timeout_s:.0f} s for {what}")
-        time.sleep(0.25)
-    say(f"{what} ({time.monotonic() - started:.1f} s)")
-    return found
-
-
-def devices_where(
-    api: httpx.Client, ids: list[str], test: Callable[[dict[str, Any]], bool]
-) -> list[dict[str, Any]] | None:
-    page = ok(api.get("/devices", params={"limit": max(len(ids), 1)}))
-    items = [d for d in page["items"] if d["id"] in ids and test(d)]
-    return items if len(items) == len(ids) else None
-
-
-def online(device: dict[str, Any]) -> bool:
-    return bool(device["status"] == "active" and device["online"])
-
-
-def runs(version: int) -> Callable[[dict[str, Any]], bool]:
-    def test(device: dict[str, Any]) -> bool:
-        active = device["active"]
-        return bool(active and active["name"] == MODEL and active["version"] == version)
-
-    return test

@@ -31,6 +31,8 @@ class SensorTask:
     """v1's ONNX bytes and what draws readings and labels (module docstring)."""
 
     model: bytes
+    informed: bytes
+    """A v2 fitted when the quiet sensors moved too: the whole rule, right everywhere."""
     rule: np.ndarray
     quiet: tuple[int, ...]
     quiet_sd: float
@@ -59,7 +61,10 @@ class SensorTask:
         rule = rng.normal(size=(n_features, n_classes))
         learned = rule.copy()
         learned[list(quiet)] = 0.0  # what the training data could teach v1
-        return cls(classifier(v, c, learned, scale), rule, quiet, quiet_sd, drift_sd, noise)
+        return cls(
+            classifier(v, c, learned, scale), classifier(v, c, rule, scale), rule, quiet,
+            quiet_sd, drift_sd, noise,
+        )  # fmt: skip
 
     @property
     def n_features(self) -> int:
