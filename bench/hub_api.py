@@ -37,7 +37,9 @@ from prometheus_client import CollectorRegistry
 from bench.common import fetch, report, report_percentiles, sample, serve, write_result
 from edgefleet.clock import SystemClock
 from hub import keyring
-from hub.api import HubServices, auth, create_app
+from hub.api import auth
+from hub.api.app import create_app
+from hub.api.services import HubServices
 from hub.context import HubContext
 from hub.health import Health
 from hub.registry.artifacts import ArtifactStore

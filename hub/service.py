@@ -61,7 +61,8 @@ from fastapi import FastAPI
 from edgefleet.clock import Clock, SystemClock
 from edgefleet.lock import DirectoryInUse, DirectoryLock
 from hub import keyring, metrics
-from hub.api import HubServices, create_app
+from hub.api.app import create_app
+from hub.api.services import HubServices
 from hub.context import FleetPublisher, HubContext
 from hub.errors import HubError, InvalidRequest
 from hub.federated.rounds import RoundsKick, open_round, rounds_job

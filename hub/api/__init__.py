@@ -1,10 +1,8 @@
-"""The hub's REST API: ``create_app(ctx, services)`` returns a FastAPI app.
+"""The hub's REST API: :func:`hub.api.app.create_app` returns a FastAPI app over a context
+and :class:`hub.api.services.HubServices`.
 
 See :mod:`hub.api.app` for the layout, :mod:`hub.api.deps` for authentication and
-:mod:`hub.api.errors` for the problem+json error bodies.
+:mod:`hub.api.errors` for the problem+json error bodies. This package imports nothing by
+itself, so a command that needs only :mod:`hub.api.auth` (``hub token create``) does not
+load the whole app.
 """
-
-from hub.api.app import create_app
-from hub.api.services import HubServices
-
-__all__ = ["HubServices", "create_app"]

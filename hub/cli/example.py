@@ -19,8 +19,6 @@ import io
 from pathlib import Path
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
 
 from hub.cli.common import Subcommands, add_command
 
@@ -84,6 +82,9 @@ def example(seed: int = 1) -> dict[str, bytes]:
 
 
 def _model(w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray) -> bytes:
+    import onnx  # onnx pulls ml_dtypes (about 1 s): only for `model example`
+    from onnx import TensorProto, helper, numpy_helper
+
     nodes = [
         helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name="hidden"),
         helper.make_node("Relu", ["h"], ["features"], name="relu"),

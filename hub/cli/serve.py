@@ -25,12 +25,9 @@ from typing import Any
 
 from hub.cli.common import Subcommands
 from hub.errors import InvalidRequest
-from hub.service import EMBEDDED_REPLICAS, BrokerUnreachable, DataDirInUse, HubService
 from hub.settings import HubSettings
 from hub.store.dialects import POSTGRES_SCHEMES, SQLITE_SCHEME, describe
 from hub.store.interface import StoreUnreachable
-from hub.transport.broker import BrokerError, EmbeddedBroker
-from hub.transport.http_server import HttpUnavailable
 from hub.transport.mqtt import TlsFiles
 from protocol.errors import EdgefleetError
 
@@ -38,13 +35,16 @@ ENV_PREFIX = "EDGEFLEET_HUB_"
 DATABASE_SCHEMES = (*POSTGRES_SCHEMES, SQLITE_SCHEME)
 EMBEDDED_PORT = 1883
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
-_UNAVAILABLE = (  # exit 1, not 2
-    BrokerUnreachable,
-    HttpUnavailable,
-    BrokerError,
-    DataDirInUse,
-    StoreUnreachable,
-)
+
+
+def _unavailable() -> tuple[type[Exception], ...]:
+    """What exits 1, not 2: something the hub needs is not there (imported late, with the
+    service, so ``edgefleet`` commands that never serve start without it)."""
+    from hub.service import BrokerUnreachable, DataDirInUse
+    from hub.transport.broker import BrokerError
+    from hub.transport.http_server import HttpUnavailable
+
+    return (BrokerUnreachable, HttpUnavailable, BrokerError, DataDirInUse, StoreUnreachable)
 
 
 # Parsers for flags and variables alike; argparse shows an ArgumentTypeError's message.
@@ -263,6 +263,8 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str]) -> ServeConfig
     if args.broker_port is not None and not embedded:
         raise InvalidRequest("--broker-port is the embedded broker's: add --embedded-broker")
     if embedded and values["replica_group"]:
+        from hub.service import EMBEDDED_REPLICAS
+
         raise InvalidRequest(EMBEDDED_REPLICAS)
     renew_s = HubSettings.lease_renew_s
     if values["lease_ttl"] is not None and values["lease_ttl"] < 3 * renew_s:
@@ -299,6 +301,9 @@ def serve(args: argparse.Namespace) -> int:
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
+    from hub.service import HubService  # the whole hub: only when it is served
+    from hub.transport.broker import EmbeddedBroker
+
     try:
         _configure_logging(getattr(args, "log_level", "INFO"))
         config = resolve(args, os.environ)
@@ -310,7 +315,7 @@ def serve(args: argparse.Namespace) -> int:
         service = HubService.start(config.settings, tls=config.tls, embedded_broker=broker)
     except (EdgefleetError, OSError, ValueError) as e:
         print(f"edgefleet hub serve: error: {e}", file=sys.stderr)
-        return 1 if isinstance(e, _UNAVAILABLE) else 2
+        return 1 if isinstance(e, _unavailable()) else 2
     stop.wait()
     service.stop()
     return 0

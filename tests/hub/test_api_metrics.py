@@ -12,8 +12,9 @@ from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from hub.api import HubServices, create_app
+from hub.api.app import create_app
 from hub.api.fleet_metrics import MAX_REASONS, reason_code
+from hub.api.services import HubServices
 from hub.health import Health
 from hub.store.rows import DataWindowRecord, DeltaRecord
 from tests.clock import FakeClock

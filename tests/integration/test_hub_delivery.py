@@ -26,7 +26,9 @@ from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
 from hub import keyring
-from hub.api import HubServices, auth, create_app
+from hub.api import auth
+from hub.api.app import create_app
+from hub.api.services import HubServices
 from hub.context import HubContext
 from hub.fleet import enrollment
 from hub.fleet.delivery import Delivery

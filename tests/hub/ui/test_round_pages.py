@@ -11,7 +11,9 @@ import numpy as np
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
-from hub.api import HubServices, auth, create_app
+from hub.api import auth
+from hub.api.app import create_app
+from hub.api.services import HubServices
 from hub.federated import rounds
 from protocol.messages import Telemetry
 from tests.hub.federated.helpers import MODEL, FlHub

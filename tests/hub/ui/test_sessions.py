@@ -13,7 +13,9 @@ from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
 from hub import keyring
-from hub.api import HubServices, auth, create_app
+from hub.api import auth
+from hub.api.app import create_app
+from hub.api.services import HubServices
 from hub.registry.artifacts import ArtifactStore
 from hub.service import HubService
 from hub.settings import HubSettings
