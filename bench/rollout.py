@@ -46,18 +46,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-import httpx
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from bench.common import report, write_result
+from bench.hub_process import enroll_secret, served_hub
 from bench.rollout_roles import FLOOR_PREFIX
 
 RATIO_GOAL = 1.5
 MODEL = "demo"
 HUB_PREFIX = "ef"
 ROLLOUT_TICK_S = 0.5
-EDGEFLEET = [sys.executable, "-m", "edgefleet.cli"]
 ROLES = [sys.executable, "-m", "bench.rollout_roles"]
 
 
@@ -69,7 +68,14 @@ def run(devices: int) -> dict[str, Any]:
         broker = MosquittoBroker(work / "mosquitto", max_queued_messages=100_000)
         broker.start()
         try:
-            with _hub(work, broker.url, free_port()) as (hub_url, token):
+            with served_hub(
+                work,
+                broker.url,
+                free_port(),
+                model=MODEL,
+                versions=2,
+                serve_args=["--rollout-tick", str(ROLLOUT_TICK_S)],
+            ) as (hub_url, token):
                 frames, fleet_result = _fleet(work, broker.url, hub_url, token, devices)
             floor = _floor(work, broker.url, frames)
         finally:
@@ -87,7 +93,7 @@ def _fleet(
     child = subprocess.Popen(
         [
             *ROLES, "fleet", "--broker", broker_url, "--devices", str(devices),
-            "--hub", hub_url, "--token", token, "--secret", _enroll_secret(hub_url, token),
+            "--hub", hub_url, "--token", token, "--secret", enroll_secret(hub_url, token),
             "--model", MODEL, "--root", str(work / "hub" / "keys" / "root" / "1.root.json"),
             "--state", str(work / "devices"),
         ],
@@ -194,68 +200,6 @@ def _device(topic: str) -> str:
 
 
 # ---------------------------------------------------------------------- processes
-
-
-@contextmanager
-def _hub(work: Path, broker_url: str, port: int) -> Iterator[tuple[str, str]]:
-    """``hub serve`` with two compatible versions of :data:`MODEL` registered."""
-    data = work / "hub"
-    _cli("keys", "init", "--dir", str(data / "keys"))
-    token = _cli("hub", "token", "create", "--data", str(data), "--role", "admin", "--name", "b")
-    log = (work / "hub.log").open("w")
-    serve = [*EDGEFLEET, "--log-level", "WARNING", "hub", "serve", "--data", str(data)]
-    serve += ["--broker", broker_url, "--port", str(port), "--rollout-tick", str(ROLLOUT_TICK_S)]
-    hub = subprocess.Popen(serve, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    env = {"EDGEFLEET_HUB_URL": url, "EDGEFLEET_TOKEN": token}
-    try:
-        deadline = time.monotonic() + 60
-        while not _answers(url):
-            if hub.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the hub did not start: {(work / 'hub.log').read_text()}")
-            time.sleep(0.3)
-        for seed in (1, 2):
-            example = work / f"example-{seed}"
-            _cli("model", "example", "--out", str(example), "--seed", str(seed))
-            _cli("model", "register", str(example / "model.onnx"), "--name", MODEL,
-                 "--reference", str(example / "reference.npz"),
-                 "--validation", str(example / "validation.npz"), env=env)  # fmt: skip
-        yield url, token
-    finally:
-        hub.terminate()
-        hub.wait(30)
-        log.close()
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def _cli(*args: str, env: dict[str, str] | None = None) -> str:
-    done = subprocess.run(
-        [*EDGEFLEET, *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        check=False,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"edgefleet {' '.join(args)}: {done.stdout}{done.stderr}")
-    return done.stdout.strip()
-
-
-def _enroll_secret(hub_url: str, token: str) -> str:
-    response = httpx.post(
-        f"{hub_url}/api/v1/enrollment-tokens",
-        json={"kind": "fleet", "expires_in_s": 24 * 3600},
-        headers={"Authorization": f"Bearer {token}"},
-    )
-    response.raise_for_status()
-    secret: str = response.json()["token"]
-    return secret
 
 
 def _line(child: subprocess.Popen[str], role: str) -> dict[str, Any]:

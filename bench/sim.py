@@ -38,14 +38,13 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from bench.common import report, write_result
+from bench.hub_process import enroll_secret, served_hub
 
 PREDICT_EVERY_S = 5.0
 SETTLE_S = 10.0
@@ -53,7 +52,6 @@ READY_TIMEOUT_S = 900.0
 GOAL_CPU_SHARE = 0.001
 GOAL_RSS_MB = 2.0
 MODEL = "demo"
-EDGEFLEET = [sys.executable, "-m", "edgefleet.cli"]
 
 
 # ---------------------------------------------------------------------- orchestration
@@ -67,8 +65,11 @@ def run(devices: int, seconds: float) -> dict[str, Any]:
         broker = MosquittoBroker(work / "mosquitto", max_queued_messages=100_000)
         broker.start()
         try:
-            with _hub(work, broker.url, free_port()) as (hub_url, token):
-                secret = _enroll_secret(hub_url, token)
+            with served_hub(work, broker.url, free_port(), model=MODEL, versions=1) as (
+                hub_url,
+                token,
+            ):
+                secret = enroll_secret(hub_url, token)
                 common = ["--broker", broker.url, "--devices", str(devices)]
                 common += ["--duration", str(seconds)]
                 fleet = _child(
@@ -91,89 +92,6 @@ def run(devices: int, seconds: float) -> dict[str, Any]:
         finally:
             broker.stop()
     return {"devices": devices, "seconds": seconds, "fleet": fleet, "bare": bare}
-
-
-@contextmanager
-def _hub(work: Path, broker_url: str, port: int) -> Iterator[tuple[str, str]]:
-    data = work / "hub"
-    _cli("keys", "init", "--dir", str(data / "keys"))
-    token = _cli("hub", "token", "create", "--data", str(data), "--role", "admin", "--name", "b")
-    log = (work / "hub.log").open("w")
-    hub = subprocess.Popen(
-        [
-            *EDGEFLEET,
-            "--log-level",
-            "WARNING",
-            "hub",
-            "serve",
-            "--data",
-            str(data),
-            "--broker",
-            broker_url,
-            "--port",
-            str(port),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    env = {"EDGEFLEET_HUB_URL": url, "EDGEFLEET_TOKEN": token}
-    try:
-        deadline = time.monotonic() + 60
-        while not _answers(url):
-            if hub.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the hub did not start: {(work / 'hub.log').read_text()}")
-            time.sleep(0.3)
-        example = work / "example"
-        _cli("model", "example", "--out", str(example))
-        _cli(
-            "model",
-            "register",
-            str(example / "model.onnx"),
-            "--name",
-            MODEL,
-            "--reference",
-            str(example / "reference.npz"),
-            "--validation",
-            str(example / "validation.npz"),
-            env=env,
-        )
-        yield url, token
-    finally:
-        hub.terminate()
-        hub.wait(30)
-        log.close()
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def _cli(*args: str, env: dict[str, str] | None = None) -> str:
-    done = subprocess.run(
-        [*EDGEFLEET, *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        check=False,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"edgefleet {' '.join(args)}: {done.stdout}{done.stderr}")
-    return done.stdout.strip()
-
-
-def _enroll_secret(hub_url: str, token: str) -> str:
-    response = httpx.post(
-        f"{hub_url}/api/v1/enrollment-tokens",
-        json={"kind": "fleet", "expires_in_s": 24 * 3600},
-        headers={"Authorization": f"Bearer {token}"},
-    )
-    response.raise_for_status()
-    secret: str = response.json()["token"]
-    return secret
 
 
 def _child(role: str, *args: str) -> dict[str, Any]:
