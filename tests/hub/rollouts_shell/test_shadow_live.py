@@ -63,19 +63,26 @@ def served_assignments(fleet: Fleet, version: int) -> list[str]:
     return [e.target for e in entries if json.loads(e.detail or "{}").get("version") == version]
 
 
+def run_under_load(fleet: Fleet, version: int) -> tuple[str, str]:
+    """A rollout of ``version`` run to its end while every device predicts: its id and how
+    it ended."""
+    load = Load(fleet.devices, rows=4)
+    load.start()
+    try:
+        rollout_id = rollouts.create(fleet.context, spec(version), actor="test").rollout.rollout_id
+        return rollout_id, run_to_end(fleet, rollout_id)
+    finally:
+        load.stop()
+
+
 @pytest.mark.parametrize("count", [10, pytest.param(50, marks=pytest.mark.slow)])
 def test_a_version_with_two_classes_swapped_halts_in_the_shadow_stage_and_is_never_served(
     tmp_path: Path, mosquitto_broker: BrokerRunner, count: int
 ) -> None:
     with live_fleet(tmp_path, mosquitto_broker, count, extra()) as fleet:
-        load = Load(fleet.devices, rows=4)
-        load.start()
-        try:
-            ctx = fleet.context
-            rollout_id = rollouts.create(ctx, spec(SWAPPED), actor="test").rollout.rollout_id
-            assert run_to_end(fleet, rollout_id) == "rolled_back", timeline(fleet, rollout_id)
-        finally:
-            load.stop()
+        ctx = fleet.context
+        rollout_id, outcome = run_under_load(fleet, SWAPPED)
+        assert outcome == "rolled_back", timeline(fleet, rollout_id)
         found = rollouts.get(ctx, rollout_id).rollout
         assert found.stage == -1, "halted in the shadow stage"
         assert "shadow_agreement failed" in found.reason
@@ -96,14 +103,8 @@ def test_a_good_version_passes_the_shadow_stage_then_the_next_stages(
     tmp_path: Path, mosquitto_broker: BrokerRunner, count: int
 ) -> None:
     with live_fleet(tmp_path, mosquitto_broker, count, extra()) as fleet:
-        load = Load(fleet.devices, rows=4)
-        load.start()
-        try:
-            ctx = fleet.context
-            rollout_id = rollouts.create(ctx, spec(GOOD), actor="test").rollout.rollout_id
-            assert run_to_end(fleet, rollout_id) == "completed", timeline(fleet, rollout_id)
-        finally:
-            load.stop()
+        rollout_id, outcome = run_under_load(fleet, GOOD)
+        assert outcome == "completed", timeline(fleet, rollout_id)
         text = timeline(fleet, rollout_id)
         assert "gate shadow_agreement at shadow stage: inconclusive -> pass" in text
         assert "advance: shadow -> baking stage 1" in text
