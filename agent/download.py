@@ -41,6 +41,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -323,6 +324,14 @@ class Download:
     def data(self) -> bytes:
         """Every byte downloaded (call once :attr:`complete`)."""
         return self.part.read_bytes()
+
+    def pump(self, now_ms: int, send: Callable[[FetchRequest], object]) -> bytes | None:
+        """Send the fetch requests due now; every byte once the download is complete."""
+        if self.complete:
+            return self.data()
+        for request in self.requests(now_ms):
+            send(request)
+        return None
 
     def discard(self) -> None:
         """Delete the partial file and its progress."""

@@ -197,15 +197,12 @@ class Installer:
     def pump(self, now_ms: int) -> None:
         """Send the fetch requests due; verify the package once every byte is in."""
         download = self._download
-        if download is None:
-            return
-        if not download.complete:
-            for request in download.requests(now_ms):
-                self._send(request)
+        data = download.pump(now_ms, self._send) if download is not None else None
+        if download is None or data is None:
             return
         self._download = None
         self.slots.apply(table.Downloaded())
-        self._verify(download.entry, download.data(), download, now_ms)
+        self._verify(download.entry, data, download, now_ms)
 
     def watch(self, now_ms: int, *, final: bool = False) -> None:
         """Judge the watch window in progress: commit, roll back, or keep watching."""

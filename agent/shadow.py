@@ -266,14 +266,11 @@ class ShadowRunner:
 
     def _pump(self, now_ms: int) -> None:
         download = self._download
-        if download is None:
-            return
-        if not download.complete:
-            for request in download.requests(now_ms):
-                self._send(request)
+        data = download.pump(now_ms, self._send) if download is not None else None
+        if download is None or data is None:
             return
         self._download = None
-        self._load(download.data(), download)
+        self._load(data, download)
 
     def _load(self, data: bytes, download: Download | None) -> None:
         entry = self.entry
