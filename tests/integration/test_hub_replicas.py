@@ -20,7 +20,6 @@ from hub import keyring
 from hub.api import auth
 from hub.context import HubContext
 from hub.fleet import enrollment, rollouts
-from hub.rollouts import RolloutSpec, Stage
 from hub.rollouts.spec import GateSpec
 from hub.settings import HubSettings
 from hub.store import Store
@@ -28,7 +27,14 @@ from hub.store.dialects import open_store
 from hub.store.rows import TelemetryRecord
 from protocol.topics import Topics
 from tests.brokers import BrokerRunner
-from tests.hub.rollouts_shell.live import CLOCK, MODEL, Load, devices, eventually, prepare
+from tests.hub.rollouts_shell.live import (
+    CLOCK,
+    Load,
+    devices,
+    eventually,
+    prepare,
+    rollout_in_stage_2,
+)
 from tests.integration.replicas import Replica, Shared
 from tests.integration.test_hub_ingest import ResendingPublisher, wait_until
 
@@ -168,21 +174,7 @@ def test_kill_9_of_the_leader_mid_rollout_hands_the_jobs_over_within_15_s(
         load = Load(fleet.devices)
         load.start()
         stack.callback(load.stop)
-        spec = RolloutSpec(
-            MODEL, 2, seed=4, device_timeout_ms=30_000,
-            stages=(
-                Stage(10, bake_ms=500, extend_ms=0, gates=SUCCESS),
-                Stage(50, bake_ms=4_000, extend_ms=0, gates=SUCCESS),
-                Stage(100, bake_ms=0, gates=SUCCESS),
-            ),
-        )  # fmt: skip
-        rollout_id = rollouts.create(ctx, spec, actor="test").rollout.rollout_id
-
-        def in_stage_2() -> bool:
-            rollout = rollouts.get(ctx, rollout_id).rollout
-            return rollout.phase == "baking" and rollout.stage == 1
-
-        eventually(in_stage_2, "stage 2")
+        rollout_id = rollout_in_stage_2(ctx)
         leader.kill()
         killed_at = time.monotonic()
         assert 0 < len(store.rollouts.progress(rollout_id)) < 10

@@ -33,10 +33,12 @@ from agent.updater import UpdaterConfig
 from edgefleet.clock import SystemClock
 from hub import keyring
 from hub.context import HubContext
-from hub.fleet import enrollment
+from hub.fleet import enrollment, rollouts
 from hub.fleet.desired import set_desired
 from hub.registry.artifacts import ArtifactStore
 from hub.registry.registry import Registry
+from hub.rollouts import RolloutSpec, Stage
+from hub.rollouts.spec import GateSpec
 from hub.service import HubService
 from hub.settings import HubSettings
 from hub.store.dialects import open_store
@@ -298,3 +300,26 @@ def live_fleet(
         devices(hub.context, tmp_path, hub.broker_url, prefix, count) as fleet,
     ):
         yield fleet
+
+
+def rollout_in_stage_2(ctx: HubContext) -> str:
+    """A rollout of v2 over 10 % (bake 0.5 s), 50 % (bake 4 s) and 100 %, gated on update
+    success, waited for until it bakes its second stage (some devices touched, not all): where
+    the crash tests kill a hub. Its id."""
+    success = (GateSpec.default("update_success"),)
+    spec = RolloutSpec(
+        MODEL, 2, seed=4, device_timeout_ms=30_000,
+        stages=(
+            Stage(10, bake_ms=500, extend_ms=0, gates=success),
+            Stage(50, bake_ms=4_000, extend_ms=0, gates=success),
+            Stage(100, bake_ms=0, gates=success),
+        ),
+    )  # fmt: skip
+    rollout_id = rollouts.create(ctx, spec, actor="test").rollout.rollout_id
+
+    def in_stage_2() -> bool:
+        rollout = rollouts.get(ctx, rollout_id).rollout
+        return rollout.phase == "baking" and rollout.stage == 1
+
+    eventually(in_stage_2, "stage 2")
+    return rollout_id

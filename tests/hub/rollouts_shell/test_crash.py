@@ -28,7 +28,15 @@ from hub.settings import HubSettings
 from hub.store.dialects import open_store
 from tests import models
 from tests.brokers import BrokerRunner, free_port
-from tests.hub.rollouts_shell.live import CLOCK, MODEL, Load, devices, eventually, prepare
+from tests.hub.rollouts_shell.live import (
+    CLOCK,
+    MODEL,
+    Load,
+    devices,
+    eventually,
+    prepare,
+    rollout_in_stage_2,
+)
 
 REPO = Path(__file__).resolve().parents[3]
 SUCCESS = (GateSpec.default("update_success"),)
@@ -78,21 +86,7 @@ def test_a_hub_killed_mid_stage_resumes_the_rollout_and_gives_no_device_two_assi
         load = Load(fleet.devices)
         load.start()
         stack.callback(load.stop)
-        spec = RolloutSpec(
-            MODEL, 2, seed=4, device_timeout_ms=30_000,
-            stages=(
-                Stage(10, bake_ms=500, extend_ms=0, gates=SUCCESS),
-                Stage(50, bake_ms=4_000, extend_ms=0, gates=SUCCESS),
-                Stage(100, bake_ms=0, gates=SUCCESS),
-            ),
-        )  # fmt: skip
-        rollout_id = rollouts.create(ctx, spec, actor="test").rollout.rollout_id
-
-        def in_stage_2() -> bool:
-            rollout = rollouts.get(ctx, rollout_id).rollout
-            return rollout.phase == "baking" and rollout.stage == 1
-
-        eventually(in_stage_2, "stage 2")
+        rollout_id = rollout_in_stage_2(ctx)
         os.kill(first.pid, signal.SIGKILL)
         first.wait()
         touched_at_kill = len(store.rollouts.progress(rollout_id))
