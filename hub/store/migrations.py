@@ -492,3 +492,10 @@ def m015_leases(db: Database) -> None:
         pk="name",
         not_null={"holder", "generation", "acquired_ms", "expires_ms"},
     )
+
+
+@migrations()
+def m016_devices_by_key(db: Database) -> None:
+    # hub.fleet.enrollment: a hello carrying a key another device holds is refused
+    # (key_reused); the lookup by key runs at every hello from an unknown device.
+    db.table("devices").create_index(["public_key"])
