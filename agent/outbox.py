@@ -23,8 +23,9 @@ the agent may resend.
 
 **Durability.** One SQLite file in the state dir, WAL, ``synchronous=FULL`` (power loss,
 threat-model B33); :meth:`enqueue` returns only after its transaction committed, so a kill -9
-at any point loses nothing enqueued. Which frames are in flight is kept in memory only:
-after a restart or a reconnect everything unacknowledged is simply sent again.
+at any point loses nothing enqueued. Which frames are in flight, and on which connection
+each went out, is kept in memory only: after a restart everything unacknowledged is simply
+sent again, after a reconnect what went out on an earlier connection.
 
 **Drop policy.** The outbox is bounded by count and bytes (``max_messages`` /
 ``max_bytes``, the soft bound). Past the soft bound, the oldest ``telemetry`` frames are
@@ -134,6 +135,7 @@ class OutboxStats:
 class _Flight:
     attempts: int
     due_ms: int
+    connection: int = 0
 
 
 class Outbox:
@@ -252,8 +254,9 @@ class Outbox:
                 out.extend(Sealed(*row) for row in rows)
             return out
 
-    def mark_sent(self, seq: int, now_ms: int) -> None:
-        """Record that ``seq`` was handed to the broker: it waits for an ack from now on.
+    def mark_sent(self, seq: int, now_ms: int, connection: int = 0) -> None:
+        """Record that ``seq`` was handed to the broker on ``connection`` (the transport's
+        count of connections): it waits for an ack from now on.
 
         A seq the hub already settled (its ack can overtake this call) is not tracked.
         """
@@ -263,15 +266,21 @@ class Outbox:
                 return
             flight = self._flights.get(seq) or _Flight(0, 0)
             flight.attempts += 1
+            flight.connection = connection
             timeout = self.limits.ack_timeout_ms * 2 ** min(flight.attempts - 1, 16)
             flight.due_ms = now_ms + min(timeout, BACKOFF_CAP_FACTOR * self.limits.ack_timeout_ms)
             self._flights[seq] = flight
 
-    def rewind(self) -> None:
-        """Forget what is in flight (after a reconnect): every unsettled frame is due again."""
+    def rewind(self, before_connection: int) -> None:
+        """Make every frame in flight that went out on a connection before
+        ``before_connection`` due again now, with a fresh ack timeout: the broker may have
+        lost it with that connection. A frame that went out on a later one (the connection
+        up now, before its news reached the caller) keeps its clock, so a reconnect never
+        sends the same frame twice on one connection."""
         with self._lock:
-            self._flights.clear()
-            self._cursor = 0
+            for flight in self._flights.values():
+                if flight.connection < before_connection:
+                    flight.attempts, flight.due_ms = 0, 0
 
     def settle(self, ack: HubAck) -> Settlement:
         """Delete what the hub committed or refused for good; return what was removed.

@@ -9,6 +9,7 @@ The daemon (agent/daemon.py) never touches paho. It talks to a :class:`Transport
   returns at once and asks ``will()`` for a fresh last will before each attempt;
 - :meth:`~Transport.publish` one QoS 1 frame; ``False`` while no connection is up
   (the outbox keeps the frame; no transport queues across connections);
+- :attr:`~Transport.connections` counts the connections that came up;
 - :meth:`~Transport.disconnect` cleanly (no last will) and stop reconnecting.
 
 The default is :class:`agent.link.Link`: one paho client per device with its own network
@@ -58,6 +59,13 @@ class Transport(Protocol):
     @property
     def connected(self) -> bool:
         """True while a connection is up and subscribed."""
+        ...
+
+    @property
+    def connections(self) -> int:
+        """How many connections have come up, counted when :attr:`connected` turns true: a
+        frame published while this reads ``n`` went out on connection ``n`` (after a
+        reconnect the agent resends only what went out on an earlier one)."""
         ...
 
     def subscribe(self, *topics: str) -> None:

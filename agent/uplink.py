@@ -11,8 +11,10 @@ logs that it waits for approval once the hello stays unacknowledged past the ack
 timeout, and the hub's reason when it refuses the hello (agent/enrollment.py says
 what each reason means).
 
-**Draining.** :meth:`Uplink.pump` is the daemon's ``pump`` job: after a reconnect or a
-``resend`` nudge it rewinds the outbox (everything unacknowledged is due again), then
+**Draining.** :meth:`Uplink.pump` is the daemon's ``pump`` job: after a reconnect it
+rewinds the outbox (what went out on an earlier connection and is unacknowledged is due
+again; the pump may already have sent on the new one before the news of it arrived, and
+that is not sent twice), after a ``resend`` nudge everything unacknowledged; then it
 publishes what is due, oldest first, while the transport is up. It is woken (``wake``)
 by every send, ack and reconnect, and runs every ``drain_interval_s`` for resend
 deadlines. One run at a time (the scheduler guarantees it): the outbox's in-flight book
@@ -88,7 +90,8 @@ class Uplink:
         """Asks for a :meth:`pump` run soon; the daemon sets it to its pump job's."""
         self.settled = threading.Event()
         """Set whenever an ack settled something (the daemon's stop waits on it)."""
-        self._rewind = threading.Event()
+        self._rewind_lock = threading.Lock()
+        self._rewind_before = 0  # rewind what went out on connections before this; 0: none
         self._settle_lock = threading.Lock()
         self._last_settled: dict[str, tuple[int, str]] = {}
         self._hello_lock = threading.RLock()
@@ -165,9 +168,10 @@ class Uplink:
 
     def pump(self, now_ms: int) -> None:
         """The ``pump`` job: rewind if asked, publish what is due, say if approval waits."""
-        if self._rewind.is_set():
-            self._rewind.clear()
-            self.outbox.rewind()
+        with self._rewind_lock:
+            before, self._rewind_before = self._rewind_before, 0
+        if before:
+            self.outbox.rewind(before)
         self.drain(now_ms)
         self._check_enrollment(now_ms)
 
@@ -180,19 +184,24 @@ class Uplink:
             if not batch:
                 break
             for sealed in batch:
+                connection = self._transport.connections  # read first: a doubt resends
                 if not self._transport.publish(
                     self._topics.up(device_id, sealed.kind), sealed.frame
                 ):
                     return sent
-                self.outbox.mark_sent(sealed.seq, now_ms)
+                self.outbox.mark_sent(sealed.seq, now_ms, connection)
                 if sealed.seq == self._hello_seq and self._hello_sent_ms is None:
                     self._hello_sent_ms = now_ms
                 sent += 1
         return sent
 
     def reconnected(self) -> None:
-        """A connection came up: everything unacknowledged is due again."""
-        self._rewind.set()
+        """A connection came up: what went out on an earlier one is due again."""
+        self._ask_rewind(self._transport.connections)
+
+    def _ask_rewind(self, before_connection: int) -> None:
+        with self._rewind_lock:
+            self._rewind_before = max(self._rewind_before, before_connection)
         self.wake()
 
     # ------------------------------------------------------------------ the hub's answers
@@ -219,7 +228,7 @@ class Uplink:
         """Downlink handler for ``nudge``: a ``resend`` rewinds the outbox."""
         assert isinstance(envelope.message, Nudge)
         if envelope.message.reason == "resend":
-            self.reconnected()
+            self._ask_rewind(self._transport.connections + 1)  # this connection's too
 
     def fate(self, seq: int, kind: str) -> str:
         """Where frame ``seq`` of ``kind`` (sent by this process) stands: ``queued``,

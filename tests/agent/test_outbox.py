@@ -226,13 +226,21 @@ def test_outbox_sends_only_within_half_the_replay_window_of_the_oldest(
     assert [s.seq for s in box.due(NOW)] == [WIDTH // 2, WIDTH // 2 + 1]
 
 
-def test_outbox_rewind_makes_frames_in_flight_due_again(open_outbox) -> None:
+def test_outbox_rewind_makes_frames_sent_on_an_earlier_connection_due_again(
+    open_outbox,
+) -> None:
     box = open_outbox()
     box.enqueue(state(), NOW)
-    (sealed,) = box.due(NOW)
-    box.mark_sent(sealed.seq, NOW)
-    box.rewind()
-    assert box.due(NOW) == [sealed]
+    box.enqueue(state(), NOW)
+    old, new = box.due(NOW)
+    box.mark_sent(old.seq, NOW, connection=1)
+    box.mark_sent(new.seq, NOW, connection=2)  # sent on the new one before its news came
+    box.rewind(before_connection=2)
+    assert box.due(NOW) == [old]
+    box.mark_sent(old.seq, NOW, connection=2)
+    assert box.due(NOW) == []
+    box.rewind(before_connection=3)  # the hub's resend nudge: this connection's too
+    assert box.due(NOW) == [old, new]
 
 
 def test_outbox_refuses_transient_fetch_which_seal_signs_with_a_fresh_seq(

@@ -122,6 +122,10 @@ class CountingTransport:
     def connected(self) -> bool:
         return self.inner.connected
 
+    @property
+    def connections(self) -> int:
+        return self.inner.connections
+
     def subscribe(self, *topics: str) -> None:
         self.subscribed.extend(topics)
         self.inner.subscribe(*topics)
