@@ -217,7 +217,7 @@ def _shadow_stage(tick: _Tick) -> None:
     """The shadow stage: judge the running shadows, then start more up to its quota."""
     shadow = tick.rollout.spec.shadow
     assert shadow is not None  # the phase exists only for specs with a shadow stage
-    _stop_refused_shadows(tick)
+    _stop_stuck_shadows(tick)
     running = tick.running_shadows()
     candidates = [v.device_id for v in tick.targeted if _fresh(tick, v) and v.online]
     resolved = len(running) >= tick.shadow_quota or not candidates
@@ -236,22 +236,33 @@ def _shadow_stage(tick: _Tick) -> None:
         tick.set_shadow(device_id, "running")
 
 
-def _stop_refused_shadows(tick: _Tick) -> None:
-    """Stop the shadows their devices refused since the shadow started (its assignment or
-    its package; a failed download the agent retries on its own), with the device's
-    reason in the timeline: the stage does not wait for them, and takes another device
-    in their place."""
-    version = tick.rollout.spec.version
+def _stop_stuck_shadows(tick: _Tick) -> None:
+    """Stop the shadows that will not report, with the reason in the timeline: those their
+    devices refused since the shadow started (its assignment or its package), and those
+    still without a single shadow input ``device_timeout_ms`` after they started (a
+    download the agent keeps retrying, a device with no traffic). The stage does not wait
+    for them, and takes another device in their place."""
+    version, timeout_ms = tick.rollout.spec.version, tick.rollout.spec.device_timeout_ms
     for view in tick.targeted:
         record, report = tick.shadows.get(view.device_id), view.shadow_report
-        if record is None or record.state != "running" or report is None:
+        if record is None or record.state != "running":
             continue
-        if report.status != "refused" or report.version != version:
-            continue
-        if report.received_ms < record.since_ms:
-            continue
-        tick.set_shadow(view.device_id, "stopped")
-        tick.timeline.append(f"shadow {report.status} by {view.device_id}: {report.reason}")
+        if report is not None and (
+            report.version != version or report.received_ms < record.since_ms
+        ):
+            report = None  # of another version, or from before this shadow started
+        if report is not None and report.status == "refused":
+            tick.set_shadow(view.device_id, "stopped")
+            tick.timeline.append(f"shadow {report.status} by {view.device_id}: {report.reason}")
+        elif tick.now - record.since_ms >= timeout_ms and not sum(
+            tick.metrics.get(view.device_id, NO_METRICS).shadow_inputs
+        ):
+            tick.set_shadow(view.device_id, "stopped")
+            why = f" (last: {report.status}: {report.reason})" if report else ""
+            tick.timeline.append(
+                f"shadow timed out on {view.device_id}: no shadow inputs in "
+                f"{timeout_ms // 1000} s{why}"
+            )
 
 
 def _watch(tick: _Tick) -> None:

@@ -27,6 +27,7 @@ from hub.rollouts import (
     plan,
     tally,
 )
+from hub.rollouts.gates import DeviceMetrics
 from hub.rollouts.machine import DeviceProgress, Rollout
 from hub.rollouts.spec import GateSpec
 from tests.clock import EPOCH_MS
@@ -383,3 +384,29 @@ def test_a_shadow_whose_download_failed_keeps_running_for_the_agent_to_retry() -
     second = plan(first.rollout, ticked, {}, EPOCH_MS + MIN + 1)
     assert second.shadow_stop == ()
     assert second.shadow_start == ()
+
+
+def test_a_shadow_silent_past_the_device_timeout_is_stopped_and_replaced() -> None:
+    shadowed = RolloutSpec("m", NEW, stages=(FINAL,), shadow=ShadowStage(30.0), seed=3)
+    views = [DeviceView(f"d{i}", active_version=OLD) for i in range(10)]
+    first = plan(Rollout("r-1", shadowed), views, {}, EPOCH_MS)
+    started = {s.device_id: s for s in first.shadows}
+    stuck, quiet, talking = first.shadow_start
+    failed = InstallReport(NEW, "failed", "stalled", received_ms=EPOCH_MS + MIN)
+    ticked = [
+        replace(v, shadow=started.get(v.device_id),
+                shadow_report=failed if v.device_id == stuck else None)
+        for v in views
+    ]  # fmt: skip
+    metrics = {talking: DeviceMetrics(shadow_inputs=(4, 1), shadow_agreed=(4, 1))}
+    timeout = EPOCH_MS + shadowed.device_timeout_ms
+    before = plan(first.rollout, ticked, metrics, timeout - 1)
+    assert before.shadow_stop == ()
+    after = plan(first.rollout, ticked, metrics, timeout)
+    assert set(after.shadow_stop) == {stuck, quiet}
+    assert len(after.shadow_start) == 2
+    assert not set(after.shadow_start) & set(started)
+    assert f"shadow timed out on {stuck}: no shadow inputs in 1800 s (last: failed: stalled)" in (
+        after.timeline
+    )
+    assert f"shadow timed out on {quiet}: no shadow inputs in 1800 s" in after.timeline
