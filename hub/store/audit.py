@@ -28,7 +28,7 @@ def _where(values: Mapping[str, object]) -> tuple[str, list[Any]]:
     return " AND ".join(where) or "1", params
 
 
-class SqliteAudit:
+class SqlAudit:
     def __init__(self, connection: Connection) -> None:
         self._c = connection
 

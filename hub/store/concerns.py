@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 
-from hub.store.audit import SqliteAudit
-from hub.store.counters import SqliteCounters
-from hub.store.credentials import SqliteBrokerCredentials
-from hub.store.desired import SqliteDesired
-from hub.store.devices import SqliteDevices
-from hub.store.drift import SqliteDrift
+from hub.store.audit import SqlAudit
+from hub.store.counters import SqlCounters
+from hub.store.credentials import SqlBrokerCredentials
+from hub.store.desired import SqlDesired
+from hub.store.devices import SqlDevices
+from hub.store.drift import SqlDrift
 from hub.store.drift_rows import Drift
 from hub.store.interface import (
     ApiTokens,
@@ -29,17 +29,17 @@ from hub.store.interface import (
     Uplink,
 )
 from hub.store.lease_rows import Leases
-from hub.store.leases import SqliteLeases
-from hub.store.registry import SqliteRegistry
+from hub.store.leases import SqlLeases
+from hub.store.registry import SqlRegistry
 from hub.store.rollout_rows import Rollouts
-from hub.store.rollouts import SqliteRollouts
+from hub.store.rollouts import SqlRollouts
 from hub.store.round_rows import Rounds
-from hub.store.rounds import SqliteRounds
+from hub.store.rounds import SqlRounds
 from hub.store.session_rows import UiSessions
 from hub.store.sql import Connection
-from hub.store.tokens import SqliteApiTokens, SqliteEnrollmentTokens
-from hub.store.ui_sessions import SqliteUiSessions
-from hub.store.uplink import SqliteUplink
+from hub.store.tokens import SqlApiTokens, SqlEnrollmentTokens
+from hub.store.ui_sessions import SqlUiSessions
+from hub.store.uplink import SqlUplink
 
 
 class Concerns:
@@ -47,20 +47,20 @@ class Concerns:
 
     def __init__(self, connection: Connection) -> None:
         self._transactions = connection
-        self.devices: Devices = SqliteDevices(connection)
-        self.desired: DesiredStates = SqliteDesired(connection)
-        self.registry: Registry = SqliteRegistry(connection)
-        self.uplink: Uplink = SqliteUplink(connection)
-        self.audit: Audit = SqliteAudit(connection)
-        self.api_tokens: ApiTokens = SqliteApiTokens(connection)
-        self.enrollment_tokens: EnrollmentTokens = SqliteEnrollmentTokens(connection)
-        self.ui_sessions: UiSessions = SqliteUiSessions(connection)
-        self.counters: Counters = SqliteCounters(connection)
-        self.broker_credentials: BrokerCredentials = SqliteBrokerCredentials(connection)
-        self.rounds: Rounds = SqliteRounds(connection)
-        self.drift: Drift = SqliteDrift(connection)
-        self.rollouts: Rollouts = SqliteRollouts(connection)
-        self.leases: Leases = SqliteLeases(connection)
+        self.devices: Devices = SqlDevices(connection)
+        self.desired: DesiredStates = SqlDesired(connection)
+        self.registry: Registry = SqlRegistry(connection)
+        self.uplink: Uplink = SqlUplink(connection)
+        self.audit: Audit = SqlAudit(connection)
+        self.api_tokens: ApiTokens = SqlApiTokens(connection)
+        self.enrollment_tokens: EnrollmentTokens = SqlEnrollmentTokens(connection)
+        self.ui_sessions: UiSessions = SqlUiSessions(connection)
+        self.counters: Counters = SqlCounters(connection)
+        self.broker_credentials: BrokerCredentials = SqlBrokerCredentials(connection)
+        self.rounds: Rounds = SqlRounds(connection)
+        self.drift: Drift = SqlDrift(connection)
+        self.rollouts: Rollouts = SqlRollouts(connection)
+        self.leases: Leases = SqlLeases(connection)
 
     def atomic(self) -> AbstractContextManager[None]:
         return self._transactions.atomic()

@@ -10,7 +10,7 @@ if TYPE_CHECKING:
     from hub.store.sql import Connection
 
 
-class SqliteCounters:
+class SqlCounters:
     def __init__(self, connection: Connection) -> None:
         self._c = connection
 

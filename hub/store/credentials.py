@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from hub.store.sql import Connection
 
 
-class SqliteBrokerCredentials:
+class SqlBrokerCredentials:
     def __init__(self, connection: Connection) -> None:
         self._c = connection
 

@@ -56,7 +56,7 @@ def _assignment(row: Row) -> AssignmentRecord:
     )
 
 
-class SqliteDesired:
+class SqlDesired:
     def __init__(self, connection: Connection) -> None:
         self._c = connection
 

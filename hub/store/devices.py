@@ -137,7 +137,7 @@ def _values(device: Device) -> list[Any]:
     ]
 
 
-class SqliteDevices:
+class SqlDevices:
     def __init__(self, connection: Connection) -> None:
         self._c = connection
 

@@ -106,7 +106,7 @@ def _alert(row: Row) -> DriftAlertRecord:
     )
 
 
-class SqliteDrift:
+class SqlDrift:
     def __init__(self, connection: Connection) -> None:
         self._c = connection
 

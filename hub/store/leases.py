@@ -27,7 +27,7 @@ _CLAIM = (
 )
 
 
-class SqliteLeases:
+class SqlLeases:
     def __init__(self, connection: Connection) -> None:
         self._c = connection
 

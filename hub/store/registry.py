@@ -41,7 +41,7 @@ def _release(row: Row) -> ReleaseListRecord:
     )
 
 
-class SqliteRegistry:
+class SqlRegistry:
     def __init__(self, connection: Connection) -> None:
         self._c = connection
 

@@ -85,7 +85,7 @@ def _state(rollout: Rollout) -> list[Any]:
     return [getattr(rollout, c) for c in _STATE]
 
 
-class SqliteRollouts:
+class SqlRollouts:
     def __init__(self, connection: Connection) -> None:
         self._c = connection
 

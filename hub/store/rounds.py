@@ -3,7 +3,7 @@
 Every statement of the federated-rounds layer (:mod:`hub.federated`) is here; see
 :class:`hub.store.interface.Rounds` for the contract. A verdict row shares its key
 ``(device_id, seq)`` with the delta it judges, so the tensors stay in ``deltas`` and are
-read one at a time (:meth:`SqliteRounds.tensors`) while an aggregation streams.
+read one at a time (:meth:`SqlRounds.tensors`) while an aggregation streams.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ _PENDING = "slot = ? AND flush IS NULL"
 LIVE_STATES = ("open", "closing")
 
 
-class SqliteRounds:
+class SqlRounds:
     def __init__(self, connection: Connection) -> None:
         self._c = connection
 

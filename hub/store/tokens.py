@@ -2,7 +2,7 @@
 :class:`hub.store.interface.ApiTokens` and :class:`~hub.store.interface.EnrollmentTokens`).
 
 Both keep a token's digest, never its secret; the rows handed out carry no digest,
-except :meth:`SqliteApiTokens.credential`, which exists to compare one.
+except :meth:`SqlApiTokens.credential`, which exists to compare one.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def _enrollment(row: Row) -> EnrollmentToken:
     )
 
 
-class SqliteApiTokens:
+class SqlApiTokens:
     def __init__(self, connection: Connection) -> None:
         self._c = connection
 
@@ -70,7 +70,7 @@ class SqliteApiTokens:
         )
 
 
-class SqliteEnrollmentTokens:
+class SqlEnrollmentTokens:
     def __init__(self, connection: Connection) -> None:
         self._c = connection
 

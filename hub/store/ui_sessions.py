@@ -1,7 +1,7 @@
 """The store's ``ui_sessions`` (see :class:`hub.store.interface.UiSessions`).
 
 A row is keyed by the sha256 of a session id, never the id: a copy of the database signs
-nobody in. :meth:`SqliteUiSessions.prune` keeps the table bounded (the dashboard calls it
+nobody in. :meth:`SqlUiSessions.prune` keeps the table bounded (the dashboard calls it
 at each sign-in), deleting expired rows first and then the oldest.
 """
 
@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from hub.store.sql import Connection
 
 
-class SqliteUiSessions:
+class SqlUiSessions:
     def __init__(self, connection: Connection) -> None:
         self._c = connection
 

@@ -1,11 +1,11 @@
 """SQLite: the uplink tables, one per record type (see :class:`hub.store.interface.Uplink`).
 
-Reads (:meth:`SqliteUplink.page`) filter by device (the primary key's prefix), by time
+Reads (:meth:`SqlUplink.page`) filter by device (the primary key's prefix), by time
 (``received_at``, indexed since migration 6) and by the model a record is about: a
 column for deltas and windows, a JSON path into the stored body for telemetry and state
 reports (unindexed: combine it with a device or a time range on a large store).
 
-Ingest's write path: :meth:`SqliteUplink.add` groups a batch's records by type and
+Ingest's write path: :meth:`SqlUplink.add` groups a batch's records by type and
 inserts each group with one ``executemany`` of ``INSERT OR IGNORE`` on the
 ``(device_id, seq)`` key, the values read with an ``attrgetter`` (C speed), so typed
 records cost no more than the dicts they replaced.
@@ -101,7 +101,7 @@ def _where(kind: type[UplinkRecord], query: UplinkQuery) -> tuple[str, list[Any]
     return " WHERE " + (" AND ".join(clauses) or "1"), values
 
 
-class SqliteUplink:
+class SqlUplink:
     def __init__(self, connection: Connection) -> None:
         self._c = connection
 
