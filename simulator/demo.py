@@ -99,9 +99,13 @@ def run(
     if watch is not None and options.plot is not None:
         for path in watch.plot(options.plot):
             print(f"chart: {path}")
-    if keep is not None and where.hub_url is None:
+    if where.hub_url is not None:
+        print(f"\nthe hub at {where.hub_url} keeps this run: its dashboard is {where.hub_url}/ui")
+        if keep is not None:
+            print(f"kept {workdir}: agent state in devices/")
+    elif keep is not None:
         print(explore(workdir, facts.token))
-    elif keep is None:
+    else:
         print("\nRun with --keep DIR to keep the hub's data and explore it afterwards.")
     return 0
 

@@ -104,6 +104,8 @@ def test_a_scenario_runs_against_a_hub_in_another_process_and_plots_it(
             shades = image.convert("L").histogram()
             assert sum(1 for n in shades if n) > 2  # not blank: lines and text were drawn
     assert "\x1b[" not in out  # no live table when stdout is not a terminal
+    assert f"the hub at {url} keeps this run" in out
+    assert "--keep" not in out  # keeping this process's files would not keep the hub's data
 
 
 def test_the_live_table_shows_the_fleet_s_state_as_it_runs(tmp_path: Path) -> None:
