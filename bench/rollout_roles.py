@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
 import threading
 import time
@@ -95,12 +96,14 @@ def _roll(fleet: Any, api: httpx.Client, args: argparse.Namespace) -> dict[str, 
         "max_updating": n,
         "device_timeout_ms": int(CONVERGE_TIMEOUT_S * 1000),
     }
+    cpu_start = _cpu_s()
     start = time.monotonic()
     created = api.post("/rollouts", json=spec)
     created.raise_for_status()
     created_at = time.monotonic()  # the API ticks a new rollout at once: assigned, published
     rollout_id = created.json()["id"]
     serving_at: float | None = None
+    cpu_serving: float | None = None
     reported_at: float | None = None
     curve: list[tuple[float, int]] = []
     next_poll = start
@@ -112,6 +115,7 @@ def _roll(fleet: Any, api: httpx.Client, args: argparse.Namespace) -> dict[str, 
             curve.append((round(now - start, 2), serving))
         if serving_at is None and serving == n:
             serving_at = now
+            cpu_serving = _cpu_s() - cpu_start
         if reported_at is None and now >= next_poll:
             next_poll = now + HUB_POLL_S
             if _reported(api, args.model, 2) == n:
@@ -129,7 +133,15 @@ def _roll(fleet: Any, api: httpx.Client, args: argparse.Namespace) -> dict[str, 
         "phase": view["phase"],
         "timeline": [t["line"] for t in view["timeline"]][:20],
         "messages": fleet.messages(),
+        "cpu_s_until_serving": None if cpu_serving is None else round(cpu_serving, 2),
     }
+
+
+def _cpu_s() -> float:
+    """CPU seconds (user and system, every thread) this process has used: the agents' own
+    work, which on real devices runs on N machines in parallel, and here on this one's cores."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _serving(fleet: Any, version: int) -> int:
