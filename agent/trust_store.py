@@ -20,13 +20,14 @@ version with other content) is logged and ignored, as TUF does; a ``VersionGap``
 root chain is logged and waits for the next publication of the chain (the hub publishes
 it retained, so every reconnect retries it). Every refusal is counted by reason.
 
-Flags for the state report: ``freeze_suspected`` (no unexpired heartbeat at ``now_ms``:
-keep serving, install nothing), ``clock_suspect``: the device clock is far ahead of
-hub time, detected when a newly received, authentic heartbeat is already expired by more
-than its own lifetime (a device clock set back is caught by the time floor instead:
-:func:`protocol.trust.effective_now`), and ``downlink_refused``: the downlink guard
-refuses the hub's frames by its replay window (:meth:`TrustStore.watch_downlink`; the
-device cannot hear the hub, and says so rather than failing installs as slow downloads).
+Flags for the state report: ``freeze_suspected`` (no unexpired heartbeat at ``now_ms``
+although it trusts a release list or a heartbeat: keep serving, install nothing),
+``clock_suspect``: the device clock is far ahead of hub time, detected when a newly
+received, authentic heartbeat is already expired by more than its own lifetime (a device
+clock set back is caught by the time floor instead: :func:`protocol.trust.effective_now`),
+and ``downlink_refused``: the downlink guard refuses the hub's frames by its replay window
+(:meth:`TrustStore.watch_downlink`; the device cannot hear the hub, and says so rather
+than failing installs as slow downloads).
 
 Thread-safe: one lock around the state, since the downlink worker, the scheduler and
 the downlink guard (:meth:`TrustStore.rollout_keys`) read it from different threads.
@@ -120,8 +121,16 @@ class TrustStore:
         return self._state.versions()
 
     def flags(self, now_ms: int) -> tuple[str, ...]:
-        """The trust flags for a state report at ``now_ms``."""
-        flags = ("freeze_suspected",) if self.freeze_suspected(now_ms) else ()
+        """The trust flags for a state report at ``now_ms``.
+
+        A device that trusts neither a release list nor a heartbeat is not flagged
+        ``freeze_suspected``: the fleet has released nothing yet, and there is nothing to
+        keep current (a new fleet's devices all showed the flag until the first release).
+        Installs still wait for a fresh heartbeat, and a device kept from its first
+        release list while the hub assigns it one is found ``stuck`` by the hub."""
+        state = self._state
+        heard = state.release is not None or state.heartbeat is not None
+        flags = ("freeze_suspected",) if heard and self.freeze_suspected(now_ms) else ()
         flags = (*flags, "clock_suspect") if self.clock_suspect else flags
         return (*flags, "downlink_refused") if self.downlink_problem() else flags
 

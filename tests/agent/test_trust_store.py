@@ -172,6 +172,15 @@ def test_a_root_chain_with_a_gap_waits_for_the_next_publication(
     assert store.versions().root == 3
 
 
+def test_a_device_of_a_fleet_that_released_nothing_yet_is_not_flagged_frozen(
+    store: TrustStore, sim: TrustSim
+) -> None:
+    assert store.freeze_suspected(sim.now)  # no heartbeat: an assignment would wait
+    assert store.flags(sim.now) == ()
+    store.on_release(sim.release_doc().to_bytes(), sim.now)
+    assert store.flags(sim.now) == ("freeze_suspected",)  # a release list, no heartbeat
+
+
 def test_a_stale_heartbeat_means_freeze_suspected(store: TrustStore, sim: TrustSim) -> None:
     feed(store, sim)
     assert store.flags(sim.now) == ()
