@@ -82,7 +82,8 @@ def _show(args: argparse.Namespace) -> int:
         )
     reported = twin["reported"]
     print(f"  reported  {_model(reported['model'])} (at {show_date(reported['at'])})")
-    print(f"  in sync   {'yes' if twin['in_sync'] else 'no'}")
+    sync = "yes" if twin["in_sync"] else "no"
+    print(f"  in sync   {'- (nothing desired)' if desired is None else sync}")
     refusal = twin["last_refusal"]
     if refusal is not None:
         print(

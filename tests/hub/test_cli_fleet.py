@@ -101,3 +101,12 @@ def test_device_commands_fail_in_one_line_without_a_traceback(
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert message in err
+
+
+def test_device_show_of_a_device_given_nothing_says_nothing_is_desired(
+    data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["hub", "device", "show", "pump-17", "--data", str(data)]) == 0
+    shown = capsys.readouterr().out.splitlines()
+    assert "  desired   none" in shown
+    assert "  in sync   - (nothing desired)" in shown
