@@ -65,6 +65,11 @@ class StageCountsOut(BaseModel):
     timed_out: int
     reverting: int
     rolled_back: int
+    watching: int = Field(
+        0,
+        description="Of the updating: already running the version, in the agent's watch window "
+        "(it ends after so many predicted rows or minutes)",
+    )
 
 
 class GateOut(BaseModel):
@@ -274,7 +279,9 @@ def _view(hub: HubContext, rollout_id: str) -> RolloutView:
         stage_started_ms=rollout.stage_started_ms,
         bake_started_ms=rollout.bake_started_ms,
         counts=[
-            StageCountsOut(stage=c.stage, percent=stages[c.stage].percent, **c.counts)
+            StageCountsOut(
+                stage=c.stage, percent=stages[c.stage].percent, watching=c.watching, **c.counts
+            )
             for c in described.counts
         ],
         gates=[

@@ -247,6 +247,12 @@ def print_view(view: dict[str, Any]) -> None:
     for c in view["counts"]:
         cells = "  ".join(f"{c[s]:>{len(s)}}" for s in states)
         print(f"  {c['stage'] + 1:>5}  {c['percent']:>7g}  {cells}")
+    watching = sum(c.get("watching", 0) for c in view["counts"])
+    if watching:
+        print(
+            f"  {watching} updating device(s) already run v{view['version']} and watch it: a "
+            "watch ends after 200 predicted rows or 5 minutes (the agent's WatchPolicy)"
+        )
     for g in view["gates"]:
         interval = (
             f"[{g['lower']:.4g}, {g['upper']:.4g}]" if g["lower"] is not None else "[no data]"

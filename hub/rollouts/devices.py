@@ -129,6 +129,9 @@ class StageCounts:
 
     stage: int
     counts: dict[DeviceState, int]
+    watching: int = 0
+    """Of the ``updating``: already running the version, in the agent's watch window (it
+    ends after so many predicted rows or minutes: a device with no traffic takes minutes)."""
 
 
 def tally(rollout: Rollout, views: Sequence[DeviceView]) -> tuple[StageCounts, ...]:
@@ -136,6 +139,7 @@ def tally(rollout: Rollout, views: Sequence[DeviceView]) -> tuple[StageCounts, .
     target count as pending in the stage that will take them (by the current order)."""
     spec = rollout.spec
     table = [dict.fromkeys(COUNTED, 0) for _ in spec.stages]
+    watching = [0 for _ in spec.stages]
     targeted = sort_by_order(spec, [v for v in views if spec.target.matches(v.device_id, v.tags)])
     quotas = stage_quotas(spec, len(targeted), sum(pinned(spec, v.tags) for v in targeted))
     stage = 0
@@ -145,7 +149,9 @@ def tally(rollout: Rollout, views: Sequence[DeviceView]) -> tuple[StageCounts, .
         index = view.progress.stage if view.progress else stage
         state = view.progress.state if view.progress else "pending"
         table[max(index, 0)][state] += 1
+        if state == "updating" and view.watching and view.active_version == spec.version:
+            watching[max(index, 0)] += 1
     for view in views:  # touched devices that left the target still count where they were
         if view.progress is not None and not spec.target.matches(view.device_id, view.tags):
             table[max(view.progress.stage, 0)][view.progress.state] += 1
-    return tuple(StageCounts(k, counts) for k, counts in enumerate(table))
+    return tuple(StageCounts(k, counts, watching[k]) for k, counts in enumerate(table))

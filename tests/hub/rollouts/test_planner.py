@@ -346,6 +346,14 @@ def test_tally_counts_each_stage_by_state() -> None:
     assert fleet.now_ms - EPOCH_MS == 4 * TICK_MS
 
 
+def test_tally_tells_the_updating_devices_that_already_watch_the_new_version() -> None:
+    p = DeviceProgress("d1", "updating", NEW, OLD, 0, attempts=1, since_ms=T0)
+    [first, *_] = tally(baking(), [single(p, active_version=NEW, watching=True)])
+    assert (first.counts["updating"], first.watching) == (1, 1)
+    [first, *_] = tally(baking(), [single(p, active_version=OLD)])  # still downloading
+    assert (first.counts["updating"], first.watching) == (1, 0)
+
+
 def test_a_shadow_its_device_refuses_is_stopped_with_its_reason_and_replaced() -> None:
     shadowed = RolloutSpec("m", NEW, stages=(FINAL,), shadow=ShadowStage(30.0), seed=3)
     views = [DeviceView(f"d{i}", active_version=OLD) for i in range(10)]
