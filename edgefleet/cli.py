@@ -229,8 +229,6 @@ def _run_sim(args: argparse.Namespace) -> int:
 
 
 def _run_scenario(args: argparse.Namespace) -> int:
-    from simulator import demo
-
     problem = None
     if args.with_hub == (args.hub is not None):
         problem = "--scenario needs a hub: --with-hub (in this process) or --hub URL"
@@ -241,6 +239,8 @@ def _run_scenario(args: argparse.Namespace) -> int:
     if problem is not None:
         print(f"edgefleet sim: {problem}", file=sys.stderr)
         return 2
+    from simulator import demo  # the hub and the agents: imported only to run
+
     where = demo.Where(args.hub, args.token, args.broker, args.root_metadata)
     options = demo.Options(
         devices=args.devices, duration_s=args.duration, seed=args.seed,

@@ -22,10 +22,13 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from simulator import hubs, report, story
 from simulator.scenario import Scenario, ScenarioError, load
-from simulator.watch import PlotUnavailable, Watch, check_plot
+
+if TYPE_CHECKING:  # the hub, the agents and the story load only once the arguments hold
+    from simulator import hubs
+    from simulator.watch import Watch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,11 +69,17 @@ def run(
     where, options = where or Where(), options or Options(devices=devices)
     try:
         scenario = _adjusted(load(scenario_name), options)
-        if options.plot is not None:
-            check_plot()
-    except (ScenarioError, PlotUnavailable) as e:
+    except ScenarioError as e:
         print(f"edgefleet {prog}: {e}", file=sys.stderr)
         return 2
+    if options.plot is not None:
+        from simulator.watch import PlotUnavailable, check_plot
+
+        try:
+            check_plot()
+        except PlotUnavailable as e:
+            print(f"edgefleet {prog}: {e}", file=sys.stderr)
+            return 2
     size = scenario.devices if devices is None else devices
     if size < len(scenario.cohorts):
         print(
@@ -79,6 +88,8 @@ def run(
             file=sys.stderr,
         )
         return 2
+    from simulator import report, story
+
     workdir = keep or Path(tempfile.mkdtemp(prefix="edgefleet-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
     print(f"scenario {scenario.name}: {scenario.description}")
@@ -143,12 +154,16 @@ def _watch(hub: hubs.HubLink, options: Options) -> Iterator[Watch | None]:
     if not (options.live or options.plot):
         yield None
         return
+    from simulator.watch import Watch
+
     with Watch(hub.api, live=options.live) as watch:
         yield watch
 
 
 @contextlib.contextmanager
 def _hub(workdir: Path, where: Where) -> Iterator[hubs.HubLink]:
+    from simulator import hubs
+
     if where.hub_url is None:
         with hubs.in_process(workdir, where.broker_url) as link:
             yield link
