@@ -160,7 +160,9 @@ class LiveKeyring:
     def reload(self) -> tuple[Keyring, Keyring] | None:
         """Load the ring again if its files changed: ``(old, new)``, or None when nothing
         changed or the files do not load (yet: a rotation in progress); the current ring
-        stays until they do.
+        stays until they do. Files that changed under the same root (a rotation's renames,
+        seen after its root) replace the ring and return None: nothing changed for the
+        fleet, so nothing is republished or audited twice.
 
         A rotation that is interrupted between writing root N+1 and renaming the new key
         into place still loads: keys are matched by keyid, ``*.next.pem`` included.
@@ -176,10 +178,9 @@ class LiveKeyring:
                 return None
             self._generation = now
             old, self._ring = self._ring, new
-            if new.root.version != old.root.version:
-                logger.info(
-                    "key ring reloaded: root v%d -> v%d", old.root.version, new.root.version
-                )
+            if new.root.version == old.root.version:
+                return None  # the same keys, in other files: the last step of a rotation
+            logger.info("key ring reloaded: root v%d -> v%d", old.root.version, new.root.version)
             return old, new
 
 

@@ -382,6 +382,22 @@ def test_live_keyring_reloads_when_a_rotation_changes_the_files_and_only_then(
     assert live.reload() is None
 
 
+def test_live_keyring_reports_a_rotation_seen_mid_way_once(ring_dir: Path) -> None:
+    live = keyring.LiveKeyring(keyring.load(ring_dir))
+    keyring.rotate(ring_dir, "rollout", now_ms=NOW)
+    new_key = ring_dir / "rollout.pem"
+    staged = ring_dir / "rollout.next.pem"
+    new_key.rename(staged)  # as seen between writing root v2 and renaming the key in place
+    assert live.reload() is not None
+    staged.rename(new_key)  # the rotation's last step: the same root, other files
+    assert live.reload() is None
+    assert live.root.version == 2
+    assert (
+        live.signing_keys("rollout")[0].public_key()
+        == keyring.read_private_key(new_key).public_key()
+    )
+
+
 def test_live_keyring_keeps_the_loaded_ring_while_the_files_do_not_load(
     ring_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
