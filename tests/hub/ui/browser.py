@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
-from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.wait import WebDriverWait
 
 from hub.transport.http_server import HttpServer
@@ -83,7 +83,7 @@ class Browser:
         self.wait_new(page)
 
     def wait_new(self, page: WebElement) -> None:
-        WebDriverWait(self.driver, 20).until(expected_conditions.staleness_of(page))
+        WebDriverWait(self.driver, 20).until(lambda _: _gone(page))
         WebDriverWait(self.driver, 20).until(
             lambda d: d.execute_script("return document.readyState") == "complete"
         )
@@ -130,6 +130,21 @@ class Browser:
         path = self.shots / f"{name}.png"
         assert self.driver.save_screenshot(str(path))
         return read_png(path.read_bytes())
+
+
+def _gone(page: WebElement) -> bool:
+    """Whether ``page`` (an element of the old document) is gone. Besides the stale
+    reference, chromedriver may answer "Node with given id does not belong to the
+    document" when asked in the middle of the navigation: gone as well."""
+    try:
+        page.is_enabled()
+    except StaleElementReferenceException:
+        return True
+    except WebDriverException as e:
+        if "does not belong to the document" in str(e):
+            return True
+        raise
+    return False
 
 
 _UNLABELLED = """
