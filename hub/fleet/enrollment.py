@@ -45,6 +45,9 @@ from protocol.errors import Malformed
 from protocol.messages import Hello
 from protocol.schema import check_name
 
+SECRET_PREFIX = "efe_"  # noqa: S105 (not a secret)
+"""Before the random part of an enrollment secret: ``token_urlsafe`` may begin with ``-``,
+which a command line (``--enrollment-token -Ab..``) takes for an option."""
 ENROLLED_BY_TOKEN = "enrollment-token:"  # noqa: S105 (a label: + token id in enrolled_by)
 
 
@@ -173,7 +176,7 @@ def create_token(
         raise InvalidRequest(str(e)) from e
     token = IssuedToken(
         id="tok-" + secrets.token_hex(8),
-        secret=secrets.token_urlsafe(32),
+        secret=SECRET_PREFIX + secrets.token_urlsafe(32),
         kind=kind,
         expires_at=expires_at,
         tags=tags,

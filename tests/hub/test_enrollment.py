@@ -68,6 +68,7 @@ def test_token_secret_is_shown_once_and_stored_hashed(
     assert issued.secret not in caplog.text
     assert issued.secret not in repr(issued)
     assert len(issued.secret) >= 43  # 32 random bytes, url-safe base64
+    assert issued.secret.startswith("efe_")  # never "-": a command line takes that for an option
     assert audit_actions(hub) == [("enrollment_token.create", issued.id, "")]
     listed = enrollment.list_tokens(hub.store)[0]
     assert row["hash"] not in repr(listed)
