@@ -1,4 +1,4 @@
--- The PostgreSQL schema's baseline: SQLite's m001..m013 (hub/store/migrations.py) folded
+-- The PostgreSQL schema's baseline: SQLite's m001..m013 (hub/store/migrations/) folded
 -- into one, since no PostgreSQL store shipped before it. Every later SQLite migration
 -- gets a twin here named by its number (SQLite's m014_x: m014_x.sql). Times are integer milliseconds (BIGINT), bytes
 -- BYTEA, JSON canonical text (TEXT: signed documents must read back byte for byte);

@@ -1,4 +1,4 @@
--- SQLite's m014_ui_sessions (hub/store/migrations.py): a dashboard sign-in, kept by the
+-- SQLite's m014_ui_sessions (hub/store/migrations/): a dashboard sign-in, kept by the
 -- sha256 of its id (never the id), with the API token it signed in with and its lifetime.
 CREATE TABLE ui_sessions (
     digest TEXT COLLATE "C" PRIMARY KEY,

@@ -1,4 +1,4 @@
--- Twin of SQLite's m015_leases (hub/store/migrations.py): the lease that names the one hub
+-- Twin of SQLite's m015_leases (hub/store/migrations/): the lease that names the one hub
 -- replica running the scheduled jobs (hub/leader.py, docs/scale-out.md); the generation
 -- grows each time it changes hands.
 CREATE TABLE leases (
