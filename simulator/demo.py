@@ -70,24 +70,21 @@ def run(
     try:
         scenario = _adjusted(load(scenario_name), options)
     except ScenarioError as e:
-        print(f"edgefleet {prog}: {e}", file=sys.stderr)
-        return 2
+        return _refuse(prog, e)
     if options.plot is not None:
         from simulator.watch import PlotUnavailable, check_plot
 
         try:
             check_plot()
         except PlotUnavailable as e:
-            print(f"edgefleet {prog}: {e}", file=sys.stderr)
-            return 2
+            return _refuse(prog, e)
     size = scenario.devices if devices is None else devices
     if size < len(scenario.cohorts):
-        print(
-            f"edgefleet {prog}: --devices must be at least {len(scenario.cohorts)} "
+        return _refuse(
+            prog,
+            f"--devices must be at least {len(scenario.cohorts)} "
             f"(one per cohort of {scenario.name})",
-            file=sys.stderr,
         )
-        return 2
     from simulator import report, story
 
     workdir = keep or Path(tempfile.mkdtemp(prefix="edgefleet-demo-"))
@@ -119,6 +116,12 @@ def run(
     else:
         print("\nRun with --keep DIR to keep the hub's data and explore it afterwards.")
     return 0
+
+
+def _refuse(prog: str, why: object) -> int:
+    """Say what is wrong with the arguments in one line; the exit status for it."""
+    print(f"edgefleet {prog}: {why}", file=sys.stderr)
+    return 2
 
 
 def explore(workdir: Path, token: str) -> str:

@@ -139,7 +139,7 @@ def tally(rollout: Rollout, views: Sequence[DeviceView]) -> tuple[StageCounts, .
     target count as pending in the stage that will take them (by the current order)."""
     spec = rollout.spec
     table = [dict.fromkeys(COUNTED, 0) for _ in spec.stages]
-    watching = [0 for _ in spec.stages]
+    watching = [0] * len(spec.stages)
     targeted = sort_by_order(spec, [v for v in views if spec.target.matches(v.device_id, v.tags)])
     quotas = stage_quotas(spec, len(targeted), sum(pinned(spec, v.tags) for v in targeted))
     stage = 0

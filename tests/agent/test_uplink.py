@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from agent.config import AgentConfig
 from agent.identity import load_or_create
 from agent.transport import EventSink, WillFactory
@@ -35,9 +37,16 @@ class CountedConnections:
         return True
 
 
-def uplink(tmp_path: Path, clock: FakeClock, transport: CountedConnections) -> Uplink:
+@pytest.fixture
+def transport() -> CountedConnections:
+    return CountedConnections()
+
+
+@pytest.fixture
+def up(tmp_path: Path, clock: FakeClock, transport: CountedConnections) -> Uplink:
+    """An uplink whose hello and first state report went out on connection 1."""
     config = AgentConfig(device_id="dev-1", state_dir=tmp_path, broker_url="mqtt://127.0.0.1:1")
-    return Uplink(
+    uplink = Uplink(
         config,
         load_or_create(tmp_path, "dev-1"),
         transport,
@@ -45,15 +54,14 @@ def uplink(tmp_path: Path, clock: FakeClock, transport: CountedConnections) -> U
         clock=clock,
         active=lambda: None,
     )
+    uplink.send(StateReport(active=None))
+    uplink.pump(clock.now_ms())
+    return uplink
 
 
 def test_news_of_a_connection_arriving_after_frames_went_out_on_it_resends_nothing(
-    tmp_path: Path, clock: FakeClock
+    up: Uplink, transport: CountedConnections, clock: FakeClock
 ) -> None:
-    transport = CountedConnections()
-    up = uplink(tmp_path, clock, transport)
-    up.send(StateReport(active=None))
-    up.pump(clock.now_ms())
     assert transport.published == ["hello", "state"]
     up.reconnected()  # the Connected event of connection 1, handled after the pump ran
     up.pump(clock.now_ms())
@@ -61,12 +69,8 @@ def test_news_of_a_connection_arriving_after_frames_went_out_on_it_resends_nothi
 
 
 def test_a_reconnect_resends_what_went_out_on_the_connection_before(
-    tmp_path: Path, clock: FakeClock
+    up: Uplink, transport: CountedConnections, clock: FakeClock
 ) -> None:
-    transport = CountedConnections()
-    up = uplink(tmp_path, clock, transport)
-    up.send(StateReport(active=None))
-    up.pump(clock.now_ms())
     transport.connections = 2
     up.send(StateReport(active=None, retrain="on"))
     up.pump(clock.now_ms())  # the new report goes out on connection 2 first
@@ -76,12 +80,8 @@ def test_a_reconnect_resends_what_went_out_on_the_connection_before(
 
 
 def test_the_hub_s_resend_nudge_resends_what_went_out_on_this_connection_too(
-    tmp_path: Path, clock: FakeClock
+    up: Uplink, transport: CountedConnections, clock: FakeClock
 ) -> None:
-    transport = CountedConnections()
-    up = uplink(tmp_path, clock, transport)
-    up.send(StateReport(active=None))
-    up.pump(clock.now_ms())
     header = Header(Nudge.qualified_kind(), "dev-1", 1, clock.now_ms(), "0" * 32, "0" * 64)
     up.on_nudge(Envelope(header, Nudge("resend")))
     up.pump(clock.now_ms())
